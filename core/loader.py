@@ -1,0 +1,108 @@
+"""Batches straight from uint8 tensors kept on the training device, augmented a whole batch at a time.
+
+No per-image PIL work and no worker processes: a batch is an index into the resident tensor, a
+random crop (zero padding), a horizontal flip and an optional cutout applied to the whole batch
+with tensor ops, then normalisation. Randomness comes from one CPU ``torch.Generator`` per loader,
+whose state goes into checkpoints, so a resumed run sees exactly the batches it would have seen.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from core.data import ImageSet
+
+
+def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
+    """Per-image random crop of ``x`` (B x C x H x W) after zero-padding each side by ``padding``."""
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+    oy = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device, non_blocking=True)
+    ox = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device, non_blocking=True)
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    return padded[torch.arange(b, device=x.device)[:, None, None, None],
+                  torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+
+
+def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Flip each image left-right with probability 1/2."""
+    mask = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device, non_blocking=True)
+    return torch.where(mask[:, None, None, None], x.flip(3), x)
+
+
+def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Zero a ``size`` x ``size`` square (clipped at the border) centred anywhere in each image
+    (DeVries & Taylor 2017)."""
+    b, _, h, w = x.shape
+    cy = torch.randint(0, h, (b,), generator=gen).to(x.device, non_blocking=True)
+    cx = torch.randint(0, w, (b,), generator=gen).to(x.device, non_blocking=True)
+    r = torch.arange(h, device=x.device)[None, :]
+    c = torch.arange(w, device=x.device)[None, :]
+    in_rows = (r >= (cy - size // 2)[:, None]) & (r < (cy - size // 2 + size)[:, None])
+    in_cols = (c >= (cx - size // 2)[:, None]) & (c < (cx - size // 2 + size)[:, None])
+    hole = in_rows[:, None, :, None] & in_cols[:, None, None, :]
+    return x.masked_fill(hole, 0)
+
+
+class BatchLoader:
+    """Iterates (images, labels) batches of an :class:`ImageSet` held on ``device``.
+
+    ``train=True`` shuffles, drops the last partial batch and augments; ``train=False`` walks the
+    set in order. ``max_batches`` (> 0) ends every pass early, for smoke runs. Images come out
+    normalised float32 (channels_last if asked), labels int64.
+    """
+
+    def __init__(self, data: ImageSet, *, batch_size: int, device: torch.device, mean, std,
+                 train: bool, crop_padding: int = 4, flip: bool = True, cutout: int = 0,
+                 max_batches: int = 0, channels_last: bool = False, seed: int = 0):
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.batch_size = batch_size
+        self.device = device
+        self.train = train
+        self.crop_padding, self.flip, self.cutout = crop_padding, flip, cutout
+        self.max_batches = max_batches
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        full = n // self.batch_size if self.train else -(-n // self.batch_size)
+        return min(full, self.max_batches) if self.max_batches else full
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """The training augmentation on a uint8 batch (shape and dtype kept)."""
+        if self.crop_padding:
+            x = random_crop(x, self.crop_padding, self.generator)
+        if self.flip:
+            x = random_flip(x, self.generator)
+        if self.cutout:
+            x = cutout(x, self.cutout, self.generator)
+        return x
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.float() - self.mean) * self.inv_std
+        return x.contiguous(memory_format=self.memory_format)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        if self.train:
+            order = torch.randperm(n, generator=self.generator).to(self.device, non_blocking=True)
+        else:
+            order = torch.arange(n, device=self.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.images[idx]
+            if self.train:
+                x = self.augment(x)
+            yield self.normalize(x), self.labels[idx]

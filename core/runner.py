@@ -1,0 +1,88 @@
+"""The path every training command shares: config -> data -> run folder -> train -> final report.
+
+A stage supplies only what is special to it: how to build its network (``build_model``), and
+optionally a loss, an epoch hook and a per-epoch callback (the NNI report, say). Resuming takes
+the config and architecture from the checkpoint, nanoGPT-style, and continues in the same folder.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from torch import nn
+
+from core.checkpoint import atomic_write_text, load_checkpoint
+from core.config import TrainConfig, from_dict
+from core.data import Splits, make_splits
+from core.errors import UserError
+from core.run import Run
+from core.train import EpochCallback, LossFn, Trainer, cross_entropy, seed_everything
+
+RESULT_FILE = "result.json"
+
+
+def load_splits(cfg: TrainConfig) -> Splits:
+    return make_splits(cfg.data, cfg.data_root, val_fraction=cfg.val_fraction, subset=cfg.subset,
+                       val_subset=cfg.val_subset, image_size=cfg.image_size)
+
+
+def config_from_checkpoint(cls: type, path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """The config a checkpoint was written with (so a resume needs nothing but the checkpoint)."""
+    state = load_checkpoint(path)
+    return from_dict(cls, state["config"], source=f"checkpoint {str(path)!r}"), state
+
+
+def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: str,
+          run_dir: str | Path | None = None, resume: str | Path | None = None,
+          arch: dict[str, Any] | None = None, eval_splits: Sequence[str] = ("val",), final_test: bool = True,
+          loss_fn: LossFn = cross_entropy, epoch_start: Callable[[int], None] | None = None,
+          on_epoch: EpochCallback | None = None, setup: Callable[[nn.Module], Any] | None = None
+          ) -> dict[str, Any]:
+    """Train ``build_model(num_classes)`` with ``cfg`` and return the final result.
+
+    The run folder is ``run_dir`` if given (an NNI trial's output folder, say), the checkpoint's
+    folder when resuming, else a new ``cfg.out_dir/<name>-<time>``; it is created only after the
+    data loaded, so bad input leaves nothing behind. ``setup(model)`` may return the
+    ``epoch_start`` hook that needs the built model (a drop-path schedule). The result (last
+    epoch's metrics, parameter count, and test accuracy when ``final_test``) is written to
+    ``result.json`` in the run folder.
+    """
+    state = load_checkpoint(resume) if resume else None
+    splits = load_splits(cfg)
+    seed_everything(cfg.seed)
+    model = build_model(splits.num_classes)
+    if setup is not None:
+        epoch_start = setup(model) or epoch_start
+    if resume:
+        run = Run(Path(resume).parent)
+    elif run_dir is not None:
+        run = Run(run_dir)
+        run.write_config(cfg)
+    else:
+        run = Run.create(cfg.out_dir, cfg.run_name or name, cfg)
+    if arch is not None:
+        atomic_write_text(run.dir / "arch.json", json.dumps(arch, indent=2) + "\n")
+    trainer = Trainer(model, cfg, splits, run, eval_splits=eval_splits, arch=arch, loss_fn=loss_fn,
+                      epoch_start=epoch_start)
+    n_params = sum(p.numel() for p in model.parameters())
+    run.log(f"{name}: {n_params:,} parameters, {len(splits.train):,} training images, "
+            f"device {trainer.device.type}, run folder {run.dir}")
+    if state is not None:
+        trainer.load_state_dict(state)
+        run.log(f"resumed from {resume} after epoch {state['epoch'] + 1}")
+    history = trainer.fit(on_epoch=on_epoch)
+    result: dict[str, Any] = {**(history[-1] if history else {}), "params": n_params, "run_dir": str(run.dir)}
+    if final_test:
+        test = trainer.evaluate("test")
+        result["test_acc"], result["test_loss"] = test["acc"], test["loss"]
+        run.log(f"final test accuracy {test['acc']:.4f}")
+    atomic_write_text(run.dir / RESULT_FILE, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def ensure_file(path: str | Path, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what}: {str(p)!r} does not exist")
+    return p
