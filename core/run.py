@@ -59,9 +59,10 @@ class Run:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def truncate_metrics(self, last_epoch: int) -> None:
-        """Drop metric lines after ``last_epoch`` (a run killed between its metrics and checkpoint)."""
-        kept = [m for m in self.read_metrics() if m.get("epoch", -1) <= last_epoch]
+    def truncate_metrics(self, epochs_done: int) -> None:
+        """Drop metric lines after epoch ``epochs_done`` (1-based), written by a run killed between
+        its metrics and its checkpoint."""
+        kept = [m for m in self.read_metrics() if m.get("epoch", 0) <= epochs_done]
         from core.checkpoint import atomic_write_text
 
         atomic_write_text(self.dir / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in kept))

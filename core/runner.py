@@ -70,7 +70,7 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
             f"device {trainer.device.type}, run folder {run.dir}")
     if state is not None:
         trainer.load_state_dict(state)
-        run.log(f"resumed from {resume} after epoch {state['epoch'] + 1}")
+        run.log(f"resumed from {resume} after epoch {state['epoch']}")
     history = trainer.fit(on_epoch=on_epoch)
     result: dict[str, Any] = {**(history[-1] if history else {}), "params": n_params, "run_dir": str(run.dir)}
     if final_test:

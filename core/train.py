@@ -118,7 +118,7 @@ class Trainer:
 
     ``eval_splits`` names attributes of ``splits`` ('val', 'test'); the search stages pass only
     'val'. ``loss_fn`` replaces plain cross-entropy (an auxiliary head, say) and ``epoch_start``
-    is called with the epoch index before each epoch (a drop-path schedule, say). With a ``run``,
+    is called with the 0-based epoch index before each epoch (a drop-path schedule, say). With a ``run``,
     every epoch appends to its metrics and log and rewrites its checkpoint atomically; ``arch``
     (an architecture dict) is stored in the checkpoint beside the config.
     """
@@ -148,11 +148,12 @@ class Trainer:
 
     # --- checkpoints ---------------------------------------------------------------------------
     def state_dict(self, epoch: int) -> dict[str, Any]:
+        """Everything needed to continue after ``epoch`` completed epochs."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "epoch": epoch,
+            "epoch": epoch,  # epochs completed
             "config": to_dict(self.cfg),
             "arch": self.arch,
             "rng": rng_state(),
@@ -168,7 +169,7 @@ class Trainer:
         self.train_loader.load_state_dict(state["loader"])
         set_rng_state(state["rng"])
         self.history = list(state.get("history", []))
-        self.start_epoch = state["epoch"] + 1
+        self.start_epoch = state["epoch"]
         if self.run is not None:
             self.run.truncate_metrics(state["epoch"])
 
@@ -207,7 +208,7 @@ class Trainer:
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}")
         self.scheduler.step()
-        return {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": correct.item() / max(seen, 1),
+        return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": correct.item() / max(seen, 1),
                 "train_seconds": round(seconds, 3), "images_per_s": round(seen / max(seconds, 1e-9), 1)}
 
     def evaluate(self, name: str) -> dict[str, float]:
@@ -232,8 +233,8 @@ class Trainer:
             self.history.append(metrics)
             if self.run is not None:
                 self.run.log_metrics(metrics)
-                self.run.log(format_metrics({**metrics, "epoch": epoch + 1}))
-                save_checkpoint(self.run.checkpoint_path, self.state_dict(epoch))
+                self.run.log(format_metrics(metrics))
+                save_checkpoint(self.run.checkpoint_path, self.state_dict(epoch + 1))
             self.start_epoch = epoch + 1
             if on_epoch is not None:
                 on_epoch(metrics)

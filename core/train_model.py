@@ -1,0 +1,54 @@
+"""Train one registry model with the core: ``python -m core.train_model --model resnet18 --data fake``.
+
+The plain, stage-free entry point (and the one the foundation's tests drive end to end): a
+:class:`ModelConfig` is a :class:`~core.config.TrainConfig` plus the registry name of the model.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Sequence
+
+from core.config import TrainConfig, check_choice, config_from_args, add_config_arguments
+from core.errors import cli_main
+from core.runner import config_from_checkpoint, train
+
+
+@dataclasses.dataclass
+class ModelConfig(TrainConfig):
+    """Training options plus which registered model to train."""
+
+    model: str = dataclasses.field(default="resnet18", metadata={"help": "a name from models.MODELS"})
+
+    def validate(self) -> None:
+        from models import MODELS
+
+        check_choice("model", self.model, sorted(MODELS))
+        super().validate()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core.train_model", description=__doc__.splitlines()[0])
+    parser.add_argument("--resume", metavar="CHECKPOINT",
+                        help="continue a run from its checkpoint.pt (its own config is used)")
+    add_config_arguments(parser, ModelConfig)
+    return parser
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> dict:
+    from models import create_model
+
+    args = build_parser().parse_args(argv)
+    if args.resume:
+        cfg, _ = config_from_checkpoint(ModelConfig, args.resume)
+    else:
+        cfg = config_from_args(ModelConfig, args)
+    result = train(cfg, lambda n: create_model(cfg.model, num_classes=n), name=cfg.model, resume=args.resume)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
