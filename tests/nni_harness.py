@@ -1,0 +1,224 @@
+"""Run a real NNI experiment from a test: ``nnictl create`` on a free port, hermetically.
+
+Tests import it as ``from nni_harness import nni_experiment`` (pytest puts ``tests/`` on the path).
+
+>>> with nni_experiment(REPO / "configs/hpo_smoke.yml", tmp_path, timeout=240) as exp:
+...     status = exp.wait_done()
+...     assert status["status"] == "DONE"
+...     trials, metrics = exp.trials(), exp.metrics()
+
+The experiment config is copied into ``tmp_path`` with its relative paths (trial code, search
+space, custom tuner/assessor/advisor code) made absolute and ``experimentWorkingDirectory`` set
+to ``tmp_path/nni-experiments``; ``nnictl`` runs with ``HOME=tmp_path/home`` (where it keeps its
+experiment list), so nothing is written to the real home folder. On exit the harness runs
+``nnictl stop`` and asserts that no process of the experiment (NNI manager, dispatcher, trials)
+is left; stragglers are killed by pid and reported as a failure.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import psutil
+import pytest
+import yaml
+
+BIN = Path(sys.executable).parent           # the venv's bin: nnictl, and the python3 trials run
+FINAL_STATES = ("DONE", "STOPPED", "ERROR")
+#: experiment-config keys that hold paths, resolved against the config file's folder by NNI
+_PATH_KEYS = ("trialCodeDirectory", "searchSpaceFile")
+_ALGO_KEYS = ("tuner", "assessor", "advisor")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def hermetic_config(config_path: str | os.PathLike, tmp_path: Path,
+                    overrides: dict[str, Any] | None = None) -> Path:
+    """Copy an nnictl config into ``tmp_path``: absolute paths, working directory in ``tmp_path``,
+    top-level keys replaced by ``overrides`` (``{"maxTrialNumber": 3}``, say)."""
+    src = Path(config_path).resolve()
+    config = yaml.safe_load(src.read_text())
+    base = src.parent
+
+    def absolute(value: str) -> str:
+        p = Path(os.path.expanduser(value))
+        return str(p if p.is_absolute() else (base / p).resolve())
+
+    for key in _PATH_KEYS:
+        if isinstance(config.get(key), str):
+            config[key] = absolute(config[key])
+    for key in _ALGO_KEYS:
+        algo = config.get(key)
+        if isinstance(algo, dict) and isinstance(algo.get("codeDirectory"), str):
+            algo["codeDirectory"] = absolute(algo["codeDirectory"])
+    config["experimentWorkingDirectory"] = str(tmp_path / "nni-experiments")
+    config.update(overrides or {})
+    out = tmp_path / src.name
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
+
+
+def _environment(tmp_path: Path, extra: dict[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["HOME"] = str(tmp_path / "home")
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"   # trials run `python3` from this venv
+    env.pop("NNI_PLATFORM", None)
+    env.update(extra or {})
+    Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+class Experiment:
+    """A running experiment: its port, id, working directory, and REST read-outs."""
+
+    def __init__(self, port: int, env: dict[str, str], work_dir: Path):
+        self.port, self.env, self.work_dir = port, env, work_dir
+        self.id: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def exp_dir(self) -> Path:
+        """The experiment's folder (logs, db/nni.sqlite, trial folders)."""
+        return self.work_dir / self.id
+
+    def rest(self, path: str, timeout: float = 10) -> Any:
+        """GET ``/api/v1/nni/<path>`` and decode the JSON answer."""
+        with urllib.request.urlopen(f"{self.url}/api/v1/nni/{path.lstrip('/')}", timeout=timeout) as resp:
+            return json.loads(resp.read().decode())
+
+    def status(self) -> dict[str, Any]:
+        return self.rest("check-status")
+
+    def trials(self) -> list[dict[str, Any]]:
+        return self.rest("trial-jobs")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return self.rest("metric-data")
+
+    def logs(self, lines: int = 40) -> str:
+        """The tails of the manager's and dispatcher's logs and of every trial's stderr (for failures)."""
+        parts = []
+        files = [self.exp_dir / "log" / n for n in ("nnimanager.log", "dispatcher.log")]
+        files += sorted(self.exp_dir.glob("environments/*/trials/*/trial.stderr"))
+        for f in files:
+            if f.is_file():
+                tail = f.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {f.relative_to(self.work_dir)}\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+    def wait_done(self, timeout: float = 180, poll: float = 2.0) -> dict[str, Any]:
+        """Poll ``check-status`` until DONE/STOPPED/ERROR; fail the test (with logs) on timeout."""
+        deadline = time.monotonic() + timeout
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                status = self.status()
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+                status = {"status": f"unreachable ({exc})"}
+            if status.get("status") in FINAL_STATES:
+                return status
+            time.sleep(poll)
+        pytest.fail(f"experiment {self.id} not done after {timeout:.0f} s (last status {status}); "
+                    f"trials: {[(t['trialJobId'], t['status']) for t in self._safe_trials()]}\n{self.logs()}")
+
+    def _safe_trials(self) -> list[dict[str, Any]]:
+        try:
+            return self.trials()
+        except Exception:  # noqa: BLE001 - only for a failure message
+            return []
+
+    def processes(self) -> list[psutil.Process]:
+        """Live processes of this experiment: anything whose command line, environment or working
+        folder names the experiment's working directory (manager, dispatcher, trials)."""
+        marker = str(self.work_dir)
+        found = []
+        for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
+            try:
+                if proc.pid == os.getpid():
+                    continue
+                text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["cwd"] or "")
+                if marker not in text:
+                    text += " " + " ".join(proc.environ().values())
+                if marker in text and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return found
+
+
+def _nnictl(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "nnictl"), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=env["HOME"])
+
+
+@contextlib.contextmanager
+def nni_experiment(config_path: str | os.PathLike, tmp_path: Path, *, timeout: float = 60,
+                   overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+                   port: int | None = None) -> Iterator[Experiment]:
+    """``nnictl create`` the experiment of ``config_path`` hermetically in ``tmp_path`` and yield it.
+
+    ``timeout`` bounds the start (until the REST API answers) and the stop; pass the time an
+    experiment may take to :meth:`Experiment.wait_done`. ``overrides`` replaces top-level config
+    keys; ``env`` adds environment variables for the manager and its trials.
+    """
+    tmp_path = Path(tmp_path)
+    config = hermetic_config(config_path, tmp_path, overrides)
+    environ = _environment(tmp_path, env)
+    exp = Experiment(port or free_port(), environ, tmp_path / "nni-experiments")
+    created = _nnictl(["create", "--config", str(config), "--port", str(exp.port)], environ, timeout)
+    output = _ANSI.sub("", created.stdout + created.stderr)
+    match = re.search(r"Experiment ID: (\w+)", output)
+    try:
+        if created.returncode != 0 or not match:
+            pytest.fail(f"nnictl create failed (exit {created.returncode}):\n{output}")
+        exp.id = match.group(1)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                exp.status()
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"NNI manager of {exp.id} did not answer on port {exp.port}\n{output}\n{exp.logs()}")
+                time.sleep(0.5)
+        yield exp
+    finally:
+        _stop(exp, timeout)
+
+
+def _stop(exp: Experiment, timeout: float) -> None:
+    """``nnictl stop``, then make sure nothing of the experiment survives (kill and fail if so)."""
+    stopped = None
+    if exp.id:
+        stopped = _nnictl(["stop", exp.id], exp.env, timeout)
+    deadline = time.monotonic() + 20
+    left = exp.processes()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = exp.processes()
+    if left:
+        described = [f"{p.pid}: {' '.join(p.cmdline())[:200]}" for p in left if p.is_running()]
+        for proc in left:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        pytest.fail(f"NNI processes left after `nnictl stop {exp.id}` "
+                    f"(exit {stopped.returncode if stopped else '-'}): {described}")
