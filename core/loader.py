@@ -15,15 +15,16 @@ from core.data import ImageSet
 
 
 def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
-    """Per-image random crop of ``x`` (B x C x H x W) after zero-padding each side by ``padding``."""
+    """Per-image random crop of ``x`` (B x C x H x W) after zero-padding each side by ``padding``:
+    two gathers, rows then columns, each image with its own offsets."""
     b, c, h, w = x.shape
     padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
     oy = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device, non_blocking=True)
     ox = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device, non_blocking=True)
     rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    x = padded.gather(2, rows.expand(b, c, h, w + 2 * padding))
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    return padded[torch.arange(b, device=x.device)[:, None, None, None],
-                  torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+    return x.gather(3, cols.expand(b, c, h, w))
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
