@@ -1,0 +1,63 @@
+"""Write the search-space JSON that nnictl reads, generated from :class:`MobileNetSkipSpace`.
+
+    python -m classic_nas.export_space            # rewrites classic_nas/search_space.json
+    python -m classic_nas.export_space --check    # exit 1 if that file is out of date
+    python -m classic_nas.export_space --out -    # print it
+
+The JSON holds one ``{"_type": "choice", "_value": [0, 1]}`` per skip label, in NNI's HPO format;
+the tuner's parameters are then exactly this stage's architecture format (``{"skip1": 0 or 1, ...}``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from core.checkpoint import atomic_write_text
+from core.errors import cli_main
+
+#: The file the nnictl configs of this stage name as ``searchSpaceFile``.
+SEARCH_SPACE_FILE = Path(__file__).resolve().parent / "search_space.json"
+
+
+def render(space_json: dict[str, Any]) -> str:
+    """One label per line."""
+    lines = [f"  {json.dumps(label)}: {json.dumps(spec)}" for label, spec in space_json.items()]
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m classic_nas.export_space", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(SEARCH_SPACE_FILE),
+                        help="where to write it ('-' = standard output; default: %(default)s)")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if --out differs from the generated JSON")
+    return parser
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    from classic_nas.space import search_space_json
+
+    args = build_parser().parse_args(argv)
+    text = render(search_space_json())
+    if args.out == "-":
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.out)
+    if args.check:
+        current = out.read_text() if out.is_file() else None
+        if current is None or json.loads(current) != json.loads(text):
+            print(f"{out} is out of date: run python -m classic_nas.export_space", file=sys.stderr)
+            raise SystemExit(1)
+        print(f"{out} matches the search space")
+        return 0
+    atomic_write_text(out, text)
+    print(f"wrote {out} ({len(json.loads(text))} choices)")
+    return 0
+
+
+if __name__ == "__main__":
+    main()

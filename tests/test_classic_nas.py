@@ -1,0 +1,272 @@
+"""Classic NAS stage: the search space, the architecture format, the search-space JSON, the nnictl
+configs, the trial and the retrain commands (in-process, fake data, a few batches)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from classic_nas import export_space, retrain, trial
+from classic_nas.space import (SEARCH_PLAN, SKIP_LABELS, MobileNetSkipSpace, all_archs, build_model,
+                               from_nni_sample, search_space_json, skip_blocks, space_choices, to_nni_sample,
+                               validate_arch)
+from core.config import from_dict, read_yaml
+from core.errors import UserError
+from models.mobilenet import DepthwiseSeparable
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE = REPO / "classic_nas"
+ALL_ON = dict.fromkeys(SKIP_LABELS, 1)
+ALL_OFF = dict.fromkeys(SKIP_LABELS, 0)
+#: measured: 17 depthwise-separable blocks, stem and classifier at 10 classes; skips add nothing
+PARAMS_10_CLASSES = 4_634_826
+FAST = ["--data", "fake", "--epochs", "1", "--max-batches", "2", "--batch-size", "8", "--eval-batch-size", "50"]
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --- the space ------------------------------------------------------------------------------------
+
+def test_space_has_exactly_the_six_skip_choices():
+    space = MobileNetSkipSpace()
+    choices = space_choices(space)
+    assert list(choices) == [f"skip{k}" for k in range(1, 7)] == list(SKIP_LABELS)
+    for choice in choices.values():
+        assert list(choice.values) == [0, 1] and choice.n_chosen == 1
+    # 17 blocks after a 3->32 stem, reusing the foundation's block; skips on blocks 4, 7, 10, 12, 14, 17
+    assert len(space.blocks) == len(SEARCH_PLAN) == 17
+    assert all(type(b) is DepthwiseSeparable for b in space.blocks)
+    assert [b.out_planes for b in space.blocks] == [64, 128, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512,
+                                                    512, 512, 1024, 1024, 1024]
+    assert [i for i, b in enumerate(space.blocks) if b.stride == 2] == [1, 4, 7, 14]
+    assert space.stem[0].in_channels == 3 and space.stem[0].out_channels == 32
+    assert skip_blocks() == [3, 6, 9, 11, 13, 16]
+    for index in skip_blocks():  # a skip only where the block keeps its shape
+        block = space.blocks[index]
+        assert block.in_planes == block.out_planes and block.stride == 1
+    assert len(list(all_archs())) == 64 and len({json.dumps(a) for a in all_archs()}) == 64
+
+
+@pytest.mark.parametrize("which", ["all_on", "all_off", "random"])
+def test_architectures_build_forward_and_backward(which):
+    if which == "random":  # an architecture drawn by NNI from the space itself
+        sample = {}
+        MobileNetSkipSpace().random(memo=sample, random_state=np.random.RandomState(3))
+        arch = from_nni_sample(sample)
+    else:
+        arch = ALL_ON if which == "all_on" else ALL_OFF
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=10)
+    assert isinstance(model, MobileNetSkipSpace)
+    for index, label in zip(skip_blocks(), SKIP_LABELS):
+        assert model.skips[str(index)].chosen == [arch[label]]
+    model.train()
+    out = model(torch.randn(4, 3, 32, 32))
+    assert out.shape == (4, 10)
+    torch.nn.functional.cross_entropy(out, torch.arange(4)).backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"parameters without a finite gradient: {missing[:5]}"
+
+
+def test_parameter_count_does_not_depend_on_the_skips():
+    counts = {n_params(build_model(a)) for a in (ALL_ON, ALL_OFF, {**ALL_OFF, "skip3": 1})}
+    assert counts == {n_params(MobileNetSkipSpace())} == {PARAMS_10_CLASSES}
+
+
+def test_skips_change_the_function_as_chosen():
+    """With the same weights, switching one skip changes the output; the skip adds the block's input."""
+    torch.manual_seed(0)
+    on, off = build_model({**ALL_OFF, "skip2": 1}), build_model(ALL_OFF)
+    off.load_state_dict(on.state_dict())
+    seen = {}
+    block = skip_blocks()[1]
+    on.blocks[block].register_forward_hook(lambda m, args, out: seen.update(x=args[0], y=out))
+    on.skips[str(block)].register_forward_hook(lambda m, args, out: seen.update(skip=out))
+    x = torch.randn(2, 3, 32, 32)
+    on.train(), off.train()
+    assert not torch.allclose(on(x), off(x))
+    assert torch.equal(seen["skip"], seen["x"])  # candidate 1 is the block's input
+    assert off.skips[str(block)].chosen == [0]
+
+
+def test_space_and_fixed_child_agree_with_nni_freeze():
+    space = MobileNetSkipSpace()
+    frozen = space.freeze(to_nni_sample({**ALL_OFF, "skip6": 1}))
+    assert [frozen.skips[str(i)].chosen for i in skip_blocks()] == [[0]] * 5 + [[1]]
+    sample = {}
+    space.random(memo=sample)
+    assert set(sample) == set(SKIP_LABELS)
+    assert from_nni_sample(sample) == {k: v[0] for k, v in sample.items()}
+
+
+# --- the architecture format ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch, message", [
+    ({k: v for k, v in ALL_ON.items() if k != "skip4"}, "missing skip label 'skip4'; expected labels: skip1, "),
+    ({**ALL_ON, "skip7": 1}, "unknown skip label 'skip7'; expected labels: skip1, skip2"),
+    ({**ALL_ON, "conv1": 1}, "unknown skip label 'conv1'"),
+    ({**ALL_ON, "skip2": True}, "skip2: true is not allowed; expected the integer 0 (no skip) or 1"),
+    ({**ALL_ON, "skip5": [1]}, "skip5: [1] is not allowed"),
+    ({**ALL_ON, "skip1": 2}, "skip1: 2 is not allowed"),
+    ({**ALL_ON, "skip1": "1"}, "skip1: \"1\" is not allowed"),
+    ([1, 0, 1], "expected a JSON object"),
+])
+def test_bad_architectures_name_the_label(arch, message):
+    with pytest.raises(UserError, match=None) as err:
+        validate_arch(arch)
+    assert message in str(err.value)
+
+
+def test_bad_arch_file_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    bad = tmp_path / "arch.json"
+    bad.write_text(json.dumps({**ALL_ON, "skip9": 0}))
+    out = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, str(STAGE / "retrain.py"), "--arc", str(bad), "--data", "fake",
+                           "--out-dir", str(out)], capture_output=True, text=True, cwd=STAGE)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if "Warning" not in line and not line.startswith("  ")]
+    assert errors == [f"error: {bad}: unknown skip label 'skip9'; expected labels: skip1, skip2, skip3, skip4, "
+                      "skip5, skip6"], proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    ("{\"skip1\": 1,", "is not valid JSON"),
+    (json.dumps({**ALL_ON, "skip3": None}), "skip3: null is not allowed"),
+])
+def test_bad_arch_file_in_process(tmp_path, capsys, content, message):
+    path = tmp_path / "a.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit_:
+        retrain.main(["--arc", str(path), "--data", "fake", "--out-dir", str(tmp_path / "runs")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+# --- the search space JSON and the nnictl configs ------------------------------------------------------
+
+def test_search_space_json_is_generated_from_the_model_space():
+    on_disk = json.loads(export_space.SEARCH_SPACE_FILE.read_text())
+    assert on_disk == search_space_json(), "classic_nas/search_space.json is stale: run python -m classic_nas.export_space"
+    assert export_space.SEARCH_SPACE_FILE == STAGE / "search_space.json"
+
+
+def test_export_space_check_fails_on_a_stale_file(tmp_path, capsys):
+    stale = tmp_path / "space.json"
+    stale.write_text(json.dumps({label: {"_type": "choice", "_value": [0, 1]} for label in SKIP_LABELS[:5]}))
+    with pytest.raises(SystemExit) as exit_:
+        export_space.main(["--out", str(stale), "--check"])
+    assert exit_.value.code == 1
+    assert export_space.main(["--out", str(stale)]) == 0
+    assert json.loads(stale.read_text()) == search_space_json()
+    assert export_space.main(["--out", str(stale), "--check"]) == 0
+
+
+@pytest.mark.parametrize("name, tuner", [("config.yml", "Random"), ("config_grid.yml", "GridSearch"),
+                                         ("config_small.yml", "Random")])
+def test_nnictl_configs_are_valid_and_point_at_the_generated_space(name, tuner):
+    from nni.experiment.config import ExperimentConfig
+
+    path = STAGE / name
+    raw = yaml.safe_load(path.read_text())
+    assert raw["tuner"]["name"] == tuner
+    assert (path.parent / raw["searchSpaceFile"]).resolve() == export_space.SEARCH_SPACE_FILE
+    assert (path.parent / raw["trialCodeDirectory"]).resolve() == STAGE
+    assert raw["trialCommand"].startswith("python3 trial.py --config ../configs/classic_nas")
+    config_file = raw["trialCommand"].split()[3]
+    from_dict(trial.TrialConfig, read_yaml(STAGE / config_file))  # the trials' YAML parses and validates
+    config = ExperimentConfig.load(str(path))  # what nnictl create does, paths relative to the file
+    config.validate()
+    assert config.canonical_copy().search_space == search_space_json()
+
+
+def _drain(tuner, limit=100):
+    import nni
+
+    seen = []
+    for i in range(limit):
+        try:
+            seen.append(tuner.generate_parameters(i))
+        except nni.NoMoreTrialError:
+            break
+    return seen
+
+
+def test_grid_tuner_enumerates_all_64_architectures():
+    from nni.algorithms.hpo.gridsearch_tuner import GridSearchTuner
+
+    tuner = GridSearchTuner()
+    tuner.update_search_space(search_space_json())
+    archs = [validate_arch(p) for p in _drain(tuner)]
+    assert len(archs) == 64
+    assert sorted(map(json.dumps, archs)) == sorted(map(json.dumps, all_archs()))
+
+
+def test_random_tuner_draws_valid_distinct_architectures():
+    from nni.algorithms.hpo.random_tuner import RandomTuner
+
+    tuner = RandomTuner(seed=0)
+    tuner.update_search_space(search_space_json())
+    archs = [json.dumps(validate_arch(tuner.generate_parameters(i))) for i in range(20)]
+    assert len(set(archs)) == 20  # NNI's random tuner deduplicates
+
+
+# --- trial and retrain, in-process ---------------------------------------------------------------------
+
+def test_trial_outside_nni_trains_one_architecture_on_validation_only(tmp_path, monkeypatch):
+    monkeypatch.delenv("NNI_PLATFORM", raising=False)
+    arch_file = tmp_path / "arch.json"
+    arch = {**ALL_OFF, "skip1": 1, "skip4": 1}
+    arch_file.write_text(json.dumps(arch))
+    result = trial.main(["--arch", str(arch_file), *FAST, "--epochs", "2", "--out-dir", str(tmp_path / "runs")])
+    run = Path(result["run_dir"])
+    assert run.parent == tmp_path / "runs" and run.name.startswith("classic_nas_trial-")
+    assert json.loads((run / "arch.json").read_text()) == arch
+    assert "test_acc" not in result and 0.0 <= result["val_acc"] <= 1.0  # the test split is not looked at
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2] and all("val_acc" in m for m in metrics)
+    assert trial.final_metrics(result)["default"] == result["val_acc"] == metrics[-1]["val_acc"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 2
+
+
+def test_trial_rejects_a_search_without_validation(tmp_path, capsys):
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(json.dumps(ALL_ON))
+    with pytest.raises(SystemExit):
+        trial.main(["--arch", str(arch_file), "--data", "fake", "--val-fraction", "0"])
+    assert "error: val_fraction: 0.0 is not allowed for a search trial" in capsys.readouterr().err
+
+
+def test_retrain_trains_then_resumes_from_its_checkpoint(tmp_path):
+    arch = {**ALL_ON, "skip2": 0}
+    arch_file = tmp_path / "best_arch.json"
+    arch_file.write_text(json.dumps(arch))
+    result = retrain.main(["--arc", str(arch_file), *FAST, "--val-fraction", "0", "--out-dir", str(tmp_path)])
+    run = Path(result["run_dir"])
+    assert run.name.startswith("classic_nas_retrain-") and 0.0 <= result["test_acc"] <= 1.0
+    assert "val_acc" not in result  # val_fraction 0: trained on the whole training split
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["arch"] == arch and state["epoch"] == 1
+    again = retrain.main(["--resume", str(run / "checkpoint.pt")])
+    assert again["run_dir"] == str(run) and again["params"] == PARAMS_10_CLASSES
+
+
+def test_trial_on_real_jpeg_cifar10(tmp_path, cifar_jpeg, data_root):
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(json.dumps(ALL_OFF))
+    result = trial.main(["--arch", str(arch_file), "--data", str(cifar_jpeg), "--data-root", str(data_root),
+                         "--subset", "64", "--val-subset", "100", "--epochs", "1", "--max-batches", "2",
+                         "--batch-size", "16", "--eval-batch-size", "50", "--out-dir", str(tmp_path / "runs")])
+    assert result["params"] == PARAMS_10_CLASSES and 0.0 <= result["val_acc"] <= 1.0
