@@ -1,0 +1,136 @@
+"""Retrain a DARTS architecture: ``python oneshot_darts/retrain.py --arc final_arch.json``.
+
+Builds the fixed network of the architecture file (this project's ``final_arch.json``, NNI 3.0's
+exported dict, or NNI 1.x's DARTS export; see :mod:`oneshot_darts.arch`) and trains it with the
+core's loop and the paper's recipe by default (Liu et al. 2019, section 3.3): 36 channels, 20
+cells, auxiliary head weighted 0.4, drop path 0.2 increased linearly from 0, cutout 16, SGD lr
+0.025 cosine to 0, momentum 0.9, weight decay 3e-4, batch 96, 600 epochs, gradient clipping 5,
+bf16 mixed precision on CUDA. It trains on the whole training split and logs the test accuracy
+after every epoch; the result is the last epoch's (no epoch is picked on test).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import partial
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from core.config import TrainConfig
+from core.errors import UserError, cli_main
+from core.runner import config_from_checkpoint, train
+from oneshot_darts.arch import Genotype, load_arch, parse_arch
+from oneshot_darts.common import NniTrial, build_parser, check_resume_only, field, quiet_nni_imports, resolve_config
+
+
+@dataclasses.dataclass
+class RetrainConfig(TrainConfig):
+    """The DARTS paper's CIFAR-10 retrain recipe by default."""
+
+    # --- TrainConfig fields with the paper's values ---
+    val_fraction: float = field(0.0, "fraction of the training split held out for validation; 0 = train on all of it")
+    batch_size: int = field(96, "training batch size (images)")
+    cutout: int = field(16, "cutout square side (px); 0 = off")
+    lr: float = field(0.025, "initial learning rate (SGD, cosine to 0)")
+    weight_decay: float = field(3e-4, "weight decay")
+    epochs: int = field(600, "training epochs")
+    grad_clip: float = field(5.0, "clip the gradient norm to this; 0 = off")
+    # --- the network ---
+    arc: str = field("", "architecture file: final_arch.json of search.py, NNI 3.0's or NNI 1.x's DARTS export")
+    channels: int = field(36, "initial channels C (the stem has stem_multiplier x C)")
+    layers: int = field(20, "cells; those at one and two thirds of the depth are reduction cells")
+    stem_multiplier: int = field(3, "stem output channels / C")
+    auxiliary: bool = field(True, "auxiliary classifier after the second reduction cell (training only)")
+    auxiliary_weight: float = field(0.4, "weight of the auxiliary loss")
+    drop_path: float = field(0.2, "drop-path probability reached at the last epoch (linear from 0)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.layers < 3:
+            raise UserError(f"layers: {self.layers} is not allowed; at least 3 (reduction cells sit at one and "
+                            "two thirds of the depth)")
+        for name in ("channels", "stem_multiplier"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name}: {getattr(self, name)} is not allowed; it must be at least 1")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise UserError(f"drop_path: {self.drop_path} is not in [0, 1)")
+        if self.auxiliary_weight < 0:
+            raise UserError(f"auxiliary_weight: {self.auxiliary_weight} is not allowed; it must be 0 or more")
+
+
+def auxiliary_loss(output: Any, target: torch.Tensor, weight: float) -> torch.Tensor:
+    """Cross-entropy of the logits, plus ``weight`` times that of the auxiliary logits in training."""
+    if isinstance(output, (tuple, list)):
+        logits, aux = output
+        return nn.functional.cross_entropy(logits, target) + weight * nn.functional.cross_entropy(aux, target)
+    return nn.functional.cross_entropy(output, target)
+
+
+def drop_path_schedule(cfg: RetrainConfig) -> Callable[[nn.Module], Callable[[int], None]]:
+    """``setup`` for the core: epoch ``e`` (0-based) trains with drop path ``drop_path * e / epochs``."""
+    def setup(model: nn.Module) -> Callable[[int], None]:
+        return lambda epoch: model.set_drop_path(cfg.drop_path * epoch / cfg.epochs)
+    return setup
+
+
+def build_network(cfg: RetrainConfig, genotype: Genotype, num_classes: int) -> nn.Module:
+    from oneshot_darts.space import DartsSpace
+
+    return DartsSpace.fixed_network(genotype, channels=cfg.channels, layers=cfg.layers,
+                                    stem_multiplier=cfg.stem_multiplier, num_classes=num_classes,
+                                    auxiliary=cfg.auxiliary)
+
+
+def run_retrain(cfg: RetrainConfig, genotype: Genotype, *, resume: str | None = None, run_dir: str | None = None,
+                on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train the network of ``genotype`` with ``cfg`` through the core (see the module docstring)."""
+    quiet_nni_imports()
+    from oneshot_darts.space import count_parameters
+
+    counted: dict[str, int] = {}
+
+    def build(num_classes: int) -> nn.Module:
+        model = build_network(cfg, genotype, num_classes)
+        counted["params"] = count_parameters(model)
+        return model
+
+    eval_splits = ("val", "test") if cfg.val_fraction > 0 else ("test",)
+    result = train(cfg, build, name=cfg.run_name or "darts-retrain", run_dir=run_dir, resume=resume,
+                   arch=genotype.to_json(), eval_splits=eval_splits, final_test=False,
+                   loss_fn=partial(auxiliary_loss, weight=cfg.auxiliary_weight),
+                   setup=drop_path_schedule(cfg), on_epoch=on_epoch)
+    result["params_without_auxiliary"] = counted["params"]
+    return result
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = build_parser(RetrainConfig, "python oneshot_darts/retrain.py", __doc__.splitlines()[0])
+    args = parser.parse_args(argv)
+    if args.resume:
+        check_resume_only(RetrainConfig, args, extra=("nni",))
+        cfg, state = config_from_checkpoint(RetrainConfig, args.resume)
+        genotype = parse_arch(state.get("arch"), source=f"checkpoint {args.resume!r}")
+        return _finish(run_retrain(cfg, genotype, resume=args.resume))
+    trial = NniTrial() if args.nni else None
+    cfg = resolve_config(RetrainConfig, args, trial.params if trial else None)
+    if not cfg.arc:
+        raise UserError("--arc: required; the architecture file to retrain (final_arch.json of search.py, or an "
+                        "NNI 3.0 / NNI 1.x DARTS export; oneshot_darts/archs/darts_v2.json is the paper's)")
+    genotype = load_arch(cfg.arc)
+    if trial is None:
+        return _finish(run_retrain(cfg, genotype))
+    result = run_retrain(cfg, genotype, run_dir=str(trial.run_dir), on_epoch=trial.reporter("test_acc"))
+    trial.final(result, "test_acc")
+    return _finish(result)
+
+
+def _finish(result: dict[str, Any]) -> dict[str, Any]:
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,381 @@
+"""One-shot DARTS: the three architecture formats, bad files, the DARTS-V2 parameter count, the
+supernet NNI's strategy builds, a search on fake data whose final_arch.json retrains, and resume."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.checkpoint import load_checkpoint
+from core.run import Run
+from oneshot_darts.arch import ArchError, Genotype, load_arch, parse_arch
+from oneshot_darts.ops import OP_NAMES
+from tests.conftest import REPO
+
+DARTS_V2_FILE = REPO / "oneshot_darts" / "archs" / "darts_v2.json"
+
+#: DARTS-V2 as NNI 3.0 exports it (the dict of nni.nas.hub.pytorch.DARTS.load_searched_model('darts-v2')).
+DARTS_V2_NNI3 = {
+    "normal/op_2_0": "sep_conv_3x3", "normal/input_2_0": [0], "normal/op_2_1": "sep_conv_3x3", "normal/input_2_1": [1],
+    "normal/op_3_0": "sep_conv_3x3", "normal/input_3_0": [0], "normal/op_3_1": "sep_conv_3x3", "normal/input_3_1": [1],
+    "normal/op_4_0": "sep_conv_3x3", "normal/input_4_0": [1], "normal/op_4_1": "skip_connect", "normal/input_4_1": [0],
+    "normal/op_5_0": "skip_connect", "normal/input_5_0": [0], "normal/op_5_1": "dil_conv_3x3", "normal/input_5_1": [2],
+    "reduce/op_2_0": "max_pool_3x3", "reduce/input_2_0": [0], "reduce/op_2_1": "max_pool_3x3", "reduce/input_2_1": [1],
+    "reduce/op_3_0": "skip_connect", "reduce/input_3_0": [2], "reduce/op_3_1": "max_pool_3x3", "reduce/input_3_1": [1],
+    "reduce/op_4_0": "max_pool_3x3", "reduce/input_4_0": [0], "reduce/op_4_1": "skip_connect", "reduce/input_4_1": [2],
+    "reduce/op_5_0": "skip_connect", "reduce/input_5_0": [2], "reduce/op_5_1": "max_pool_3x3", "reduce/input_5_1": [1],
+}
+
+#: DARTS-V2 in NNI 1.x's DARTS export format (our own transcription).
+DARTS_V2_NNI1 = {
+    "normal_n2_p0": "sepconv3x3", "normal_n2_p1": "sepconv3x3", "normal_n2_switch": ["normal_n2_p0", "normal_n2_p1"],
+    "normal_n3_p0": "sepconv3x3", "normal_n3_p1": "sepconv3x3", "normal_n3_p2": [],
+    "normal_n3_switch": ["normal_n3_p0", "normal_n3_p1"],
+    "normal_n4_p0": "skipconnect", "normal_n4_p1": "sepconv3x3", "normal_n4_p2": [], "normal_n4_p3": [],
+    "normal_n4_switch": ["normal_n4_p1", "normal_n4_p0"],
+    "normal_n5_p0": "skipconnect", "normal_n5_p1": [], "normal_n5_p2": "dilconv3x3", "normal_n5_p3": [],
+    "normal_n5_p4": [], "normal_n5_switch": ["normal_n5_p0", "normal_n5_p2"],
+    "reduce_n2_p0": "maxpool", "reduce_n2_p1": "maxpool", "reduce_n2_switch": ["reduce_n2_p0", "reduce_n2_p1"],
+    "reduce_n3_p0": [], "reduce_n3_p1": "maxpool", "reduce_n3_p2": "skipconnect",
+    "reduce_n3_switch": ["reduce_n3_p2", "reduce_n3_p1"],
+    "reduce_n4_p0": "maxpool", "reduce_n4_p1": [], "reduce_n4_p2": "skipconnect", "reduce_n4_p3": [],
+    "reduce_n4_switch": ["reduce_n4_p0", "reduce_n4_p2"],
+    "reduce_n5_p0": [], "reduce_n5_p1": "maxpool", "reduce_n5_p2": "skipconnect", "reduce_n5_p3": [],
+    "reduce_n5_p4": [], "reduce_n5_switch": ["reduce_n5_p2", "reduce_n5_p1"],
+}
+
+#: A second, different cell in NNI 1.x's format, with unchosen inputs naming ops (as some exports do).
+OTHER_NNI1 = {
+    "normal_n2_p0": "dilconv5x5", "normal_n2_p1": "avgpool", "normal_n2_switch": ["normal_n2_p0", "normal_n2_p1"],
+    "normal_n3_p0": "none", "normal_n3_p1": "sepconv5x5", "normal_n3_p2": "dilconv5x5",
+    "normal_n3_switch": ["normal_n3_p2", "normal_n3_p1"],
+    "normal_n4_p0": [], "normal_n4_p1": [], "normal_n4_p2": "maxpool", "normal_n4_p3": "skipconnect",
+    "normal_n4_switch": ["normal_n4_p2", "normal_n4_p3"],
+    "normal_n5_p0": "sepconv3x3", "normal_n5_p1": [], "normal_n5_p2": [], "normal_n5_p3": [],
+    "normal_n5_p4": "dilconv3x3", "normal_n5_switch": ["normal_n5_p0", "normal_n5_p4"],
+    "reduce_n2_p0": "sepconv5x5", "reduce_n2_p1": "dilconv3x3", "reduce_n2_switch": ["reduce_n2_p0", "reduce_n2_p1"],
+    "reduce_n3_p0": "avgpool", "reduce_n3_p1": [], "reduce_n3_p2": "sepconv3x3",
+    "reduce_n3_switch": ["reduce_n3_p0", "reduce_n3_p2"],
+    "reduce_n4_p0": [], "reduce_n4_p1": "skipconnect", "reduce_n4_p2": [], "reduce_n4_p3": "dilconv5x5",
+    "reduce_n4_switch": ["reduce_n4_p1", "reduce_n4_p3"],
+    "reduce_n5_p0": [], "reduce_n5_p1": [], "reduce_n5_p2": "maxpool", "reduce_n5_p3": "avgpool",
+    "reduce_n5_p4": [], "reduce_n5_switch": ["reduce_n5_p3", "reduce_n5_p2"],
+}
+
+#: Tiny sizes for every run here (the machine has two shared CPU cores).
+TINY_SEARCH = ["--data", "fake", "--channels", "4", "--layers", "3", "--n-nodes", "2", "--batch-size", "8",
+               "--eval-batch-size", "100", "--max-batches", "2", "--device", "cpu", "--no-progress"]
+TINY_RETRAIN = ["--data", "fake", "--channels", "4", "--layers", "3", "--batch-size", "8", "--eval-batch-size", "100",
+                "--max-batches", "2", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: far faster on this shared two-core machine, and the same float order
+    in this process as in the subprocesses (run with OMP_NUM_THREADS=1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def untimed(metrics: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if not k.endswith("seconds") and k != "images_per_s"} for m in metrics]
+
+
+# --- architecture files -------------------------------------------------------------------------
+
+def test_three_formats_read_into_the_same_genotype(tmp_path):
+    own = load_arch(DARTS_V2_FILE)
+    assert parse_arch(DARTS_V2_NNI3) == own
+    assert parse_arch(DARTS_V2_NNI1) == own
+    assert own.n_nodes == 4
+    assert own.normal[3] == (("skip_connect", 0), ("dil_conv_3x3", 2))
+    # round trips: our file format and NNI 3.0's dict
+    assert parse_arch(own.to_json()) == own and parse_arch(own.to_nni()) == own
+    assert parse_arch(json.loads(own.dumps())) == own
+    assert own.to_nni() == {k: v for k, v in own.to_nni().items()}
+    assert {k: v for k, v in own.to_nni().items() if k.startswith("normal/op_5")} == {
+        "normal/op_5_0": "skip_connect", "normal/op_5_1": "dil_conv_3x3"}
+    other = parse_arch(OTHER_NNI1)
+    assert other != own and other.normal[1] == (("sep_conv_5x5", 1), ("dil_conv_5x5", 2))
+
+
+def test_nni_hub_builds_the_same_darts_v2():
+    """NNI's own DARTS-V2 (hub) and ours: the same parameter count, 3,349,342 without the
+    auxiliary head, the paper's 3.3M (quark0/darts prints 3.349342 MB for it)."""
+    from nni.nas.hub.pytorch import DARTS as HubDarts
+
+    from oneshot_darts.space import DartsSpace, count_parameters
+
+    ours = DartsSpace.fixed_network(load_arch(DARTS_V2_FILE), channels=36, layers=20, auxiliary=True)
+    assert count_parameters(ours) == 3_349_342
+    assert count_parameters(ours, exclude_auxiliary=False) - count_parameters(ours) == 476_426
+    hub = HubDarts.load_searched_model("darts-v2")
+    assert sum(p.numel() for p in hub.parameters()) == 3_349_342
+    # NNI's own freeze path (space.freeze(sample)) gives the same network
+    space = DartsSpace(channels=8, layers=3)
+    frozen = space.freeze(load_arch(DARTS_V2_FILE).to_nni())
+    assert count_parameters(frozen) == count_parameters(
+        DartsSpace.fixed_network(load_arch(DARTS_V2_FILE), channels=8, layers=3))
+
+
+BAD_FILES = {
+    # name: (content, expected part of the message)
+    "not_json": ("{'normal': [}", "not JSON (Expecting property name enclosed in double quotes: line 1 column 2"),
+    "empty": ({}, "must be a JSON object in one of the three DARTS formats"),
+    "unknown_format": ({"cells": []}, "unrecognised keys (first: 'cells'); expected (keys 'normal' and 'reduce'"),
+    "own_unknown_op": ("own", lambda d: d["normal"][1].__setitem__(0, ["conv_9x9", 0]),
+                       "key 'normal[1][0]': 'conv_9x9' is not an operation; allowed: max_pool_3x3, avg_pool_3x3, "
+                       "skip_connect, sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, dil_conv_5x5"),
+    "own_three_inputs": ("own", lambda d: d["reduce"][0].append(["skip_connect", 1]),
+                         "key 'reduce', node 2: has 3 inputs; a node takes exactly two"),
+    "own_forward": ("own", lambda d: d["normal"][0].__setitem__(1, ["sep_conv_3x3", 2]),
+                    "key 'normal[0][1]': input 2 points forward; node 2 takes inputs 0..1"),
+    "own_missing": ("own", lambda d: d.pop("reduce"), "missing key 'reduce'; allowed keys: 'normal', 'reduce'"),
+    "own_extra_key": ("own", lambda d: d.__setitem__("normal_concat", [2, 3]), "unknown key 'normal_concat'"),
+    "own_same_input_twice": ("own", lambda d: d["normal"][0].__setitem__(1, ["sep_conv_5x5", 0]),
+                             "node 2 takes input 0 on both edges"),
+    "nni3_unknown_op": ("nni3", lambda d: d.__setitem__("normal/op_3_1", "sepconv3x3"),
+                        "key 'normal/op_3_1': 'sepconv3x3' is not an operation; allowed: max_pool_3x3,"),
+    "nni3_three_inputs": ("nni3", lambda d: d.update({"normal/op_2_2": "skip_connect", "normal/input_2_2": [0]}),
+                          "node 2 would take more than two inputs; a node takes exactly two (k = 0 and 1)"),
+    "nni3_two_in_one": ("nni3", lambda d: d.__setitem__("normal/input_3_0", [0, 1]),
+                        "key 'normal/input_3_0': [0, 1] must be a list of exactly one input node such as [0]"),
+    "nni3_forward": ("nni3", lambda d: d.__setitem__("reduce/input_4_1", [4]),
+                     "key 'reduce/input_4_1': input 4 points forward; node 4 takes inputs 0..3"),
+    "nni3_missing": ("nni3", lambda d: d.pop("reduce/op_3_1"), "missing key 'reduce/op_3_1'"),
+    "nni3_bad_key": ("nni3", lambda d: d.__setitem__("normal/op2_0", "skip_connect"),
+                     "unknown key 'normal/op2_0'; NNI 3.0 keys are '<cell>/op_<node>_<k>'"),
+    "nni1_unknown_op": ("nni1", lambda d: d.__setitem__("reduce_n4_p2", "identity"),
+                        "key 'reduce_n4_p2': 'identity' is not an operation; allowed: maxpool, avgpool, skipconnect, "
+                        "sepconv3x3, sepconv5x5, dilconv3x3, dilconv5x5"),
+    "nni1_three_inputs": ("nni1", lambda d: d["normal_n4_switch"].append("normal_n4_p2"),
+                          "key 'normal_n4_switch': has 3 inputs; a node takes exactly two"),
+    "nni1_forward": ("nni1", lambda d: d.__setitem__("normal_n3_p3", "maxpool"),
+                     "key 'normal_n3_p3': input 3 points forward; node 3 takes inputs 0..2"),
+    "nni1_missing": ("nni1", lambda d: d.pop("normal_n5_switch"), "missing key 'normal_n5_switch'"),
+    "nni1_chosen_empty": ("nni1", lambda d: d.__setitem__("normal_n2_p1", []),
+                          "key 'normal_n2_p1': [] is not an operation; allowed: maxpool,"),
+    "nni1_node_mismatch": ("nni1", lambda d: [d.pop(k) for k in list(d) if k.startswith("reduce_n5")],
+                           "the normal cell has 4 nodes but the reduction cell 3"),
+}
+
+
+def _bad_file(tmp_path: Path, case: str) -> tuple[Path, str]:
+    spec = BAD_FILES[case]
+    path = tmp_path / f"{case}.json"
+    if len(spec) == 2:
+        content, expected = spec
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+        return path, expected
+    base, edit, expected = spec
+    data = copy.deepcopy({"own": json.loads(DARTS_V2_FILE.read_text()), "nni3": DARTS_V2_NNI3,
+                          "nni1": DARTS_V2_NNI1}[base])
+    edit(data)
+    path.write_text(json.dumps(data))
+    return path, expected
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_arch_file_is_one_clear_error_and_writes_nothing(tmp_path, capsys, case):
+    from oneshot_darts.retrain import main
+
+    path, expected = _bad_file(tmp_path, case)
+    out = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exc:
+        main(["--arc", str(path), "--out-dir", str(out), *TINY_RETRAIN])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --arc {str(path)!r}: "), err
+    assert expected in err[0], err[0]
+    assert not out.exists()
+
+
+def test_bad_input_from_the_command_line(tmp_path):
+    """Through the real script: one line on stderr, exit 2, no traceback, no run folder."""
+    out = tmp_path / "runs"
+    bad, _ = _bad_file(tmp_path, "nni1_forward")
+    cases = [
+        (["oneshot_darts/retrain.py", "--arc", str(bad)], "error: --arc"),
+        (["oneshot_darts/retrain.py", "--arc", str(tmp_path / "none.json")], "does not exist"),
+        (["oneshot_darts/retrain.py", "--data", "fake"], "error: --arc: required"),
+        (["oneshot_darts/search.py", "--val-fraction", "0"], "error: val_fraction: 0 is not allowed for the search"),
+        (["oneshot_darts/search.py", "--resume", str(tmp_path / "x.pt"), "--lr", "0.1"],
+         "error: --lr: not allowed with --resume"),
+        (["oneshot_darts/search.py", "--nni"], "error: --nni: this is not an NNI trial"),
+    ]
+    for args, expected in cases:
+        res = subprocess.run([sys.executable, *args, "--out-dir", str(out)], cwd=REPO, capture_output=True, text=True,
+                             timeout=120, env=subprocess_env())
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and expected in lines[0], (args, res.stderr)
+        assert "Traceback" not in res.stdout + res.stderr
+    assert not out.exists()
+
+
+# --- the supernet and the derivation ------------------------------------------------------------
+
+def test_supernet_is_nni_darts_mutation_with_shared_alphas(one_thread):
+    from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedCell
+
+    from oneshot_darts.space import arch_parameters, build_supernet, edge_alphas
+
+    net = build_supernet(channels=4, layers=4, n_nodes=3)
+    cells = [m for m in net.cells]
+    assert all(isinstance(c, DifferentiableMixedCell) for c in cells)
+    assert [c.label for c in cells] == ["normal", "reduce", "reduce", "normal"]
+    # one set of alphas per cell type, shared by all its cells: 2 types x (2 + 3 + 4) edges x (7 ops + none)
+    alphas = arch_parameters(net)
+    assert len(alphas) == 2 * 9 and all(a.shape == (len(OP_NAMES) + 1,) for a in alphas)
+    assert cells[0]._arch_alpha["normal/3_1"] is cells[3]._arch_alpha["normal/3_1"]
+    assert set(edge_alphas(net)["reduce"]) == {"2_0", "2_1", "3_0", "3_1", "3_2", "4_0", "4_1", "4_2", "4_3"}
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_derivation_follows_the_paper():
+    """Top two inputs by their strongest non-'none' softmax weight, each with that op."""
+    from oneshot_darts.search import derive_genotype
+
+    def edge(**w):
+        base = {name: 0.1 for name in (*OP_NAMES, "none")}
+        return {**base, **w}
+    weights = {}
+    for cell in ("normal", "reduce"):
+        weights[f"{cell}/2_0"] = edge(none=0.9, skip_connect=0.2)     # 'none' never counts
+        weights[f"{cell}/2_1"] = edge(sep_conv_3x3=0.15)
+        weights[f"{cell}/3_0"] = edge(max_pool_3x3=0.3)
+        weights[f"{cell}/3_1"] = edge(dil_conv_5x5=0.5)
+        weights[f"{cell}/3_2"] = edge(avg_pool_3x3=0.4)
+    g = derive_genotype(weights, n_nodes=2)
+    assert g.normal == ((("skip_connect", 0), ("sep_conv_3x3", 1)), (("dil_conv_5x5", 1), ("avg_pool_3x3", 2)))
+    assert g.reduce == g.normal
+
+
+# --- search, retrain, resume --------------------------------------------------------------------
+
+def test_search_writes_final_arch_that_retrains(tmp_path, one_thread):
+    from oneshot_darts.retrain import main as retrain
+    from oneshot_darts.search import main as search
+
+    result = search([*TINY_SEARCH, "--epochs", "2", "--out-dir", str(tmp_path / "runs")])
+    run_dir = Path(result["run_dir"])
+    assert {p.name for p in run_dir.iterdir()} >= {"final_arch.json", "arch_weights.json", "checkpoint.pt",
+                                                   "metrics.jsonl", "train.log", "config.yaml", "result.json"}
+    genotype = load_arch(run_dir / "final_arch.json")
+    assert genotype.n_nodes == 2 and genotype.to_json() == result["arch"]
+    weights = json.loads((run_dir / "arch_weights.json").read_text())
+    assert len(weights) == 2 * (2 + 3)
+    assert all(abs(sum(w.values()) - 1) < 1e-5 and set(w) == {*OP_NAMES, "none"} for w in weights.values())
+    metrics = Run(run_dir).read_metrics()
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert all(0 <= m["val_acc"] <= 1 and m["arch"] for m in metrics)
+    cfg = load_checkpoint(run_dir / "checkpoint.pt")["config"]
+    assert cfg["val_fraction"] == 0.5 and cfg["arch_lr"] == 3e-4 and cfg["lr"] == 0.025
+
+    out = retrain(["--arc", str(run_dir / "final_arch.json"), *TINY_RETRAIN, "--epochs", "1",
+                   "--out-dir", str(tmp_path / "retrain")])
+    assert 0 <= out["test_acc"] <= 1 and out["epoch"] == 1
+    assert json.loads((Path(out["run_dir"]) / "arch.json").read_text()) == genotype.to_json()
+
+
+@pytest.mark.parametrize("fmt", ["nni3", "nni1", "nni1_other"])
+def test_other_formats_retrain(tmp_path, one_thread, fmt):
+    from oneshot_darts.retrain import main as retrain
+
+    data = {"nni3": DARTS_V2_NNI3, "nni1": DARTS_V2_NNI1, "nni1_other": OTHER_NNI1}[fmt]
+    path = tmp_path / "arch.json"
+    path.write_text(json.dumps(data))
+    out = retrain(["--arc", str(path), *TINY_RETRAIN, "--epochs", "1", "--max-batches", "1",
+                   "--out-dir", str(tmp_path / "runs")])
+    assert out["epoch"] == 1 and 0 <= out["test_acc"] <= 1
+    assert parse_arch(json.loads((Path(out["run_dir"]) / "arch.json").read_text())) == parse_arch(data)
+
+
+def test_retrain_defaults_are_the_papers_recipe():
+    from oneshot_darts.retrain import RetrainConfig
+    from oneshot_darts.search import SearchConfig
+
+    r = RetrainConfig()
+    assert (r.channels, r.layers, r.auxiliary, r.auxiliary_weight, r.drop_path, r.cutout, r.optimizer, r.lr,
+            r.scheduler, r.momentum, r.weight_decay, r.epochs, r.batch_size, r.grad_clip, r.amp, r.val_fraction) == (
+        36, 20, True, 0.4, 0.2, 16, "SGD", 0.025, "cosine", 0.9, 3e-4, 600, 96, 5.0, True, 0.0)
+    s = SearchConfig()
+    assert (s.layers, s.channels, s.n_nodes, s.epochs, s.batch_size, s.lr, s.lr_min, s.momentum, s.weight_decay,
+            s.arch_lr, s.arch_beta1, s.arch_beta2, s.arch_weight_decay, s.val_fraction) == (
+        8, 16, 4, 50, 64, 0.025, 0.001, 0.9, 3e-4, 3e-4, 0.5, 0.999, 1e-3, 0.5)
+
+
+def test_search_killed_after_first_epoch_resumes_exactly(tmp_path, one_thread):
+    """A search process killed (SIGKILL) after its first epoch's checkpoint, resumed from it,
+    ends exactly (bit for bit) where an uninterrupted search with the same seed ends."""
+    from oneshot_darts.search import main as search
+
+    args = [*TINY_SEARCH, "--epochs", "3", "--max-batches", "3"]
+    straight = search([*args, "--out-dir", str(tmp_path / "straight")])
+
+    proc = subprocess.Popen([sys.executable, "oneshot_darts/search.py", *args, "--out-dir", str(tmp_path / "killed")],
+                            cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    try:
+        while not list((tmp_path / "killed").glob("*/checkpoint.pt")):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no checkpoint after 240 s"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    checkpoint = next((tmp_path / "killed").glob("*/checkpoint.pt"))
+    epochs_done = load_checkpoint(checkpoint)["epoch"]
+    assert epochs_done < 3, "the process finished before it could be killed: nothing was resumed"
+
+    torch.manual_seed(1234)  # the resumed run must not depend on this process's random state
+    resumed = search(["--resume", str(checkpoint)])
+    assert resumed["run_dir"] == str(checkpoint.parent)
+    a = load_checkpoint(Path(straight["run_dir"]) / "checkpoint.pt")
+    b = load_checkpoint(checkpoint)
+    assert b["epoch"] == 3 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert untimed(Run(checkpoint.parent).read_metrics()) == untimed(Run(straight["run_dir"]).read_metrics())
+    for name in ("final_arch.json", "arch_weights.json"):
+        assert (checkpoint.parent / name).read_text() == (Path(straight["run_dir"]) / name).read_text()
+    assert "resumed from" in (checkpoint.parent / "train.log").read_text()
+
+
+def test_retrain_interrupted_after_first_epoch_resumes_exactly(tmp_path, one_thread):
+    """Drop path (random), the auxiliary head and cutout on: an interrupted-then-resumed retrain
+    equals an uninterrupted one bit for bit, and logs the test accuracy of every epoch."""
+    from oneshot_darts.arch import load_arch
+    from oneshot_darts.retrain import RetrainConfig, main as retrain, run_retrain
+
+    genotype = load_arch(DARTS_V2_FILE)
+    cfg = RetrainConfig(data="fake", channels=4, layers=3, batch_size=8, eval_batch_size=100, max_batches=2,
+                        epochs=3, drop_path=0.3, device="cpu", progress=False, arc=str(DARTS_V2_FILE))
+    straight = run_retrain(cfg, genotype, run_dir=str(tmp_path / "straight"))
+
+    def interrupt(metrics):
+        if metrics["epoch"] == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run_retrain(cfg, genotype, run_dir=str(tmp_path / "killed"), on_epoch=interrupt)
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 1
+    torch.manual_seed(1234)
+    resumed = retrain(["--resume", str(tmp_path / "killed" / "checkpoint.pt")])
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    metrics = untimed(Run(tmp_path / "killed").read_metrics())
+    assert metrics == untimed(Run(tmp_path / "straight").read_metrics())
+    assert [m["epoch"] for m in metrics] == [1, 2, 3] and all("test_acc" in m for m in metrics)
+    assert resumed["test_acc"] == straight["test_acc"] == metrics[-1]["test_acc"]
