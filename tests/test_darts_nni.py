@@ -1,0 +1,53 @@
+"""The nnictl wrappers of the DARTS search and retrain: a real experiment on a free port, on fake
+data, reaches DONE with one intermediate result per epoch (what the web UI plots)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from core.run import Run
+from tests.conftest import REPO
+from tests.nni_harness import nni_experiment
+
+SMOKE = "--device cpu --no-progress --data-root {root}"
+
+
+def _trial_dir(exp) -> "Path":  # noqa: F821
+    dirs = [p.parent for p in exp.exp_dir.glob("environments/*/trials/*/config.yaml")]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def _decode(data):
+    """The REST API gives a metric as JSON text, sometimes of JSON text."""
+    while isinstance(data, str):
+        data = json.loads(data)
+    return data
+
+
+@pytest.mark.parametrize("stage", ["search", "retrain"])
+def test_nnictl_wrapper_reports_every_epoch(tmp_path, stage):
+    config = REPO / "oneshot_darts" / ("config.yml" if stage == "search" else "config_retrain.yml")
+    command = yaml.safe_load(config.read_text())["trialCommand"]
+    yaml_name = f"darts_{stage}.yaml"
+    assert yaml_name in command
+    command = command.replace(yaml_name, f"darts_{stage}_smoke.yaml") + " " + SMOKE.format(root=tmp_path / "data")
+    key = "val_acc" if stage == "search" else "test_acc"
+    with nni_experiment(config, tmp_path, timeout=90, overrides={"trialCommand": command},
+                        env={"CIFAR10_DATA": "fake", "OMP_NUM_THREADS": "1"}) as exp:
+        status = exp.wait_done(timeout=240)
+        assert status["status"] == "DONE", (status, exp.logs())
+        trials = exp.trials()
+        assert [t["status"] for t in trials] == ["SUCCEEDED"], exp.logs()
+        metrics = exp.metrics()
+        intermediate = [_decode(m["data"]) for m in metrics if m["type"] == "PERIODICAL"]
+        final = [_decode(m["data"]) for m in metrics if m["type"] == "FINAL"]
+        run = Run(_trial_dir(exp))
+        epochs = run.read_metrics()
+        assert [m["epoch"] for m in epochs] == [1, 2]  # the smoke config's two epochs
+        assert [m["default"] for m in intermediate] == [m[key] for m in epochs]
+        assert len(final) == 1 and final[0]["default"] == epochs[-1][key]
+        if stage == "search":
+            assert (run.dir / "final_arch.json").is_file() and (run.dir / "arch_weights.json").is_file()
