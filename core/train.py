@@ -128,6 +128,8 @@ class Trainer:
                  loss_fn: LossFn = cross_entropy, epoch_start: Callable[[int], None] | None = None):
         self.cfg, self.splits, self.run, self.arch = cfg, splits, run, arch
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: let cuDNN pick its fastest kernels
         self.amp = cfg.amp
         memory_format = torch.channels_last if cfg.channels_last and self.device.type == "cuda" \
             else torch.contiguous_format
