@@ -1,6 +1,6 @@
 """Run a real NNI experiment from a test: ``nnictl create`` on a free port, hermetically.
 
-Tests import it as ``from nni_harness import nni_experiment`` (pytest puts ``tests/`` on the path).
+Tests import it as ``from tests.nni_harness import nni_experiment`` (``tests/`` is a package).
 
 >>> with nni_experiment(REPO / "configs/hpo_smoke.yml", tmp_path, timeout=240) as exp:
 ...     status = exp.wait_done()
@@ -54,6 +54,7 @@ def hermetic_config(config_path: str | os.PathLike, tmp_path: Path,
     top-level keys replaced by ``overrides`` (``{"maxTrialNumber": 3}``, say)."""
     src = Path(config_path).resolve()
     config = yaml.safe_load(src.read_text())
+    config.update(overrides or {})  # before resolving: overridden paths are relative to the config too
     base = src.parent
 
     def absolute(value: str) -> str:
@@ -68,7 +69,6 @@ def hermetic_config(config_path: str | os.PathLike, tmp_path: Path,
         if isinstance(algo, dict) and isinstance(algo.get("codeDirectory"), str):
             algo["codeDirectory"] = absolute(algo["codeDirectory"])
     config["experimentWorkingDirectory"] = str(tmp_path / "nni-experiments")
-    config.update(overrides or {})
     out = tmp_path / src.name
     out.write_text(yaml.safe_dump(config, sort_keys=False))
     return out

@@ -1,0 +1,183 @@
+"""One HPO trial: train the model, optimizer and learning rate NNI's tuner picked; report validation accuracy.
+
+Run by ``nnictl create --config hpo/config.yml`` (parameters ``{"lr": ..., "optimizer": ...,
+"model": ...}`` from ``hpo/search_space.json``; Hyperband adds ``TRIAL_BUDGET``, the number of
+epochs), or on its own with the same defaults and options::
+
+    python hpo/trial.py --model mobilenet --optimizer Adam --lr 0.001 --data fake --epochs 1 --max-batches 2
+
+Settings resolve as: defaults (:class:`HpoTrialConfig`) < ``--config`` YAML < command-line flags
+< the tuner's parameters. Training goes through the shared core (:func:`core.runner.train`);
+each epoch reports the validation accuracy as an intermediate result, and the final result is a
+dict whose ``default`` is the last epoch's validation accuracy (the test accuracy is recorded
+beside it, never used by the search). The final dict also repeats the parameters the trial
+really trained with, because NNI 3.0 can show another trial's parameters for a trial when several
+start at once (see ``hpo/results.py``).
+
+A parameter set naming an unknown model or optimizer, or a learning rate <= 0, stops the trial at
+once with one ``error: ...`` line (exit 2) and NNI goes on with the next trial. A trial whose
+loss becomes NaN reports a minimal final result (``default`` 0.0, ``diverged`` 1) and exits cleanly.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from core.checkpoint import atomic_write_text
+from core.config import add_config_arguments, config_from_args, from_dict
+from core.errors import UserError, cli_main
+from core.run import CHECKPOINT_FILE
+from core.runner import RESULT_FILE, train
+from core.train import TrainingDiverged
+from core.train_model import ModelConfig
+
+NAME = "hpo"
+BUDGET_KEY = "TRIAL_BUDGET"   # Hyperband's resource per trial; here: training epochs
+SEARCHED = ("lr", "optimizer", "model")
+
+
+@dataclasses.dataclass
+class HpoTrialConfig(ModelConfig):
+    """One trial's training options: the core's plus the model name and two HPO knobs."""
+
+    model: str = dataclasses.field(default="mobilenet", metadata={"help": "a name from models.MODELS"})
+    optimizer: str = dataclasses.field(default="Adam", metadata={
+        "help": "one of SGD, Adadelta, Adagrad, Adam, Adamax (the search uses the last four)"})
+    lr: float = dataclasses.field(default=0.001, metadata={"help": "initial learning rate (> 0)"})
+    epochs: int = dataclasses.field(default=30, metadata={"help": "training epochs of one trial"})
+    threads: int = dataclasses.field(default=0, metadata={
+        "help": "CPU threads for torch (0 = torch's default; set cores / trialConcurrency on a CPU machine)"})
+    final_test: bool = dataclasses.field(default=True, metadata={
+        "help": "evaluate the test split once at the end (recorded beside the result, never searched on)"})
+    keep_checkpoint: bool = dataclasses.field(default=False, metadata={
+        "help": "keep checkpoint.pt after the trial (retraining starts from scratch, so off by default)"})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.val_fraction <= 0:
+            raise UserError(f"val_fraction: {self.val_fraction} is not allowed in a search trial; it is scored "
+                            "on the validation split, so val_fraction must be in (0, 1)")
+        if self.threads < 0:
+            raise UserError(f"threads: {self.threads} is not allowed; it must be 0 or more")
+
+
+def parameters_to_fields(params: dict[str, Any]) -> dict[str, Any]:
+    """The tuner's parameters as config fields: ``TRIAL_BUDGET`` becomes ``epochs``.
+
+    Any other key must be a field name; an unknown one is reported by the config check.
+    """
+    fields = dict(params)
+    if BUDGET_KEY in fields:
+        budget = fields.pop(BUDGET_KEY)
+        if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not budget >= 1:
+            raise UserError(f"{BUDGET_KEY}: {budget!r} is not allowed; the budget is a number of epochs >= 1")
+        fields["epochs"] = int(math.floor(budget + 1e-6))
+    return fields
+
+
+def resolve_config(args: argparse.Namespace, params: dict[str, Any]) -> HpoTrialConfig:
+    """Defaults < ``--config`` YAML < flags < tuner parameters, validated."""
+    cfg = config_from_args(HpoTrialConfig, args)
+    if not params:
+        return cfg
+    values = {**dataclasses.asdict(cfg), **parameters_to_fields(params)}
+    return from_dict(HpoTrialConfig, values, source="the tuner's parameters")
+
+
+class NniReporter:
+    """Sends results to NNI when running under it (``NNI_PLATFORM`` set), else does nothing."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    @classmethod
+    def from_environment(cls) -> "NniReporter":
+        return cls(bool(os.environ.get("NNI_PLATFORM")))
+
+    def next_parameters(self) -> dict[str, Any]:
+        if not self.enabled:
+            return {}
+        import nni
+
+        return dict(nni.get_next_parameter() or {})
+
+    def intermediate(self, value: float) -> None:
+        if self.enabled:
+            import nni
+
+            nni.report_intermediate_result(value)
+
+    def final(self, result: dict[str, Any]) -> None:
+        if self.enabled:
+            import nni
+
+            nni.report_final_result(result)
+
+    @staticmethod
+    def output_dir() -> Path | None:
+        """NNI's per-trial output folder (NNI 3.0 has no ``nni.get_trial_output_dir``; it sets the env)."""
+        value = os.environ.get("NNI_OUTPUT_DIR")
+        return Path(value) if value else None
+
+
+def final_result(cfg: HpoTrialConfig, result: dict[str, Any]) -> dict[str, Any]:
+    """The dict sent to NNI: ``default`` is the validation accuracy; the rest is for reading back."""
+    final = {"default": float(result["val_acc"]), "val_acc": float(result["val_acc"]),
+             "val_loss": float(result["val_loss"]), "epochs": int(result.get("epoch", cfg.epochs)),
+             "n_params": int(result["params"]), "model": cfg.model, "optimizer": cfg.optimizer, "lr": cfg.lr}
+    if "test_acc" in result:
+        final["test_acc"] = float(result["test_acc"])
+    return final
+
+
+def run_trial(cfg: HpoTrialConfig, reporter: NniReporter,
+              build_model: Callable[[int], Any] | None = None) -> dict[str, Any]:
+    """Train one configuration and report it; returns the final dict that was reported."""
+    from models import create_model
+
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    run_dir = reporter.output_dir()
+    try:
+        result = train(cfg, build_model or (lambda n: create_model(cfg.model, num_classes=n)),
+                       name=f"hpo-{cfg.model}", run_dir=run_dir, final_test=cfg.final_test,
+                       on_epoch=lambda m: reporter.intermediate(float(m["val_acc"])))
+    except TrainingDiverged as exc:
+        final = {"default": 0.0, "diverged": 1, "model": cfg.model, "optimizer": cfg.optimizer, "lr": cfg.lr}
+        print(f"trial stopped: {exc}; reporting validation accuracy 0.0", flush=True)
+        if run_dir is not None:
+            atomic_write_text(run_dir / RESULT_FILE, json.dumps({**final, "reason": str(exc)}, indent=2) + "\n")
+        reporter.final(final)
+        return final
+    final = final_result(cfg, result)
+    reporter.final(final)
+    if not cfg.keep_checkpoint:
+        (Path(result["run_dir"]) / CHECKPOINT_FILE).unlink(missing_ok=True)
+    return final
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python hpo/trial.py", description=__doc__.splitlines()[0])
+    add_config_arguments(parser, HpoTrialConfig)
+    return parser
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    reporter = NniReporter.from_environment()
+    cfg = resolve_config(args, reporter.next_parameters())
+    final = run_trial(cfg, reporter)
+    print(json.dumps(final), flush=True)
+    return final
+
+
+if __name__ == "__main__":
+    main()
