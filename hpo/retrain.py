@@ -1,0 +1,91 @@
+"""Retrain the best trial of an HPO experiment with the long schedule and report its test accuracy.
+
+    python hpo/retrain.py --experiment k3x9w2ab                 # an id, found via ~/nni-experiments
+    python hpo/retrain.py --experiment ~/nni-experiments/k3x9w2ab --epochs 200
+    python hpo/retrain.py --export best.json                    # `nnictl experiment export` data
+
+The best trial (highest final validation accuracy) is read with :mod:`hpo.results`, without the
+web UI; its ``model``, ``optimizer`` and ``lr`` are trained with the shared core on the whole
+training split (``val_fraction`` 0: no validation split is held out any more) for 200 epochs by
+default, and the test split is evaluated once at the end. Every other training option is the
+core's default, a ``--config`` YAML, or a flag (flags win, even over the trial's parameters).
+The run folder holds the resolved config, log, metrics, checkpoint, ``result.json`` and
+``hpo_best.json`` (which experiment and trial the parameters came from).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from core.checkpoint import atomic_write_text
+from core.config import add_config_arguments, config_from_args
+from core.errors import UserError, cli_main
+from core.runner import config_from_checkpoint, train
+from core.train_model import ModelConfig
+from hpo.results import best_trial, load_experiment, searched_params, trials_from_export
+
+
+@dataclasses.dataclass
+class RetrainConfig(ModelConfig):
+    """The long schedule: every training image, 200 epochs, test evaluated at the end."""
+
+    epochs: int = dataclasses.field(default=200, metadata={"help": "training epochs"})
+    val_fraction: float = dataclasses.field(default=0.0, metadata={
+        "help": "fraction held out for validation; 0 = train on the whole training split"})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python hpo/retrain.py", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--experiment", metavar="ID_OR_DIR",
+                        help="experiment id (or its folder, or its db/nni.sqlite)")
+    source.add_argument("--export", metavar="FILE", help="`nnictl experiment export` .json or .csv file")
+    source.add_argument("--resume", metavar="CHECKPOINT", help="continue a retrain from its checkpoint.pt")
+    parser.add_argument("--experiments-dir", help="folder holding the experiment's <id>/ folder "
+                        "(default: found via ~/nni-experiments)")
+    add_config_arguments(parser, RetrainConfig)
+    return parser
+
+
+def best_parameters(source: str, experiments_dir: str | None = None, *,
+                    export: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The best trial's searched parameters, and a description of where they came from."""
+    trials = trials_from_export(source) if export else load_experiment(source, experiments_dir=experiments_dir)
+    best = best_trial(trials)
+    params = searched_params(best)
+    missing = [k for k in ("model", "optimizer", "lr") if k not in params]
+    if missing:
+        raise UserError(f"{source}: the best trial {best.trial_id} has no {', '.join(missing)} parameter; "
+                        "is this an HPO experiment of hpo/config.yml?")
+    origin = {"source": str(source), "trial_id": best.trial_id, "params": params, "val_acc": best.final,
+              "params_source": best.params_source, "trials": len(trials)}
+    return params, origin
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from models import create_model
+
+    args = build_parser().parse_args(argv)
+    origin: dict[str, Any] | None = None
+    if args.resume:
+        cfg, _ = config_from_checkpoint(RetrainConfig, args.resume)
+    else:
+        params, origin = best_parameters(args.experiment or args.export, args.experiments_dir,
+                                         export=bool(args.export))
+        cfg = config_from_args(RetrainConfig, args, base=params)
+        print(f"best trial {origin['trial_id']} of {origin['source']}: {json.dumps(params, sort_keys=True)} "
+              f"(validation accuracy {origin['val_acc']:.4f}); retraining for {cfg.epochs} epochs", flush=True)
+    result = train(cfg, lambda n: create_model(cfg.model, num_classes=n), name=f"hpo_retrain-{cfg.model}",
+                   resume=args.resume, eval_splits=("val",) if cfg.val_fraction > 0 else (), final_test=True)
+    if origin is not None:
+        atomic_write_text(Path(result["run_dir"]) / "hpo_best.json", json.dumps(origin, indent=2) + "\n")
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

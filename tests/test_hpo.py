@@ -1,0 +1,338 @@
+"""HPO stage without the NNI manager: the trial script, the experiment reader, retrain, the NNI fixes."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from core.errors import UserError
+from core.train import build_optimizer
+from hpo import results, retrain, trial
+from hpo.nni_fixes import FixedHyperband, FixedTpe
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
+FAKE_FLAGS = ["--data", "fake", "--epochs", "1", "--max-batches", "2", "--batch-size", "8",
+              "--eval-batch-size", "16", "--threads", "1"]
+
+
+class Recorder(trial.NniReporter):
+    """Stands in for NNI: records what the trial reports."""
+
+    def __init__(self, output_dir: Path | None = None):
+        super().__init__(enabled=False)
+        self.out, self.intermediates, self.finals = output_dir, [], []
+
+    def intermediate(self, value):
+        self.intermediates.append(value)
+
+    def final(self, result):
+        self.finals.append(result)
+
+    def output_dir(self):
+        return self.out
+
+
+def _config(argv, params=None) -> trial.HpoTrialConfig:
+    return trial.resolve_config(trial.build_parser().parse_args(argv), params or {})
+
+
+# --- the search space and the trial's parameters ------------------------------------------------
+
+def test_search_space_is_exactly_the_issue_s():
+    space = json.loads((REPO / "hpo/search_space.json").read_text())
+    assert space == {
+        "lr": {"_type": "choice", "_value": [0.01, 0.001]},
+        "optimizer": {"_type": "choice", "_value": ["Adadelta", "Adagrad", "Adam", "Adamax"]},
+        "model": {"_type": "choice", "_value": ["vgg", "resnet18", "googlenet", "densenet121", "mobilenet",
+                                                 "dpn92", "shufflenetg2", "senet18"]},
+    }
+
+
+@pytest.mark.parametrize("name, cls", [("Adadelta", torch.optim.Adadelta), ("Adagrad", torch.optim.Adagrad),
+                                       ("Adam", torch.optim.Adam), ("Adamax", torch.optim.Adamax)])
+def test_each_optimizer_choice_builds_that_torch_class(name, cls):
+    cfg = _config(["--data", "fake"], {"optimizer": name, "lr": 0.01, "model": "mobilenet"})
+    assert cfg.optimizer == name
+    opt = build_optimizer(cfg.optimizer, nn.Linear(2, 2).parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
+    assert type(opt) is cls                      # exactly that class (NNI's example built Adam for Adamax)
+    assert opt.defaults["lr"] == 0.01
+
+
+def test_tuner_parameters_override_flags_and_budget_becomes_epochs():
+    cfg = _config(["--lr", "0.5", "--epochs", "7", "--model", "vgg"],
+                  {"lr": 0.001, "model": "resnet18", "optimizer": "Adagrad", "TRIAL_BUDGET": 3})
+    assert (cfg.lr, cfg.model, cfg.optimizer, cfg.epochs) == (0.001, "resnet18", "Adagrad", 3)
+    assert _config(["--epochs", "7"]).epochs == 7       # standalone: flags as given
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"model": "resnet1000"}, "model: unknown value 'resnet1000'; allowed: densenet121, dpn92"),
+    ({"optimizer": "Nadam"}, "optimizer: unknown value 'Nadam'; allowed: SGD, Adadelta, Adagrad, Adam, Adamax"),
+    ({"lr": 0}, "lr: 0.0 is not allowed"),
+    ({"lr": -0.01}, "lr: -0.01 is not allowed"),
+    ({"TRIAL_BUDGET": 0}, "TRIAL_BUDGET: 0 is not allowed"),
+    ({"momentun": 0.9}, "unknown field 'momentun'"),
+])
+def test_bad_tuner_parameters_are_one_clear_error(params, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _config(["--data", "fake"], params)
+
+
+@pytest.mark.parametrize("flags, named", [(["--model", "nope"], "model: unknown value 'nope'"),
+                                          (["--optimizer", "Nadam"], "optimizer: unknown value 'Nadam'"),
+                                          (["--lr", "0"], "lr: 0.0 is not allowed")])
+def test_bad_parameter_fails_at_once_with_one_line(tmp_path, flags, named):
+    proc = subprocess.run([sys.executable, str(REPO / "hpo/trial.py"), *FAKE_FLAGS, *flags, "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]      # one line, no traceback
+    assert proc.stderr.startswith("error: ") and named in proc.stderr
+    assert not list(tmp_path.iterdir())                                  # nothing half-written
+
+
+# --- running trials -----------------------------------------------------------------------------
+
+def test_trial_standalone_from_repo_root_and_from_hpo(tmp_path):
+    """`python hpo/trial.py` from the repo root, and `python trial.py` inside hpo/."""
+    for cwd, script in ((REPO, "hpo/trial.py"), (REPO / "hpo", "trial.py")):
+        out = tmp_path / cwd.name
+        proc = subprocess.run([sys.executable, script, *FAKE_FLAGS, "--model", "shufflenetg2", "--epochs", "2",
+                               "--out-dir", str(out)], cwd=cwd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        final = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert 0.0 <= final["default"] == final["val_acc"] <= 1.0
+        assert (final["model"], final["optimizer"], final["epochs"]) == ("shufflenetg2", "Adam", 2)
+        assert 0.0 <= final["test_acc"] <= 1.0
+        (run,) = out.iterdir()
+        assert {"config.yaml", "metrics.jsonl", "train.log", "result.json"} <= {p.name for p in run.iterdir()}
+        assert not (run / "checkpoint.pt").exists()           # dropped at the end unless --keep-checkpoint
+        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [m["epoch"] for m in metrics] == [1, 2] and all("test_acc" not in m for m in metrics)
+
+
+def test_trial_reports_every_epoch_into_nni_output_dir(tmp_path):
+    cfg = _config([*FAKE_FLAGS, "--epochs", "2", "--keep-checkpoint"], {"model": "mobilenet", "lr": 0.01,
+                                                                          "optimizer": "Adamax"})
+    reporter = Recorder(tmp_path / "trial")
+    final = trial.run_trial(cfg, reporter)
+    assert len(reporter.intermediates) == 2 and reporter.finals == [final]
+    assert final["default"] == reporter.intermediates[-1]                  # final = last validation accuracy
+    assert (final["model"], final["optimizer"], final["lr"]) == ("mobilenet", "Adamax", 0.01)
+    assert {"config.yaml", "metrics.jsonl", "checkpoint.pt", "result.json"} <= {p.name for p in (tmp_path / "trial").iterdir()}
+
+
+def test_diverging_trial_reports_a_minimal_result_and_returns(tmp_path):
+    class Exploding(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.fc = nn.Linear(3 * 32 * 32, n)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)) * float("nan")
+
+    cfg = _config([*FAKE_FLAGS, "--epochs", "3"])
+    reporter = Recorder(tmp_path / "trial")
+    final = trial.run_trial(cfg, reporter, build_model=Exploding)
+    assert final["default"] == 0.0 and final["diverged"] == 1
+    assert reporter.finals == [final] and reporter.intermediates == []
+    saved = json.loads((tmp_path / "trial" / "result.json").read_text())
+    assert saved["default"] == 0.0 and "became nan" in saved["reason"]
+
+
+def test_trial_on_real_jpeg_subset(tmp_path, data_root):
+    if not SHARED_CIFAR.exists():
+        pytest.skip(f"real-data check: {SHARED_CIFAR} is absent")
+    proc = subprocess.run([sys.executable, str(REPO / "hpo/trial.py"), "--data", str(SHARED_CIFAR), "--data-root",
+                           str(data_root), "--subset", "256", "--val-subset", "256", "--epochs", "1", "--batch-size", "32",
+                           "--max-batches", "4", "--model", "mobilenet", "--no-final-test", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    final = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 0.0 <= final["val_acc"] <= 1.0 and "test_acc" not in final
+    (run,) = tmp_path.iterdir()
+    assert "256 training images" in (run / "train.log").read_text()
+
+
+# --- the experiment reader ----------------------------------------------------------------------
+
+def _fake_db(path: Path) -> Path:
+    """An experiment database as NNI 3.0 writes it, with two concurrent trials whose recorded
+    parameters are swapped (what NNI 3.0's local training service does) and one failed trial."""
+    path.mkdir(parents=True)
+    db = path / "nni.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE TrialJobEvent (timestamp integer, trialJobId text, event text, data text, "
+                "logPath text, sequenceId integer, message text, environmentId text)")
+    con.execute("CREATE TABLE MetricData (timestamp integer, trialJobId text, parameterId text, type text, "
+                "sequence integer, data text)")
+
+    def params(pid, **p):
+        return json.dumps({"parameter_id": pid, "parameter_source": "algorithm", "parameters": p, "parameter_index": 0})
+
+    rows = [(1, "AAAAA", "WAITING", None, None, 0), (2, "AAAAA", "RUNNING", params(0, lr=0.01, x=0), str(path / "A"), 0),
+            (3, "BBBBB", "RUNNING", params(1, lr=0.001, x=1), str(path / "B"), 1),
+            (9, "AAAAA", "SUCCEEDED", None, None, 0), (10, "BBBBB", "USER_CANCELED", None, None, 1),
+            (11, "CCCCC", "RUNNING", params(2, lr=-1.0, x=2), str(path / "C"), 2),
+            (12, "CCCCC", "FAILED", None, None, 2)]
+    con.executemany("INSERT INTO TrialJobEvent VALUES (?,?,?,?,?,?,NULL,'local-env')", rows)
+    metric = lambda v: json.dumps(json.dumps(v))  # noqa: E731  (NNI's double encoding)
+    con.executemany("INSERT INTO MetricData VALUES (?,?,?,?,?,?)", [
+        (4, "AAAAA", "1", "PERIODICAL", 1, metric(0.3)), (5, "AAAAA", "1", "PERIODICAL", 0, metric(0.2)),
+        (6, "BBBBB", "0", "PERIODICAL", 0, metric(0.1)),
+        (8, "AAAAA", "1", "FINAL", 0, metric({"default": 0.3, "test_acc": 0.25}))])
+    con.commit()
+    con.close()
+    (path / "C").mkdir()
+    (path / "C" / "trial.stderr").write_text("error: lr: -1.0 is not allowed; the learning rate must be positive\n")
+    return db
+
+
+def test_reader_takes_parameters_from_what_trials_reported(tmp_path):
+    db = _fake_db(tmp_path / "exp" / "db")
+    for source in (db, tmp_path / "exp"):
+        a, b, c = results.load_experiment(source)
+        assert (a.trial_id, a.status, a.final, a.intermediates) == ("AAAAA", "SUCCEEDED", 0.3, [0.2, 0.3])
+        assert a.params == {"lr": 0.001, "x": 1} and a.params_source == "metrics"     # not the recorded x=0
+        assert b.params == {"lr": 0.01, "x": 0} and b.final is None and b.early_stopped
+        assert c.status == "FAILED" and c.epochs_run == 0 and "lr: -1.0" in c.error
+        assert results.best_trial([a, b, c]).trial_id == "AAAAA"
+        budget = results.epoch_budget([a, b, c], full_epochs=2)
+        assert budget == {"trials": 3, "configurations": 2, "epochs_run": 3, "epochs_if_all_ran_to_end": 4,
+                          "epochs_saved": 1}
+
+
+def test_reader_finds_an_experiment_by_id(tmp_path, monkeypatch):
+    _fake_db(tmp_path / "work" / "abcd1234" / "db")
+    home = tmp_path / "home"
+    (home / "nni-experiments").mkdir(parents=True)
+    (home / "nni-experiments" / ".experiment").write_text(json.dumps({"abcd1234": {"logDir": str(tmp_path / "work")}}))
+    monkeypatch.setenv("HOME", str(home))
+    assert results.best_trial(results.load_experiment("abcd1234")).trial_id == "AAAAA"
+    assert len(results.load_experiment("abcd1234", experiments_dir=tmp_path / "work")) == 3
+    with pytest.raises(UserError, match="experiment 'zzzz9999': no folder"):
+        results.load_experiment("zzzz9999")
+
+
+def test_reader_reads_nnictl_exports(tmp_path):
+    # nnictl's export pairs NNI's recorded parameters (maybe another trial's) with the value;
+    # our trials repeat theirs in the value, and the reader prefers those.
+    value = {"default": 0.61, "test_acc": 0.6, "model": "vgg", "optimizer": "Adam", "lr": 0.001}
+    records = [{"parameter": {"lr": 0.01, "optimizer": "Adagrad", "model": "dpn92"}, "value": json.dumps(value),
+                "trialJobId": "T1", "intermediate": ["0.5", "0.61"]},
+               {"parameter": {"lr": 0.01, "optimizer": "Adam", "model": "vgg"}, "value": "0.4", "trialJobId": "T2"}]
+    (tmp_path / "e.json").write_text(json.dumps(records))
+    best = results.best_trial(results.load_experiment(tmp_path / "e.json"))
+    assert (best.trial_id, best.final, best.intermediates) == ("T1", 0.61, [0.5, 0.61])
+    assert results.searched_params(best) == {"lr": 0.001, "optimizer": "Adam", "model": "vgg"}
+    (tmp_path / "e.csv").write_text("lr,optimizer,model,default,test_acc,trialJobId\n"
+                                    "0.001,Adam,vgg,0.61,0.6,T1\n0.01,Adagrad,dpn92,0.4,0.39,T2\n")
+    best = results.best_trial(results.load_experiment(tmp_path / "e.csv"))
+    assert (best.trial_id, best.final, best.params["model"], best.params["lr"]) == ("T1", 0.61, "vgg", 0.001)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(UserError, match="not an `nnictl experiment export` list"):
+        results.load_experiment(tmp_path / "bad.json")
+
+
+def test_results_command_and_bad_source(tmp_path):
+    _fake_db(tmp_path / "exp" / "db")
+    proc = subprocess.run([sys.executable, str(REPO / "hpo/results.py"), str(tmp_path / "exp"), "--epochs", "2"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "best: trial AAAAA final 0.3000" in proc.stdout and '"epochs_saved": 1' in proc.stdout
+    proc = subprocess.run([sys.executable, str(REPO / "hpo/results.py"), str(tmp_path / "missing")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+# --- retrain ------------------------------------------------------------------------------------
+
+def test_retrain_the_best_of_an_export_on_the_full_training_split(tmp_path):
+    value = {"default": 0.7, "model": "shufflenetg2", "optimizer": "Adamax", "lr": 0.01}
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([{"parameter": {"lr": 0.001, "optimizer": "Adam", "model": "vgg", "TRIAL_BUDGET": 3},
+                                   "value": json.dumps(value), "trialJobId": "BEST"},
+                                  {"parameter": {"lr": 0.001, "optimizer": "Adam", "model": "vgg"},
+                                   "value": "0.2", "trialJobId": "WORSE"}]))
+    result = retrain.main(["--export", str(export), "--data", "fake", "--epochs", "1", "--max-batches", "2",
+                           "--batch-size", "8", "--out-dir", str(tmp_path / "runs")])
+    run = Path(result["run_dir"])
+    config = (run / "config.yaml").read_text()
+    assert "model: shufflenetg2" in config and "optimizer: Adamax" in config and "lr: 0.01" in config
+    assert "val_fraction: 0.0" in config and "epochs: 1" in config
+    assert "val_acc" not in result and 0.0 <= result["test_acc"] <= 1.0
+    origin = json.loads((run / "hpo_best.json").read_text())
+    # the parameters the trial repeated in its result, without Hyperband's budget
+    assert origin["trial_id"] == "BEST" and origin["params"] == {"lr": 0.01, "optimizer": "Adamax", "model": "shufflenetg2"}
+
+
+def test_retrain_defaults_to_the_long_schedule():
+    cfg = retrain.RetrainConfig()
+    assert (cfg.epochs, cfg.val_fraction) == (200, 0.0)
+
+
+def test_retrain_bad_input_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "hpo/retrain.py"), "--export", str(tmp_path / "none.json")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: export file {str(tmp_path / 'none.json')!r} does not exist"
+
+
+# --- the NNI 3.0 fixes, unit level --------------------------------------------------------------
+
+SPACE = json.loads((REPO / "hpo/search_space.json").read_text())
+
+
+def test_fixed_tpe_accepts_a_result_whose_parameters_were_ended_under_another_trial():
+    tuner = FixedTpe(optimize_mode="maximize", seed=0)
+    tuner.update_search_space(SPACE)
+    p0, p1 = tuner.generate_parameters(0), tuner.generate_parameters(1)
+    tuner.trial_end(0, False)                 # NNI ends trial "0" (which really ran parameters 1)...
+    tuner.receive_trial_result(0, p0, {"default": 0.5})   # ...then the trial that ran 0 reports: no KeyError
+    tuner.receive_trial_result(1, p1, 0.4)
+    assert tuner._running_params == {}
+
+
+def _new_jobs(sent):
+    import nni
+
+    return [nni.load(data) for command, data in sent if command.name == "NewTrialJob"]
+
+
+def test_fixed_hyperband_handles_string_ids_and_books_trial_ends_by_reported_id(monkeypatch):
+    import nni
+    from nni.runtime import msg_dispatcher_base
+
+    # NNI's own unit-test channel address: the advisor is built without connecting to a manager
+    monkeypatch.setattr(msg_dispatcher_base, "dispatcher_env_vars", msg_dispatcher_base.dispatcher_env_vars._replace(
+        NNI_TUNER_COMMAND_CHANNEL="ws://_unittest_placeholder_"))
+    advisor = FixedHyperband(optimize_mode="maximize", R=3, eta=3)
+    sent = []
+    advisor.send = lambda command, data: sent.append((command, data))   # no dispatcher channel here
+    advisor.handle_initialize(SPACE)
+    advisor.handle_request_trial_jobs(5)      # bracket 0-1: 3 configs x 1 epoch; bracket 0-0: 2 configs x 3
+    jobs = _new_jobs(sent)
+    assert [j["parameters"]["TRIAL_BUDGET"] for j in jobs] == [1, 1, 1, 3, 3]
+    assert not advisor.is_created_in_previous_exp(jobs[0]["parameter_id"])      # NNI 3.0: TypeError
+
+    def report_and_end(trial_id, ran, recorded, value):
+        advisor.handle_report_metric_data({"parameter_id": ran["parameter_id"], "trial_job_id": trial_id,
+                                           "type": "FINAL", "sequence": 0, "value": nni.dump({"default": value})})
+        advisor.handle_trial_end({"trial_job_id": trial_id, "event": "SUCCEEDED", "hyper_params": nni.dump(recorded)})
+
+    # NNI recorded T2 with job 2 and T3 with job 3, but they ran each other's parameters
+    report_and_end("T0", jobs[0], jobs[0], 0.1)
+    report_and_end("T1", jobs[1], jobs[1], 0.2)
+    report_and_end("T2", jobs[3], jobs[2], 0.3)
+    bracket = advisor.brackets["0-1"]
+    assert bracket.num_finished_configs[0] == 2 and bracket.i == 1     # job 2 has not finished: no promotion yet
+    report_and_end("T3", jobs[2], jobs[3], 0.9)
+    advisor.handle_request_trial_jobs(1)
+    (promoted,) = _new_jobs(sent)[5:]
+    assert promoted["parameters"]["TRIAL_BUDGET"] == 3 and promoted["parameter_id"].startswith("0-1_1_")
+    assert promoted["parameter_id"].split("_")[-1] == jobs[2]["parameter_id"].split("_")[-1]  # the 0.9 one
