@@ -7,7 +7,9 @@ The architecture file is ``{"skip1": 0 or 1, ..., "skip6": 0 or 1}`` (what
 ``python -m classic_nas.export`` writes). Training, the run folder (config.yaml, train.log,
 metrics.jsonl, checkpoint.pt, arch.json, result.json) and the final test accuracy come from
 :func:`core.runner.train`, the retrain path every stage shares; the checkpoint holds the
-architecture and the config, so ``--resume`` needs nothing else.
+architecture and the config, so ``--resume`` needs nothing else. By default it trains on the
+whole training split and logs the test accuracy after every epoch; the result is the last epoch's
+(no epoch is picked on test).
 """
 from __future__ import annotations
 
@@ -25,8 +27,10 @@ STAGE = "classic_nas_retrain"
 
 @dataclasses.dataclass
 class RetrainConfig(TrainConfig):
-    """Training options of a retrain (the core's defaults, with a longer schedule)."""
+    """Training options of a retrain: the core's defaults, a longer schedule, all training images."""
 
+    val_fraction: float = dataclasses.field(default=0.0, metadata={
+        "help": "fraction of the training split held out for validation; 0 = train on all of it"})
     epochs: int = dataclasses.field(default=100, metadata={"help": "training epochs"})
 
 
@@ -52,10 +56,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     else:
         arch = read_arch(args.arc)
         cfg = config_from_args(RetrainConfig, args)
-    eval_splits = ("val",) if cfg.val_fraction > 0 else ()
+    # Nothing is selected here, so with no validation split the test split is logged every epoch
+    # (monitoring only; the result is the last epoch's).
+    eval_splits = ("val", "test") if cfg.val_fraction > 0 else ("test",)
     print(f"architecture {arch_name(arch)}: {json.dumps(arch)}", flush=True)
     result = train(cfg, lambda num_classes: build_model(arch, num_classes), name=STAGE, resume=args.resume,
-                   arch=arch, eval_splits=eval_splits, final_test=True)
+                   arch=arch, eval_splits=eval_splits, final_test=False)
     print(json.dumps({"arch": arch, **result}), flush=True)
     return result
 

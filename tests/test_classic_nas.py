@@ -237,7 +237,10 @@ def test_trial_outside_nni_trains_one_architecture_on_validation_only(tmp_path, 
     assert "test_acc" not in result and 0.0 <= result["val_acc"] <= 1.0  # the test split is not looked at
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2] and all("val_acc" in m for m in metrics)
-    assert trial.final_metrics(result)["default"] == result["val_acc"] == metrics[-1]["val_acc"]
+    final = trial.final_metrics(result, arch)
+    assert final["default"] == result["val_acc"] == metrics[-1]["val_acc"]
+    assert {k: final[k] for k in SKIP_LABELS} == arch and "test_acc" not in final
+    assert not (run / "checkpoint.pt").exists()  # deleted unless --keep-checkpoint
     assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 2
 
 
@@ -257,6 +260,8 @@ def test_retrain_trains_then_resumes_from_its_checkpoint(tmp_path):
     run = Path(result["run_dir"])
     assert run.name.startswith("classic_nas_retrain-") and 0.0 <= result["test_acc"] <= 1.0
     assert "val_acc" not in result  # val_fraction 0: trained on the whole training split
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["test_acc"] == result["test_acc"]
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["arch"] == arch and state["epoch"] == 1
     again = retrain.main(["--resume", str(run / "checkpoint.pt")])
@@ -270,3 +275,17 @@ def test_trial_on_real_jpeg_cifar10(tmp_path, cifar_jpeg, data_root):
                          "--subset", "64", "--val-subset", "100", "--epochs", "1", "--max-batches", "2",
                          "--batch-size", "16", "--eval-batch-size", "50", "--out-dir", str(tmp_path / "runs")])
     assert result["params"] == PARAMS_10_CLASSES and 0.0 <= result["val_acc"] <= 1.0
+
+
+def test_a_diverged_trial_reports_zero_flagged_and_exits_cleanly(tmp_path, monkeypatch, capsys):
+    from core.train import TrainingDiverged
+
+    def diverge(*args, **kwargs):
+        raise TrainingDiverged("training loss became nan in epoch 1")
+
+    monkeypatch.setattr(trial, "train", diverge)
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(json.dumps(ALL_ON))
+    result = trial.main(["--arch", str(arch_file), "--data", "fake"])
+    assert result == {"default": 0.0, "diverged": 1, **ALL_ON}
+    assert "trial stopped: training loss became nan" in capsys.readouterr().out

@@ -1,0 +1,78 @@
+"""Write the best architecture of a classic-NAS experiment to ``best_arch.json``.
+
+    python -m classic_nas.export EXPERIMENT_ID [--out best_arch.json]
+    python -m classic_nas.export ~/nni-experiments/EXPERIMENT_ID        # a folder, nni.sqlite or export file
+
+The experiment is read without the web UI by the shared reader :mod:`hpo.results` (the
+experiment's sqlite database, or an ``nnictl experiment export`` file). The best trial is the one
+with the highest final ``default`` (validation accuracy); trials that diverged are left out. Its
+architecture is taken from the ``skip1`` ... ``skip6`` keys the trial repeats in its final result
+(robust to NNI 3.0 recording another concurrent trial's parameters), else from its parameters, and
+written as ``{"skip1": 0 or 1, ...}`` for ``classic_nas/retrain.py --arc``. The table of every
+trial, best first, goes to standard output.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from core.checkpoint import atomic_write_text
+from core.errors import UserError, cli_main
+
+
+def trial_arch(trial: Any) -> dict[str, int]:
+    """The architecture a trial trained (see the module docstring), validated."""
+    from classic_nas.space import SKIP_LABELS, validate_arch
+
+    reported = {k: trial.final_metrics[k] for k in SKIP_LABELS if k in trial.final_metrics}
+    arch = reported if len(reported) == len(SKIP_LABELS) else trial.params
+    return validate_arch(arch, source=f"trial {trial.trial_id}")
+
+
+def ranked(trials: Sequence[Any]) -> list[Any]:
+    """Trials with a final result that did not diverge, best validation accuracy first."""
+    scored = [t for t in trials if t.final is not None and not t.final_metrics.get("diverged")]
+    return sorted(scored, key=lambda t: (-t.final, t.sequence_id or 0))
+
+
+def format_table(trials: Sequence[Any]) -> str:
+    from classic_nas.space import arch_name
+
+    lines = [f"{'trial':8} {'arch':8} {'val_acc':>7}  per-epoch val_acc"]
+    for t in trials:
+        epochs = " ".join(f"{v:.4f}" for v in t.intermediates)
+        lines.append(f"{t.trial_id:8} {arch_name(trial_arch(t)):8} {t.final:7.4f}  {epochs}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m classic_nas.export", description=__doc__.splitlines()[0])
+    parser.add_argument("source", help="experiment id, experiment folder, nni.sqlite, or an nnictl export .json/.csv")
+    parser.add_argument("--experiments-dir", help="folder holding <id>/ (default: found via ~/nni-experiments)")
+    parser.add_argument("--out", default="best_arch.json", help="architecture file to write (default: %(default)s)")
+    return parser
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> dict[str, int]:
+    from hpo.results import load_experiment
+
+    args = build_parser().parse_args(argv)
+    trials = load_experiment(args.source, experiments_dir=args.experiments_dir)
+    good = ranked(trials)
+    if not good:
+        raise UserError(f"experiment {args.source!r}: none of its {len(trials)} trials has a final result "
+                        "(that did not diverge) yet")
+    best = good[0]
+    arch = trial_arch(best)
+    print(format_table(good))
+    out = Path(args.out)
+    atomic_write_text(out, json.dumps(arch, indent=2) + "\n")
+    print(f"best: trial {best.trial_id} val_acc {best.final:.4f} -> {out}")
+    return arch
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Classic NAS end to end: a real ``nnictl`` experiment of ``classic_nas/config.yml`` (NNI's Random
+tuner, fake data, three trials of two epochs), then the export of the best architecture and a
+retrain of it for a few batches."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from classic_nas.space import SKIP_LABELS, validate_arch
+from tests.nni_harness import nni_experiment
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE = REPO / "classic_nas"
+TRIAL_FLAGS = ("--data fake --epochs 2 --max-batches 2 --batch-size 8 --eval-batch-size 50 --seed 1")
+
+
+def _decode(value):
+    while isinstance(value, str):
+        value = json.loads(value)
+    return value
+
+
+def test_random_search_with_nnictl_then_export_and_retrain(tmp_path):
+    config = STAGE / "config.yml"
+    shipped = (config.read_text().split("trialCommand: ", 1)[1].splitlines()[0]).strip()
+    overrides = {"maxTrialNumber": 3, "trialCommand": f"{shipped} {TRIAL_FLAGS}"}
+    with nni_experiment(config, tmp_path, timeout=120, overrides=overrides) as exp:
+        status = exp.wait_done(timeout=420)
+        assert status["status"] == "DONE", status
+        trials, metrics = exp.trials(), exp.metrics()
+        assert len(trials) == 3 and all(t["status"] == "SUCCEEDED" for t in trials), exp.logs()
+
+        finals, archs = {}, {}
+        for t in trials:
+            tid = t["trialJobId"]
+            params = _decode(t["hyperParameters"][0])["parameters"]
+            archs[tid] = validate_arch(params)  # the tuner's parameters are an architecture
+            periodical = [m for m in metrics if m["trialJobId"] == tid and m["type"] == "PERIODICAL"]
+            final = [_decode(m["data"]) for m in metrics if m["trialJobId"] == tid and m["type"] == "FINAL"]
+            assert len(periodical) == 2, "one validation accuracy per epoch"
+            assert len(final) == 1 and final[0]["default"] == final[0]["val_acc"]
+            assert final[0]["default"] == _decode(periodical[-1]["data"])  # last epoch's val accuracy
+            assert "test_acc" not in final[0]
+            assert {k: final[0][k] for k in SKIP_LABELS} == archs[tid]
+            finals[tid] = final[0]["default"]
+            run = Path(t["logPath"])  # the trial's folder is its run folder
+            assert json.loads((run / "arch.json").read_text()) == archs[tid]
+            assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
+        assert len({json.dumps(a) for a in archs.values()}) == 3, "the Random tuner does not repeat itself"
+        exp_dir = exp.exp_dir
+
+    best_file = tmp_path / "best_arch.json"
+    export = subprocess.run([sys.executable, "-m", "classic_nas.export", str(exp_dir), "--out", str(best_file)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert export.returncode == 0, export.stderr
+    best_id = max(finals, key=lambda tid: (finals[tid], -[t["trialJobId"] for t in trials].index(tid)))
+    assert json.loads(best_file.read_text()) == archs[best_id]
+    assert f"best: trial {best_id}" in export.stdout
+
+    runs = tmp_path / "runs"
+    retrain = subprocess.run([sys.executable, str(STAGE / "retrain.py"), "--arc", str(best_file), "--data", "fake",
+                              "--epochs", "1", "--max-batches", "3", "--batch-size", "8", "--eval-batch-size", "50",
+                              "--out-dir", str(runs)], capture_output=True, text=True, cwd=STAGE)
+    assert retrain.returncode == 0, retrain.stderr
+    (run,) = runs.iterdir()
+    result = json.loads((run / "result.json").read_text())
+    assert json.loads((run / "arch.json").read_text()) == archs[best_id]
+    assert 0.0 <= result["test_acc"] <= 1.0 and result["epoch"] == 1
