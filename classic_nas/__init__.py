@@ -1,0 +1,1 @@
+"""Classic (multi-trial) NAS: a MobileNet ModelSpace with six skip choices, searched through nnictl."""

@@ -289,3 +289,52 @@ def test_a_diverged_trial_reports_zero_flagged_and_exits_cleanly(tmp_path, monke
     result = trial.main(["--arch", str(arch_file), "--data", "fake"])
     assert result == {"default": 0.0, "diverged": 1, **ALL_ON}
     assert "trial stopped: training loss became nan" in capsys.readouterr().out
+
+
+# --- export of the best architecture -----------------------------------------------------------------
+
+def _trial(tid, final, params, final_metrics=None, seq=0):
+    from hpo.results import Trial
+
+    return Trial(trial_id=tid, status="SUCCEEDED", params=params, final=final,
+                 final_metrics=final_metrics if final_metrics is not None else {"default": final},
+                 intermediates=[final] if final is not None else [], sequence_id=seq)
+
+
+def test_export_ranks_by_validation_accuracy_and_trusts_the_reported_arch():
+    from classic_nas.export import ranked, trial_arch
+
+    recorded_wrong = {**ALL_OFF}             # what NNI recorded (another concurrent trial's parameters)
+    really_ran = {**ALL_OFF, "skip3": 1}     # what the trial repeated in its final result
+    trials = [
+        _trial("a", 0.30, ALL_ON, seq=0),
+        _trial("b", 0.50, recorded_wrong, {"default": 0.50, **really_ran}, seq=1),
+        _trial("c", 0.0, ALL_OFF, {"default": 0.0, "diverged": 1}, seq=2),
+        _trial("d", None, ALL_ON, {}, seq=3),   # still running
+        _trial("e", 0.50, ALL_ON, seq=4),       # a tie goes to the earlier trial
+    ]
+    order = ranked(trials)
+    assert [t.trial_id for t in order] == ["b", "e", "a"]
+    assert trial_arch(order[0]) == really_ran and trial_arch(order[2]) == ALL_ON
+
+
+def test_export_command_errors_in_one_line(tmp_path, monkeypatch, capsys):
+    from classic_nas import export
+
+    monkeypatch.setattr("hpo.results.load_experiment", lambda source, experiments_dir=None: [
+        _trial("x", 0.0, ALL_ON, {"default": 0.0, "diverged": 1})])
+    out = tmp_path / "best_arch.json"
+    with pytest.raises(SystemExit) as exit_:
+        export.main(["abc123", "--out", str(out)])
+    assert exit_.value.code == 2 and not out.exists()
+    assert capsys.readouterr().err.strip() == ("error: experiment 'abc123': none of its 1 trials has a final result "
+                                               "(that did not diverge) yet")
+    monkeypatch.setattr("hpo.results.load_experiment", lambda source, experiments_dir=None: [
+        _trial("y", 0.4, {**ALL_ON, "skip9": 1})])
+    with pytest.raises(SystemExit):
+        export.main(["abc123", "--out", str(out)])
+    assert "error: trial y: unknown skip label 'skip9'" in capsys.readouterr().err and not out.exists()
+    monkeypatch.setattr("hpo.results.load_experiment", lambda source, experiments_dir=None: [
+        _trial("z", 0.4, {**ALL_OFF, "skip6": 1})])
+    assert export.main(["abc123", "--out", str(out)]) == {**ALL_OFF, "skip6": 1}
+    assert json.loads(out.read_text()) == {**ALL_OFF, "skip6": 1}

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
-from classic_nas.space import SKIP_LABELS, validate_arch
+from classic_nas.space import SKIP_LABELS, search_space_json, validate_arch
 from tests.nni_harness import nni_experiment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +50,10 @@ def test_random_search_with_nnictl_then_export_and_retrain(tmp_path):
             assert json.loads((run / "arch.json").read_text()) == archs[tid]
             assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
         assert len({json.dumps(a) for a in archs.values()}) == 3, "the Random tuner does not repeat itself"
+        # the experiment is served to the web UI: the page, and the search space it shows
+        with urllib.request.urlopen(f"{exp.url}/oview", timeout=10) as page:
+            assert b"<title>Neural Network Intelligence</title>" in page.read()
+        assert exp.rest("experiment")["params"]["searchSpace"] == search_space_json()
         exp_dir = exp.exp_dir
 
     best_file = tmp_path / "best_arch.json"
