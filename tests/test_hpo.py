@@ -88,33 +88,43 @@ def test_bad_tuner_parameters_are_one_clear_error(params, message):
 @pytest.mark.parametrize("flags, named", [(["--model", "nope"], "model: unknown value 'nope'"),
                                           (["--optimizer", "Nadam"], "optimizer: unknown value 'Nadam'"),
                                           (["--lr", "0"], "lr: 0.0 is not allowed")])
-def test_bad_parameter_fails_at_once_with_one_line(tmp_path, flags, named):
-    proc = subprocess.run([sys.executable, str(REPO / "hpo/trial.py"), *FAKE_FLAGS, *flags, "--out-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]      # one line, no traceback
-    assert proc.stderr.startswith("error: ") and named in proc.stderr
+def test_bad_parameter_fails_at_once_with_one_line(tmp_path, capsys, flags, named):
+    with pytest.raises(SystemExit) as exit_:
+        trial.main([*FAKE_FLAGS, *flags, "--out-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: ") and named in err
+    assert len(err.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())                                  # nothing half-written
+
+
+def test_bad_parameter_as_a_process_exits_2_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "hpo/trial.py"), *FAKE_FLAGS, "--model", "resnet1000",
+                           "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: model: unknown value 'resnet1000'; allowed: densenet121, dpn92, googlenet, "
+                                   "mobilenet, resnet18, senet18, shufflenetg2, vgg")
+    assert not list(tmp_path.iterdir())
 
 
 # --- running trials -----------------------------------------------------------------------------
 
 def test_trial_standalone_from_repo_root_and_from_hpo(tmp_path):
     """`python hpo/trial.py` from the repo root, and `python trial.py` inside hpo/."""
-    for cwd, script in ((REPO, "hpo/trial.py"), (REPO / "hpo", "trial.py")):
+    for cwd, script, epochs in ((REPO, "hpo/trial.py", 2), (REPO / "hpo", "trial.py", 1)):
         out = tmp_path / cwd.name
-        proc = subprocess.run([sys.executable, script, *FAKE_FLAGS, "--model", "shufflenetg2", "--epochs", "2",
+        proc = subprocess.run([sys.executable, script, *FAKE_FLAGS, "--model", "shufflenetg2", "--epochs", str(epochs),
                                "--out-dir", str(out)], cwd=cwd, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
         final = json.loads(proc.stdout.strip().splitlines()[-1])
         assert 0.0 <= final["default"] == final["val_acc"] <= 1.0
-        assert (final["model"], final["optimizer"], final["epochs"]) == ("shufflenetg2", "Adam", 2)
+        assert (final["model"], final["optimizer"], final["epochs"]) == ("shufflenetg2", "Adam", epochs)
         assert 0.0 <= final["test_acc"] <= 1.0
         (run,) = out.iterdir()
         assert {"config.yaml", "metrics.jsonl", "train.log", "result.json"} <= {p.name for p in run.iterdir()}
         assert not (run / "checkpoint.pt").exists()           # dropped at the end unless --keep-checkpoint
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        assert [m["epoch"] for m in metrics] == [1, 2] and all("test_acc" not in m for m in metrics)
+        assert [m["epoch"] for m in metrics] == list(range(1, epochs + 1))
+        assert all("test_acc" not in m for m in metrics)                  # test only at the end
 
 
 def test_trial_reports_every_epoch_into_nni_output_dir(tmp_path):

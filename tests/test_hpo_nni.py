@@ -1,0 +1,145 @@
+"""HPO stage end to end with the real NNI manager: `nnictl create` on a free port, hermetic HOME
+and working directory (tests/nni_harness.py), REST polling until done, the web UI in headless
+Chromium, reading the best trial back, and no NNI process left after `nnictl stop`."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from html import unescape
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpo import results, retrain
+from tests.nni_harness import nni_experiment
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+SMOKE = REPO / "configs/hpo_smoke.yml"
+HYPERBAND = REPO / "configs/hpo_hyperband.yml"
+ENDED = ("SUCCEEDED", "USER_CANCELED", "EARLY_STOPPED")   # NNI 3.0 shows Medianstop's stops as USER_CANCELED
+
+
+def _final(trial_job: dict) -> float | None:
+    data = trial_job.get("finalMetricData") or []
+    return results._number(data[0]["data"]) if data else None
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
+
+
+def _browser(url: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Headless Chromium on ``url``; virtual time lets the single-page app fetch and render first."""
+    return subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                           "--disable-component-update", "--disable-sync", "--no-first-run",
+                           f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=15000",
+                           "--window-size=1400,1000", *extra, url],
+                          capture_output=True, text=True, timeout=120)
+
+
+def _visible_text(html: str) -> str:
+    html = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)
+    return re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", html)))
+
+
+def test_smoke_experiment_web_ui_and_best_trial(tmp_path):
+    with nni_experiment(SMOKE, tmp_path, timeout=60) as exp:
+        status = exp.wait_done(timeout=300)
+        assert status["status"] == "DONE", exp.logs()
+        jobs = exp.trials()
+        assert len(jobs) >= 3
+        metrics = exp.metrics()
+        for job in jobs:
+            assert job["status"] in ENDED, (job["trialJobId"], job["status"], exp.logs())
+            periodical = [m for m in metrics if m["trialJobId"] == job["trialJobId"] and m["type"] == "PERIODICAL"]
+            assert periodical, f"trial {job['trialJobId']} reported no intermediate result"
+            if job["status"] == "SUCCEEDED":
+                assert len(periodical) == 3 and isinstance(_final(job), float)
+        assert any(_final(job) is not None for job in jobs)
+
+        # the best trial, read back from the experiment folder (no web UI, no REST)
+        trials = results.load_experiment(exp.exp_dir)
+        assert {t.trial_id for t in trials} == {j["trialJobId"] for j in jobs}
+        best = results.best_trial(trials)
+        assert best.final == max(_final(j) for j in jobs if _final(j) is not None)
+        assert set(results.searched_params(best)) == {"lr", "optimizer", "model"}
+        assert best.final_metrics["val_acc"] == best.final and best.intermediates[-1] == best.final
+        run = Path(best.log_dir)                          # the trial's run folder is NNI's trial folder
+        assert {"config.yaml", "metrics.jsonl", "train.log", "result.json", "trial.log"} <= {p.name for p in run.iterdir()}
+        assert f"model: {best.params['model']}" in (run / "config.yaml").read_text()
+        assert results.best_trial(results.load_experiment(exp.id, experiments_dir=exp.work_dir)).trial_id == best.trial_id
+
+        # the web UI in a real browser: the overview shows the status, the trials page lists every trial
+        overview = _browser(f"{exp.url}/oview", tmp_path, "--dump-dom")
+        text = _visible_text(overview.stdout)
+        assert "Neural Network Intelligence" in text and exp.id in text, text[:2000]
+        assert "DONE" in text and "Status" in text, text[:2000]
+        detail = _visible_text(_browser(f"{exp.url}/detail", tmp_path, "--dump-dom").stdout)
+        for job in jobs:
+            assert job["trialJobId"] in detail, detail[:2000]
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "hpo_webui_trials.png"
+        shot.unlink(missing_ok=True)
+        _browser(f"{exp.url}/detail", tmp_path, f"--screenshot={shot}")
+        assert shot.is_file() and shot.stat().st_size > 10_000
+
+        # retrain the best, by experiment id, the way a user would (one epoch here)
+        result = retrain.main(["--experiment", exp.id, "--experiments-dir", str(exp.work_dir), "--data", "fake",
+                               "--epochs", "1", "--max-batches", "1", "--batch-size", "8",
+                               "--out-dir", str(tmp_path / "runs")])
+        origin = json.loads((Path(result["run_dir"]) / "hpo_best.json").read_text())
+        assert origin["trial_id"] == best.trial_id and 0.0 <= result["test_acc"] <= 1.0
+
+
+def test_bad_parameters_fail_their_trials_and_the_experiment_goes_on(tmp_path):
+    space = {"model": {"_type": "choice", "_value": ["mobilenet", "resnet1000"]},
+             "optimizer": {"_type": "choice", "_value": ["Adam", "Nadam"]},
+             "lr": {"_type": "choice", "_value": [0.001, -1.0]}}
+    smoke = yaml.safe_load(SMOKE.read_text())
+    overrides = {"searchSpace": space, "searchSpaceFile": None, "maxTrialNumber": 4,
+                 "trialCommand": smoke["trialCommand"].replace("--epochs 3", "--epochs 1")}
+    with nni_experiment(SMOKE, tmp_path, timeout=60, overrides=overrides) as exp:
+        assert exp.wait_done(timeout=240)["status"] == "DONE", exp.logs()
+        trials = results.load_experiment(exp.exp_dir)
+        assert len(trials) == 4
+        for t in trials:
+            bad = t.params["model"] != "mobilenet" or t.params["optimizer"] != "Adam" or t.params["lr"] <= 0
+            if t.status == "FAILED":
+                assert bad and t.error and t.error.startswith("error: ") and t.epochs_run == 0, t
+                assert re.search(r"(model|optimizer|lr): .*(allowed|not allowed)", t.error), t.error
+                stderr = (Path(t.log_dir) / "trial.stderr").read_text()
+                assert "Traceback" not in stderr
+            else:
+                assert not bad and t.status == "SUCCEEDED" and t.final is not None, t
+
+
+def test_hyperband_variant_reaches_done(tmp_path):
+    config = yaml.safe_load(HYPERBAND.read_text())
+    smoke = yaml.safe_load(SMOKE.read_text())
+    advisor = {**config["advisor"], "classArgs": {**config["advisor"]["classArgs"], "R": 3}}
+    # R = 3, eta = 3: bracket 0-1 runs 3 configurations for 1 epoch and promotes the best to 3
+    # epochs; bracket 0-0 runs 2 configurations for 3 epochs: 6 trials in all
+    # epochs a trial runs come from TRIAL_BUDGET; one batch per epoch and the two fastest models keep it short
+    trial_command = smoke["trialCommand"].replace("--epochs 3 ", "").replace("--max-batches 2", "--max-batches 1")
+    space = {**json.loads((REPO / "hpo/search_space.json").read_text()),
+             "model": {"_type": "choice", "_value": ["mobilenet", "shufflenetg2"]}}
+    with nni_experiment(HYPERBAND, tmp_path, timeout=60, overrides={
+            "advisor": advisor, "maxTrialNumber": 6, "trialConcurrency": 2, "trialCommand": trial_command,
+            "searchSpace": space, "searchSpaceFile": None}) as exp:
+        status = exp.wait_done(timeout=300)
+        assert status["status"] == "DONE", exp.logs()
+        assert "TypeError" not in (exp.exp_dir / "log" / "dispatcher.log").read_text()
+        trials = results.load_experiment(exp.exp_dir)
+        assert len(trials) == 6 and all(t.status == "SUCCEEDED" for t in trials), [(t.trial_id, t.status) for t in trials]
+        for t in trials:
+            budget = t.params["TRIAL_BUDGET"]
+            assert budget in (1, 3) and t.epochs_run == budget and t.final_metrics["epochs"] == budget
+        assert [t.params["TRIAL_BUDGET"] for t in trials].count(1) in (3, 4)   # 4: the next bracket started first
+        assert results.best_trial(trials).final is not None
