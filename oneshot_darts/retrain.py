@@ -44,7 +44,8 @@ class RetrainConfig(TrainConfig):
     stem_multiplier: int = field(3, "stem output channels / C")
     auxiliary: bool = field(True, "auxiliary classifier after the second reduction cell (training only)")
     auxiliary_weight: float = field(0.4, "weight of the auxiliary loss")
-    drop_path: float = field(0.2, "drop-path probability reached at the last epoch (linear from 0)")
+    drop_path: float = field(0.2, "drop-path probability, increased linearly: epoch e (from 0) uses "
+                                   "drop_path x e / epochs")
 
     def validate(self) -> None:
         super().validate()

@@ -20,6 +20,8 @@ from oneshot_darts.arch import ArchError, Genotype, load_arch, parse_arch
 from oneshot_darts.ops import OP_NAMES
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*is found to be not a nn.Module")
+
 DARTS_V2_FILE = REPO / "oneshot_darts" / "archs" / "darts_v2.json"
 
 #: DARTS-V2 as NNI 3.0 exports it (the dict of nni.nas.hub.pytorch.DARTS.load_searched_model('darts-v2')).
