@@ -68,21 +68,26 @@ class Splits:
 
 
 def split_indices(n: int, n_second: int, seed: int = SPLIT_SEED) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded permutation of ``range(n)`` cut into two disjoint, sorted index sets of sizes
-    ``n - n_second`` and ``n_second``."""
+    """A seeded permutation of ``range(n)`` cut into two disjoint index sets of sizes
+    ``n - n_second`` and ``n_second``, each in random order."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[n_second:].sort().values, perm[:n_second].sort().values
+    return perm[n_second:], perm[:n_second]
 
 
 def first_of_permutation(n: int, k: int, seed: int = SPLIT_SEED) -> torch.Tensor:
-    """``k`` indices of ``range(n)`` drawn without replacement with a fixed seed (sorted)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))[:k].sort().values
+    """``k`` indices of ``range(n)`` drawn without replacement with a fixed seed, in random order."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))[:k]
 
 
 def make_splits(data: str, data_root: str, *, val_fraction: float = 0.1, subset: int = 0,
                 val_subset: int = 0, image_size: int = 32) -> Splits:
-    """Load ``data`` and carve the validation split from its training split."""
+    """Load ``data`` and carve the validation split from its training split.
+
+    Every split comes out in a fixed random order (image folders list their images class by
+    class), so that a prefix of one, which is what ``max_batches`` evaluates, is a fair sample.
+    """
     train, test, classes = load_source(data, data_root, image_size=image_size)
+    test = test.take(first_of_permutation(len(test), len(test), seed=SPLIT_SEED + 1))
     val = None
     if val_fraction > 0:
         n_val = max(1, round(len(train) * val_fraction))

@@ -142,3 +142,13 @@ def test_real_jpeg_cifar10(cifar_jpeg, data_root):
     assert s.train.images.dtype == torch.uint8 and s.train.images.shape[1:] == (3, 32, 32)
     assert torch.bincount(s.test.labels).tolist() == [1000] * 10
     assert 0.4 < s.mean[0] < 0.55 and 0.2 < s.std[0] < 0.3
+
+
+def test_split_prefixes_are_fair_samples(tmp_path):
+    """Image folders list images class by class; the evaluation splits must not (a few
+    ``max_batches`` of a class-ordered test split would see one class only)."""
+
+    folder = write_folder(tmp_path / "ds", ["a", "b", "c", "d"], ["a", "b", "c", "d"], n=20)
+    s = make_splits(str(folder), str(tmp_path / "root"), val_fraction=0.25)
+    for part in (s.val, s.test):
+        assert len(set(part.labels[:10].tolist())) > 1
