@@ -24,13 +24,13 @@ import itertools
 import json
 import os
 import warnings
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from core.config import read_json
 from core.errors import UserError
 from models.mobilenet import STEM_CHANNELS, BlockSpec, DepthwiseSeparable, make_stem, parse_block_spec
 
@@ -188,11 +188,4 @@ def arch_name(arch: dict[str, int]) -> str:
 
 def read_arch(path: str | os.PathLike) -> dict[str, int]:
     """Read and validate an architecture JSON file (``best_arch.json``)."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"architecture file {str(p)!r} does not exist")
-    try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"architecture file {str(p)!r} is not valid JSON: {exc}") from None
-    return validate_arch(data, source=str(p))
+    return validate_arch(read_json(path, "architecture file"), source=str(path))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import types
 import typing
@@ -163,6 +164,18 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """Read a JSON file, turning a missing or malformed file into a :class:`UserError` that names
+    ``what`` it is (``--arc``, say)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what}: {str(p)!r} does not exist")
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {str(p)!r}: not valid JSON ({exc})") from None
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add ``--config FILE`` and one ``--field-name`` flag per dataclass field (defaults suppressed)."""
     parser.add_argument("--config", metavar="YAML", help="YAML file of field: value (flags override it)")
@@ -182,14 +195,39 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                                help=text)
 
 
-def config_from_args(cls: type[C], args: argparse.Namespace, base: dict[str, Any] | None = None) -> C:
-    """Resolve defaults < ``base`` < ``--config`` YAML < flags into a validated ``cls``."""
+def config_from_args(cls: type[C], args: argparse.Namespace, base: dict[str, Any] | None = None,
+                     overrides: dict[str, Any] | None = None, overrides_source: str = "NNI parameter") -> C:
+    """Resolve defaults < ``base`` < ``--config`` YAML < flags < ``overrides`` (an NNI trial's
+    parameters) into a validated ``cls``. An override that is not a field is an error naming it."""
     names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = dict(base or {})
     if getattr(args, "config", None):
         values.update(read_yaml(args.config))
     values.update({k: v for k, v in vars(args).items() if k in names})
+    if overrides:
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise UserError(f"{overrides_source} {unknown[0]!r} is not a config field; "
+                            f"known fields: {', '.join(sorted(names))}")
+        values.update(overrides)
     return from_dict(cls, values, source=getattr(args, "config", None) or "config")
+
+
+def add_resume_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", metavar="CHECKPOINT",
+                        help="continue a run from its checkpoint.pt, in its folder, with the config stored in it")
+
+
+def check_resume_only(cls: type, args: argparse.Namespace, extra: Sequence[str] = ()) -> None:
+    """``--resume`` continues with the checkpoint's own config: other options would be ignored, so
+    passing them is an error rather than a surprise."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = [k for k in vars(args) if k in names] + (["config"] if getattr(args, "config", None) else [])
+    given += [k for k in extra if getattr(args, k, None)]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise UserError(f"{flag}: not allowed with --resume, which continues with the config stored in the "
+                        "checkpoint; pass --resume alone")
 
 
 def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: str | None = None,

@@ -33,6 +33,19 @@ def config_from_checkpoint(cls: type, path: str | Path) -> tuple[Any, dict[str, 
     return from_dict(cls, state["config"], source=f"checkpoint {str(path)!r}"), state
 
 
+def open_run(cfg: Any, name: str, *, run_dir: str | Path | None = None,
+             resume: str | Path | None = None) -> Run:
+    """The run folder: the checkpoint's when resuming, else ``run_dir`` (an NNI trial's output
+    folder), else a new ``cfg.out_dir/<run_name or name>-<time>``; the resolved config is written."""
+    if resume:
+        return Run(Path(resume).parent)
+    if run_dir is not None:
+        run = Run(run_dir)
+        run.write_config(cfg)
+        return run
+    return Run.create(cfg.out_dir, cfg.run_name or name, cfg)
+
+
 def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: str,
           run_dir: str | Path | None = None, resume: str | Path | None = None,
           arch: dict[str, Any] | None = None, eval_splits: Sequence[str] = ("val",), final_test: bool = True,
@@ -54,13 +67,7 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
     model = build_model(splits.num_classes)
     if setup is not None:
         epoch_start = setup(model) or epoch_start
-    if resume:
-        run = Run(Path(resume).parent)
-    elif run_dir is not None:
-        run = Run(run_dir)
-        run.write_config(cfg)
-    else:
-        run = Run.create(cfg.out_dir, cfg.run_name or name, cfg)
+    run = open_run(cfg, name, run_dir=run_dir, resume=resume)
     if arch is not None:
         atomic_write_text(run.dir / "arch.json", json.dumps(arch, indent=2) + "\n")
     trainer = Trainer(model, cfg, splits, run, eval_splits=eval_splits, arch=arch, loss_fn=loss_fn,

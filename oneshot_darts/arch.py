@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.config import read_json
 from core.errors import UserError
 from oneshot_darts.ops import OP_NAMES
 
@@ -108,14 +109,7 @@ class Genotype:
 
 def load_arch(path: str | Path, what: str = "--arc") -> Genotype:
     """Read an architecture file in any of the three formats."""
-    p = Path(path)
-    if not p.is_file():
-        raise ArchError(f"{what}: {str(p)!r} does not exist")
-    try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArchError(f"{what} {str(p)!r}: not JSON ({exc})") from None
-    return parse_arch(data, source=f"{what} {str(p)!r}")
+    return parse_arch(read_json(path, what), source=f"{what} {str(path)!r}")
 
 
 def parse_arch(data: Any, source: str = "architecture") -> Genotype:

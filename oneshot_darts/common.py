@@ -7,12 +7,10 @@ import dataclasses
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
-from core.config import TrainConfig, add_config_arguments, from_dict, read_yaml
+from core.config import add_config_arguments, add_resume_argument
 from core.errors import UserError
-
-C = TypeVar("C", bound=TrainConfig)
 
 
 def field(default: Any, help: str) -> Any:  # noqa: A002 - the name argparse uses
@@ -22,40 +20,12 @@ def field(default: Any, help: str) -> Any:  # noqa: A002 - the name argparse use
 
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--resume", metavar="CHECKPOINT",
-                        help="continue a run from its checkpoint.pt, in its folder, with the config stored in it")
+    add_resume_argument(parser)
     parser.add_argument("--nni", action="store_true",
                         help="run as an NNI trial: take the trial's parameters as config overrides, write into "
                              "the trial's folder and report every epoch's accuracy (see config*.yml)")
     add_config_arguments(parser, cls)
     return parser
-
-
-def resolve_config(cls: type[C], args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> C:
-    """Defaults < ``--config`` YAML < command-line flags < ``overrides`` (an NNI trial's parameters)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    if args.config:
-        values.update(read_yaml(args.config))
-    values.update({k: v for k, v in vars(args).items() if k in names})
-    if overrides:
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise UserError(f"NNI parameter {unknown[0]!r} is not a config field; known fields: {', '.join(sorted(names))}")
-        values.update(overrides)
-    return from_dict(cls, values, source=args.config or "config")
-
-
-def check_resume_only(cls: type, args: argparse.Namespace, extra: tuple[str, ...] = ()) -> None:
-    """``--resume`` continues with the checkpoint's own config: other options would be ignored, so
-    passing them is an error rather than a surprise."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    given = [k for k in vars(args) if k in names] + (["config"] if args.config else [])
-    given += [k for k in extra if getattr(args, k, None)]
-    if given:
-        flag = "--" + given[0].replace("_", "-")
-        raise UserError(f"{flag}: not allowed with --resume, which continues with the config stored in the "
-                        "checkpoint; pass --resume alone")
 
 
 # --- NNI -----------------------------------------------------------------------------------------

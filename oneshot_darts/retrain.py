@@ -18,11 +18,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from core.config import TrainConfig
+from core.config import TrainConfig, check_resume_only, config_from_args
 from core.errors import UserError, cli_main
 from core.runner import config_from_checkpoint, train
 from oneshot_darts.arch import Genotype, load_arch, parse_arch
-from oneshot_darts.common import NniTrial, build_parser, check_resume_only, field, quiet_nni_imports, resolve_config
+from oneshot_darts.common import NniTrial, build_parser, field, quiet_nni_imports
 
 
 @dataclasses.dataclass
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         genotype = parse_arch(state.get("arch"), source=f"checkpoint {args.resume!r}")
         return _finish(run_retrain(cfg, genotype, resume=args.resume))
     trial = NniTrial() if args.nni else None
-    cfg = resolve_config(RetrainConfig, args, trial.params if trial else None)
+    cfg = config_from_args(RetrainConfig, args, overrides=trial.params if trial else None)
     if not cfg.arc:
         raise UserError("--arc: required; the architecture file to retrain (final_arch.json of search.py, or an "
                         "NNI 3.0 / NNI 1.x DARTS export; oneshot_darts/archs/darts_v2.json is the paper's)")

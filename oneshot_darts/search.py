@@ -28,15 +28,15 @@ import torch
 from torch import nn
 
 from core.checkpoint import atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from core.config import TrainConfig, to_dict
+from core.config import TrainConfig, check_resume_only, config_from_args, to_dict
 from core.data import Splits
 from core.errors import UserError, cli_main
 from core.run import Run, format_metrics
-from core.runner import RESULT_FILE, config_from_checkpoint, load_splits
+from core.runner import RESULT_FILE, config_from_checkpoint, load_splits, open_run
 from core.train import (TrainingDiverged, autocast, build_optimizer, build_scheduler, evaluate, make_loader,
                         resolve_device, seed_everything)
 from oneshot_darts.arch import CELLS, FIRST_NODE, Genotype, canonical_node
-from oneshot_darts.common import NniTrial, build_parser, check_resume_only, field, quiet_nni_imports, resolve_config
+from oneshot_darts.common import NniTrial, build_parser, field, quiet_nni_imports
 from oneshot_darts.ops import OP_NAMES
 
 FINAL_ARCH_FILE = "final_arch.json"
@@ -276,13 +276,7 @@ def run_search(cfg: SearchConfig, *, resume: str | Path | None = None, run_dir: 
     quiet_nni_imports()
     state = load_checkpoint(resume) if resume else None
     splits = load_splits(cfg)
-    if resume:
-        run = Run(Path(resume).parent)
-    elif run_dir is not None:
-        run = Run(run_dir)
-        run.write_config(cfg)
-    else:
-        run = Run.create(cfg.out_dir, cfg.run_name or "darts-search", cfg)
+    run = open_run(cfg, "darts-search", run_dir=run_dir, resume=resume)
     search = Search(cfg, splits, run)
     run.log(f"darts search: supernet of {cfg.layers} cells x {cfg.n_nodes} nodes, C={cfg.channels}, "
             f"{search.n_weights:,} weights + {sum(p.numel() for p in search.alphas)} architecture weights; "
@@ -315,11 +309,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return _finish(run_search(cfg, resume=args.resume))
     if args.nni:
         trial = NniTrial()
-        cfg = resolve_config(SearchConfig, args, trial.params)
+        cfg = config_from_args(SearchConfig, args, overrides=trial.params)
         result = run_search(cfg, run_dir=trial.run_dir, on_epoch=trial.reporter("val_acc"))
         trial.final(result, "val_acc")
         return _finish(result)
-    return _finish(run_search(resolve_config(SearchConfig, args)))
+    return _finish(run_search(config_from_args(SearchConfig, args)))
 
 
 def _finish(result: dict[str, Any]) -> dict[str, Any]:

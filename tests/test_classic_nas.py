@@ -140,7 +140,7 @@ def test_bad_arch_file_is_one_line_exit_2_and_writes_nothing(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     (None, "does not exist"),
-    ("{\"skip1\": 1,", "is not valid JSON"),
+    ("{\"skip1\": 1,", "not valid JSON"),
     (json.dumps({**ALL_ON, "skip3": None}), "skip3: null is not allowed"),
 ])
 def test_bad_arch_file_in_process(tmp_path, capsys, content, message):

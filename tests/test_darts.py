@@ -136,7 +136,7 @@ def test_nni_hub_builds_the_same_darts_v2():
 
 BAD_FILES = {
     # name: (content, expected part of the message)
-    "not_json": ("{'normal': [}", "not JSON (Expecting property name enclosed in double quotes: line 1 column 2"),
+    "not_json": ("{'normal': [}", "not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2"),
     "empty": ({}, "must be a JSON object in one of the three DARTS formats"),
     "unknown_format": ({"cells": []}, "unrecognised keys (first: 'cells'); expected (keys 'normal' and 'reduce'"),
     "own_unknown_op": ("own", lambda d: d["normal"][1].__setitem__(0, ["conv_9x9", 0]),
