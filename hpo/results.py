@@ -326,14 +326,26 @@ def searched_params(trial: Trial) -> dict[str, Any]:
     return {k: v for k, v in trial.params.items() if k != BUDGET_KEY}
 
 
+def configuration_key(trial: Trial) -> str:
+    """Which configuration a trial trained: Hyperband's ids ``'<bracket>_<round>_<config>'`` keep
+    the config number when a configuration is promoted to a larger budget; other ids are one
+    configuration each; without an id (export files), the parameters themselves."""
+    pid = trial.parameter_id
+    if isinstance(pid, str) and pid.count("_") == 2:
+        return "config " + pid.rsplit("_", 1)[1]
+    if pid is not None:
+        return f"id {pid}"
+    return json.dumps(searched_params(trial), sort_keys=True)
+
+
 def epoch_budget(trials: Sequence[Trial], full_epochs: int) -> dict[str, int]:
     """Trial-epochs run versus running every trained configuration to ``full_epochs``.
 
-    A configuration is a parameter set without Hyperband's ``TRIAL_BUDGET`` (Hyperband reruns a
-    promoted configuration from scratch with a larger budget); only configurations that trained at
+    Hyperband reruns a promoted configuration from scratch with a larger budget, so a configuration
+    can span several trials (see :func:`configuration_key`). Only configurations that trained at
     least one epoch count (a trial rejected at once costs nothing either way).
     """
-    configs = {json.dumps(searched_params(t), sort_keys=True) for t in trials if t.epochs_run}
+    configs = {configuration_key(t) for t in trials if t.epochs_run}
     run = sum(t.epochs_run for t in trials)
     full = len(configs) * full_epochs
     return {"trials": len(trials), "configurations": len(configs), "epochs_run": run,

@@ -38,7 +38,6 @@ from core.train_model import ModelConfig
 
 NAME = "hpo"
 BUDGET_KEY = "TRIAL_BUDGET"   # Hyperband's resource per trial; here: training epochs
-SEARCHED = ("lr", "optimizer", "model")
 
 
 @dataclasses.dataclass

@@ -218,6 +218,18 @@ def test_reader_takes_parameters_from_what_trials_reported(tmp_path):
                           "epochs_saved": 1}
 
 
+def test_hyperband_savings_count_a_promoted_configuration_once():
+    def t(pid, budget, epochs):
+        return results.Trial(trial_id=pid, status="SUCCEEDED", params={"TRIAL_BUDGET": budget, "lr": 0.01},
+                             parameter_id=pid, intermediates=[0.1] * epochs, final=0.1)
+
+    # bracket 0-1: configs 0, 1, 2 for 1 epoch, config 2 promoted to 3; bracket 0-0: configs 3, 4 for 3
+    trials = [t("0-1_0_0", 1, 1), t("0-1_0_1", 1, 1), t("0-1_0_2", 1, 1), t("0-0_0_3", 3, 3), t("0-0_0_4", 3, 3),
+              t("0-1_1_2", 3, 3)]
+    assert results.epoch_budget(trials, full_epochs=3) == {
+        "trials": 6, "configurations": 5, "epochs_run": 12, "epochs_if_all_ran_to_end": 15, "epochs_saved": 3}
+
+
 def test_reader_finds_an_experiment_by_id(tmp_path, monkeypatch):
     _fake_db(tmp_path / "work" / "abcd1234" / "db")
     home = tmp_path / "home"
