@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from core.checkpoint import atomic_write_text
-from core.config import add_config_arguments, config_from_args, from_dict
+from core.config import add_config_arguments, config_from_args
 from core.errors import UserError, cli_main
 from core.run import CHECKPOINT_FILE
 from core.runner import RESULT_FILE, train
@@ -81,11 +81,8 @@ def parameters_to_fields(params: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_config(args: argparse.Namespace, params: dict[str, Any]) -> HpoTrialConfig:
     """Defaults < ``--config`` YAML < flags < tuner parameters, validated."""
-    cfg = config_from_args(HpoTrialConfig, args)
-    if not params:
-        return cfg
-    values = {**dataclasses.asdict(cfg), **parameters_to_fields(params)}
-    return from_dict(HpoTrialConfig, values, source="the tuner's parameters")
+    return config_from_args(HpoTrialConfig, args, overrides=parameters_to_fields(params),
+                            overrides_source="NNI parameter")
 
 
 class NniReporter:

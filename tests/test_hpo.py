@@ -78,7 +78,7 @@ def test_tuner_parameters_override_flags_and_budget_becomes_epochs():
     ({"lr": 0}, "lr: 0.0 is not allowed"),
     ({"lr": -0.01}, "lr: -0.01 is not allowed"),
     ({"TRIAL_BUDGET": 0}, "TRIAL_BUDGET: 0 is not allowed"),
-    ({"momentun": 0.9}, "unknown field 'momentun'"),
+    ({"momentun": 0.9}, "NNI parameter 'momentun' is not a config field"),
 ])
 def test_bad_tuner_parameters_are_one_clear_error(params, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
