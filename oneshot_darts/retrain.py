@@ -22,7 +22,8 @@ from core.config import TrainConfig, check_resume_only, config_from_args
 from core.errors import UserError, cli_main
 from core.runner import config_from_checkpoint, train
 from oneshot_darts.arch import Genotype, load_arch, parse_arch
-from oneshot_darts.common import NniTrial, build_parser, field, quiet_nni_imports
+from core.nni_trial import NniTrial, final_metrics
+from oneshot_darts.common import START_HINT, build_parser, field, quiet_nni_imports
 
 
 @dataclasses.dataclass
@@ -115,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cfg, state = config_from_checkpoint(RetrainConfig, args.resume)
         genotype = parse_arch(state.get("arch"), source=f"checkpoint {args.resume!r}")
         return _finish(run_retrain(cfg, genotype, resume=args.resume))
-    trial = NniTrial() if args.nni else None
+    trial = NniTrial.required(START_HINT) if args.nni else None
     cfg = config_from_args(RetrainConfig, args, overrides=trial.params if trial else None)
     if not cfg.arc:
         raise UserError("--arc: required; the architecture file to retrain (final_arch.json of search.py, or an "
@@ -123,8 +124,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     genotype = load_arch(cfg.arc)
     if trial is None:
         return _finish(run_retrain(cfg, genotype))
-    result = run_retrain(cfg, genotype, run_dir=str(trial.run_dir), on_epoch=trial.reporter("test_acc"))
-    trial.final(result, "test_acc")
+    result = run_retrain(cfg, genotype, run_dir=str(trial.run_dir), on_epoch=trial.epoch_reporter("test_acc"))
+    trial.send_final(final_metrics(result, "test_acc"))
     return _finish(result)
 
 

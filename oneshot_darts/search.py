@@ -36,7 +36,8 @@ from core.runner import RESULT_FILE, config_from_checkpoint, load_splits, open_r
 from core.train import (TrainingDiverged, autocast, build_optimizer, build_scheduler, evaluate, make_loader,
                         resolve_device, seed_everything)
 from oneshot_darts.arch import CELLS, FIRST_NODE, Genotype, canonical_node
-from oneshot_darts.common import NniTrial, build_parser, field, quiet_nni_imports
+from core.nni_trial import NniTrial, final_metrics
+from oneshot_darts.common import START_HINT, build_parser, field, quiet_nni_imports
 from oneshot_darts.ops import OP_NAMES
 
 FINAL_ARCH_FILE = "final_arch.json"
@@ -308,10 +309,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cfg, _ = config_from_checkpoint(SearchConfig, args.resume)
         return _finish(run_search(cfg, resume=args.resume))
     if args.nni:
-        trial = NniTrial()
+        trial = NniTrial.required(START_HINT)
         cfg = config_from_args(SearchConfig, args, overrides=trial.params)
-        result = run_search(cfg, run_dir=trial.run_dir, on_epoch=trial.reporter("val_acc"))
-        trial.final(result, "val_acc")
+        result = run_search(cfg, run_dir=trial.run_dir, on_epoch=trial.epoch_reporter("val_acc"))
+        trial.send_final(final_metrics(result, "val_acc"))
         return _finish(result)
     return _finish(run_search(config_from_args(SearchConfig, args)))
 

@@ -17,7 +17,9 @@ from classic_nas.space import (SEARCH_PLAN, SKIP_LABELS, MobileNetSkipSpace, all
                                from_nni_sample, search_space_json, skip_blocks, space_choices, to_nni_sample,
                                validate_arch)
 from core.config import from_dict, read_yaml
+from core import nni_trial
 from core.errors import UserError
+from core.nni_trial import final_metrics
 from models.mobilenet import DepthwiseSeparable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -237,7 +239,7 @@ def test_trial_outside_nni_trains_one_architecture_on_validation_only(tmp_path, 
     assert "test_acc" not in result and 0.0 <= result["val_acc"] <= 1.0  # the test split is not looked at
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2] and all("val_acc" in m for m in metrics)
-    final = trial.final_metrics(result, arch)
+    final = final_metrics(result, "val_acc", arch)
     assert final["default"] == result["val_acc"] == metrics[-1]["val_acc"]
     assert {k: final[k] for k in SKIP_LABELS} == arch and "test_acc" not in final
     assert not (run / "checkpoint.pt").exists()  # deleted unless --keep-checkpoint
@@ -283,7 +285,7 @@ def test_a_diverged_trial_reports_zero_flagged_and_exits_cleanly(tmp_path, monke
     def diverge(*args, **kwargs):
         raise TrainingDiverged("training loss became nan in epoch 1")
 
-    monkeypatch.setattr(trial, "train", diverge)
+    monkeypatch.setattr(nni_trial, "train", diverge)
     arch_file = tmp_path / "arch.json"
     arch_file.write_text(json.dumps(ALL_ON))
     result = trial.main(["--arch", str(arch_file), "--data", "fake"])

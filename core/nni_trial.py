@@ -1,0 +1,108 @@
+"""The NNI side of a trial, shared by every stage: the tuner's parameters, the trial's output
+folder, per-epoch and final reports, and what a diverged trial reports.
+
+Outside NNI (no ``NNI_PLATFORM`` in the environment) a trial is inert: no parameters, no output
+folder (the run gets its own under ``out_dir``) and reports go nowhere, so the same script also
+runs on its own.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from core.checkpoint import atomic_write_text
+from core.errors import UserError
+from core.run import CHECKPOINT_FILE
+from core.runner import RESULT_FILE, train
+from core.train import TrainingDiverged
+
+#: Numbers copied from a run's metrics into NNI's final-result dict, beside ``default``.
+REPORTED = ("val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss", "epoch", "params")
+
+
+class NniTrial:
+    """This process's NNI trial, if it is one."""
+
+    def __init__(self, active: bool):
+        self.active = active
+        self.params: dict[str, Any] = {}
+        self.run_dir: Path | None = None
+        if active:
+            import nni
+
+            self._nni = nni
+            self.params = dict(nni.get_next_parameter() or {})
+            out = os.environ.get("NNI_OUTPUT_DIR")  # NNI 3.0 has no API for it; it sets the variable
+            self.run_dir = Path(out) if out else None
+
+    @classmethod
+    def from_environment(cls) -> "NniTrial":
+        """Active when NNI started this process, inert otherwise."""
+        return cls(bool(os.environ.get("NNI_PLATFORM")))
+
+    @classmethod
+    def required(cls, how_to_start: str) -> "NniTrial":
+        """For an explicit ``--nni`` flag: an error, not an inert trial, outside NNI."""
+        if not os.environ.get("NNI_PLATFORM") or not os.environ.get("NNI_OUTPUT_DIR"):
+            raise UserError("--nni: this is not an NNI trial (no NNI_PLATFORM / NNI_OUTPUT_DIR in the environment); "
+                            + how_to_start)
+        return cls(True)
+
+    def epoch_reporter(self, key: str = "val_acc") -> Callable[[dict[str, Any]], None]:
+        """An ``on_epoch`` callback sending ``metrics[key]`` as an intermediate result (a plain
+        number, which assessors such as Medianstop compare)."""
+        def report(metrics: dict[str, Any]) -> None:
+            if self.active:
+                self._nni.report_intermediate_result(float(metrics[key]))
+        return report
+
+    def send_final(self, final: dict[str, Any]) -> None:
+        """Send the final result (see :func:`final_metrics`)."""
+        if self.active:
+            self._nni.report_final_result(final)
+
+
+def final_metrics(result: dict[str, Any], key: str = "val_acc", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """NNI's final-result dict: ``default`` is ``result[key]``; the other numbers of
+    :data:`REPORTED` and ``extra`` (the parameters trained, say) ride along for reading back."""
+    final: dict[str, Any] = {"default": float(result[key])}
+    for name in REPORTED:
+        value = result.get(name)
+        if name != key and isinstance(value, (int, float)) and not isinstance(value, bool):
+            final[name] = value
+    if key != "default":
+        final[key] = float(result[key])
+    return {**final, **(extra or {})}
+
+
+def run_search_trial(cfg: Any, build_model: Callable[[int], Any], trial: NniTrial, *, name: str,
+                     extra: dict[str, Any], arch: dict[str, Any] | None = None, final_test: bool = False,
+                     keep_checkpoint: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Train one candidate of a search with the core and report it to NNI; returns the final dict
+    that was reported and the run's result (``None`` when the trial diverged).
+
+    Validation accuracy is reported every epoch and is the final ``default``; ``extra`` (the
+    parameters or architecture really trained) is repeated in the final dict, because NNI 3.0
+    can record another trial's parameters for a trial when several start at once. A trial whose
+    loss becomes NaN reports ``default`` 0.0 with ``diverged`` 1 and ends cleanly: a diverged
+    candidate is a result of the search, not a crash. The checkpoint is deleted at the end
+    unless ``keep_checkpoint`` (retraining starts from scratch).
+    """
+    try:
+        result = train(cfg, build_model, name=name, run_dir=trial.run_dir, arch=arch, final_test=final_test,
+                       on_epoch=trial.epoch_reporter("val_acc"))
+    except TrainingDiverged as exc:
+        print(f"trial stopped: {exc}; reporting validation accuracy 0.0", flush=True)
+        final = {"default": 0.0, "diverged": 1, **extra}
+        if trial.run_dir is not None:
+            atomic_write_text(trial.run_dir / RESULT_FILE, json.dumps({**final, "reason": str(exc)}, indent=2) + "\n")
+            (trial.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+        trial.send_final(final)
+        return final, None
+    if not keep_checkpoint:
+        (Path(result["run_dir"]) / CHECKPOINT_FILE).unlink(missing_ok=True)
+    final = final_metrics(result, "val_acc", extra)
+    trial.send_final(final)
+    return final, result
