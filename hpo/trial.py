@@ -24,16 +24,11 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from core.checkpoint import atomic_write_text
 from core.config import add_config_arguments, config_from_args
 from core.errors import UserError, cli_main
-from core.run import CHECKPOINT_FILE
-from core.runner import RESULT_FILE, train
-from core.train import TrainingDiverged
+from core.nni_trial import NniTrial, run_search_trial
 from core.train_model import ModelConfig
 
 NAME = "hpo"
@@ -85,53 +80,7 @@ def resolve_config(args: argparse.Namespace, params: dict[str, Any]) -> HpoTrial
                             overrides_source="NNI parameter")
 
 
-class NniReporter:
-    """Sends results to NNI when running under it (``NNI_PLATFORM`` set), else does nothing."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-
-    @classmethod
-    def from_environment(cls) -> "NniReporter":
-        return cls(bool(os.environ.get("NNI_PLATFORM")))
-
-    def next_parameters(self) -> dict[str, Any]:
-        if not self.enabled:
-            return {}
-        import nni
-
-        return dict(nni.get_next_parameter() or {})
-
-    def intermediate(self, value: float) -> None:
-        if self.enabled:
-            import nni
-
-            nni.report_intermediate_result(value)
-
-    def final(self, result: dict[str, Any]) -> None:
-        if self.enabled:
-            import nni
-
-            nni.report_final_result(result)
-
-    @staticmethod
-    def output_dir() -> Path | None:
-        """NNI's per-trial output folder (NNI 3.0 has no ``nni.get_trial_output_dir``; it sets the env)."""
-        value = os.environ.get("NNI_OUTPUT_DIR")
-        return Path(value) if value else None
-
-
-def final_result(cfg: HpoTrialConfig, result: dict[str, Any]) -> dict[str, Any]:
-    """The dict sent to NNI: ``default`` is the validation accuracy; the rest is for reading back."""
-    final = {"default": float(result["val_acc"]), "val_acc": float(result["val_acc"]),
-             "val_loss": float(result["val_loss"]), "epochs": int(result.get("epoch", cfg.epochs)),
-             "n_params": int(result["params"]), "model": cfg.model, "optimizer": cfg.optimizer, "lr": cfg.lr}
-    if "test_acc" in result:
-        final["test_acc"] = float(result["test_acc"])
-    return final
-
-
-def run_trial(cfg: HpoTrialConfig, reporter: NniReporter,
+def run_trial(cfg: HpoTrialConfig, trial: NniTrial,
               build_model: Callable[[int], Any] | None = None) -> dict[str, Any]:
     """Train one configuration and report it; returns the final dict that was reported."""
     from models import create_model
@@ -140,22 +89,10 @@ def run_trial(cfg: HpoTrialConfig, reporter: NniReporter,
         import torch
 
         torch.set_num_threads(cfg.threads)
-    run_dir = reporter.output_dir()
-    try:
-        result = train(cfg, build_model or (lambda n: create_model(cfg.model, num_classes=n)),
-                       name=f"hpo-{cfg.model}", run_dir=run_dir, final_test=cfg.final_test,
-                       on_epoch=lambda m: reporter.intermediate(float(m["val_acc"])))
-    except TrainingDiverged as exc:
-        final = {"default": 0.0, "diverged": 1, "model": cfg.model, "optimizer": cfg.optimizer, "lr": cfg.lr}
-        print(f"trial stopped: {exc}; reporting validation accuracy 0.0", flush=True)
-        if run_dir is not None:
-            atomic_write_text(run_dir / RESULT_FILE, json.dumps({**final, "reason": str(exc)}, indent=2) + "\n")
-        reporter.final(final)
-        return final
-    final = final_result(cfg, result)
-    reporter.final(final)
-    if not cfg.keep_checkpoint:
-        (Path(result["run_dir"]) / CHECKPOINT_FILE).unlink(missing_ok=True)
+    final, _ = run_search_trial(cfg, build_model or (lambda n: create_model(cfg.model, num_classes=n)), trial,
+                                name=f"hpo-{cfg.model}", final_test=cfg.final_test,
+                                keep_checkpoint=cfg.keep_checkpoint,
+                                extra={"model": cfg.model, "optimizer": cfg.optimizer, "lr": cfg.lr})
     return final
 
 
@@ -168,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    reporter = NniReporter.from_environment()
-    cfg = resolve_config(args, reporter.next_parameters())
-    final = run_trial(cfg, reporter)
+    trial = NniTrial.from_environment()
+    cfg = resolve_config(args, trial.params)
+    final = run_trial(cfg, trial)
     print(json.dumps(final), flush=True)
     return final
 

@@ -10,7 +10,6 @@ import torch
 
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import TrainConfig, from_dict, parse_config
-from core.data import make_splits
 from core.errors import UserError
 from core.run import Run
 from core.runner import load_splits

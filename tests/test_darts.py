@@ -16,7 +16,7 @@ import torch
 
 from core.checkpoint import load_checkpoint
 from core.run import Run
-from oneshot_darts.arch import ArchError, Genotype, load_arch, parse_arch
+from oneshot_darts.arch import load_arch, parse_arch
 from oneshot_darts.ops import OP_NAMES
 from tests.conftest import REPO
 

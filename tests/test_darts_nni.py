@@ -3,6 +3,7 @@ data, reaches DONE with one intermediate result per epoch (what the web UI plots
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,7 +15,7 @@ from tests.nni_harness import nni_experiment
 SMOKE = "--device cpu --no-progress --data-root {root}"
 
 
-def _trial_dir(exp) -> "Path":  # noqa: F821
+def _trial_dir(exp) -> Path:
     dirs = [p.parent for p in exp.exp_dir.glob("environments/*/trials/*/config.yaml")]
     assert len(dirs) == 1, dirs
     return dirs[0]

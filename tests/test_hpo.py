@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from core.errors import UserError
+from core.nni_trial import NniTrial
 from core.train import build_optimizer
 from hpo import results, retrain, trial
 from hpo.nni_fixes import FixedHyperband, FixedTpe
@@ -22,21 +23,18 @@ FAKE_FLAGS = ["--data", "fake", "--epochs", "1", "--max-batches", "2", "--batch-
               "--eval-batch-size", "16", "--threads", "1"]
 
 
-class Recorder(trial.NniReporter):
+class Recorder(NniTrial):
     """Stands in for NNI: records what the trial reports."""
 
     def __init__(self, output_dir: Path | None = None):
-        super().__init__(enabled=False)
-        self.out, self.intermediates, self.finals = output_dir, [], []
+        super().__init__(active=False)
+        self.run_dir, self.intermediates, self.finals = output_dir, [], []
 
-    def intermediate(self, value):
-        self.intermediates.append(value)
+    def epoch_reporter(self, key="val_acc"):
+        return lambda metrics: self.intermediates.append(float(metrics[key]))
 
-    def final(self, result):
-        self.finals.append(result)
-
-    def output_dir(self):
-        return self.out
+    def send_final(self, final):
+        self.finals.append(final)
 
 
 def _config(argv, params=None) -> trial.HpoTrialConfig:
@@ -117,7 +115,7 @@ def test_trial_standalone_from_repo_root_and_from_hpo(tmp_path):
         assert proc.returncode == 0, proc.stderr
         final = json.loads(proc.stdout.strip().splitlines()[-1])
         assert 0.0 <= final["default"] == final["val_acc"] <= 1.0
-        assert (final["model"], final["optimizer"], final["epochs"]) == ("shufflenetg2", "Adam", epochs)
+        assert (final["model"], final["optimizer"], final["epoch"]) == ("shufflenetg2", "Adam", epochs)
         assert 0.0 <= final["test_acc"] <= 1.0
         (run,) = out.iterdir()
         assert {"config.yaml", "metrics.jsonl", "train.log", "result.json"} <= {p.name for p in run.iterdir()}

@@ -140,6 +140,6 @@ def test_hyperband_variant_reaches_done(tmp_path):
         assert len(trials) == 6 and all(t.status == "SUCCEEDED" for t in trials), [(t.trial_id, t.status) for t in trials]
         for t in trials:
             budget = t.params["TRIAL_BUDGET"]
-            assert budget in (1, 3) and t.epochs_run == budget and t.final_metrics["epochs"] == budget
+            assert budget in (1, 3) and t.epochs_run == budget and t.final_metrics["epoch"] == budget
         assert [t.params["TRIAL_BUDGET"] for t in trials].count(1) in (3, 4)   # 4: the next bracket started first
         assert results.best_trial(trials).final is not None
