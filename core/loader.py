@@ -14,17 +14,22 @@ import torch
 from core.data import ImageSet
 
 
-def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
-    """Per-image random crop of ``x`` (B x C x H x W) after zero-padding each side by ``padding``:
-    two gathers, rows then columns, each image with its own offsets."""
+def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator, flip: bool = False) -> torch.Tensor:
+    """Per-image random crop of ``x`` (B x C x H x W) after zero-padding each side by ``padding``,
+    and, with ``flip``, a left-right flip of each image with probability 1/2: one gather from the
+    padded batch, each image with its own offsets and direction."""
     b, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding)).view(b, c, -1)
     oy = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device, non_blocking=True)
     ox = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device, non_blocking=True)
-    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    x = padded.gather(2, rows.expand(b, c, h, w + 2 * padding))
-    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    return x.gather(3, cols.expand(b, c, h, w))
+    j = torch.arange(w, device=x.device)
+    cols = j.expand(b, w)
+    if flip:
+        flipped = (torch.rand(b, generator=gen) < 0.5).to(x.device, non_blocking=True)
+        cols = torch.where(flipped[:, None], w - 1 - j, j)
+    rows = oy[:, None] + torch.arange(h, device=x.device)
+    index = rows[:, :, None] * (w + 2 * padding) + (cols + ox[:, None])[:, None, :]
+    return padded.gather(2, index.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -84,15 +89,15 @@ class BatchLoader:
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """The training augmentation on a uint8 batch (shape and dtype kept)."""
         if self.crop_padding:
-            x = random_crop(x, self.crop_padding, self.generator)
-        if self.flip:
+            x = random_crop(x, self.crop_padding, self.generator, flip=self.flip)
+        elif self.flip:
             x = random_flip(x, self.generator)
         if self.cutout:
             x = cutout(x, self.cutout, self.generator)
         return x
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() - self.mean) * self.inv_std
+        x = x.float().sub_(self.mean).mul_(self.inv_std)
         return x.contiguous(memory_format=self.memory_format)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -103,7 +108,7 @@ class BatchLoader:
             order = torch.arange(n, device=self.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.images[idx]
+            x = self.images.index_select(0, idx)
             if self.train:
                 x = self.augment(x)
-            yield self.normalize(x), self.labels[idx]
+            yield self.normalize(x), self.labels.index_select(0, idx)

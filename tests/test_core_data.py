@@ -102,6 +102,15 @@ def test_augmentation_keeps_shape_dtype_and_labels():
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     for i in range(16):
         assert any(torch.equal(crop[i], padded[i, :, dy:dy + 32, dx:dx + 32]) for dy in range(9) for dx in range(9))
+    both = random_crop(x, 4, torch.Generator().manual_seed(3), flip=True)
+    windows = [padded[:, :, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+    n_flipped = 0
+    for i in range(16):
+        plain = any(torch.equal(both[i], win[i]) for win in windows)
+        mirrored = any(torch.equal(both[i], win[i].flip(2)) for win in windows)
+        assert plain or mirrored
+        n_flipped += mirrored and not plain
+    assert 0 < n_flipped < 16
     flipped = random_flip(x, torch.Generator().manual_seed(2))
     assert all(torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(2)) for i in range(16))
     holes = (cutout(torch.full_like(x, 255), 16, gen) == 0).sum(dim=(1, 2, 3)) // 3
