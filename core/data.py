@@ -130,10 +130,13 @@ def _load_cifar10(root: Path) -> tuple[ImageSet, ImageSet, list[str]]:
     from torchvision.datasets import CIFAR10
 
     sets = []
+    existed = root.exists()
     for train in (True, False):
         try:
             ds = CIFAR10(str(root), train=train, download=True)
         except Exception as exc:  # no network, a half download, a full disk...
+            if not existed and root.is_dir() and not any(root.iterdir()):
+                root.rmdir()  # leave nothing behind that we created
             raise UserError(f"data: could not download CIFAR-10 into {str(root)!r} ({exc}); pass --data-root "
                             "with an existing copy, --data PATH for an image folder or .tar.gz, or --data fake") from None
         images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
