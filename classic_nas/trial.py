@@ -20,28 +20,20 @@ import dataclasses
 import json
 from typing import Any, Sequence
 
-from core.config import TrainConfig, add_config_arguments, config_from_args
+from core.config import add_config_arguments, config_from_args
 from core.errors import UserError, cli_main
-from core.nni_trial import NniTrial, run_search_trial
+from core.nni_trial import NniTrial, SearchTrialConfig, run_search_trial
 
 STAGE = "classic_nas"
 
 
 @dataclasses.dataclass
-class TrialConfig(TrainConfig):
+class TrialConfig(SearchTrialConfig):
     """Training options of one search trial (the core's, with a shorter default schedule)."""
 
     epochs: int = dataclasses.field(default=10, metadata={"help": "training epochs per trial"})
     run_name: str = dataclasses.field(default="classic_nas_trial", metadata={
         "help": "run folder name prefix outside NNI (under NNI the trial folder is used)"})
-    keep_checkpoint: bool = dataclasses.field(default=False, metadata={
-        "help": "keep checkpoint.pt after the trial (about 37 MB; the retrain starts from scratch)"})
-
-    def validate(self) -> None:
-        super().validate()
-        if self.val_fraction <= 0:
-            raise UserError(f"val_fraction: {self.val_fraction} is not allowed for a search trial; it must be "
-                            "in (0, 1), because architectures are ranked by validation accuracy")
 
 
 def build_parser() -> argparse.ArgumentParser:

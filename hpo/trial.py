@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 from core.config import add_config_arguments, config_from_args
 from core.errors import UserError, cli_main
-from core.nni_trial import NniTrial, run_search_trial
+from core.nni_trial import NniTrial, SearchTrialConfig, run_search_trial
 from core.train_model import ModelConfig
 
 NAME = "hpo"
@@ -36,7 +36,7 @@ BUDGET_KEY = "TRIAL_BUDGET"   # Hyperband's resource per trial; here: training e
 
 
 @dataclasses.dataclass
-class HpoTrialConfig(ModelConfig):
+class HpoTrialConfig(SearchTrialConfig, ModelConfig):
     """One trial's training options: the core's plus the model name and two HPO knobs."""
 
     model: str = dataclasses.field(default="mobilenet", metadata={"help": "a name from models.MODELS"})
@@ -48,14 +48,9 @@ class HpoTrialConfig(ModelConfig):
         "help": "CPU threads for torch (0 = torch's default; set cores / trialConcurrency on a CPU machine)"})
     final_test: bool = dataclasses.field(default=True, metadata={
         "help": "evaluate the test split once at the end (recorded beside the result, never searched on)"})
-    keep_checkpoint: bool = dataclasses.field(default=False, metadata={
-        "help": "keep checkpoint.pt after the trial (retraining starts from scratch, so off by default)"})
 
     def validate(self) -> None:
         super().validate()
-        if self.val_fraction <= 0:
-            raise UserError(f"val_fraction: {self.val_fraction} is not allowed in a search trial; it is scored "
-                            "on the validation split, so val_fraction must be in (0, 1)")
         if self.threads < 0:
             raise UserError(f"threads: {self.threads} is not allowed; it must be 0 or more")
 
