@@ -39,9 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from classic_nas.space import search_space_json
-
     args = build_parser().parse_args(argv)
+    from classic_nas.space import search_space_json
     text = render(search_space_json())
     if args.out == "-":
         sys.stdout.write(text)

@@ -47,9 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from classic_nas.space import arch_name, build_model, read_arch, validate_arch
-
     args = build_parser().parse_args(argv)
+    from classic_nas.space import arch_name, build_model, read_arch, validate_arch
     if args.resume:
         cfg, state = config_from_checkpoint(RetrainConfig, args.resume)
         arch = validate_arch(state.get("arch"), source=f"checkpoint {args.resume!r} architecture")

@@ -46,9 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from classic_nas.space import arch_name, build_model, read_arch, validate_arch
-
     args = build_parser().parse_args(argv)
+    from classic_nas.space import arch_name, build_model, read_arch, validate_arch
     cfg = config_from_args(TrialConfig, args)
     trial = NniTrial.from_environment()
     if trial.active:
