@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -77,6 +76,3 @@ def format_metrics(metrics: dict[str, Any]) -> str:
             parts.append(f"{key}={value}")
     return " ".join(parts)
 
-
-def stderr_is_tty() -> bool:
-    return sys.stderr.isatty()

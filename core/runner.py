@@ -15,7 +15,6 @@ from torch import nn
 from core.checkpoint import atomic_write_text, load_checkpoint
 from core.config import TrainConfig, from_dict
 from core.data import Splits, make_splits
-from core.errors import UserError
 from core.run import Run
 from core.train import EpochCallback, LossFn, Trainer, cross_entropy, seed_everything
 
@@ -87,9 +86,3 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
     atomic_write_text(run.dir / RESULT_FILE, json.dumps(result, indent=2) + "\n")
     return result
 
-
-def ensure_file(path: str | Path, what: str) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{what}: {str(p)!r} does not exist")
-    return p
