@@ -20,10 +20,11 @@ from torch import nn
 
 from core.config import TrainConfig, check_resume_only, config_from_args
 from core.errors import UserError, cli_main
-from core.runner import config_from_checkpoint, train
-from oneshot_darts.arch import Genotype, load_arch, parse_arch
 from core.nni_trial import NniTrial, final_metrics
-from oneshot_darts.common import START_HINT, build_parser, field, quiet_nni_imports
+from core.runner import config_from_checkpoint, train
+from core.train import cross_entropy
+from oneshot_darts.arch import Genotype, load_arch, parse_arch
+from oneshot_darts.common import START_HINT, build_parser, check_network_shape, field, quiet_nni_imports
 
 
 @dataclasses.dataclass
@@ -50,12 +51,7 @@ class RetrainConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.layers < 3:
-            raise UserError(f"layers: {self.layers} is not allowed; at least 3 (reduction cells sit at one and "
-                            "two thirds of the depth)")
-        for name in ("channels", "stem_multiplier"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name}: {getattr(self, name)} is not allowed; it must be at least 1")
+        check_network_shape(self)
         if not 0.0 <= self.drop_path < 1.0:
             raise UserError(f"drop_path: {self.drop_path} is not in [0, 1)")
         if self.auxiliary_weight < 0:
@@ -66,8 +62,8 @@ def auxiliary_loss(output: Any, target: torch.Tensor, weight: float) -> torch.Te
     """Cross-entropy of the logits, plus ``weight`` times that of the auxiliary logits in training."""
     if isinstance(output, (tuple, list)):
         logits, aux = output
-        return nn.functional.cross_entropy(logits, target) + weight * nn.functional.cross_entropy(aux, target)
-    return nn.functional.cross_entropy(output, target)
+        return cross_entropy(logits, target) + weight * cross_entropy(aux, target)
+    return cross_entropy(output, target)
 
 
 def drop_path_schedule(cfg: RetrainConfig) -> Callable[[nn.Module], Callable[[int], None]]:

@@ -35,9 +35,9 @@ from core.run import Run, format_metrics
 from core.runner import RESULT_FILE, config_from_checkpoint, load_splits, open_run
 from core.train import (TrainingDiverged, autocast, build_optimizer, build_scheduler, evaluate, make_loader,
                         resolve_device, seed_everything)
-from oneshot_darts.arch import CELLS, FIRST_NODE, Genotype, canonical_node
 from core.nni_trial import NniTrial, final_metrics
-from oneshot_darts.common import START_HINT, build_parser, field, quiet_nni_imports
+from oneshot_darts.arch import CELLS, FIRST_NODE, Genotype, canonical_node
+from oneshot_darts.common import START_HINT, build_parser, check_network_shape, field, quiet_nni_imports
 from oneshot_darts.ops import OP_NAMES
 
 FINAL_ARCH_FILE = "final_arch.json"
@@ -74,12 +74,7 @@ class SearchConfig(TrainConfig):
         if not self.val_fraction > 0:
             raise UserError("val_fraction: 0 is not allowed for the search; it needs a second half of the training "
                             "split for the architecture weights (the paper's 0.5)")
-        if self.layers < 3:
-            raise UserError(f"layers: {self.layers} is not allowed; at least 3 (reduction cells sit at one and "
-                            "two thirds of the depth)")
-        for name in ("channels", "n_nodes", "stem_multiplier"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name}: {getattr(self, name)} is not allowed; it must be at least 1")
+        check_network_shape(self, ("channels", "n_nodes", "stem_multiplier"))
         if self.lr_min < 0 or not self.arch_lr > 0 or self.arch_weight_decay < 0:
             raise UserError("lr_min and arch_weight_decay must be 0 or more, arch_lr positive")
         for name in ("arch_beta1", "arch_beta2"):
