@@ -18,7 +18,7 @@ import dataclasses
 import json
 from typing import Any, Sequence
 
-from core.config import TrainConfig, add_config_arguments, config_from_args
+from core.config import TrainConfig, add_config_arguments, check_resume_only, config_from_args
 from core.errors import cli_main
 from core.runner import config_from_checkpoint, train
 
@@ -50,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     from classic_nas.space import arch_name, build_model, read_arch, validate_arch
     if args.resume:
+        check_resume_only(RetrainConfig, args)
         cfg, state = config_from_checkpoint(RetrainConfig, args.resume)
         arch = validate_arch(state.get("arch"), source=f"checkpoint {args.resume!r} architecture")
     else:

@@ -10,7 +10,8 @@ import dataclasses
 import json
 from typing import Sequence
 
-from core.config import TrainConfig, check_choice, config_from_args, add_config_arguments
+from core.config import (TrainConfig, add_config_arguments, add_resume_argument, check_choice, check_resume_only,
+                         config_from_args)
 from core.errors import cli_main
 from core.runner import config_from_checkpoint, train
 
@@ -30,8 +31,7 @@ class ModelConfig(TrainConfig):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core.train_model", description=__doc__.splitlines()[0])
-    parser.add_argument("--resume", metavar="CHECKPOINT",
-                        help="continue a run from its checkpoint.pt (its own config is used)")
+    add_resume_argument(parser)
     add_config_arguments(parser, ModelConfig)
     return parser
 
@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     args = build_parser().parse_args(argv)
     if args.resume:
+        check_resume_only(ModelConfig, args)
         cfg, _ = config_from_checkpoint(ModelConfig, args.resume)
     else:
         cfg = config_from_args(ModelConfig, args)

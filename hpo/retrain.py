@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.checkpoint import atomic_write_text
-from core.config import add_config_arguments, config_from_args
+from core.config import add_config_arguments, check_resume_only, config_from_args
 from core.errors import UserError, cli_main
 from core.runner import config_from_checkpoint, train
 from core.train_model import ModelConfig
@@ -72,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     origin: dict[str, Any] | None = None
     if args.resume:
+        check_resume_only(RetrainConfig, args, extra=("experiments_dir",))
         cfg, _ = config_from_checkpoint(RetrainConfig, args.resume)
     else:
         params, origin = best_parameters(args.experiment or args.export, args.experiments_dir,

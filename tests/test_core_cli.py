@@ -68,3 +68,8 @@ def test_smoke_run_and_resume_from_another_folder(tmp_path):
     res = run_cli("--resume", str(run_dir / "checkpoint.pt"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().splitlines()[-1])["val_acc"] == result["val_acc"]
+    # other options beside --resume would be silently ignored: they are an error instead
+    res = run_cli("--resume", str(run_dir / "checkpoint.pt"), "--epochs", "5", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.strip() == ("error: --epochs: not allowed with --resume, which "
+                                                          "continues with the config stored in the checkpoint; "
+                                                          "pass --resume alone")
