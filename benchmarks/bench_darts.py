@@ -4,7 +4,7 @@ on ``nni.nas.hub.pytorch.DARTS`` (same width, cells and batch, one process), and
 A search step is one first-order DARTS iteration: an architecture step on a batch of the second
 half and a weight step on a batch of the first half. NNI's runs through its Lightning module
 (``DartsLightningModule``) with ``Classification`` as the evaluator, as NNI's docs show it; the
-project's is ``oneshot_darts.search.Search.step`` fed by the core's loader. Both on the same
+project's is ``oneshot_darts.search.DartsSearch.train_step`` (the core engine's DARTS step) fed by the core's loader. Both on the same
 synthetic images; the first ``--warmup`` steps of each are not timed; the figure is the median
 step. The retrain figure is the core Trainer's images/s over the fixed DARTS-V2 network
 (``oneshot_darts/retrain.py``'s path: auxiliary head, drop path, cutout), warm epoch.
@@ -33,19 +33,25 @@ def sync(device: torch.device) -> None:
 
 def time_project_search(args, device: torch.device) -> list[float]:
     from core.runner import load_splits
-    from oneshot_darts.search import Search, SearchConfig
+    from core.train import seed_everything
+    from oneshot_darts.search import DartsSearch, SearchConfig
+    from oneshot_darts.space import build_supernet
 
     steps = args.warmup + args.steps
     cfg = SearchConfig(data="fake", channels=args.channels, layers=args.layers, n_nodes=args.nodes,
                        batch_size=args.batch_size, max_batches=steps, epochs=1, device=device.type, progress=False,
                        subset=steps * args.batch_size, val_subset=steps * args.batch_size)
-    search = Search(cfg, load_splits(cfg))
+    splits = load_splits(cfg)
+    seed_everything(cfg.seed)
+    supernet = build_supernet(channels=cfg.channels, layers=cfg.layers, n_nodes=cfg.n_nodes,
+                              stem_multiplier=cfg.stem_multiplier, num_classes=splits.num_classes)
+    search = DartsSearch(supernet, cfg, splits)
     search.model.train()
     times = []
     sync(device)
     start = time.perf_counter()
-    for (x, y), (xa, ya) in zip(search.train_loader, search.arch_loader):
-        search.step(x, y, xa, ya)
+    for batch in search.batches():
+        search.train_step(batch)
         sync(device)
         now = time.perf_counter()
         times.append(now - start)

@@ -3,38 +3,40 @@
     python -m classic_nas.export EXPERIMENT_ID [--out best_arch.json]
     python -m classic_nas.export ~/nni-experiments/EXPERIMENT_ID        # a folder, nni.sqlite or export file
 
-The experiment is read without the web UI by the shared reader :mod:`hpo.results` (the
+The experiment is read without the web UI by the shared reader :mod:`core.experiments` (the
 experiment's sqlite database, or an ``nnictl experiment export`` file). The best trial is the one
 with the highest final ``default`` (validation accuracy); trials that diverged are left out. Its
-architecture is taken from the ``skip1`` ... ``skip6`` keys the trial repeats in its final result
-(robust to NNI 3.0 recording another concurrent trial's parameters), else from its parameters, and
-written as ``{"skip1": 0 or 1, ...}`` for ``classic_nas/retrain.py --arc``. The table of every
+architecture is the ``skip1`` ... ``skip6`` keys the trial repeats in its final result (robust to
+NNI 3.0 recording another concurrent trial's parameters; the reader prefers them), else its
+parameters, written as ``{"skip1": 0 or 1, ...}`` for ``classic_nas/retrain.py --arc``. The table of every
 trial, best first, goes to standard output.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from core.checkpoint import atomic_write_text
 from core.errors import UserError, cli_main
+from core.experiments import Trial, ranked
+from core.experiments import load_experiment as _load_experiment
 
 
-def trial_arch(trial: Any) -> dict[str, int]:
+def load_experiment(source: str | os.PathLike, experiments_dir: str | os.PathLike | None = None) -> list[Trial]:
+    """The trials of a classic-NAS experiment, with the architecture each really trained."""
+    from classic_nas.space import SKIP_LABELS
+
+    return _load_experiment(source, experiments_dir=experiments_dir, param_keys=SKIP_LABELS)
+
+
+def trial_arch(trial: Trial) -> dict[str, int]:
     """The architecture a trial trained (see the module docstring), validated."""
-    from classic_nas.space import SKIP_LABELS, validate_arch
+    from classic_nas.space import validate_arch
 
-    reported = {k: trial.final_metrics[k] for k in SKIP_LABELS if k in trial.final_metrics}
-    arch = reported if len(reported) == len(SKIP_LABELS) else trial.params
-    return validate_arch(arch, source=f"trial {trial.trial_id}")
-
-
-def ranked(trials: Sequence[Any]) -> list[Any]:
-    """Trials with a final result that did not diverge, best validation accuracy first."""
-    scored = [t for t in trials if t.final is not None and not t.final_metrics.get("diverged")]
-    return sorted(scored, key=lambda t: (-t.final, t.sequence_id or 0))
+    return validate_arch(trial.params, source=f"trial {trial.trial_id}")
 
 
 def format_table(trials: Sequence[Any]) -> str:
@@ -57,8 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict[str, int]:
-    from hpo.results import load_experiment
-
     args = build_parser().parse_args(argv)
     trials = load_experiment(args.source, experiments_dir=args.experiments_dir)
     good = ranked(trials)

@@ -18,7 +18,7 @@ import dataclasses
 import json
 from typing import Any, Sequence
 
-from core.config import TrainConfig, add_config_arguments, check_resume_only, config_from_args
+from core.config import TrainConfig, add_config_arguments, check_resume_only, config_from_args, field
 from core.errors import cli_main
 from core.runner import config_from_checkpoint, train
 
@@ -29,9 +29,8 @@ STAGE = "classic_nas_retrain"
 class RetrainConfig(TrainConfig):
     """Training options of a retrain: the core's defaults, a longer schedule, all training images."""
 
-    val_fraction: float = dataclasses.field(default=0.0, metadata={
-        "help": "fraction of the training split held out for validation; 0 = train on all of it"})
-    epochs: int = dataclasses.field(default=100, metadata={"help": "training epochs"})
+    val_fraction: float = field(0.0, "fraction of the training split held out for validation; 0 = train on all of it")
+    epochs: int = field(100, "training epochs")
 
 
 def build_parser() -> argparse.ArgumentParser:

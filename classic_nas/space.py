@@ -23,7 +23,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import warnings
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -32,15 +31,13 @@ import torch.nn.functional as F
 
 from core.config import read_json
 from core.errors import UserError
+from core.nni_trial import quiet_nni_imports
 from models.mobilenet import STEM_CHANNELS, BlockSpec, DepthwiseSeparable, make_stem, parse_block_spec
 
-with warnings.catch_warnings():
-    # NNI 3.0 wraps every torch.nn class at import and warns about the few newer torch versions
-    # added that are not modules (Buffer, ...): noise, not a problem for this space.
-    warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module", category=RuntimeWarning)
-    from nni.mutable import CategoricalMultiple
-    from nni.nas.nn.pytorch import InputChoice, ModelSpace
-    from nni.nas.space import model_context
+quiet_nni_imports()
+from nni.mutable import CategoricalMultiple  # noqa: E402 - after the warning filter
+from nni.nas.nn.pytorch import InputChoice, ModelSpace  # noqa: E402
+from nni.nas.space import model_context  # noqa: E402
 
 #: Output channels (stride 1) or (output channels, stride) of the 17 depthwise-separable blocks.
 SEARCH_PLAN: tuple[BlockSpec, ...] = (

@@ -3,7 +3,7 @@
 Run by ``nnictl create --config classic_nas/config.yml`` (the tuner's parameters are an
 architecture ``{"skip1": 0 or 1, ...}``), or by hand on one architecture file::
 
-    python classic_nas/trial.py --arch best_arch.json --data fake --epochs 1 --max-batches 2
+    python classic_nas/trial.py --arc best_arch.json --data fake --epochs 1 --max-batches 2
 
 Training goes through the shared core (:func:`core.runner.train`); every epoch reports the
 validation accuracy to NNI as an intermediate result and the final result's ``default`` is the
@@ -20,9 +20,9 @@ import dataclasses
 import json
 from typing import Any, Sequence
 
-from core.config import add_config_arguments, config_from_args
+from core.config import SearchTrialConfig, add_config_arguments, config_from_args, field
 from core.errors import UserError, cli_main
-from core.nni_trial import NniTrial, SearchTrialConfig, run_search_trial
+from core.nni_trial import NniTrial, run_search_trial
 
 STAGE = "classic_nas"
 
@@ -31,15 +31,15 @@ STAGE = "classic_nas"
 class TrialConfig(SearchTrialConfig):
     """Training options of one search trial (the core's, with a shorter default schedule)."""
 
-    epochs: int = dataclasses.field(default=10, metadata={"help": "training epochs per trial"})
-    run_name: str = dataclasses.field(default="classic_nas_trial", metadata={
-        "help": "run folder name prefix outside NNI (under NNI the trial folder is used)"})
+    epochs: int = field(10, "training epochs per trial")
+    run_name: str = field("classic_nas_trial", "run folder name prefix outside NNI (under NNI the trial folder is "
+                          "used)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python classic_nas/trial.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", metavar="JSON", help="architecture file {\"skip1\": 0 or 1, ...}; only "
-                        "outside NNI (under nnictl the tuner chooses the architecture)")
+    parser.add_argument("--arc", "--arch", dest="arc", metavar="JSON", help="architecture file {\"skip1\": 0 or "
+                        "1, ...}; only outside NNI (under nnictl the tuner chooses the architecture)")
     add_config_arguments(parser, TrialConfig)
     return parser
 
@@ -51,14 +51,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg = config_from_args(TrialConfig, args)
     trial = NniTrial.from_environment()
     if trial.active:
-        if args.arch:
-            raise UserError("--arch: not allowed under nnictl, where the tuner chooses the architecture")
+        if args.arc:
+            raise UserError("--arc: not allowed under nnictl, where the tuner chooses the architecture")
         arch = validate_arch(trial.params, source="NNI parameters")
     else:
-        if not args.arch:
-            raise UserError("--arch: an architecture file is required outside nnictl "
+        if not args.arc:
+            raise UserError("--arc: an architecture file is required outside nnictl "
                             "(e.g. one written by python -m classic_nas.export)")
-        arch = read_arch(args.arch)
+        arch = read_arch(args.arc)
 
     print(f"architecture {arch_name(arch)}: {json.dumps(arch)}", flush=True)
     final, result = run_search_trial(cfg, lambda num_classes: build_model(arch, num_classes), trial, name=STAGE,

@@ -10,30 +10,39 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Literal, Sequence, TypeVar
 
 import yaml
 
 from core.errors import UserError
+from core.paths import absolute_paths, default_data, default_data_root, default_out_dir
 
 C = TypeVar("C", bound="TrainConfig")
 
-DATA_ROOT_ENV = "CIFAR_AUTOML_DATA"
-OPTIMIZER_NAMES = ("SGD", "Adadelta", "Adagrad", "Adam", "Adamax")
-SCHEDULER_NAMES = ("cosine", "none")
-DEVICE_NAMES = ("auto", "cpu", "cuda")
+#: The allowed values of the choice fields, each named once; the config check, the command-line
+#: help and the factories in core.train all read them from here.
+Optimizer = Literal["SGD", "Adadelta", "Adagrad", "Adam", "Adamax"]
+Scheduler = Literal["cosine", "none"]
+Device = Literal["auto", "cpu", "cuda"]
+OPTIMIZER_NAMES: tuple[str, ...] = typing.get_args(Optimizer)
+SCHEDULER_NAMES: tuple[str, ...] = typing.get_args(Scheduler)
+DEVICE_NAMES: tuple[str, ...] = typing.get_args(Device)
 
 
-def _default_data_root() -> str:
-    return os.environ.get(DATA_ROOT_ENV, "data")
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+def field(default: Any = dataclasses.MISSING, help: str = "", *,  # noqa: A002 - argparse's word
+          factory: Callable[[], Any] | None = None, aliases: tuple[str, ...] = ()) -> Any:
+    """A dataclass field with its help text (shown by ``--help``); ``factory`` for a default
+    computed when the config is made (one read of the environment, say); ``aliases``: more
+    spellings of its flag."""
+    metadata = {"help": help, "aliases": aliases}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass
@@ -41,45 +50,43 @@ class TrainConfig:
     """Options shared by everything that trains a network with the core loop."""
 
     # --- data ---
-    data: str = dataclasses.field(default="cifar10", metadata=_help(
-        "'cifar10' (torchvision download into --data-root), 'fake' (synthetic, offline), or the path "
-        "of an image folder / .tar.gz holding train/<class>/* and test/<class>/*"))
-    data_root: str = dataclasses.field(default_factory=_default_data_root, metadata=_help(
-        f"where CIFAR-10 is downloaded and decoded images are cached (env {DATA_ROOT_ENV})"))
-    val_fraction: float = dataclasses.field(default=0.1, metadata=_help(
-        "fraction of the training split held out for validation (fixed seed); 0 = none"))
-    subset: int = dataclasses.field(default=0, metadata=_help("train on only N training images (0 = all)"))
-    val_subset: int = dataclasses.field(default=0, metadata=_help("validate on only N images (0 = all)"))
-    image_size: int = dataclasses.field(default=32, metadata=_help("images are resized to this side (px)"))
-    batch_size: int = dataclasses.field(default=128, metadata=_help("training batch size (images)"))
-    eval_batch_size: int = dataclasses.field(default=500, metadata=_help("evaluation batch size (images)"))
-    crop_padding: int = dataclasses.field(default=4, metadata=_help("random-crop padding (px); 0 = no crop"))
-    flip: bool = dataclasses.field(default=True, metadata=_help("random horizontal flip"))
-    cutout: int = dataclasses.field(default=0, metadata=_help("cutout square side (px); 0 = off"))
+    data: str = field(help="'cifar10' (torchvision download into --data-root), 'fake' (synthetic, offline), or "
+                      "the path of an image folder / .tar.gz holding train/<class>/* and test/<class>/* "
+                      "(env CIFAR_AUTOML_DATA)", factory=default_data)
+    data_root: str = field(help="where CIFAR-10 is downloaded and decoded images are cached (env "
+                           "CIFAR_AUTOML_DATA_ROOT; default: the repository's data/)", factory=default_data_root)
+    val_fraction: float = field(0.1, "fraction of the training split held out for validation (fixed seed); 0 = none")
+    subset: int = field(0, "train on only N training images (0 = all)")
+    val_subset: int = field(0, "validate on only N images (0 = all)")
+    image_size: int = field(32, "images are resized to this side (px)")
+    batch_size: int = field(128, "training batch size (images)")
+    eval_batch_size: int = field(500, "evaluation batch size (images)")
+    crop_padding: int = field(4, "random-crop padding (px); 0 = no crop")
+    flip: bool = field(True, "random horizontal flip")
+    cutout: int = field(0, "cutout square side (px); 0 = off")
     # --- optimisation ---
-    optimizer: str = dataclasses.field(default="SGD", metadata=_help("one of " + ", ".join(OPTIMIZER_NAMES)))
-    lr: float = dataclasses.field(default=0.1, metadata=_help("initial learning rate"))
-    momentum: float = dataclasses.field(default=0.9, metadata=_help("SGD momentum (other optimizers ignore it)"))
-    weight_decay: float = dataclasses.field(default=5e-4, metadata=_help("L2 weight decay"))
-    epochs: int = dataclasses.field(default=30, metadata=_help("training epochs"))
-    scheduler: str = dataclasses.field(default="cosine", metadata=_help("'cosine' (to 0 over the epochs) or 'none'"))
-    grad_clip: float = dataclasses.field(default=0.0, metadata=_help("clip the gradient norm to this; 0 = off"))
+    optimizer: Optimizer = field("SGD", "the torch optimizer")
+    lr: float = field(0.1, "initial learning rate (> 0)")
+    lr_min: float = field(0.0, "learning rate the cosine schedule ends at")
+    momentum: float = field(0.9, "SGD momentum (other optimizers ignore it)")
+    weight_decay: float = field(5e-4, "L2 weight decay")
+    epochs: int = field(30, "training epochs")
+    scheduler: Scheduler = field("cosine", "'cosine' (to lr_min over the epochs) or 'none'")
+    grad_clip: float = field(0.0, "clip the gradient norm to this; 0 = off")
     # --- run ---
-    seed: int = dataclasses.field(default=0, metadata=_help("seed for weights, shuffling and augmentation"))
-    max_batches: int = dataclasses.field(default=0, metadata=_help(
-        "stop every epoch (and evaluation) after N batches: seconds-long smoke runs; 0 = full epochs"))
-    device: str = dataclasses.field(default="auto", metadata=_help("'auto' (CUDA when present), 'cpu' or 'cuda'"))
-    amp: bool = dataclasses.field(default=True, metadata=_help("bf16 mixed precision on CUDA (CPU stays float32)"))
-    channels_last: bool = dataclasses.field(default=True, metadata=_help("channels_last memory format on CUDA"))
-    out_dir: str = dataclasses.field(default="runs", metadata=_help("parent folder of the run folders"))
-    run_name: str = dataclasses.field(default="", metadata=_help("run folder name prefix (default: the command's)"))
-    progress: bool = dataclasses.field(default=True, metadata=_help("per-epoch progress bar on a terminal"))
+    seed: int = field(0, "seed for weights, shuffling and augmentation")
+    max_batches: int = field(0, "stop every epoch (and evaluation) after N batches: seconds-long smoke runs; "
+                             "0 = full epochs")
+    device: Device = field("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'")
+    amp: bool = field(True, "bf16 mixed precision on CUDA (CPU stays float32)")
+    channels_last: bool = field(True, "channels_last memory format on CUDA")
+    out_dir: str = field(help="parent folder of the run folders (env CIFAR_AUTOML_RUNS; default: the "
+                         "repository's runs/)", factory=default_out_dir)
+    run_name: str = field("", "run folder name prefix (default: the command's)")
+    progress: bool = field(True, "per-epoch progress bar on a terminal")
 
     def validate(self) -> None:
-        """Raise :class:`UserError` naming the first bad field."""
-        check_choice("optimizer", self.optimizer, OPTIMIZER_NAMES)
-        check_choice("scheduler", self.scheduler, SCHEDULER_NAMES)
-        check_choice("device", self.device, DEVICE_NAMES)
+        """Raise :class:`UserError` naming the first bad field (choices are checked on parsing)."""
         if not 0.0 <= self.val_fraction < 1.0:
             raise UserError(f"val_fraction: {self.val_fraction} is not in [0, 1)")
         if not self.lr > 0:
@@ -90,14 +97,49 @@ class TrainConfig:
         for name in ("subset", "val_subset", "max_batches", "crop_padding", "cutout"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name}: {getattr(self, name)} is not allowed; it must be 0 or more")
-        if self.momentum < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise UserError("momentum, weight_decay and grad_clip must be 0 or more")
+        for name in ("momentum", "weight_decay", "grad_clip", "lr_min"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name}: {getattr(self, name)} is not allowed; it must be 0 or more")
 
 
-def check_choice(field: str, value: str, allowed: Sequence[str]) -> None:
+@dataclasses.dataclass
+class ModelConfig(TrainConfig):
+    """Training options plus which registered model (``models.MODELS``) to train."""
+
+    model: str = field("resnet18", "a name from models.MODELS")
+
+    def validate(self) -> None:
+        from models import MODELS
+
+        if self.model not in MODELS:
+            raise UserError(f"model: unknown value {self.model!r}; allowed: {', '.join(sorted(MODELS))}")
+        super().validate()
+
+
+@dataclasses.dataclass
+class SearchTrialConfig(TrainConfig):
+    """Training options of one candidate of a search: the core's, scored on the validation split."""
+
+    keep_checkpoint: bool = field(False, "keep checkpoint.pt after the trial (retraining starts from scratch, "
+                                  "so off by default)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.val_fraction <= 0:
+            raise UserError(f"val_fraction: {self.val_fraction} is not allowed for a search trial; it must be "
+                            "in (0, 1), because candidates are ranked by validation accuracy")
+
+
+def check_choice(field: str, value: Any, allowed: Sequence[str]) -> None:
     """Raise :class:`UserError` unless ``value`` is one of ``allowed``."""
     if value not in allowed:
         raise UserError(f"{field}: unknown value {value!r}; allowed: {', '.join(allowed)}")
+
+
+def choices(typ: Any) -> tuple[str, ...] | None:
+    """The allowed values of a ``Literal[...]`` field type (``None`` for other types)."""
+    typ, _ = _strip_optional(typ)
+    return typing.get_args(typ) if typing.get_origin(typ) is Literal else None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -118,10 +160,15 @@ def _strip_optional(typ: Any) -> tuple[Any, bool]:
 
 
 def _coerce(name: str, value: Any, typ: Any) -> Any:
-    """Check one value against its field type (YAML and NNI give ints for floats, for instance)."""
+    """Check one value against its field type: YAML and NNI give ints for floats, PyYAML reads
+    ``1e-3`` as a string; a float must be finite, a choice one of its allowed values."""
+    allowed = choices(typ)
     typ, optional = _strip_optional(typ)
     if optional and value is None:
         return None
+    if allowed is not None:
+        check_choice(name, value, allowed)
+        return value
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -129,8 +176,16 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            if not math.isfinite(number):
+                raise UserError(f"{name}: {value!r} is not allowed; it must be a finite number")
+            return float(number)
     elif typ is str:
         if isinstance(value, (str, Path)):
             return str(value)
@@ -179,19 +234,24 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add ``--config FILE`` and one ``--field-name`` flag per dataclass field (defaults suppressed)."""
     parser.add_argument("--config", metavar="YAML", help="YAML file of field: value (flags override it)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (paths made absolute) as YAML and exit")
     group = parser.add_argument_group(f"{cls.__name__} fields")
+    types_ = _field_types(cls)
     for f in dataclasses.fields(cls):
-        typ = _field_types(cls)[f.name]
-        flag = "--" + f.name.replace("_", "-")
+        typ = types_[f.name]
+        flags = ("--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ()))
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         text = f"{f.metadata.get('help', '')} (default: {default})"
         if typ is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=text)
         else:
             base, _ = _strip_optional(typ)
             conv = base if base in (int, float, str) else str
-            group.add_argument(flag, dest=f.name, type=conv, default=argparse.SUPPRESS, metavar=f.name.upper(),
+            if choices(typ):
+                text = f"one of {', '.join(choices(typ))}: {text}"
+            group.add_argument(*flags, dest=f.name, type=conv, default=argparse.SUPPRESS, metavar=f.name.upper(),
                                help=text)
 
 
@@ -210,7 +270,11 @@ def config_from_args(cls: type[C], args: argparse.Namespace, base: dict[str, Any
             raise UserError(f"{overrides_source} {unknown[0]!r} is not a config field; "
                             f"known fields: {', '.join(sorted(names))}")
         values.update(overrides)
-    return from_dict(cls, values, source=getattr(args, "config", None) or "config")
+    cfg = from_dict(cls, absolute_paths(values), source=getattr(args, "config", None) or "config")
+    if getattr(args, "print_config", False):
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        raise SystemExit(0)
+    return cfg
 
 
 def add_resume_argument(parser: argparse.ArgumentParser) -> None:

@@ -27,8 +27,8 @@ import torch
 
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.errors import UserError
+from core.paths import NAMED_SOURCES
 
-BUILTIN_SOURCES = ("cifar10", "fake")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 SPLIT_SEED = 20240601          # fixed: the validation split never moves with --seed
 FAKE_SIZES = {"train": 2000, "test": 500}
@@ -121,7 +121,7 @@ def load_source(data: str, data_root: str, image_size: int = 32) -> tuple[ImageS
         return _make_fake(image_size)
     path = Path(data).expanduser()
     if not path.exists():
-        raise UserError(f"data: {data!r} is neither one of {', '.join(BUILTIN_SOURCES)} nor an existing path "
+        raise UserError(f"data: {data!r} is neither one of {', '.join(NAMED_SOURCES)} nor an existing path "
                         "(an image folder or .tar.gz with train/<class>/ and test/<class>/)")
     return _load_image_folder(path, Path(data_root), image_size)
 

@@ -7,35 +7,27 @@ runs on its own.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 from core.checkpoint import atomic_write_text
-from core.config import TrainConfig
 from core.errors import UserError
 from core.run import CHECKPOINT_FILE
 from core.runner import RESULT_FILE, train
 from core.train import TrainingDiverged
 
+def quiet_nni_imports() -> None:
+    """NNI 3.0 wraps every torch.nn class at import and warns about the few newer torch versions
+    added that are not modules (Buffer, ...): noise, not the user's concern. Call before importing
+    ``nni.nas``."""
+    warnings.filterwarnings("ignore", message=r".*is found to be not a nn\.Module.*", category=RuntimeWarning)
+
+
 #: Numbers copied from a run's metrics into NNI's final-result dict, beside ``default``.
 REPORTED = ("val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss", "epoch", "params")
-
-
-@dataclasses.dataclass
-class SearchTrialConfig(TrainConfig):
-    """Training options of one candidate of a search: the core's, scored on the validation split."""
-
-    keep_checkpoint: bool = dataclasses.field(default=False, metadata={
-        "help": "keep checkpoint.pt after the trial (retraining starts from scratch, so off by default)"})
-
-    def validate(self) -> None:
-        super().validate()
-        if self.val_fraction <= 0:
-            raise UserError(f"val_fraction: {self.val_fraction} is not allowed for a search trial; it must be "
-                            "in (0, 1), because candidates are ranked by validation accuracy")
 
 
 class NniTrial:

@@ -49,16 +49,19 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
           run_dir: str | Path | None = None, resume: str | Path | None = None,
           arch: dict[str, Any] | None = None, eval_splits: Sequence[str] = ("val",), final_test: bool = True,
           loss_fn: LossFn = cross_entropy, epoch_start: Callable[[int], None] | None = None,
-          on_epoch: EpochCallback | None = None, setup: Callable[[nn.Module], Any] | None = None
+          on_epoch: EpochCallback | None = None, setup: Callable[[nn.Module], Any] | None = None,
+          trainer_cls: type[Trainer] = Trainer, describe: Callable[[Trainer], str] | None = None
           ) -> dict[str, Any]:
     """Train ``build_model(num_classes)`` with ``cfg`` and return the final result.
 
     The run folder is ``run_dir`` if given (an NNI trial's output folder, say), the checkpoint's
     folder when resuming, else a new ``cfg.out_dir/<name>-<time>``; it is created only after the
-    data loaded, so bad input leaves nothing behind. ``setup(model)`` may return the
-    ``epoch_start`` hook that needs the built model (a drop-path schedule). The result (last
-    epoch's metrics, parameter count, and test accuracy when ``final_test``) is written to
-    ``result.json`` in the run folder.
+    data loaded and the trainer was built, so bad input leaves nothing behind. ``setup(model)``
+    may return the ``epoch_start`` hook that needs the built model (a drop-path schedule).
+    ``trainer_cls`` is the engine (a specialisation of :class:`Trainer`, such as the DARTS
+    search) and ``describe(trainer)`` the first log line. The result (last epoch's metrics,
+    parameter count, what the trainer's ``finish`` adds, and test accuracy when ``final_test``)
+    is written to ``result.json`` in the run folder.
     """
     state = load_checkpoint(resume) if resume else None
     splits = load_splits(cfg)
@@ -66,23 +69,23 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
     model = build_model(splits.num_classes)
     if setup is not None:
         epoch_start = setup(model) or epoch_start
-    run = open_run(cfg, name, run_dir=run_dir, resume=resume)
+    trainer = trainer_cls(model, cfg, splits, eval_splits=eval_splits, arch=arch, loss_fn=loss_fn,
+                          epoch_start=epoch_start)
+    run = trainer.run = open_run(cfg, name, run_dir=run_dir, resume=resume)
     if arch is not None:
         atomic_write_text(run.dir / "arch.json", json.dumps(arch, indent=2) + "\n")
-    trainer = Trainer(model, cfg, splits, run, eval_splits=eval_splits, arch=arch, loss_fn=loss_fn,
-                      epoch_start=epoch_start)
-    n_params = sum(p.numel() for p in model.parameters())
-    run.log(f"{name}: {n_params:,} parameters, {len(splits.train):,} training images, "
-            f"device {trainer.device.type}, run folder {run.dir}")
+    n_params = sum(p.numel() for p in trainer.parameters())
+    run.log((describe(trainer) if describe else f"{name}: {n_params:,} parameters, {len(splits.train):,} training "
+             f"images, device {trainer.device.type}") + f"; run folder {run.dir}")
     if state is not None:
         trainer.load_state_dict(state)
         run.log(f"resumed from {resume} after epoch {state['epoch']}")
     history = trainer.fit(on_epoch=on_epoch)
     result: dict[str, Any] = {**(history[-1] if history else {}), "params": n_params, "run_dir": str(run.dir)}
+    result.update(trainer.finish())
     if final_test:
         test = trainer.evaluate("test")
         result["test_acc"], result["test_loss"] = test["acc"], test["loss"]
         run.log(f"final test accuracy {test['acc']:.4f}")
     atomic_write_text(run.dir / RESULT_FILE, json.dumps(result, indent=2) + "\n")
     return result
-

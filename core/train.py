@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from core.config import OPTIMIZER_NAMES, TrainConfig, check_choice, to_dict
+from core.config import OPTIMIZER_NAMES, TrainConfig, to_dict
 from core.data import ImageSet, Splits
 from core.errors import UserError
 from core.loader import BatchLoader
@@ -22,23 +22,28 @@ from core.run import Run, format_metrics
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 EpochCallback = Callable[[dict[str, Any]], None]
 
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "SGD": torch.optim.SGD,
-    "Adadelta": torch.optim.Adadelta,
-    "Adagrad": torch.optim.Adagrad,
-    "Adam": torch.optim.Adam,
-    "Adamax": torch.optim.Adamax,
-}
-assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES
+#: The torch class of every optimizer name the config allows (core.config.Optimizer).
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {name: getattr(torch.optim, name) for name in OPTIMIZER_NAMES}
 
 
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite: one line for the user (epoch, batch, what to try)."""
+
+    def __init__(self, epoch: int, step: int, loss: float, cfg: TrainConfig):
+        self.epoch, self.step, self.loss = epoch + 1, step, loss
+        super().__init__(f"training diverged: the loss became {loss} in epoch {epoch + 1} by batch {step}; "
+                         f"try a lower --lr (it is {cfg.lr:g})" + ("" if cfg.grad_clip else " or --grad-clip 5"))
+
+
+def check_trains(loader: BatchLoader, what: str) -> None:
+    """An epoch that trains on no image would report an untrained network as a result: refuse."""
+    if len(loader) == 0:
+        raise UserError(f"batch_size: {loader.batch_size} is more than the {len(loader.labels)} {what} images, so "
+                        "an epoch would train on nothing; lower --batch-size or use more images")
 
 
 def resolve_device(name: str) -> torch.device:
     """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is a :class:`UserError`."""
-    check_choice("device", name, ("auto", "cpu", "cuda"))
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
@@ -55,7 +60,6 @@ def seed_everything(seed: int) -> None:
 def build_optimizer(name: str, params: Iterable[nn.Parameter], lr: float, momentum: float = 0.9,
                     weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """The torch optimizer class of that name; only SGD takes ``momentum``."""
-    check_choice("optimizer", name, OPTIMIZER_NAMES)
     if name == "SGD":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay)
@@ -65,7 +69,6 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: int,
                     eta_min: float = 0.0) -> torch.optim.lr_scheduler.LRScheduler:
     """'cosine': from the initial rate to ``eta_min`` over ``epochs`` (stepped once per epoch);
     'none': constant."""
-    check_choice("scheduler", name, ("cosine", "none"))
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=eta_min)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
@@ -114,13 +117,21 @@ def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = True) -> dict[st
 
 
 class Trainer:
-    """Trains ``model`` on ``splits.train`` and evaluates the named splits after every epoch.
+    """The one training engine: trains ``model`` on ``splits.train`` and evaluates the named splits
+    after every epoch.
 
     ``eval_splits`` names attributes of ``splits`` ('val', 'test'); the search stages pass only
     'val'. ``loss_fn`` replaces plain cross-entropy (an auxiliary head, say) and ``epoch_start``
-    is called with the 0-based epoch index before each epoch (a drop-path schedule, say). With a ``run``,
-    every epoch appends to its metrics and log and rewrites its checkpoint atomically; ``arch``
-    (an architecture dict) is stored in the checkpoint beside the config.
+    is called with the 0-based epoch index before each epoch (a drop-path schedule, say). With a
+    :attr:`run`, every epoch appends to its metrics and log and rewrites its checkpoint atomically;
+    ``arch`` (an architecture dict) is stored in the checkpoint beside the config.
+
+    A stage that trains differently specialises the hooks, and keeps everything else (memory
+    format, mixed precision, the progress bar, the divergence check, metrics, checkpoints, exact
+    resume): :meth:`parameters` (what :attr:`optimizer` steps), :meth:`batches` (what one epoch
+    iterates), :meth:`train_step` (one step on one batch), :meth:`extra_state` /
+    :meth:`load_extra_state` (more checkpoint entries), :meth:`epoch_end` (more per-epoch metrics
+    and files) and :meth:`finish` (more of the final result). The DARTS search is one.
     """
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, splits: Splits, run: Run | None = None, *,
@@ -135,10 +146,10 @@ class Trainer:
             else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
         self.loss_fn, self.epoch_start = loss_fn, epoch_start
-        self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr, cfg.momentum,
-                                         cfg.weight_decay)
-        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, cfg.epochs)
+        self.optimizer = build_optimizer(cfg.optimizer, self.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
+        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, cfg.epochs, eta_min=cfg.lr_min)
         self.train_loader = make_loader(splits.train, cfg, self.device, splits, train=True)
+        check_trains(self.train_loader, "training")
         self.eval_loaders: dict[str, BatchLoader] = {}
         for name in eval_splits:
             data = getattr(splits, name)
@@ -147,6 +158,43 @@ class Trainer:
             self.eval_loaders[name] = make_loader(data, cfg, self.device, splits, train=False)
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
+
+    # --- hooks a specialisation may replace ------------------------------------------------------
+    def parameters(self) -> list[nn.Parameter]:
+        """The parameters :attr:`optimizer` trains."""
+        return list(self.model.parameters())
+
+    def batches(self) -> Iterable[Any]:
+        """What one epoch iterates; each item goes to :meth:`train_step`."""
+        return self.train_loader
+
+    def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """One optimisation step on ``batch``; returns the detached ``loss``, ``logits`` and
+        ``target`` (and any other scalar tensors, averaged over the epoch into the metrics)."""
+        x, y = batch
+        with autocast(self.device, self.amp):
+            output = self.model(x)
+            loss = self.loss_fn(output, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        return {"loss": loss.detach(), "logits": logits_of(output).detach(), "target": y}
+
+    def extra_state(self) -> dict[str, Any]:
+        """Checkpoint entries beyond the engine's own."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` saved."""
+
+    def epoch_end(self, metrics: dict[str, Any]) -> None:
+        """Called after an epoch's evaluation, before its metrics and checkpoint are written."""
+
+    def finish(self) -> dict[str, Any]:
+        """Entries added to the final result once every epoch ran."""
+        return {}
 
     # --- checkpoints ---------------------------------------------------------------------------
     def state_dict(self, epoch: int) -> dict[str, Any]:
@@ -161,6 +209,7 @@ class Trainer:
             "rng": rng_state(),
             "loader": self.train_loader.state_dict(),
             "history": self.history,
+            **self.extra_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -169,6 +218,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.train_loader.load_state_dict(state["loader"])
+        self.load_extra_state(state)
         set_rng_state(state["rng"])
         self.history = list(state.get("history", []))
         self.start_epoch = state["epoch"]
@@ -182,36 +232,39 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         from tqdm import tqdm
 
-        model, device = self.model, self.device
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = steps = 0
         lr = self.optimizer.param_groups[0]["lr"]
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False,
+        batches = self.batches()
+        bar = tqdm(batches, total=len(batches) if hasattr(batches, "__len__") else None,
+                   desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="step", leave=False,
                    disable=not (self.cfg.progress and sys.stderr.isatty()), file=sys.stderr)
         start = time.perf_counter()
-        for step, (x, y) in enumerate(bar):
-            with autocast(device, self.amp):
-                output = model(x)
-                loss = self.loss_fn(output, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
-            self.optimizer.step()
-            loss_sum += loss.detach().float() * len(y)
-            correct += (logits_of(output).detach().argmax(1) == y).sum()
-            seen += len(y)
-            if step % 20 == 19 and not torch.isfinite(loss_sum):
-                raise TrainingDiverged(f"training loss became {loss.item()} at epoch {epoch + 1}, batch {step + 1}")
-        train_loss = loss_sum.item() / max(seen, 1)
+        for batch in bar:
+            out = self.train_step(batch)
+            target = out.pop("target")
+            correct += (out.pop("logits").argmax(1) == target).sum()
+            n = len(target)
+            for key, value in out.items():
+                total = sums.get(key)
+                sums[key] = value.float() * n if total is None else total + value.float() * n
+            seen += n
+            steps += 1
+            if steps % 20 == 0 and not torch.isfinite(sums["loss"]):
+                raise TrainingDiverged(epoch, steps, out["loss"].item(), self.cfg)
         seconds = time.perf_counter() - start
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}")
+        means = {key: total.item() / max(seen, 1) for key, total in sums.items()}
+        if not math.isfinite(means.get("loss", 0.0)):
+            raise TrainingDiverged(epoch, steps, means["loss"], self.cfg)
         self.scheduler.step()
-        return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": correct.item() / max(seen, 1),
-                "train_seconds": round(seconds, 3), "images_per_s": round(seen / max(seconds, 1e-9), 1)}
+        metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": means.pop("loss", 0.0),
+                   "train_acc": correct.item() / max(seen, 1)}
+        metrics.update(means)  # what a specialised step adds, under the names it gave
+        metrics.update({"train_seconds": round(seconds, 3), "step_seconds": round(seconds / max(steps, 1), 4),
+                        "images_per_s": round(seen / max(seconds, 1e-9), 1)})
+        return metrics
 
     def evaluate(self, name: str) -> dict[str, float]:
         """Accuracy and loss on a split: a loader of ``eval_splits`` or, on demand, 'val'/'test'."""
@@ -232,6 +285,7 @@ class Trainer:
             for name in self.eval_loaders:
                 result = self.evaluate(name)
                 metrics[f"{name}_acc"], metrics[f"{name}_loss"] = result["acc"], result["loss"]
+            self.epoch_end(metrics)
             self.history.append(metrics)
             if self.run is not None:
                 self.run.log_metrics(metrics)

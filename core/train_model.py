@@ -1,32 +1,17 @@
 """Train one registry model with the core: ``python -m core.train_model --model resnet18 --data fake``.
 
-The plain, stage-free entry point (and the one the foundation's tests drive end to end): a
-:class:`ModelConfig` is a :class:`~core.config.TrainConfig` plus the registry name of the model.
+The plain, stage-free entry point: a :class:`~core.config.ModelConfig` is a
+:class:`~core.config.TrainConfig` plus the registry name of the model.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from typing import Sequence
 
-from core.config import (TrainConfig, add_config_arguments, add_resume_argument, check_choice, check_resume_only,
-                         config_from_args)
+from core.config import ModelConfig, add_config_arguments, add_resume_argument, check_resume_only, config_from_args
 from core.errors import cli_main
 from core.runner import config_from_checkpoint, train
-
-
-@dataclasses.dataclass
-class ModelConfig(TrainConfig):
-    """Training options plus which registered model to train."""
-
-    model: str = dataclasses.field(default="resnet18", metadata={"help": "a name from models.MODELS"})
-
-    def validate(self) -> None:
-        from models import MODELS
-
-        check_choice("model", self.model, sorted(MODELS))
-        super().validate()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,20 +21,20 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.checkpoint import atomic_write_text
-from core.config import add_config_arguments, check_resume_only, config_from_args
+from core.config import ModelConfig, add_config_arguments, check_resume_only, config_from_args, field
 from core.errors import UserError, cli_main
+from core.experiments import trials_from_export
 from core.runner import config_from_checkpoint, train
-from core.train_model import ModelConfig
-from hpo.results import best_trial, load_experiment, searched_params, trials_from_export
+from hpo import PARAM_KEYS
+from hpo.results import best_trial, load_experiment, searched_params
 
 
 @dataclasses.dataclass
 class RetrainConfig(ModelConfig):
     """The long schedule: every training image, 200 epochs, test evaluated at the end."""
 
-    epochs: int = dataclasses.field(default=200, metadata={"help": "training epochs"})
-    val_fraction: float = dataclasses.field(default=0.0, metadata={
-        "help": "fraction held out for validation; 0 = train on the whole training split"})
+    epochs: int = field(200, "training epochs")
+    val_fraction: float = field(0.0, "fraction held out for validation; 0 = train on the whole training split")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,10 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 def best_parameters(source: str, experiments_dir: str | None = None, *,
                     export: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """The best trial's searched parameters, and a description of where they came from."""
-    trials = trials_from_export(source) if export else load_experiment(source, experiments_dir=experiments_dir)
+    trials = trials_from_export(source, PARAM_KEYS) if export else load_experiment(source,
+                                                                                   experiments_dir=experiments_dir)
     best = best_trial(trials)
     params = searched_params(best)
-    missing = [k for k in ("model", "optimizer", "lr") if k not in params]
+    missing = [k for k in PARAM_KEYS if k not in params]
     if missing:
         raise UserError(f"{source}: the best trial {best.trial_id} has no {', '.join(missing)} parameter; "
                         "is this an HPO experiment of hpo/config.yml?")

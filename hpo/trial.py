@@ -26,28 +26,24 @@ import json
 import math
 from typing import Any, Callable, Sequence
 
-from core.config import add_config_arguments, config_from_args
+from core.config import ModelConfig, Optimizer, SearchTrialConfig, add_config_arguments, config_from_args, field
 from core.errors import UserError, cli_main
-from core.nni_trial import NniTrial, SearchTrialConfig, run_search_trial
-from core.train_model import ModelConfig
-
-NAME = "hpo"
-BUDGET_KEY = "TRIAL_BUDGET"   # Hyperband's resource per trial; here: training epochs
+from core.nni_trial import NniTrial, run_search_trial
+from hpo import BUDGET_KEY, PARAM_KEYS
 
 
 @dataclasses.dataclass
 class HpoTrialConfig(SearchTrialConfig, ModelConfig):
     """One trial's training options: the core's plus the model name and two HPO knobs."""
 
-    model: str = dataclasses.field(default="mobilenet", metadata={"help": "a name from models.MODELS"})
-    optimizer: str = dataclasses.field(default="Adam", metadata={
-        "help": "one of SGD, Adadelta, Adagrad, Adam, Adamax (the search uses the last four)"})
-    lr: float = dataclasses.field(default=0.001, metadata={"help": "initial learning rate (> 0)"})
-    epochs: int = dataclasses.field(default=30, metadata={"help": "training epochs of one trial"})
-    threads: int = dataclasses.field(default=0, metadata={
-        "help": "CPU threads for torch (0 = torch's default; set cores / trialConcurrency on a CPU machine)"})
-    final_test: bool = dataclasses.field(default=True, metadata={
-        "help": "evaluate the test split once at the end (recorded beside the result, never searched on)"})
+    model: str = field("mobilenet", "a name from models.MODELS")
+    optimizer: Optimizer = field("Adam", "the torch optimizer (the search uses all but SGD)")
+    lr: float = field(0.001, "initial learning rate (> 0)")
+    epochs: int = field(30, "training epochs of one trial")
+    threads: int = field(0, "CPU threads for torch (0 = torch's default; set cores / trialConcurrency on a CPU "
+                         "machine)")
+    final_test: bool = field(True, "evaluate the test split once at the end (recorded beside the result, never "
+                             "searched on)")
 
     def validate(self) -> None:
         super().validate()
@@ -87,7 +83,7 @@ def run_trial(cfg: HpoTrialConfig, trial: NniTrial,
     final, _ = run_search_trial(cfg, build_model or (lambda n: create_model(cfg.model, num_classes=n)), trial,
                                 name=f"hpo-{cfg.model}", final_test=cfg.final_test,
                                 keep_checkpoint=cfg.keep_checkpoint,
-                                extra={"model": cfg.model, "optimizer": cfg.optimizer, "lr": cfg.lr})
+                                extra={key: getattr(cfg, key) for key in PARAM_KEYS})
     return final
 
 

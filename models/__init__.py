@@ -8,7 +8,6 @@ from typing import Callable
 
 import torch.nn as nn
 
-from core.errors import UserError
 from models.densenet import densenet121
 from models.dpn import dpn92
 from models.googlenet import googlenet
@@ -21,8 +20,10 @@ from models.vgg import vgg
 __all__ = ["MODELS", "UnknownModelError", "create_model"]
 
 
-class UnknownModelError(UserError, ValueError):
-    """Raised by :func:`create_model` for a name that is not in :data:`MODELS`."""
+class UnknownModelError(ValueError):
+    """Raised by :func:`create_model` for a name that is not in :data:`MODELS`; its message lists
+    the known ones. (``models`` depends on nothing else of the project: the commands check a
+    model name in their config, where a bad one becomes a one-line error.)"""
 
 
 #: Model name -> constructor taking ``num_classes`` as a keyword.

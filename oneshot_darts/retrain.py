@@ -18,13 +18,13 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from core.config import TrainConfig, check_resume_only, config_from_args
+from core.config import TrainConfig, check_resume_only, config_from_args, field
 from core.errors import UserError, cli_main
-from core.nni_trial import NniTrial, final_metrics
+from core.nni_trial import NniTrial, final_metrics, quiet_nni_imports
 from core.runner import config_from_checkpoint, train
 from core.train import cross_entropy
 from oneshot_darts.arch import Genotype, load_arch, parse_arch
-from oneshot_darts.common import START_HINT, build_parser, check_network_shape, field, quiet_nni_imports
+from oneshot_darts.common import START_HINT, build_parser, check_network_shape
 
 
 @dataclasses.dataclass
@@ -40,7 +40,8 @@ class RetrainConfig(TrainConfig):
     epochs: int = field(600, "training epochs")
     grad_clip: float = field(5.0, "clip the gradient norm to this; 0 = off")
     # --- the network ---
-    arc: str = field("", "architecture file: final_arch.json of search.py, NNI 3.0's or NNI 1.x's DARTS export")
+    arc: str = field("", "architecture file: final_arch.json of search.py, NNI 3.0's or NNI 1.x's DARTS export "
+                     "(alias --arch)", aliases=("--arch",))
     channels: int = field(36, "initial channels C (the stem has stem_multiplier x C)")
     layers: int = field(20, "cells; those at one and two thirds of the depth are reduction cells")
     stem_multiplier: int = field(3, "stem output channels / C")
@@ -51,7 +52,7 @@ class RetrainConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_network_shape(self)
+        check_network_shape(self.layers, channels=self.channels, stem_multiplier=self.stem_multiplier)
         if not 0.0 <= self.drop_path < 1.0:
             raise UserError(f"drop_path: {self.drop_path} is not in [0, 1)")
         if self.auxiliary_weight < 0:
@@ -112,8 +113,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cfg, state = config_from_checkpoint(RetrainConfig, args.resume)
         genotype = parse_arch(state.get("arch"), source=f"checkpoint {args.resume!r}")
         return _finish(run_retrain(cfg, genotype, resume=args.resume))
+    cfg = config_from_args(RetrainConfig, args)
     trial = NniTrial.required(START_HINT) if args.nni else None
-    cfg = config_from_args(RetrainConfig, args, overrides=trial.params if trial else None)
+    if trial is not None:
+        cfg = config_from_args(RetrainConfig, args, overrides=trial.params)
     if not cfg.arc:
         raise UserError("--arc: required; the architecture file to retrain (final_arch.json of search.py, or an "
                         "NNI 3.0 / NNI 1.x DARTS export; oneshot_darts/archs/darts_v2.json is the paper's)")

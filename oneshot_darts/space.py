@@ -22,6 +22,7 @@ from core.errors import UserError
 from nni.nas.nn.pytorch import Cell, ModelSpace
 from nni.nas.space import current_model, model_context
 from oneshot_darts.arch import EDGES_PER_NODE, Genotype
+from oneshot_darts.common import check_network_shape
 from oneshot_darts.ops import OP_NAMES, AuxiliaryHead, DropPath, FactorizedReduce, ReLUConvBN, make_op
 
 CELL_INPUTS = 2
@@ -61,11 +62,7 @@ class DartsSpace(ModelSpace):
     def __init__(self, channels: int = 16, layers: int = 8, n_nodes: int = 4, stem_multiplier: int = 3,
                  num_classes: int = 10, auxiliary: bool = False):
         super().__init__()
-        if layers < 3:
-            raise UserError(f"layers: {layers} is not allowed; at least 3 (reduction cells sit at one and two "
-                            "thirds of the depth)")
-        if channels < 1 or n_nodes < 1 or stem_multiplier < 1:
-            raise UserError("channels, n_nodes and stem_multiplier must be at least 1")
+        check_network_shape(layers, channels=channels, n_nodes=n_nodes, stem_multiplier=stem_multiplier)
         self.fixed = current_model() is not None
         self.init_kwargs = dict(channels=channels, layers=layers, n_nodes=n_nodes, stem_multiplier=stem_multiplier,
                                 num_classes=num_classes, auxiliary=auxiliary)

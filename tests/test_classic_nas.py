@@ -3,6 +3,7 @@ configs, the trial and the retrain commands (in-process, fake data, a few batche
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -280,42 +281,45 @@ def test_trial_on_real_jpeg_cifar10(tmp_path, cifar_jpeg, data_root):
 
 
 def test_a_diverged_trial_reports_zero_flagged_and_exits_cleanly(tmp_path, monkeypatch, capsys):
+    from core.config import TrainConfig
     from core.train import TrainingDiverged
 
     def diverge(*args, **kwargs):
-        raise TrainingDiverged("training loss became nan in epoch 1")
+        raise TrainingDiverged(0, 20, math.nan, TrainConfig())
 
     monkeypatch.setattr(nni_trial, "train", diverge)
     arch_file = tmp_path / "arch.json"
     arch_file.write_text(json.dumps(ALL_ON))
     result = trial.main(["--arch", str(arch_file), "--data", "fake"])
     assert result == {"default": 0.0, "diverged": 1, **ALL_ON}
-    assert "trial stopped: training loss became nan" in capsys.readouterr().out
+    assert "trial stopped: training diverged: the loss became nan in epoch 1 by batch 20" in capsys.readouterr().out
 
 
 # --- export of the best architecture -----------------------------------------------------------------
 
 def _trial(tid, final, params, final_metrics=None, seq=0):
-    from hpo.results import Trial
+    from core.experiments import Trial
 
     return Trial(trial_id=tid, status="SUCCEEDED", params=params, final=final,
                  final_metrics=final_metrics if final_metrics is not None else {"default": final},
                  intermediates=[final] if final is not None else [], sequence_id=seq)
 
 
-def test_export_ranks_by_validation_accuracy_and_trusts_the_reported_arch():
-    from classic_nas.export import ranked, trial_arch
+def test_export_ranks_by_validation_accuracy_and_trusts_the_reported_arch(tmp_path):
+    from classic_nas.export import load_experiment, trial_arch
+    from core.experiments import ranked
 
     recorded_wrong = {**ALL_OFF}             # what NNI recorded (another concurrent trial's parameters)
     really_ran = {**ALL_OFF, "skip3": 1}     # what the trial repeated in its final result
-    trials = [
-        _trial("a", 0.30, ALL_ON, seq=0),
-        _trial("b", 0.50, recorded_wrong, {"default": 0.50, **really_ran}, seq=1),
-        _trial("c", 0.0, ALL_OFF, {"default": 0.0, "diverged": 1}, seq=2),
-        _trial("d", None, ALL_ON, {}, seq=3),   # still running
-        _trial("e", 0.50, ALL_ON, seq=4),       # a tie goes to the earlier trial
+    records = [                              # `nnictl experiment export --type json`
+        {"trialJobId": "a", "parameter": ALL_ON, "value": 0.30},
+        {"trialJobId": "b", "parameter": recorded_wrong, "value": json.dumps({"default": 0.50, **really_ran})},
+        {"trialJobId": "c", "parameter": ALL_OFF, "value": json.dumps({"default": 0.0, "diverged": 1})},
+        {"trialJobId": "e", "parameter": ALL_ON, "value": 0.50},   # a tie goes to the earlier trial
     ]
-    order = ranked(trials)
+    export_file = tmp_path / "export.json"
+    export_file.write_text(json.dumps(records))
+    order = ranked(load_experiment(export_file))
     assert [t.trial_id for t in order] == ["b", "e", "a"]
     assert trial_arch(order[0]) == really_ran and trial_arch(order[2]) == ALL_ON
 
@@ -323,7 +327,7 @@ def test_export_ranks_by_validation_accuracy_and_trusts_the_reported_arch():
 def test_export_command_errors_in_one_line(tmp_path, monkeypatch, capsys):
     from classic_nas import export
 
-    monkeypatch.setattr("hpo.results.load_experiment", lambda source, experiments_dir=None: [
+    monkeypatch.setattr(export, "load_experiment", lambda source, experiments_dir=None: [
         _trial("x", 0.0, ALL_ON, {"default": 0.0, "diverged": 1})])
     out = tmp_path / "best_arch.json"
     with pytest.raises(SystemExit) as exit_:
@@ -331,12 +335,12 @@ def test_export_command_errors_in_one_line(tmp_path, monkeypatch, capsys):
     assert exit_.value.code == 2 and not out.exists()
     assert capsys.readouterr().err.strip() == ("error: experiment 'abc123': none of its 1 trials has a final result "
                                                "(that did not diverge) yet")
-    monkeypatch.setattr("hpo.results.load_experiment", lambda source, experiments_dir=None: [
+    monkeypatch.setattr(export, "load_experiment", lambda source, experiments_dir=None: [
         _trial("y", 0.4, {**ALL_ON, "skip9": 1})])
     with pytest.raises(SystemExit):
         export.main(["abc123", "--out", str(out)])
     assert "error: trial y: unknown skip label 'skip9'" in capsys.readouterr().err and not out.exists()
-    monkeypatch.setattr("hpo.results.load_experiment", lambda source, experiments_dir=None: [
+    monkeypatch.setattr(export, "load_experiment", lambda source, experiments_dir=None: [
         _trial("z", 0.4, {**ALL_OFF, "skip6": 1})])
     assert export.main(["abc123", "--out", str(out)]) == {**ALL_OFF, "skip6": 1}
     assert json.loads(out.read_text()) == {**ALL_OFF, "skip6": 1}

@@ -35,7 +35,7 @@ def test_bad_input(tmp_path, case):
                   "resnet18, senet18, shufflenetg2, vgg"),
         "optimizer": (["--optimizer", "RMSprop", "--data", "fake"],
                       "error: optimizer: unknown value 'RMSprop'; allowed: SGD, Adadelta, Adagrad, Adam, Adamax"),
-        "source": (["--data", "cifar100"], "error: data: 'cifar100' is neither one of cifar10, fake nor an existing path"),
+        "source": (["--data", "cifar100"], "/cifar100' is neither one of cifar10, fake nor an existing path"),
         "missing_path": (["--data", str(tmp_path / "nope.tar.gz")], "is neither one of cifar10, fake nor an existing path"),
         "no_test": (["--data", str(tmp_path / "d")], "has no images under test/<class>/"),
         "classes": (["--data", str(tmp_path / "d")],

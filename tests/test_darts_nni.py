@@ -37,7 +37,7 @@ def test_nnictl_wrapper_reports_every_epoch(tmp_path, stage):
     command = command.replace(yaml_name, f"darts_{stage}_smoke.yaml") + " " + SMOKE.format(root=tmp_path / "data")
     key = "val_acc" if stage == "search" else "test_acc"
     with nni_experiment(config, tmp_path, timeout=90, overrides={"trialCommand": command},
-                        env={"CIFAR10_DATA": "fake", "OMP_NUM_THREADS": "1"}) as exp:
+                        env={"CIFAR_AUTOML_DATA": "fake", "OMP_NUM_THREADS": "1"}) as exp:
         status = exp.wait_done(timeout=240)
         assert status["status"] == "DONE", (status, exp.logs())
         trials = exp.trials()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core import experiments
 from hpo import results, retrain
 from tests.nni_harness import nni_experiment
 
@@ -25,7 +26,7 @@ ENDED = ("SUCCEEDED", "USER_CANCELED", "EARLY_STOPPED")   # NNI 3.0 shows Median
 
 def _final(trial_job: dict) -> float | None:
     data = trial_job.get("finalMetricData") or []
-    return results._number(data[0]["data"]) if data else None
+    return experiments._number(data[0]["data"]) if data else None
 
 
 def _chromium() -> str:

@@ -1,0 +1,156 @@
+"""The project's layout holds: dependencies point one way, and every command and every nnictl
+trial resolves the same data root and run folder wherever it starts."""
+from __future__ import annotations
+
+import ast
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.paths import ENV_PREFIX
+from tests.conftest import REPO
+
+PACKAGES = ("core", "models", "hpo", "classic_nas", "oneshot_darts")
+STAGES = ("hpo", "classic_nas", "oneshot_darts")
+
+
+def project_imports(package: str) -> dict[str, set[str]]:
+    """For every module of ``package``: the project packages it imports (any import statement,
+    at module level or inside a function)."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((REPO / package).rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        names: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(REPO))] = names & set(PACKAGES)
+    return found
+
+
+def test_models_import_nothing_of_the_project():
+    wrong = {mod: names - {"models"} for mod, names in project_imports("models").items() if names - {"models"}}
+    assert not wrong, f"models/ must not import the rest of the project: {wrong}"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_no_stage_imports_another(stage):
+    others = set(STAGES) - {stage}
+    wrong = {mod: names & others for mod, names in project_imports(stage).items() if names & others}
+    assert not wrong, f"{stage}/ imports another stage (share through core/): {wrong}"
+
+
+def test_core_imports_no_stage():
+    wrong = {mod: names & set(STAGES) for mod, names in project_imports("core").items() if names & set(STAGES)}
+    assert not wrong, f"core/ imports a stage: {wrong}"
+
+
+# --- paths -------------------------------------------------------------------------------------
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) and not k.startswith("NNI_")}
+    return env
+
+
+def _resolved(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict:
+    """The config a command resolves (``--print-config``), started in ``cwd``."""
+    proc = subprocess.run([*argv, "--print-config"], cwd=cwd, env=env or _clean_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return yaml.safe_load(proc.stdout)
+
+
+EXPECTED = {"data": "cifar10", "data_root": str(REPO / "data"), "out_dir": str(REPO / "runs")}
+
+#: every script that trains, with the arguments it needs to resolve a config
+SCRIPTS = [
+    ("core", ["-m", "core.train_model"]),
+    ("hpo", ["hpo/trial.py"]),
+    ("hpo", ["hpo/retrain.py", "--export", "{export}"]),
+    ("classic_nas", ["classic_nas/trial.py"]),
+    ("classic_nas", ["classic_nas/retrain.py", "--arc", "{arch}"]),
+    ("oneshot_darts", ["oneshot_darts/search.py"]),
+    ("oneshot_darts", ["oneshot_darts/retrain.py"]),
+]
+
+
+@pytest.mark.parametrize("folder,args", SCRIPTS, ids=[" ".join(a) for _, a in SCRIPTS])
+def test_scripts_resolve_the_same_paths_from_the_root_and_their_folder(folder, args, tmp_path):
+    export, arch = tmp_path / "export.json", tmp_path / "arch.json"
+    export.write_text('[{"trialJobId": "a", "parameter": {"model": "vgg", "optimizer": "Adam", "lr": 0.01}, '
+                      '"value": 0.5}]')
+    arch.write_text('{"skip1": 1, "skip2": 0, "skip3": 0, "skip4": 0, "skip5": 0, "skip6": 0}')
+    args = [a.format(export=export, arch=arch) for a in args]
+    from_root = _resolved([sys.executable, *args], REPO)
+    if args[0] == "-m":
+        from_folder = _resolved([sys.executable, *args], REPO / folder)
+    else:
+        from_folder = _resolved([sys.executable, Path(args[0]).name, *args[1:]], REPO / folder)
+    for key, value in EXPECTED.items():
+        assert from_root[key] == from_folder[key] == value, key
+
+
+def _nnictl_configs() -> list[Path]:
+    return sorted([*REPO.glob("*/config*.yml"), *REPO.glob("configs/hpo_*.yml")])
+
+
+def _trial_command(config: Path) -> tuple[str, Path]:
+    """The trial command of an nnictl config and the folder NNI starts it in (NNI resolves
+    ``trialCodeDirectory`` against the config file's folder, wherever `nnictl create` runs)."""
+    from nni.experiment.config import ExperimentConfig
+
+    here = os.getcwd()
+    try:
+        seen = set()
+        for start in (REPO, config.parent):     # `nnictl create` from the root and from the stage folder
+            os.chdir(start)
+            loaded = ExperimentConfig.load(str(config.relative_to(start) if start == REPO else config.name))
+            loaded = loaded.canonical_copy()   # what nnictl create does: paths against the file's folder
+            seen.add(str(Path(loaded.trial_code_directory).resolve()))
+    finally:
+        os.chdir(here)
+    assert len(seen) == 1, f"{config}: trial folder depends on where nnictl starts: {seen}"
+    return loaded.trial_command, Path(seen.pop())
+
+
+@pytest.mark.parametrize("config", _nnictl_configs(), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_nnictl_config_resolves_the_repository_data_and_runs(config):
+    command, folder = _trial_command(config)
+    assert "${CIFAR_AUTOML_TRIAL_FLAGS:-}" in command, "every config takes extra flags the same way"
+    env = _clean_env()
+    # nnictl runs the command in a shell inside the trial folder; `python3` is the project's
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.run(["bash", "-c", command + " --print-config"], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    resolved = yaml.safe_load(proc.stdout)
+    expected = dict(EXPECTED)
+    if "smoke" in config.name:
+        expected["data"] = "fake"
+    for key, value in expected.items():
+        assert resolved[key] == value, (key, resolved[key])
+    # the environment chooses the data for every config alike, and relative user paths become absolute
+    env.update({f"{ENV_PREFIX}DATA_ROOT": "/tmp/elsewhere", f"{ENV_PREFIX}TRIAL_FLAGS": "--seed 7"})
+    proc = subprocess.run(["bash", "-c", command + " --print-config"], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=120)
+    resolved = yaml.safe_load(proc.stdout)
+    assert resolved["data_root"] == "/tmp/elsewhere" and resolved["seed"] == 7, proc.stderr
+
+
+def test_gitignore_covers_the_folders_the_code_creates():
+    listed = subprocess.run(["git", "check-ignore", "data/x", "runs/x", "test-artifacts/x"], cwd=REPO,
+                            capture_output=True, text=True).stdout.split()
+    assert listed == ["data/x", "runs/x", "test-artifacts/x"]
+
+
+def test_trial_commands_split_cleanly():
+    for config in _nnictl_configs():
+        command = yaml.safe_load(config.read_text())["trialCommand"]
+        assert shlex.split(command)[0] == "python3", config
