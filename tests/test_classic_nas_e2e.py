@@ -9,8 +9,12 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from classic_nas.space import SKIP_LABELS, search_space_json, validate_arch
 from tests.nni_harness import nni_experiment
+
+pytestmark = pytest.mark.e2e   # real nnictl experiments: not in the fast suite (pytest -m "not e2e")
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "classic_nas"

@@ -12,6 +12,8 @@ from core.run import Run
 from tests.conftest import REPO
 from tests.nni_harness import nni_experiment
 
+pytestmark = pytest.mark.e2e   # real nnictl experiments: not in the fast suite (pytest -m "not e2e")
+
 SMOKE = "--device cpu --no-progress --data-root {root}"
 
 

@@ -17,6 +17,8 @@ from core import experiments
 from hpo import results, retrain
 from tests.nni_harness import nni_experiment
 
+pytestmark = pytest.mark.e2e   # real nnictl experiments: not in the fast suite (pytest -m "not e2e")
+
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 SMOKE = REPO / "configs/hpo_smoke.yml"

@@ -1,0 +1,96 @@
+"""notebooks/colab.ipynb, run headless in a real Jupyter kernel with its offline parameters.
+
+The parameters cell (tag ``parameters``) is followed by an injected cell with ``OFFLINE = True``
+and a free port, as papermill does; every cell then runs: the install (pip on the exact pins,
+already satisfied here), ``nnictl create`` of the smoke experiment on synthetic data, the progress
+loop until DONE, the results table, a two-batch retrain of the best trial and ``nnictl stop``. HOME
+(where nnictl keeps its experiment list and NNI its experiments) is a temporary folder; afterwards
+no process started under it may be left.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+from nbclient import NotebookClient
+
+from tests.nni_harness import BIN, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "colab.ipynb"
+
+pytestmark = pytest.mark.e2e   # a real nnictl experiment: not in the fast suite (pytest -m "not e2e")
+
+
+def _processes_under(marker: str) -> list[psutil.Process]:
+    """Live processes whose command line, working folder or environment names ``marker``."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        try:
+            if proc.pid == os.getpid():
+                continue
+            text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["cwd"] or "")
+            if marker not in text:
+                text += " " + " ".join(proc.environ().values())
+            if marker in text and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def test_the_parameters_cell_is_tagged_and_offline_skips_only_the_colab_proxy():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    params = nb.cells[tagged[0]].source
+    assert re.search(r"^OFFLINE = False\b", params, re.M) and re.search(r"^PORT = \d+", params, re.M)
+    colab = [c.source for c in nb.cells if "google.colab" in c.source]
+    assert len(colab) == 1 and "if OFFLINE:" in colab[0] and "serve_kernel_port_as_window(PORT)" in colab[0]
+
+
+def test_notebook_runs_offline_in_a_real_kernel_and_leaves_no_nni_process(tmp_path):
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    port = free_port()
+    injected = nbformat.v4.new_code_cell(f"# Parameters\nOFFLINE = True\nPORT = {port}\nWAIT_MINUTES = 8\n")
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(at + 1, injected)
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(os.environ, HOME=str(home), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("NNI_PLATFORM", None)
+    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(REPO / "notebooks")}})
+    started = time.monotonic()
+    try:
+        client.execute(env=env)
+    finally:
+        took = time.monotonic() - started
+        (tmp_path / "executed.ipynb").write_text(nbformat.writes(nb))
+        left = _processes_under(str(home))
+        for proc in left:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+    print(f"notebook ran in {took:.0f} s")
+    assert not left, f"processes left after the notebook: {[' '.join(p.cmdline())[:200] for p in left]}"
+
+    outputs = {i: "".join(o.get("text", "") for o in c.get("outputs", [])) for i, c in enumerate(nb.cells)
+               if c.cell_type == "code"}
+    text = "\n".join(outputs.values())
+    assert all(c.get("execution_count") for c in nb.cells if c.cell_type == "code"), "a cell did not run"
+    exp_id = re.search(r"experiment (\w+): configs/hpo_smoke.yml, data fake", text).group(1)
+    done = re.search(r"\] DONE: (.*)", text)
+    assert done and sum(int(n) for n in re.findall(r"(\d+) [a-z_]+", done.group(1).split(";")[0])) == 4, text
+    assert "no Colab proxy window" in text
+    assert "CUDA available: False" in text
+    assert f"{exp_id}" in text and "test_acc" in text
+    experiments = home / "nni-experiments"
+    assert (experiments / exp_id / "db" / "nni.sqlite").is_file()
