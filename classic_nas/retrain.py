@@ -2,6 +2,7 @@
 
     python classic_nas/retrain.py --arc best_arch.json --config configs/classic_nas_retrain.yml
     python classic_nas/retrain.py --resume runs/classic_nas_retrain-.../checkpoint.pt
+    python classic_nas/retrain.py --experiment ID --top 3      # the 3 best architectures of a search
 
 The architecture file is ``{"skip1": 0 or 1, ..., "skip6": 0 or 1}`` (what
 ``python -m classic_nas.export`` writes). Training, the run folder (config.yaml, train.log,
@@ -10,16 +11,24 @@ metrics.jsonl, checkpoint.pt, arch.json, result.json) and the final test accurac
 architecture and the config, so ``--resume`` needs nothing else. By default it trains on the
 whole training split and logs the test accuracy after every epoch; the result is the last epoch's
 (no epoch is picked on test).
+
+``--experiment ID --top K`` retrains the K best architectures of a search one after the other,
+each in its own run folder ``<out_dir>/classic_nas_retrain-<experiment>-<trial>/`` with an
+``origin.json`` (see :mod:`core.retrains`); the same command again skips finished ones and
+continues a killed one from its checkpoint; ``python -m report ID`` compares the rankings.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any, Sequence
 
 from core.config import TrainConfig, add_config_arguments, check_resume_only, config_from_args, field
-from core.errors import cli_main
+from core.errors import UserError, cli_main
+from core.experiments import Trial, find_experiment, read_profile
+from core.retrains import retrain_top
 from core.runner import config_from_checkpoint, train
 
 STAGE = "classic_nas_retrain"
@@ -40,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="architecture file, e.g. best_arch.json from python -m classic_nas.export")
     source.add_argument("--resume", metavar="CHECKPOINT",
                         help="continue a retrain from its checkpoint.pt (its own config and architecture)")
+    source.add_argument("--experiment", metavar="ID_OR_DIR", help="a classic-NAS experiment: retrain its --top K "
+                        "best architectures")
+    parser.add_argument("--experiments-dir", help="folder holding the experiment's <id>/ folder "
+                        "(default: found via ~/nni-experiments)")
+    parser.add_argument("--top", type=int, metavar="K", help="with --experiment: how many of the best to retrain, "
+                        "each in its own run folder (default 1; rerun the command to continue)")
     add_config_arguments(parser, RetrainConfig)
     return parser
 
@@ -47,22 +62,58 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    from classic_nas.space import arch_name, build_model, read_arch, validate_arch
+    if args.top is not None and not args.experiment:
+        raise UserError("--top needs --experiment ID_OR_DIR (a classic-NAS experiment)")
+    if args.experiment:
+        return retrain_top_archs(args)
+    from classic_nas.space import read_arch, validate_arch
     if args.resume:
-        check_resume_only(RetrainConfig, args)
+        check_resume_only(RetrainConfig, args, extra=("experiments_dir",))
         cfg, state = config_from_checkpoint(RetrainConfig, args.resume)
         arch = validate_arch(state.get("arch"), source=f"checkpoint {args.resume!r} architecture")
     else:
         arch = read_arch(args.arc)
         cfg = config_from_args(RetrainConfig, args)
+    result = _train_arch(cfg, arch, resume=args.resume)
+    print(json.dumps({"arch": arch, **result}), flush=True)
+    return result
+
+
+def _train_arch(cfg: RetrainConfig, arch: dict[str, int], **kwargs: Any) -> dict[str, Any]:
+    from classic_nas.space import arch_name, build_model
+
     # Nothing is selected here, so with no validation split the test split is logged every epoch
     # (monitoring only; the result is the last epoch's).
     eval_splits = ("val", "test") if cfg.val_fraction > 0 else ("test",)
     print(f"architecture {arch_name(arch)}: {json.dumps(arch)}", flush=True)
-    result = train(cfg, lambda num_classes: build_model(arch, num_classes), name=STAGE, resume=args.resume,
-                   arch=arch, eval_splits=eval_splits, final_test=False)
-    print(json.dumps({"arch": arch, **result}), flush=True)
-    return result
+    return train(cfg, lambda num_classes: build_model(arch, num_classes), name=STAGE, arch=arch,
+                 eval_splits=eval_splits, final_test=False, **kwargs)
+
+
+def retrain_top_archs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``--experiment ID --top K``: the K best architectures, each in its own resumable run folder."""
+    from classic_nas.export import load_experiment, trial_arch
+    from classic_nas.space import validate_arch
+
+    exp_dir = find_experiment(args.experiment, args.experiments_dir)
+    exp_id = read_profile(exp_dir).experiment_id
+    trials = load_experiment(exp_dir)
+    first = config_from_args(RetrainConfig, args)   # bad flags: an error before anything is written
+
+    def train_one(trial: Trial, run_dir: Path, resume: Path | None) -> dict[str, Any]:
+        if resume is not None:
+            cfg, state = config_from_checkpoint(RetrainConfig, resume)
+            arch = validate_arch(state.get("arch"), source=f"checkpoint {str(resume)!r} architecture")
+            return _train_arch(cfg, arch, resume=resume)
+        return _train_arch(config_from_args(RetrainConfig, args), trial_arch(trial), run_dir=run_dir)
+
+    done = retrain_top(trials, args.top or 1, out_dir=first.out_dir, stage=STAGE, experiment_id=exp_id,
+                       experiment_dir=exp_dir, origin_extra=lambda t: {"params": trial_arch(t)}, train_one=train_one)
+    rows = [{"rank": d.rank, "trial_id": d.trial.trial_id, "search_metric": d.trial.final, "action": d.action,
+             "run_dir": str(d.run_dir), "test_acc": (d.result or {}).get("test_acc")} for d in done]
+    print(json.dumps(rows), flush=True)
+    print(f"compare the search with these retrains: python -m report {exp_dir}", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -291,6 +291,74 @@ def experiment_dir(exp_id: str, experiments_dir: str | os.PathLike | None = None
                     f"{', '.join(str(c) for c in candidates)}); pass the experiment folder or an export file")
 
 
+def find_experiment(source: str | os.PathLike, experiments_dir: str | os.PathLike | None = None) -> Path:
+    """The folder (holding ``db/nni.sqlite``) of an experiment given by id, folder or ``nni.sqlite``."""
+    path = Path(source).expanduser()
+    if path.is_file() and path.name == "nni.sqlite":
+        return path.resolve().parent.parent
+    if path.is_dir():
+        if not (path / "db" / "nni.sqlite").is_file():
+            raise UserError(f"{str(path)!r} is not an NNI experiment folder (no db/nni.sqlite)")
+        return path.resolve()
+    if os.sep in str(source) or not str(source).isalnum():
+        raise UserError(f"experiment {str(source)!r}: no such file or folder, and not an experiment id")
+    return experiment_dir(str(source), experiments_dir)
+
+
+@dataclass
+class Profile:
+    """What an experiment was asked to run: NNI's ``ExperimentProfile`` (its config), latest revision."""
+
+    experiment_id: str
+    params: dict[str, Any]                       # the experiment config as NNI stored it (camelCase keys)
+    start_ms: int | None = None
+    end_ms: int | None = None
+    exec_seconds: int | None = None              # NNI's execDuration
+
+    @property
+    def search_space(self) -> dict[str, Any]:
+        return dict(self.params.get("searchSpace") or {})
+
+    @property
+    def max_trials(self) -> int | None:
+        return self.params.get("maxTrialNumber")
+
+    @property
+    def trial_command(self) -> str:
+        return str(self.params.get("trialCommand") or "")
+
+    @property
+    def trial_code_dir(self) -> str:
+        return str(self.params.get("trialCodeDirectory") or "")
+
+    def algorithm(self, role: str) -> str | None:
+        """``tuner``, ``assessor`` or ``advisor``: its name (built-in) or class name (custom), or None."""
+        algo = self.params.get(role)
+        if not isinstance(algo, dict):
+            return None
+        return algo.get("name") or algo.get("className")
+
+
+def read_profile(exp_dir: str | os.PathLike) -> Profile:
+    """The latest ``ExperimentProfile`` row of the experiment in ``exp_dir`` (see :func:`find_experiment`)."""
+    db = Path(exp_dir) / "db" / "nni.sqlite"
+    if not db.is_file():
+        raise UserError(f"experiment database {str(db)!r} does not exist")
+    con = _connect(db)
+    try:
+        row = con.execute("SELECT params, id, execDuration, startTime, endTime FROM ExperimentProfile "
+                          "ORDER BY revision DESC LIMIT 1").fetchone()
+    except sqlite3.Error as exc:
+        raise UserError(f"{str(db)!r} is not an NNI experiment database ({exc})") from None
+    finally:
+        con.close()
+    if row is None:
+        raise UserError(f"{str(db)!r} holds no experiment profile")
+    params = _loads_deep(row[0])
+    return Profile(experiment_id=str(row[1]), params=params if isinstance(params, dict) else {},
+                   exec_seconds=row[2], start_ms=row[3], end_ms=row[4])
+
+
 def load_experiment(source: str | os.PathLike, *, experiments_dir: str | os.PathLike | None = None,
                     param_keys: Sequence[str] = ()) -> list[Trial]:
     """All trials of an experiment: ``source`` is an id, a folder, an ``nni.sqlite`` or an export

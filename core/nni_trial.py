@@ -60,10 +60,19 @@ class NniTrial:
 
     def epoch_reporter(self, key: str = "val_acc") -> Callable[[dict[str, Any]], None]:
         """An ``on_epoch`` callback sending ``metrics[key]`` as an intermediate result (a plain
-        number, which assessors such as Medianstop compare)."""
+        number, which assessors such as Medianstop compare), and every number of the epoch as a
+        TensorBoard scalar for the web UI's TensorBoard button (:mod:`core.tensorboard`)."""
+        writer = None
+
         def report(metrics: dict[str, Any]) -> None:
+            nonlocal writer
             if self.active:
                 self._nni.report_intermediate_result(float(metrics[key]))
+                if self.run_dir is not None:
+                    from core.tensorboard import ScalarWriter
+
+                    writer = writer or ScalarWriter(self.run_dir, os.environ.get("NNI_TRIAL_JOB_ID"))
+                    writer.add_epoch(metrics)
         return report
 
     def send_final(self, final: dict[str, Any]) -> None:

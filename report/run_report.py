@@ -1,0 +1,146 @@
+"""The report of one run folder: a retrain (any stage, or ``python -m core.train_model``) or a
+DARTS search (its per-epoch operation weights and the derived cells)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import UserError
+from core.retrains import ORIGIN_FILE, RESULT_FILE
+from core.run import METRICS_FILE
+from report import plots
+from report.common import figure, fmt, read_config, read_dict, read_metrics, seconds, table
+
+#: config fields worth naming in "what ran", in this order
+SHOWN = ("model", "optimizer", "lr", "scheduler", "epochs", "batch_size", "weight_decay", "data", "subset",
+         "val_fraction", "val_subset", "max_batches", "channels", "layers", "n_nodes", "device", "seed")
+SERIES = ("train_loss", "val_loss", "test_loss", "arch_loss", "train_acc", "val_acc", "test_acc")
+CELLS = ("normal", "reduce")
+
+
+@dataclass
+class RunData:
+    run_dir: Path
+    config: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    result: dict[str, Any] | None
+    origin: dict[str, Any] | None
+    arch: dict[str, Any] | None = None          # arch.json (classic NAS), or the DARTS search's last derived arch
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_darts_search(self) -> bool:
+        return any("edge_weights" in m for m in self.metrics)
+
+    @property
+    def kind(self) -> str:
+        return "DARTS search" if self.is_darts_search else "training run (retrain)"
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read a run folder; an error when it holds no per-epoch metrics yet."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {str(run_dir)!r} does not exist")
+    metrics = read_metrics(run_dir)
+    if not metrics:
+        raise UserError(f"{str(run_dir)!r}: no per-epoch metrics ({METRICS_FILE} is missing or empty): "
+                        "not a run folder, or no epoch finished yet")
+    origin = read_dict(run_dir / ORIGIN_FILE) or read_dict(run_dir / "hpo_best.json")
+    arch = read_dict(run_dir / "arch.json")
+    data = RunData(run_dir, read_config(run_dir), metrics, read_dict(run_dir / RESULT_FILE), origin, arch)
+    if data.is_darts_search:
+        data.arch = next((m["arch"] for m in reversed(metrics) if isinstance(m.get("arch"), dict)), None)
+    return data
+
+
+def _what_ran(run: RunData) -> list[str]:
+    cfg = run.config
+    rows = [(k, cfg[k]) for k in SHOWN if k in cfg]
+    lines = [f"- kind: {run.kind}", f"- folder: `{run.run_dir}`"]
+    if run.origin:
+        o = run.origin
+        src = o.get("experiment_id") or o.get("source")
+        rank = f", rank {o['rank']} of the search" if o.get("rank") else ""
+        metric = o.get("search_metric", o.get("val_acc"))
+        lines.append(f"- came from: trial {o.get('trial_id')} of experiment {src}{rank} "
+                     f"(search metric {fmt(metric)}; parameters {o.get('params')})")
+    if run.arch and not run.is_darts_search:
+        lines.append(f"- architecture: `{run.arch}`")
+    lines += ["", table(("setting", "value"), rows)] if rows else []
+    return lines
+
+
+def _final(run: RunData) -> list[str]:
+    last = run.metrics[-1]
+    planned = run.config.get("epochs")
+    if run.result is None:
+        return [f"Still running (or stopped): {last['epoch']} of {planned or '?'} epochs done; "
+                "no result.json yet. The last epoch's numbers:",
+                "", table(("metric", "value"), [(k, last[k]) for k in SERIES if k in last])]
+    res = run.result
+    rows = [(k, res[k]) for k in ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss",
+                                  "epoch", "params") if k in res]
+    total = sum(float(m.get("train_seconds") or 0) for m in run.metrics)
+    rows.append(("training time (sum of epochs)", seconds(total)))
+    headline = ""
+    if "test_acc" in res:
+        headline = f"**Final test accuracy: {res['test_acc']:.4f}** after {res.get('epoch', last['epoch'])} epochs."
+    elif "val_acc" in res:
+        headline = f"**Final validation accuracy: {res['val_acc']:.4f}** after {res.get('epoch', last['epoch'])} epochs."
+    return [headline, "", table(("metric", "value"), rows)]
+
+
+def render_run(run: RunData, out: Path, prefix: str = "", heading: str = "#") -> str:
+    """The Markdown of the run's report; figures are written into ``out`` (names start with ``prefix``)."""
+    title = f"{heading} Report: {run.kind} `{run.run_dir.name}`" if heading == "#" else f"{heading} Run `{run.run_dir.name}`"
+    lines = [title, "", f"{heading}# What ran", "", *_what_ran(run), "", f"{heading}# Final", "", *_final(run), ""]
+    epochs = [int(m["epoch"]) for m in run.metrics]
+    series = {k: [m.get(k) for m in run.metrics] for k in SERIES if any(k in m for m in run.metrics)}
+    lines += [f"{heading}# Per epoch", ""]
+    name = f"{prefix}curves.png"
+    plots.run_curves(epochs, series, out / name)
+    lines += [figure(name, "Loss (left) and accuracy (right) per epoch"), ""]
+    times = [float(m.get("train_seconds") or 0.0) for m in run.metrics]
+    if any(times):
+        name = f"{prefix}epoch_time.png"
+        plots.epoch_times(epochs, times, out / name)
+        lines += [figure(name, "Training time per epoch"), ""]
+    rows = [[m["epoch"], *(m.get(k) for k in series), m.get("train_seconds")] for m in run.metrics]
+    lines += [table(("epoch", *series, "train_seconds"), rows), ""]
+    if run.is_darts_search:
+        lines += _darts(run, out, prefix, heading)
+    return "\n".join(lines) + "\n"
+
+
+def _darts(run: RunData, out: Path, prefix: str, heading: str) -> list[str]:
+    lines = [f"{heading}# Architecture weights", "",
+             "The softmax weight of every operation on every edge (node <- input), after each epoch; the "
+             "derived cell keeps, for each node, the two strongest incoming edges (by their strongest "
+             "operation other than `none`).", ""]
+    with_weights = [m for m in run.metrics if isinstance(m.get("edge_weights"), dict)]
+    epochs = [int(m["epoch"]) for m in with_weights]
+    for cell in CELLS:
+        edges: dict[str, dict[str, list[float]]] = {}
+        for m in with_weights:
+            for edge, ops in m["edge_weights"].items():
+                if edge.startswith(cell + "/"):
+                    for op, w in ops.items():
+                        edges.setdefault(edge, {}).setdefault(op, []).append(float(w))
+        if edges:
+            name = f"{prefix}edge_weights_{cell}.png"
+            plots.edge_weights(epochs, edges, out / name, cell)
+            lines += [figure(name, f"{cell} cell: operation weights per edge over the epochs"), ""]
+    if run.arch:
+        lines += [f"{heading}# Derived cells (after epoch {epochs[-1] if epochs else '?'})", ""]
+        for cell in CELLS:
+            nodes = run.arch.get(cell)
+            if nodes:
+                name = f"{prefix}cell_{cell}.png"
+                plots.cell_graph([[(op, int(src)) for op, src in node] for node in nodes], out / name, cell)
+                lines += [figure(name, f"Derived {cell} cell"), ""]
+                rows = [[i, " + ".join(f"{op}({'c_k-2' if s == 0 else 'c_k-1' if s == 1 else s - 2})" for op, s in node)]
+                        for i, node in enumerate(nodes)]
+                lines += [table(("node", f"{cell}: its two inputs"), rows), ""]
+    return lines
