@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict[str, int]:
     args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out: {str(out)!r} is a folder; give the file to write, e.g. {str(out / 'best_arch.json')!r}")
     trials = load_experiment(args.source, experiments_dir=args.experiments_dir)
     good = ranked(trials)
     if not good:
@@ -68,7 +71,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
     best = good[0]
     arch = trial_arch(best)
     print(format_table(good))
-    out = Path(args.out)
     atomic_write_text(out, json.dumps(arch, indent=2) + "\n")
     print(f"best: trial {best.trial_id} val_acc {best.final:.4f} -> {out}")
     return arch

@@ -47,8 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     out = Path(args.out)
     if args.check:
-        current = out.read_text() if out.is_file() else None
-        if current is None or json.loads(current) != json.loads(text):
+        try:
+            current = json.loads(out.read_text()) if out.is_file() else None
+        except (ValueError, RecursionError):  # not JSON, not text: certainly not the generated space
+            current = None
+        if current != json.loads(text):
             print(f"{out} is out of date: run python -m classic_nas.export_space", file=sys.stderr)
             raise SystemExit(1)
         print(f"{out} matches the search space")

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import sys
 import tarfile
+from zlib import error as zlib_error
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -25,8 +28,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from core.checkpoint import load_checkpoint, save_checkpoint
-from core.errors import UserError
+from core.checkpoint import save_checkpoint
+from core.errors import UserError, first_line
 from core.paths import NAMED_SOURCES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -237,117 +240,244 @@ def _make_fake(image_size: int) -> tuple[ImageSet, ImageSet, list[str]]:
 
 # --- image folders -----------------------------------------------------------------------------
 
+#: Limits on what an image folder or archive may hold: one image file, all images together, and
+#: the pixels of one decoded image (a decompression bomb must fail, not exhaust memory).
+MAX_IMAGE_BYTES = 64 * 2**20
+MAX_TOTAL_BYTES = 16 * 2**30
+MAX_IMAGE_PIXELS = 64 * 2**20
+SPLITS = ("train", "test")
+
+
+@dataclass
+class _Listing:
+    """The image files of a folder or archive: ``files[split][class]`` = sorted member names,
+    plus class folders that hold no image (an error) and, for an archive, the member sizes."""
+
+    files: dict[str, dict[str, list[str]]]
+    empty: list[str]
+
+
+def _image_key(parts: list[str]) -> tuple[str, str, str] | None:
+    """('prefix', split, class) of an image member's path parts, or None for anything else.
+    Hidden files and folders (``.ipynb_checkpoints``, ``.DS_Store``...) are never data."""
+    if any(p.startswith(".") for p in parts):
+        return None
+    if len(parts) < 3 or not parts[-1].lower().endswith(IMAGE_SUFFIXES) or parts[-3] not in SPLITS:
+        return None
+    return "/".join(parts[:-3]), parts[-3], parts[-2]
+
+
+def _class_dir_key(parts: list[str]) -> tuple[str, str, str] | None:
+    """('prefix', split, class) of a class folder's path parts, or None."""
+    if any(p.startswith(".") for p in parts) or len(parts) < 2 or parts[-2] not in SPLITS:
+        return None
+    return "/".join(parts[:-2]), parts[-2], parts[-1]
+
+
+def _listing(path: Path, members: Iterable[tuple[str, bool, int]]) -> _Listing:
+    """Group ``(name, is_dir, size)`` members into one ``train/<class>/`` + ``test/<class>/``
+    layout. Two layouts under different prefixes in one archive or folder are an error naming
+    both (merging them would leak one's images into the other's splits)."""
+    by_prefix: dict[str, dict[str, dict[str, list[str]]]] = {}
+    class_dirs: dict[str, set[tuple[str, str]]] = {}
+    total = 0
+    for name, is_dir, size in members:
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if is_dir:
+            key = _class_dir_key(parts)
+            if key:
+                class_dirs.setdefault(key[0], set()).add((key[1], key[2]))
+            continue
+        key = _image_key(parts)
+        if key is None:
+            continue
+        if size > MAX_IMAGE_BYTES:
+            raise UserError(f"data: {str(path)!r}: {name!r} is {size:,} bytes; an image may have at most "
+                            f"{MAX_IMAGE_BYTES:,}")
+        total += size
+        if total > MAX_TOTAL_BYTES:
+            raise UserError(f"data: {str(path)!r} holds more than {MAX_TOTAL_BYTES:,} bytes of images")
+        prefix, split, cls = key
+        by_prefix.setdefault(prefix, {}).setdefault(split, {}).setdefault(cls, []).append(name)
+    if len(by_prefix) > 1:
+        shown = sorted(p or "(top level)" for p in by_prefix)
+        raise UserError(f"data: {str(path)!r} holds more than one train/ and test/ layout ({', '.join(map(repr, shown))}); "
+                        "keep one data set per folder or archive")
+    prefix, files = next(iter(by_prefix.items())) if by_prefix else ("", {})
+    for per_class in files.values():
+        for names in per_class.values():
+            names.sort()
+    empty = sorted(f"{split}/{cls}" for split, cls in class_dirs.get(prefix, set()) if cls not in files.get(split, {}))
+    return _Listing(files, empty)
+
+
+def _list_dir(path: Path) -> _Listing:
+    def members():
+        for p in path.rglob("*"):
+            rel = p.relative_to(path).as_posix()
+            if p.is_dir():
+                yield rel, True, 0
+            elif p.is_file():
+                yield rel, False, p.stat().st_size
+    return _listing(path, members())
+
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path, "r:*")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(f"data: {str(path)!r} is not a readable image folder or .tar.gz ({exc})") from None
+
+
+def _list_tar(path: Path) -> _Listing:
+    try:
+        with _open_tar(path) as tar:
+            return _listing(path, ((m.name, m.isdir(), m.size) for m in tar if m.isfile() or m.isdir()))
+    except (tarfile.TarError, OSError, EOFError, zlib_error) as exc:
+        raise UserError(f"data: {str(path)!r} is not a readable image folder or .tar.gz ({exc})") from None
+
+
+def _content_digest(path: Path) -> str:
+    """A digest of what a folder or archive holds (every file's name and bytes), so that images
+    overwritten under the same names give another cache, never the stale one."""
+    h = hashlib.sha1()
+    if path.is_file():
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()[:16]
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(p.relative_to(path).as_posix().encode() + b"\0")
+        h.update(p.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
 def _cache_path(path: Path, root: Path, image_size: int) -> Path:
-    stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{image_size}|{CACHE_VERSION}"
-    if path.is_dir():  # a folder's mtime misses edits deep inside: key on the file list too
-        key += "|" + "|".join(sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()))
-    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    digest = hashlib.sha1(f"{_content_digest(path)}|{image_size}|{CACHE_VERSION}".encode()).hexdigest()[:16]
     name = path.name.removesuffix(".gz").removesuffix(".tar").removesuffix(".tgz")
     return root / "cache" / f"{name}-{image_size}px-{digest}.pt"
 
 
+def _read_cache(cache: Path, image_size: int) -> tuple[ImageSet, ImageSet, list[str]] | None:
+    """The cached splits, or ``None`` (after saying so) when the cache is damaged: truncated,
+    empty, of another shape or another data set's."""
+    try:
+        blob = torch.load(cache, map_location="cpu", weights_only=True)
+        classes = list(blob["classes"])
+        sets = []
+        for split in SPLITS:
+            images, labels = blob[f"{split}_images"], blob[f"{split}_labels"]
+            ok = (images.dtype == torch.uint8 and images.dim() == 4 and tuple(images.shape[1:]) == (3, image_size,
+                  image_size) and labels.dtype == torch.int64 and labels.shape == (len(images),) and len(images) > 0
+                  and int(labels.min()) >= 0 and int(labels.max()) < len(classes))
+            if not ok:
+                raise ValueError(f"{split} images of the wrong shape or labels out of range")
+            sets.append(ImageSet(images, labels))
+        return sets[0], sets[1], classes
+    except Exception as exc:  # noqa: BLE001 - any damage means: decode again
+        print(f"the decode cache at {cache} is damaged ({first_line(exc)}); rebuilding it", file=sys.stderr)
+        return None
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a cache can be written into ``folder`` (created if need be)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
 def _load_image_folder(path: Path, root: Path, image_size: int) -> tuple[ImageSet, ImageSet, list[str]]:
     cache = _cache_path(path, root, image_size)
-    if cache.exists():
-        blob = load_checkpoint(cache)
-        return (ImageSet(blob["train_images"], blob["train_labels"]),
-                ImageSet(blob["test_images"], blob["test_labels"]), list(blob["classes"]))
-    files = _list_tar(path) if path.is_file() else _list_dir(path)
-    train_files, test_files = files.get("train", {}), files.get("test", {})
+    if cache.is_file():
+        cached = _read_cache(cache, image_size)
+        if cached is not None:
+            return cached
+    listing = _list_tar(path) if path.is_file() else _list_dir(path)
+    train_files, test_files = listing.files.get("train", {}), listing.files.get("test", {})
     missing = [s for s, f in (("train", train_files), ("test", test_files)) if not f]
     if missing:
         raise UserError(f"data: {str(path)!r} has no images under {' or '.join(m + '/<class>/' for m in missing)}; "
                         "expected train/<class>/<image> and test/<class>/<image>")
+    if listing.empty:
+        raise UserError(f"data: {str(path)!r}: the class folder(s) {', '.join(listing.empty)} hold no image; every "
+                        "class needs images in train/ and test/")
     if set(train_files) != set(test_files):
         only_train = sorted(set(train_files) - set(test_files))
         only_test = sorted(set(test_files) - set(train_files))
         raise UserError(f"data: {str(path)!r}: train/ and test/ have different classes "
                         f"(only in train: {only_train or 'none'}; only in test: {only_test or 'none'})")
+    write_cache = _writable(cache.parent)
+    if not write_cache:
+        print(f"data_root {str(root)!r} is not writable: decoding without writing the cache", file=sys.stderr)
     classes = sorted(train_files)
-    reader = _tar_reader(path) if path.is_file() else _dir_reader(path)
-    with reader as read:
-        train = _decode(train_files, classes, read, image_size, f"{path.name} train")
-        test = _decode(test_files, classes, read, image_size, f"{path.name} test")
-    save_checkpoint(cache, {"train_images": train.images, "train_labels": train.labels,
-                            "test_images": test.images, "test_labels": test.labels, "classes": classes})
+    train, test = _decode(path, {"train": train_files, "test": test_files}, classes, image_size)
+    if write_cache:
+        save_checkpoint(cache, {"train_images": train.images, "train_labels": train.labels,
+                                "test_images": test.images, "test_labels": test.labels, "classes": classes})
     return train, test, classes
 
 
-def _split_member(rel: str) -> tuple[str, str] | None:
-    """'[prefix/]train/cat/0001.jpg' -> ('train', 'cat'); anything else -> None."""
-    parts = [p for p in rel.split("/") if p not in ("", ".")]
-    if len(parts) < 3 or not parts[-1].lower().endswith(IMAGE_SUFFIXES) or parts[-1].startswith("."):
-        return None
-    split, cls = parts[-3], parts[-2]
-    return (split, cls) if split in ("train", "test") else None
-
-
-def _group(names: Iterable[str]) -> dict[str, dict[str, list[str]]]:
-    files: dict[str, dict[str, list[str]]] = {}
-    for name in names:
-        key = _split_member(name)
-        if key:
-            files.setdefault(key[0], {}).setdefault(key[1], []).append(name)
-    for per_class in files.values():
-        for names_ in per_class.values():
-            names_.sort()
-    return files
-
-
-def _list_dir(path: Path) -> dict[str, dict[str, list[str]]]:
-    return _group(str(p.relative_to(path).as_posix()) for p in path.rglob("*") if p.is_file())
-
-
-def _list_tar(path: Path) -> dict[str, dict[str, list[str]]]:
-    try:
-        with tarfile.open(path) as tar:
-            return _group(m.name for m in tar.getmembers() if m.isfile())
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise UserError(f"data: {str(path)!r} is not a readable image folder or .tar.gz ({exc})") from None
-
-
-class _dir_reader:
-    def __init__(self, root: Path):
-        self.root = root
-
-    def __enter__(self):
-        return lambda name: (self.root / name).read_bytes()
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _tar_reader:
-    """Reads members of a tar archive; gzip streams are read once, in order, into memory."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        with tarfile.open(self.path) as tar:
-            self.blobs = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
-        return self.blobs.__getitem__
-
-    def __exit__(self, *exc):
-        self.blobs = {}
-        return False
-
-
-def _decode(files: dict[str, list[str]], classes: list[str], read, image_size: int, what: str) -> ImageSet:
-    from PIL import Image
+def _decode(path: Path, files: dict[str, dict[str, list[str]]], classes: list[str],
+            image_size: int) -> tuple[ImageSet, ImageSet]:
+    """Decode every listed image into uint8 tensors; an archive is read in one streaming pass
+    (only the listed image members, one at a time), a folder file by file."""
     from tqdm import tqdm
 
-    items = [(name, label) for label, cls in enumerate(classes) for name in files[cls]]
-    images = torch.empty(len(items), 3, image_size, image_size, dtype=torch.uint8)
-    for i, (name, _) in enumerate(tqdm(items, desc=f"decoding {what}", unit="img", mininterval=2, leave=False)):
+    slots: dict[str, tuple[str, int]] = {}
+    sets = {}
+    for split in SPLITS:
+        items = [name for cls in classes for name in files[split][cls]]
+        labels = [label for label, cls in enumerate(classes) for _ in files[split][cls]]
+        sets[split] = ImageSet(torch.empty(len(items), 3, image_size, image_size, dtype=torch.uint8),
+                               torch.tensor(labels, dtype=torch.int64))
+        slots.update({name: (split, i) for i, name in enumerate(items)})
+    bar = tqdm(total=len(slots), desc=f"decoding {path.name}", unit="img", mininterval=2, leave=False,
+               disable=not sys.stderr.isatty())
+    done: set[str] = set()
+    if path.is_file():
         try:
-            with Image.open(io.BytesIO(read(name))) as img:
+            with _open_tar(path) as tar:
+                for member in tar:
+                    slot = slots.get(member.name) if member.isfile() else None
+                    if slot is None or member.name in done:
+                        continue
+                    fh = tar.extractfile(member)
+                    data = fh.read(MAX_IMAGE_BYTES + 1) if fh is not None else b""
+                    _decode_into(sets[slot[0]].images, slot[1], data, member.name, image_size)
+                    done.add(member.name)
+                    bar.update()
+        except (tarfile.TarError, OSError, EOFError, zlib_error) as exc:
+            raise UserError(f"data: {str(path)!r} cannot be read to the end ({exc})") from None
+    else:
+        for name, (split, index) in slots.items():
+            _decode_into(sets[split].images, index, (path / name).read_bytes(), name, image_size)
+            done.add(name)
+            bar.update()
+    bar.close()
+    if len(done) != len(slots):
+        raise UserError(f"data: {str(path)!r}: {len(slots) - len(done)} listed images could not be read")
+    return sets["train"], sets["test"]
+
+
+def _decode_into(images: torch.Tensor, index: int, data: bytes, name: str, image_size: int) -> None:
+    import warnings
+
+    from PIL import Image
+
+    try:
+        if len(data) > MAX_IMAGE_BYTES:
+            raise ValueError(f"more than {MAX_IMAGE_BYTES:,} bytes")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise ValueError(f"{img.width}x{img.height} pixels is more than {MAX_IMAGE_PIXELS:,}")
                 img = img.convert("RGB")
                 if img.size != (image_size, image_size):
                     img = img.resize((image_size, image_size), Image.BILINEAR)
-                images[i] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
-        except Exception as exc:
-            raise UserError(f"data: cannot decode image {name!r} ({exc})") from None
-    return ImageSet(images, torch.tensor([label for _, label in items], dtype=torch.int64))
-
+                images[index] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+    except Exception as exc:  # noqa: BLE001 - a broken image is the user's data: name it
+        raise UserError(f"data: cannot decode image {name!r} ({first_line(exc)})") from None

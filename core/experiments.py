@@ -212,6 +212,8 @@ def _assemble(events: Iterable[Sequence[Any]], metrics: Iterable[Sequence[Any]],
 def trials_from_export(path: str | os.PathLike, param_keys: Sequence[str] = ()) -> list[Trial]:
     """Trials from ``nnictl experiment export`` (``--type json`` or ``csv``)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"export file {str(path)!r} is a folder, not a file")
     if not path.is_file():
         raise UserError(f"export file {str(path)!r} does not exist")
     if path.suffix.lower() == ".csv":
@@ -248,19 +250,26 @@ def _csv_value(text: str) -> Any:
 def _trials_from_csv(path: Path) -> list[Trial]:
     # nnictl writes {**parameters, **final-result dict, trialJobId}; our results repeat the
     # parameters, so those columns already hold the values the trial ran with.
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    not_a_table = UserError(f"export file {str(path)!r} is not an `nnictl experiment export --type csv` table")
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (csv.Error, UnicodeDecodeError):
+        raise not_a_table from None
     if not rows or "trialJobId" not in rows[0]:
-        raise UserError(f"export file {str(path)!r} is not an `nnictl experiment export --type csv` table")
+        raise not_a_table
     trials = []
     for i, row in enumerate(rows):
+        if None in row or None in row.values():  # a row with more or fewer cells than the header
+            raise UserError(f"export file {str(path)!r}: row {i + 2} does not match the header")
         values = {k: _csv_value(v) for k, v in row.items() if k not in ("trialJobId", "intermediate") and v != ""}
         final = values.pop("default", values.pop("reward", None))
         final = float(final) if isinstance(final, (int, float)) else None
         intermediates = _csv_value(row.get("intermediate") or "[]")
+        numbers = [_number(v) for v in intermediates] if isinstance(intermediates, list) else []
         trials.append(Trial(trial_id=row["trialJobId"], status="SUCCEEDED", params=values, final=final,
                             final_metrics={"default": final, **values},
-                            intermediates=[float(v) for v in intermediates] if isinstance(intermediates, list) else [],
+                            intermediates=[v for v in numbers if v is not None],
                             params_source="result", sequence_id=i))
     return trials
 

@@ -7,7 +7,6 @@ runs on its own.
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any, Callable
 
 from core.checkpoint import atomic_write_text
 from core.errors import UserError
-from core.run import CHECKPOINT_FILE
+from core.run import CHECKPOINT_FILE, to_json
 from core.runner import RESULT_FILE, train
 from core.train import TrainingDiverged
 
@@ -114,7 +113,7 @@ def run_search_trial(cfg: Any, build_model: Callable[[int], Any], trial: NniTria
         print(f"trial stopped: {exc}; reporting validation accuracy 0.0", flush=True)
         final = {"default": 0.0, "diverged": 1, **extra}
         if trial.run_dir is not None:
-            atomic_write_text(trial.run_dir / RESULT_FILE, json.dumps({**final, "reason": str(exc)}, indent=2) + "\n")
+            atomic_write_text(trial.run_dir / RESULT_FILE, to_json({**final, "reason": str(exc)}, indent=2) + "\n")
             (trial.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
         trial.send_final(final)
         return final, None

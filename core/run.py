@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.checkpoint import atomic_write_text
 from core.config import to_dict, write_yaml
+from core.errors import UserError
 
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "train.log"
@@ -21,19 +23,38 @@ class Run:
 
     def __init__(self, directory: str | Path):
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise UserError(f"run folder {str(self.dir)!r}: a file stands where the folder should be") from None
 
     @classmethod
     def create(cls, out_dir: str | Path, name: str, config: Any) -> "Run":
-        """A new folder ``out_dir/name-YYYYmmdd-HHMMSS[-k]`` holding ``config.yaml``."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = Path(out_dir) / f"{name}-{stamp}"
+        """A new folder ``out_dir/name-YYYYmmdd-HHMMSS[-k]`` holding ``config.yaml``. Taking the
+        name is atomic (``mkdir`` fails on an existing folder, and the next suffix is tried), so two
+        runs started at the same instant never share a folder."""
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"out_dir: {str(out)!r} is a file, not a folder")
+        out.mkdir(parents=True, exist_ok=True)
+        base = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         path, k = base, 1
-        while path.exists():
-            path, k = Path(f"{base}-{k}"), k + 1
+        while True:
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                path, k = Path(f"{base}-{k}"), k + 1
         run = cls(path)
         run.write_config(config)
         return run
+
+    def remove_temp_files(self) -> list[Path]:
+        """Delete what an atomic write killed half-way left (``.<name>.*.tmp``); returns them."""
+        left = sorted(self.dir.glob(".*.tmp"))
+        for path in left:
+            path.unlink(missing_ok=True)
+        return left
 
     @property
     def checkpoint_path(self) -> Path:
@@ -50,7 +71,7 @@ class Run:
 
     def log_metrics(self, metrics: dict[str, Any]) -> None:
         with open(self.dir / METRICS_FILE, "a") as fh:
-            fh.write(json.dumps(metrics) + "\n")
+            fh.write(to_json(metrics) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
         path = self.dir / METRICS_FILE
@@ -62,14 +83,31 @@ class Run:
         """Drop metric lines after epoch ``epochs_done`` (1-based), written by a run killed between
         its metrics and its checkpoint."""
         kept = [m for m in self.read_metrics() if m.get("epoch", 0) <= epochs_done]
-        from core.checkpoint import atomic_write_text
+        atomic_write_text(self.dir / METRICS_FILE, "".join(to_json(m) + "\n" for m in kept))
 
-        atomic_write_text(self.dir / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in kept))
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def to_json(value: Any, indent: int | None = None) -> str:
+    """Strict JSON: a NaN or infinite number (a diverged loss, say) is written as ``null``, never as
+    the bare ``NaN`` that JSON readers reject."""
+    return json.dumps(_finite(value), indent=indent, allow_nan=False)
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
+    """One log line of the scalar metrics (architectures and edge weights go to metrics.jsonl)."""
     parts = []
     for key, value in metrics.items():
+        if isinstance(value, (dict, list)):
+            continue
         if isinstance(value, float):
             parts.append(f"{key}={value:.4g}" if math.isfinite(value) else f"{key}={value}")
         else:

@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 from typing import Any, Callable, Sequence
 
 from core.config import ModelConfig, Optimizer, SearchTrialConfig, add_config_arguments, config_from_args, field
@@ -47,8 +48,10 @@ class HpoTrialConfig(SearchTrialConfig, ModelConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.threads < 0:
-            raise UserError(f"threads: {self.threads} is not allowed; it must be 0 or more")
+        cores = os.cpu_count() or 1
+        if not 0 <= self.threads <= cores:
+            raise UserError(f"threads: {self.threads} is not allowed; it must be in [0, {cores}] (this machine's "
+                            "CPU cores; 0 = torch's default)")
 
 
 def parameters_to_fields(params: dict[str, Any]) -> dict[str, Any]:
