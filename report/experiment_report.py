@@ -77,7 +77,9 @@ def _what_ran(exp: ExperimentData) -> list[str]:
     algos = ", ".join(f"{role} {p.algorithm(role)}" for role in ("tuner", "assessor", "advisor") if p.algorithm(role))
     best = ranked(exp.trials)[0]
     cfg = read_config(Path(best.log_dir)) if best.log_dir else {}
-    data = ", ".join(f"{k} {cfg[k]}" for k in DATA_FIELDS if cfg.get(k) is not None) or "not recorded"
+    unset = {"subset": 0, "val_subset": 0, "max_batches": 0}          # 0: all of them
+    data = ", ".join(f"{k} {cfg[k]}" for k in DATA_FIELDS
+                     if cfg.get(k) is not None and cfg.get(k) != unset.get(k, None)) or "not recorded"
     counts = defaultdict(int)
     for t in exp.trials:
         counts[t.status] += 1

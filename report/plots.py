@@ -43,7 +43,11 @@ def final_per_trial(numbers: Sequence[int], finals: Sequence[float | None], stop
         best = max(best, y)
         best_x.append(x)
         best_y.append(best)
+    if best_x and max(numbers) > best_x[-1]:      # carry the line to the last trial started
+        best_x.append(max(numbers))
+        best_y.append(best_y[-1])
     ax.step(best_x, best_y, where="post", color="tab:orange", lw=2, label="best so far")
+    ax.set_xlim(min(numbers) - 0.5, max(numbers) + 0.5)
     sx = [n for n, s in zip(numbers, stopped) if s is not None]
     sy = [s for s in stopped if s is not None]
     if sx:

@@ -15,7 +15,7 @@ import yaml
 from core.paths import ENV_PREFIX
 from tests.conftest import REPO
 
-PACKAGES = ("core", "models", "hpo", "classic_nas", "oneshot_darts")
+PACKAGES = ("core", "models", "hpo", "classic_nas", "oneshot_darts", "report")
 STAGES = ("hpo", "classic_nas", "oneshot_darts")
 
 
@@ -50,6 +50,15 @@ def test_no_stage_imports_another(stage):
 def test_core_imports_no_stage():
     wrong = {mod: names & set(STAGES) for mod, names in project_imports("core").items() if names & set(STAGES)}
     assert not wrong, f"core/ imports a stage: {wrong}"
+
+
+def test_report_reads_stages_through_core_only_and_nothing_imports_it():
+    wrong = {mod: names - {"core", "report"} for mod, names in project_imports("report").items()
+             if names - {"core", "report"}}
+    assert not wrong, f"report/ reads every stage's outputs, so it imports core/ only: {wrong}"
+    users = {mod for package in ("core", "models", *STAGES) for mod, names in project_imports(package).items()
+             if "report" in names}
+    assert not users, f"report/ is a tool on top; nothing of the project imports it: {users}"
 
 
 # --- paths -------------------------------------------------------------------------------------
