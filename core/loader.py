@@ -58,11 +58,17 @@ class BatchLoader:
     ``train=True`` shuffles, drops the last partial batch and augments; ``train=False`` walks the
     set in order. ``max_batches`` (> 0) ends every pass early, for smoke runs. Images come out
     normalised float32 (channels_last if asked), labels int64.
+
+    Data-parallel (``world_size`` > 1, see :mod:`core.distributed`): every rank walks the same
+    global batches (same generator, same seed) and yields only its ``rank``-th share of each; a
+    training batch is augmented whole before it is sliced, so the ranks together see exactly the
+    images one process would.
     """
 
     def __init__(self, data: ImageSet, *, batch_size: int, device: torch.device, mean, std,
                  train: bool, crop_padding: int = 4, flip: bool = True, cutout: int = 0,
-                 max_batches: int = 0, channels_last: bool = False, seed: int = 0):
+                 max_batches: int = 0, channels_last: bool = False, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.batch_size = batch_size
@@ -74,6 +80,7 @@ class BatchLoader:
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255)
         self.generator = torch.Generator().manual_seed(seed)
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -108,7 +115,11 @@ class BatchLoader:
             order = torch.arange(n, device=self.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.images.index_select(0, idx)
             if self.train:
-                x = self.augment(x)
+                x = self.augment(self.images.index_select(0, idx))
+                if self.world_size > 1:  # this rank's share of the augmented global batch
+                    x, idx = x.tensor_split(self.world_size)[self.rank], idx.tensor_split(self.world_size)[self.rank]
+            else:
+                idx = idx.tensor_split(self.world_size)[self.rank] if self.world_size > 1 else idx
+                x = self.images.index_select(0, idx)
             yield self.normalize(x), self.labels.index_select(0, idx)

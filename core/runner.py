@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
+from core import distributed
 from core.checkpoint import atomic_write_text, load_checkpoint
 from core.config import TrainConfig, from_dict
 from core.data import Splits, make_splits
@@ -62,6 +63,10 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
     search) and ``describe(trainer)`` the first log line. The result (last epoch's metrics,
     parameter count, what the trainer's ``finish`` adds, and test accuracy when ``final_test``)
     is written to ``result.json`` in the run folder.
+
+    Under ``torchrun`` every rank runs this with the same arguments (:mod:`core.distributed`): the
+    trainer joins the process group, rank 0 alone opens and writes the run folder and tells the
+    others its path, and every rank returns the same result.
     """
     state = load_checkpoint(resume) if resume else None
     splits = load_splits(cfg)
@@ -71,21 +76,26 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
         epoch_start = setup(model) or epoch_start
     trainer = trainer_cls(model, cfg, splits, eval_splits=eval_splits, arch=arch, loss_fn=loss_fn,
                           epoch_start=epoch_start)
-    run = trainer.run = open_run(cfg, name, run_dir=run_dir, resume=resume)
-    if arch is not None:
+    # under torchrun rank 0 alone opens and writes the run folder; the others learn its path
+    run = trainer.run = open_run(cfg, name, run_dir=run_dir, resume=resume) if distributed.is_main() else None
+    run_path = distributed.broadcast(str(run.dir) if run else None)
+    log = run.log if run else (lambda message: None)
+    if arch is not None and run:
         atomic_write_text(run.dir / "arch.json", json.dumps(arch, indent=2) + "\n")
     n_params = sum(p.numel() for p in trainer.parameters())
-    run.log((describe(trainer) if describe else f"{name}: {n_params:,} parameters, {len(splits.train):,} training "
-             f"images, device {trainer.device.type}") + f"; run folder {run.dir}")
+    log((describe(trainer) if describe else f"{name}: {n_params:,} parameters, {len(splits.train):,} training "
+         f"images, device {trainer.device.type}") + f"; run folder {run_path}"
+        + (f"; {distributed.world_size()} processes (data-parallel)" if distributed.world_size() > 1 else ""))
     if state is not None:
         trainer.load_state_dict(state)
-        run.log(f"resumed from {resume} after epoch {state['epoch']}")
+        log(f"resumed from {resume} after epoch {state['epoch']}")
     history = trainer.fit(on_epoch=on_epoch)
-    result: dict[str, Any] = {**(history[-1] if history else {}), "params": n_params, "run_dir": str(run.dir)}
+    result: dict[str, Any] = {**(history[-1] if history else {}), "params": n_params, "run_dir": run_path}
     result.update(trainer.finish())
     if final_test:
         test = trainer.evaluate("test")
         result["test_acc"], result["test_loss"] = test["acc"], test["loss"]
-        run.log(f"final test accuracy {test['acc']:.4f}")
-    atomic_write_text(run.dir / RESULT_FILE, json.dumps(result, indent=2) + "\n")
+        log(f"final test accuracy {test['acc']:.4f}")
+    if run:
+        atomic_write_text(run.dir / RESULT_FILE, json.dumps(result, indent=2) + "\n")
     return result

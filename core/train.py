@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from core import distributed
 from core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from core.config import OPTIMIZER_NAMES, TrainConfig, to_dict
 from core.data import ImageSet, Splits
@@ -90,7 +91,8 @@ def make_loader(data: ImageSet, cfg: TrainConfig, device: torch.device, splits: 
         data, batch_size=cfg.batch_size if train else cfg.eval_batch_size, device=device,
         mean=splits.mean, std=splits.std, train=train, crop_padding=cfg.crop_padding, flip=cfg.flip,
         cutout=cfg.cutout, max_batches=cfg.max_batches,
-        channels_last=cfg.channels_last and device.type == "cuda", seed=cfg.seed if seed is None else seed)
+        channels_last=cfg.channels_last and device.type == "cuda", seed=cfg.seed if seed is None else seed,
+        rank=distributed.rank(), world_size=distributed.world_size())
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -102,17 +104,22 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = True) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` over ``loader``."""
+    """Accuracy and mean cross-entropy of ``model`` over ``loader`` (data-parallel: this rank's
+    share of every batch, the sums over all ranks)."""
     model.eval()
     loss = torch.zeros((), device=loader.device)
     correct = torch.zeros((), device=loader.device, dtype=torch.int64)
     seen = 0
     for x, y in loader:
+        if not len(y):  # a rank's share of a short last batch can be empty
+            continue
         with autocast(loader.device, amp):
             logits = logits_of(model(x)).float()
         loss += nn.functional.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
+    loss, correct, seen = distributed.all_sum(loss, correct, torch.tensor(seen))
+    seen = int(seen.item())
     return {"acc": correct.item() / max(seen, 1), "loss": loss.item() / max(seen, 1)}
 
 
@@ -138,13 +145,19 @@ class Trainer:
                  eval_splits: Sequence[str] = ("val",), arch: dict[str, Any] | None = None,
                  loss_fn: LossFn = cross_entropy, epoch_start: Callable[[int], None] | None = None):
         self.cfg, self.splits, self.run, self.arch = cfg, splits, run, arch
-        self.device = resolve_device(cfg.device)
+        self.device = distributed.setup(resolve_device(cfg.device))  # torchrun: this rank's device
+        if distributed.world_size() > 1 and type(self).train_step is not Trainer.train_step:
+            raise UserError(f"{type(self).__name__} trains in one process only (its step is not data-parallel); "
+                            "run it without torchrun")
+        distributed.check_batch(cfg.batch_size)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: let cuDNN pick its fastest kernels
         self.amp = cfg.amp
         memory_format = torch.channels_last if cfg.channels_last and self.device.type == "cuda" \
             else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=memory_format)
+        self.model = distributed.prepare_model(model, self.device).to(self.device, memory_format=memory_format)
+        # what runs (DistributedDataParallel under torchrun); self.model is what is saved
+        self.net = distributed.data_parallel(self.model, self.device)
         self.loss_fn, self.epoch_start = loss_fn, epoch_start
         self.optimizer = build_optimizer(cfg.optimizer, self.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, cfg.epochs, eta_min=cfg.lr_min)
@@ -173,7 +186,7 @@ class Trainer:
         ``target`` (and any other scalar tensors, averaged over the epoch into the metrics)."""
         x, y = batch
         with autocast(self.device, self.amp):
-            output = self.model(x)
+            output = self.net(x)
             loss = self.loss_fn(output, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -252,9 +265,12 @@ class Trainer:
                 sums[key] = value.float() * n if total is None else total + value.float() * n
             seen += n
             steps += 1
-            if steps % 20 == 0 and not torch.isfinite(sums["loss"]):
+            if steps % 20 == 0 and not torch.isfinite(distributed.all_sum(sums["loss"])[0]):
                 raise TrainingDiverged(epoch, steps, out["loss"].item(), self.cfg)
         seconds = time.perf_counter() - start
+        # data-parallel: the epoch's figures over every rank's share (images_per_s is the total)
+        seen_t, correct, *totals = distributed.all_sum(torch.tensor(seen), correct, *sums.values())
+        seen, sums = int(seen_t.item()), dict(zip(sums, totals))
         means = {key: total.item() / max(seen, 1) for key, total in sums.items()}
         if not math.isfinite(means.get("loss", 0.0)):
             raise TrainingDiverged(epoch, steps, means["loss"], self.cfg)
@@ -274,7 +290,8 @@ class Trainer:
             if data is None:
                 raise UserError(f"cannot evaluate on the {name!r} split: it is empty")
             loader = make_loader(data, self.cfg, self.device, self.splits, train=False)
-        return evaluate(self.model, loader, self.amp)
+        distributed.sync_buffers(self.model)  # every rank evaluates rank 0's network
+        return evaluate(distributed.unwrap(self.net), loader, self.amp)
 
     def fit(self, on_epoch: EpochCallback | None = None) -> list[dict[str, Any]]:
         """Train from :attr:`start_epoch` to ``cfg.epochs``; returns every epoch's metrics."""
@@ -292,6 +309,6 @@ class Trainer:
                 self.run.log(format_metrics(metrics))
                 save_checkpoint(self.run.checkpoint_path, self.state_dict(epoch + 1))
             self.start_epoch = epoch + 1
-            if on_epoch is not None:
+            if on_epoch is not None and distributed.is_main():  # one report per epoch (rank 0's)
                 on_epoch(metrics)
         return self.history

@@ -1,0 +1,153 @@
+"""Data-parallel training under ``torchrun``: the one place that knows about process groups.
+
+``torchrun --nproc_per_node N python_script_or_-m_module ARGS`` starts N copies of a training
+command with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and a rendezvous address in their
+environment. :func:`setup` (called by :func:`core.runner.train`) joins the process group: NCCL
+when training on CUDA (one GPU per process, ``cuda:LOCAL_RANK``), gloo on the CPU. Without
+``torchrun`` (``WORLD_SIZE`` unset or 1) every function here is a no-op and a command runs as one
+process, exactly as before.
+
+The rules the engine follows (``core.train.Trainer``, ``core.loader.BatchLoader``):
+
+- the config's ``batch_size`` is the global batch: every rank draws the same global batch from
+  the same seeded generator and trains on its ``batch_size / N`` slice; DistributedDataParallel
+  averages the gradients, so a step is the step one process takes on the whole batch, and the
+  learning rate and schedule stay what the config says;
+- BatchNorm: SyncBatchNorm on CUDA (statistics over the global batch, as in one process);
+  torch's SyncBatchNorm has no CPU kernel, so on the CPU each rank normalises with its own
+  slice's statistics (the running statistics are rank 0's, broadcast before every forward);
+- evaluation runs on every rank over a slice of each batch with rank 0's weights and buffers,
+  and the counts are summed, so it gives one process's numbers;
+- only rank 0 writes: run folder (whose path it broadcasts), log, metrics, checkpoints, result;
+  the other ranks' ``print`` is silenced.
+"""
+from __future__ import annotations
+
+import atexit
+import builtins
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from core.errors import UserError
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """Whether this process writes (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def launched() -> bool:
+    """Whether ``torchrun`` (or another launcher) started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: torch.device) -> torch.device:
+    """Join the process group ``torchrun`` announced (once) and return this rank's device:
+    ``cuda:LOCAL_RANK`` on CUDA, the CPU otherwise. Without ``torchrun``, ``device`` unchanged."""
+    if not launched():
+        return device
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise UserError(f"torchrun started local rank {local} but only {torch.cuda.device_count()} CUDA GPU(s) "
+                            "are visible; use --nproc_per_node at most the number of GPUs")
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+        atexit.register(shutdown)
+        if not is_main():
+            _silence_print()
+    return device
+
+
+def _silence_print() -> None:
+    """Only rank 0 talks: the other ranks' ``print`` goes nowhere unless called with ``force=True``
+    (the DeiT / MAE ``setup_for_distributed`` convention)."""
+    original = builtins.print
+
+    def print_(*args: Any, force: bool = False, **kwargs: Any) -> None:
+        if force:
+            original(*args, **kwargs)
+
+    builtins.print = print_
+
+
+def check_batch(batch_size: int) -> None:
+    """The global batch must split evenly over the ranks (each then averages over equal shares)."""
+    n = world_size()
+    if batch_size % n:
+        raise UserError(f"batch_size: {batch_size} does not split over {n} processes; the batch size is the global "
+                        f"batch, so make it a multiple of --nproc_per_node ({n})")
+
+
+def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """SyncBatchNorm instead of BatchNorm when data-parallel on CUDA (before the optimizer is built:
+    the converted layers keep the same parameter objects)."""
+    if world_size() > 1 and device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def data_parallel(net: nn.Module, device: torch.device) -> nn.Module:
+    """``net`` wrapped in DistributedDataParallel when there are several ranks (weights broadcast
+    from rank 0 now, gradients averaged in every backward), else ``net``."""
+    if world_size() == 1:
+        return net
+    return nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def unwrap(net: nn.Module) -> nn.Module:
+    """The module DistributedDataParallel wraps (evaluation runs it without DDP's collectives)."""
+    return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+
+
+def sync_buffers(model: nn.Module) -> None:
+    """Every rank takes rank 0's buffers (BatchNorm running statistics) before an evaluation."""
+    if world_size() > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
+
+
+def all_sum(*values: torch.Tensor) -> list[torch.Tensor]:
+    """The sums over the ranks of scalar tensors, in one all-reduce (float64: exact counts)."""
+    if world_size() == 1:
+        return list(values)
+    packed = torch.stack([v.detach().double().reshape(()) for v in values])
+    if dist.get_backend() == "nccl":
+        packed = packed.cuda()
+    dist.all_reduce(packed)
+    return [packed[i].to(values[i].device) for i in range(len(values))]
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (a run folder's path, say)."""
+    if world_size() == 1:
+        return obj
+    box = [obj if is_main() else None]
+    dist.broadcast_object_list(box, 0)
+    return box[0]
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group (at the end of a command)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
