@@ -3,6 +3,7 @@
     python hpo/retrain.py --experiment k3x9w2ab                 # an id, found via ~/nni-experiments
     python hpo/retrain.py --experiment ~/nni-experiments/k3x9w2ab --epochs 200
     python hpo/retrain.py --export best.json                    # `nnictl experiment export` data
+    python hpo/retrain.py --experiment k3x9w2ab --top 3         # the 3 best, one run folder each
 
 The best trial (highest final validation accuracy) is read with :mod:`hpo.results`, without the
 web UI; its ``model``, ``optimizer`` and ``lr`` are trained with the shared core on the whole
@@ -11,6 +12,12 @@ default, and the test split is evaluated once at the end. Every other training o
 core's default, a ``--config`` YAML, or a flag (flags win, even over the trial's parameters).
 The run folder holds the resolved config, log, metrics, checkpoint, ``result.json`` and
 ``hpo_best.json`` (which experiment and trial the parameters came from).
+
+``--top K`` retrains the K best trials one after the other, each in its own run folder
+``<out_dir>/hpo_retrain-<experiment>-<trial>/`` with an ``origin.json`` (see
+:mod:`core.retrains`); running the same command again skips the finished ones and continues a
+killed one from its checkpoint. ``python -m report <experiment>`` then compares the search's
+ranking with the retrains'.
 """
 from __future__ import annotations
 
@@ -24,7 +31,8 @@ from core import distributed
 from core.checkpoint import atomic_write_text
 from core.config import ModelConfig, add_config_arguments, check_resume_only, config_from_args, field
 from core.errors import UserError, cli_main
-from core.experiments import trials_from_export
+from core.experiments import Trial, find_experiment, read_profile, trials_from_export
+from core.retrains import retrain_top
 from core.runner import config_from_checkpoint, train
 from hpo import PARAM_KEYS
 from hpo.results import best_trial, load_experiment, searched_params
@@ -47,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--resume", metavar="CHECKPOINT", help="continue a retrain from its checkpoint.pt")
     parser.add_argument("--experiments-dir", help="folder holding the experiment's <id>/ folder "
                         "(default: found via ~/nni-experiments)")
+    parser.add_argument("--top", type=int, metavar="K", help="retrain the K best trials of --experiment, each in "
+                        "its own run folder (rerun the command to continue; finished ones are skipped)")
     add_config_arguments(parser, RetrainConfig)
     return parser
 
@@ -72,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from models import create_model
 
     args = build_parser().parse_args(argv)
+    if args.top is not None:
+        return retrain_top_trials(args)
     origin: dict[str, Any] | None = None
     if args.resume:
         check_resume_only(RetrainConfig, args, extra=("experiments_dir",))
@@ -88,6 +100,46 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         atomic_write_text(Path(result["run_dir"]) / "hpo_best.json", json.dumps(origin, indent=2) + "\n")
     print(json.dumps(result), flush=True)
     return result
+
+
+def trial_params(trial: Trial) -> dict[str, Any]:
+    """A trial's searched parameters, all of them (an error naming the trial otherwise)."""
+    params = searched_params(trial)
+    missing = [k for k in PARAM_KEYS if k not in params]
+    if missing:
+        raise UserError(f"trial {trial.trial_id} has no {', '.join(missing)} parameter; "
+                        "is this an HPO experiment of hpo/config.yml?")
+    return params
+
+
+def retrain_top_trials(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``--top K``: the K best trials, each retrained in its own resumable run folder."""
+    from models import create_model
+
+    if not args.experiment:
+        raise UserError("--top needs --experiment ID_OR_DIR (the retrains are filed under the experiment's id)")
+    exp_dir = find_experiment(args.experiment, args.experiments_dir)
+    exp_id = read_profile(exp_dir).experiment_id
+    trials = load_experiment(exp_dir)
+    first = config_from_args(RetrainConfig, args)   # bad flags: an error before anything is written
+
+    def train_one(trial: Trial, run_dir: Path, resume: Path | None) -> dict[str, Any]:
+        if resume is not None:
+            cfg, _ = config_from_checkpoint(RetrainConfig, resume)
+        else:
+            cfg = config_from_args(RetrainConfig, args, base=trial_params(trial))
+        return train(cfg, lambda n: create_model(cfg.model, num_classes=n), name=f"hpo_retrain-{cfg.model}",
+                     run_dir=None if resume else run_dir, resume=resume,
+                     eval_splits=("val",) if cfg.val_fraction > 0 else (), final_test=True)
+
+    done = retrain_top(trials, args.top, out_dir=first.out_dir, stage="hpo_retrain", experiment_id=exp_id,
+                       experiment_dir=exp_dir, origin_extra=lambda t: {"params": trial_params(t)},
+                       train_one=train_one)
+    rows = [{"rank": d.rank, "trial_id": d.trial.trial_id, "search_metric": d.trial.final, "action": d.action,
+             "run_dir": str(d.run_dir), "test_acc": (d.result or {}).get("test_acc")} for d in done]
+    print(json.dumps(rows), flush=True)
+    print(f"compare the search with these retrains: python -m report {exp_dir}", flush=True)
+    return rows
 
 
 if __name__ == "__main__":
