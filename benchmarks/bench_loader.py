@@ -42,14 +42,22 @@ class PerImageDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), self.labels[i]
 
 
-def time_baseline(data: ImageSet, mean, std, batch_size: int, images: int, workers: int) -> float:
+def usual_recipe_loader(data: ImageSet, mean, std, batch_size: int, workers: int,
+                        images: int | None = None) -> torch.utils.data.DataLoader:
+    """The usual CIFAR-10 training pipeline (the baseline of bench_loader and bench_trial): per-image
+    ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize`` in a
+    shuffling ``DataLoader`` with ``workers`` processes, over the first ``images`` of ``data``."""
     from torchvision import transforms
 
     tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                              transforms.ToTensor(), transforms.Normalize(mean, std)])
-    ds = torch.utils.data.Subset(PerImageDataset(data, tf), range(min(images, len(data))))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                         drop_last=True, persistent_workers=False)
+    ds = torch.utils.data.Subset(PerImageDataset(data, tf), range(min(images or len(data), len(data))))
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                       drop_last=True, persistent_workers=False)
+
+
+def time_baseline(data: ImageSet, mean, std, batch_size: int, images: int, workers: int) -> float:
+    loader = usual_recipe_loader(data, mean, std, batch_size, workers, images)
     seen, start = 0, time.perf_counter()
     for x, _ in loader:
         seen += len(x)

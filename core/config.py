@@ -29,6 +29,7 @@ C = TypeVar("C", bound="TrainConfig")
 Optimizer = Literal["SGD", "Adadelta", "Adagrad", "Adam", "Adamax"]
 Scheduler = Literal["cosine", "none"]
 Device = Literal["auto", "cpu", "cuda"]
+ChannelsLast = Literal["auto", "on", "off"]
 OPTIMIZER_NAMES: tuple[str, ...] = typing.get_args(Optimizer)
 SCHEDULER_NAMES: tuple[str, ...] = typing.get_args(Scheduler)
 DEVICE_NAMES: tuple[str, ...] = typing.get_args(Device)
@@ -79,7 +80,9 @@ class TrainConfig:
                              "0 = full epochs")
     device: Device = field("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'")
     amp: bool = field(True, "bf16 mixed precision on CUDA (CPU stays float32)")
-    channels_last: bool = field(True, "channels_last memory format on CUDA")
+    channels_last: ChannelsLast = field("auto", "channels_last memory format: 'auto' (where it was measured "
+                                        "faster: core.speed.CHANNELS_LAST_AUTO), 'on' or 'off'")
+    compile: bool = field(False, "torch.compile the network (minutes of compiling once per run; see docs/speed.md)")
     out_dir: str = field(help="parent folder of the run folders (env CIFAR_AUTOML_RUNS; default: the "
                          "repository's runs/)", factory=default_out_dir)
     run_name: str = field("", "run folder name prefix (default: the command's)")
@@ -167,6 +170,8 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
     if optional and value is None:
         return None
     if allowed is not None:
+        if isinstance(value, bool) and {"on", "off"} <= set(allowed):
+            value = "on" if value else "off"  # YAML 1.1 reads unquoted on/off as booleans
         check_choice(name, value, allowed)
         return value
     if typ is bool:

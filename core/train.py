@@ -19,6 +19,7 @@ from core.data import ImageSet, Splits
 from core.errors import UserError
 from core.loader import BatchLoader
 from core.run import Run, format_metrics
+from core.speed import compile_model, use_channels_last
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -91,7 +92,7 @@ def make_loader(data: ImageSet, cfg: TrainConfig, device: torch.device, splits: 
         data, batch_size=cfg.batch_size if train else cfg.eval_batch_size, device=device,
         mean=splits.mean, std=splits.std, train=train, crop_padding=cfg.crop_padding, flip=cfg.flip,
         cutout=cfg.cutout, max_batches=cfg.max_batches,
-        channels_last=cfg.channels_last and device.type == "cuda", seed=cfg.seed if seed is None else seed,
+        channels_last=use_channels_last(cfg.channels_last, device), seed=cfg.seed if seed is None else seed,
         rank=distributed.rank(), world_size=distributed.world_size())
 
 
@@ -153,11 +154,11 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: let cuDNN pick its fastest kernels
         self.amp = cfg.amp
-        memory_format = torch.channels_last if cfg.channels_last and self.device.type == "cuda" \
+        memory_format = torch.channels_last if use_channels_last(cfg.channels_last, self.device) \
             else torch.contiguous_format
         self.model = distributed.prepare_model(model, self.device).to(self.device, memory_format=memory_format)
-        # what runs (DistributedDataParallel under torchrun); self.model is what is saved
-        self.net = distributed.data_parallel(self.model, self.device)
+        # what runs (compiled, and DistributedDataParallel under torchrun); self.model is what is saved
+        self.net = distributed.data_parallel(compile_model(self.model, cfg.compile), self.device)
         self.loss_fn, self.epoch_start = loss_fn, epoch_start
         self.optimizer = build_optimizer(cfg.optimizer, self.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, cfg.epochs, eta_min=cfg.lr_min)

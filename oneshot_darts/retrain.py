@@ -55,6 +55,9 @@ class RetrainConfig(TrainConfig):
         check_network_shape(self.layers, channels=self.channels, stem_multiplier=self.stem_multiplier)
         if not 0.0 <= self.drop_path < 1.0:
             raise UserError(f"drop_path: {self.drop_path} is not in [0, 1)")
+        if self.compile and self.drop_path:
+            raise UserError("compile: not allowed with drop_path > 0: the drop-path probability changes every epoch "
+                            "and each new value would recompile the network; pass --drop-path 0 to compile")
         if self.auxiliary_weight < 0:
             raise UserError(f"auxiliary_weight: {self.auxiliary_weight} is not allowed; it must be 0 or more")
 

@@ -1,0 +1,75 @@
+"""The trial benchmark's smoke run, and ``compile`` through training, checkpoint and resume."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.config import TrainConfig, from_dict
+from core.data import make_splits
+from core.train import Trainer, seed_everything
+from tests.conftest import REPO
+
+
+def test_bench_trial_prints_a_ratio_per_model_and_concurrent_totals(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "benchmarks/bench_trial.py", "--data", "fake", "--data-root", str(tmp_path),
+         "--models", "mobilenet", "--images", "64", "--batch-size", "16", "--max-batches", "1", "--warmup", "1",
+         "--variant", "", "--variant", "channels_last=on", "--concurrent", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert re.search(r"^mobilenet\s+[\d,.]+\s+[\d,.]+\s+[\d.]+x\s+[\d,.]+\s+[\d.]+x$", res.stdout, re.M), res.stdout
+    assert re.search(r"^2\s+[\d,.]+\s+[\d,.]+\s+-$", res.stdout, re.M), res.stdout
+    assert "load average" in res.stdout
+
+
+def test_bench_trial_refuses_an_unknown_field():
+    res = subprocess.run([sys.executable, "benchmarks/bench_trial.py", "--data", "fake", "--variant", "nope=1"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "nope" in res.stderr
+
+
+def tiny_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 10))
+
+
+# torch.compile with inductor builds C++ kernels: about 10-20 s on an idle 2-core CPU.
+@pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))),
+                    reason="torch.compile on a CPU needs a C++ compiler")
+def test_compile_trains_checkpoints_and_resumes_like_the_plain_engine(tmp_path):
+    values = {"data": "fake", "data_root": str(tmp_path), "batch_size": 32, "max_batches": 2, "epochs": 2,
+              "optimizer": "SGD", "lr": 0.05, "device": "cpu", "progress": False, "val_fraction": 0.1}
+    splits = make_splits("fake", str(tmp_path), val_fraction=0.1)
+    seed_everything(0)
+    plain = Trainer(tiny_net(), from_dict(TrainConfig, values), splits, eval_splits=())
+    plain.train_epoch(0)
+    plain.start_epoch = 1
+    save_checkpoint(tmp_path / "checkpoint.pt", plain.state_dict(1))
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    resumed = Trainer(tiny_net(), from_dict(TrainConfig, {**values, "compile": True}), splits, eval_splits=())
+    assert resumed.net is not resumed.model
+    resumed.load_state_dict(state)
+    plain.fit()
+    resumed.fit()
+    saved = resumed.state_dict(2)["model"]
+    assert not any(k.startswith("_orig_mod.") for k in saved) and saved.keys() == plain.model.state_dict().keys()
+    for key, value in plain.model.state_dict().items():
+        torch.testing.assert_close(saved[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("config", ["configs/hpo_gpu.yml", "configs/classic_nas_gpu.yml"])
+def test_gpu_configs_share_one_gpu_among_their_concurrent_trials(config):
+    from nni.experiment.config import ExperimentConfig
+
+    exp = ExperimentConfig.load(str(REPO / config))
+    service = exp.training_service
+    assert service.trial_gpu_number == 1 and service.max_trial_number_per_gpu >= 2  # 1/N GPU per trial
+    assert service.use_active_gpu  # else NNI starts no second trial on a GPU the first one uses
+    assert exp.trial_concurrency == service.max_trial_number_per_gpu
