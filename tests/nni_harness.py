@@ -140,6 +140,30 @@ class Experiment:
         pytest.fail(f"experiment {self.id} not done after {timeout:.0f} s (last status {status}); "
                     f"trials: {[(t['trialJobId'], t['status']) for t in self._safe_trials()]}\n{self.logs()}")
 
+    def stop(self, timeout: float = 60) -> None:
+        """``nnictl stop``: the manager and its trials end (the experiment stays on disk)."""
+        stopped = _nnictl(["stop", self.id], self.env, timeout)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        deadline = time.monotonic() + timeout
+        while self.processes() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not self.processes(), "processes left after nnictl stop"
+
+    def resume(self, timeout: float = 60) -> None:
+        """``nnictl resume ID`` on the same port and working directory; returns once the REST API answers."""
+        resumed = _nnictl(["resume", self.id, "--port", str(self.port), "--experiment_dir", str(self.work_dir)],
+                          self.env, timeout)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.status()
+                return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"resumed experiment {self.id} did not answer\n{resumed.stdout}{self.logs()}")
+                time.sleep(0.5)
+
     def _safe_trials(self) -> list[dict[str, Any]]:
         try:
             return self.trials()
