@@ -26,9 +26,9 @@ from core.checkpoint import atomic_write_text
 from core.errors import UserError
 from core.experiments import Trial, ranked
 from core.run import CHECKPOINT_FILE, METRICS_FILE
+from core.runner import RESULT_FILE
 
 ORIGIN_FILE = "origin.json"
-RESULT_FILE = "result.json"   # core.runner.RESULT_FILE (not imported: that would pull in torch)
 
 
 def read_json_file(path: Path) -> Any:

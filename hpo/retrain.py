@@ -67,11 +67,7 @@ def best_parameters(source: str, experiments_dir: str | None = None, *,
     trials = trials_from_export(source, PARAM_KEYS) if export else load_experiment(source,
                                                                                    experiments_dir=experiments_dir)
     best = best_trial(trials)
-    params = searched_params(best)
-    missing = [k for k in PARAM_KEYS if k not in params]
-    if missing:
-        raise UserError(f"{source}: the best trial {best.trial_id} has no {', '.join(missing)} parameter; "
-                        "is this an HPO experiment of hpo/config.yml?")
+    params = trial_params(best)
     origin = {"source": str(source), "trial_id": best.trial_id, "params": params, "val_acc": best.final,
               "params_source": best.params_source, "trials": len(trials)}
     return params, origin

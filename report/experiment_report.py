@@ -12,7 +12,7 @@ from core.errors import UserError
 from core.experiments import Profile, Trial, find_experiment, load_experiment, ranked, read_profile
 from core.retrains import find_retrains
 from report import plots
-from report.common import figure, fmt, read_config, seconds, table
+from report.common import figure, read_config, read_metrics, seconds, table
 from report.run_report import load_run, render_run
 from report.stats import kendall_tau
 
@@ -215,8 +215,6 @@ def _retrains(exp: ExperimentData, keys: Sequence[str], out: Path) -> list[str]:
 
 
 def read_last_epoch(run_dir: str) -> int:
-    from report.common import read_metrics
-
     metrics = read_metrics(Path(run_dir))
     return int(metrics[-1]["epoch"]) if metrics else 0
 
