@@ -28,8 +28,6 @@ import yaml
 
 from tests.nni_harness import BIN, free_port, nni_experiment
 
-pytestmark = pytest.mark.e2e   # a real nnictl experiment: not in the fast suite
-
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs/hpo_smoke.yml"
 REMOTE = REPO / "configs/hpo_remote.yml"
@@ -129,9 +127,14 @@ def remote_overrides(machine: dict) -> dict:
     return {"trialCodeDirectory": remote["trialCodeDirectory"],
             "trialCommand": smoke["trialCommand"].replace("python3 trial.py", "python3 hpo/trial.py"),
             "maxTrialNumber": 3, "nniManagerIp": "127.0.0.1",
+            # the two fastest models on a CPU (the smoke's full space includes vgg, dpn92: seconds per step)
+            "searchSpaceFile": None, "searchSpace": {"lr": {"_type": "choice", "_value": [0.01, 0.001]},
+                                                     "optimizer": {"_type": "choice", "_value": ["Adam", "Adagrad"]},
+                                                     "model": {"_type": "choice", "_value": ["mobilenet", "shufflenetg2"]}},
             "trainingService": {"platform": "remote", "machineList": [machine]}}
 
 
+@pytest.mark.e2e   # a real nnictl experiment: not in the fast suite
 def test_hpo_smoke_through_the_remote_training_service(tmp_path):
     remote_home = tmp_path / "remote_home"
     remote_home.mkdir()
@@ -182,3 +185,31 @@ def _remote_logs(home: Path, lines: int = 30) -> str:
         tail = f.read_text(errors="replace").splitlines()[-lines:]
         parts.append(f"--- remote {f.relative_to(home)}\n" + "\n".join(tail))
     return "\n".join(parts)
+
+
+@pytest.mark.parametrize("name", ["hpo_remote.yml", "classic_nas_remote.yml", "darts_remote.yml"])
+def test_remote_configs_load_and_their_trial_commands_resolve(tmp_path, name):
+    """Each remote config passes NNI's own validation once its key file exists, uploads the
+    repository root, and its trial command, run where NNI runs it (the root of the copy), resolves."""
+    from nni.experiment.config import ExperimentConfig
+
+    config = yaml.safe_load((REPO / "configs" / name).read_text())
+    key = tmp_path / "id_ed25519"
+    key.write_text("not read: NNI checks that the file exists\n")
+    for machine in config["trainingService"]["machineList"]:
+        machine["sshKeyFile"] = str(key)
+    for field in ("trialCodeDirectory", "searchSpaceFile"):   # relative to the original's folder
+        if field in config:
+            config[field] = str((REPO / "configs" / config[field]).resolve())
+    if isinstance(config.get("tuner", {}).get("codeDirectory"), str):
+        config["tuner"]["codeDirectory"] = str((REPO / "configs" / config["tuner"]["codeDirectory"]).resolve())
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    loaded = ExperimentConfig.load(str(path)).canonical_copy()
+    assert Path(loaded.trial_code_directory).resolve() == REPO
+    assert loaded.nni_manager_ip and loaded.training_service.platform == "remote"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(["bash", "-c", loaded.trial_command + " --print-config"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "data_root" in yaml.safe_load(proc.stdout)
