@@ -27,6 +27,7 @@ import os
 import statistics
 import time
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import torch
@@ -36,6 +37,7 @@ from bench_loader import SHARED, usual_recipe_loader
 from core.config import ModelConfig, from_dict
 from core.data import Splits
 from core.runner import load_splits
+from core.speed import use_channels_last
 from core.train import Trainer, evaluate, make_loader, resolve_device, seed_everything
 from models import MODELS, create_model
 
@@ -213,7 +215,15 @@ def compare_concurrency(args: argparse.Namespace, variant: dict[str, Any]) -> No
         procs = [ctx.Process(target=_concurrent_worker, args=(args, model, variant, barrier, queue)) for _ in range(n)]
         for p in procs:
             p.start()
-        results = [queue.get() for _ in procs]
+        results = []
+        while len(results) < n:
+            try:
+                results.append(queue.get(timeout=5))
+            except Empty:  # a trial that died would leave the others waiting at the barrier forever
+                if any(p.exitcode not in (None, 0) for p in procs):
+                    for p in procs:
+                        p.terminate()
+                    raise SystemExit(f"error: a trial process of the N = {n} run failed (its traceback is above)")
         for p in procs:
             p.join()
         total = sum(r["images"] for r in results) / (max(r["end"] for r in results) - min(r["start"] for r in results))
@@ -251,13 +261,14 @@ def main(argv: list[str] | None = None) -> None:
         trial_config(args, args.models[0], v)  # a bad field or value: one error before any work
     splits = load_data(args)
     device = resolve_device(args.device)
-    cfg = trial_config(args, args.models[0], variants[0])
+    cfg = trial_config(args, args.models[0])
+    memory = "channels_last" if use_channels_last(cfg.channels_last, device) else "contiguous"
     batches = f"{args.max_batches} batches" if args.max_batches else "whole epochs"
     print(f"device {device.type}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
           + f"; data {args.data}: {len(splits.train):,} training images; batch {args.batch_size}, Adam 1e-3; "
           f"{batches} x {args.epochs} epoch(s) timed after {args.warmup} warm-up batch(es); {args.repeats} "
-          f"repeat(s); torch threads {torch.get_num_threads()}; trial defaults: channels_last {cfg.channels_last}, "
-          f"amp {cfg.amp}, compile {cfg.compile}; load average {load_average()}")
+          f"repeat(s); torch threads {torch.get_num_threads()}; trial defaults here: {memory} "
+          f"(channels_last {cfg.channels_last}), amp {cfg.amp}, compile {cfg.compile}; load average {load_average()}")
     print("time ratio = trial time / baseline time for the same images (below 1: the trial is faster)")
     compare_models(args, splits, variants, [v.replace(",", " ") or "trial" for v in names])
     print(f"load average at the end {load_average()}")

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 #: Device type -> whether ``channels_last: auto`` trains in channels_last memory format there.
-#: CUDA: tensor cores want NHWC for bf16 convolutions (not yet measured on this project's models).
-#: CPU: measured per model on a 2-core machine, see docs/speed.md.
+#: CUDA: cuDNN's bf16 tensor-core convolutions run in NHWC (not yet measured on this project's models).
+#: CPU: contiguous; measured on the loaded 2-core machine, channels_last won for five models and lost for
+#: mobilenet and vgg, mostly within that machine's noise (docs/speed.md: a quiet rerun decides).
 CHANNELS_LAST_AUTO: dict[str, bool] = {"cuda": True, "cpu": False}
 
 
