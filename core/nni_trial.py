@@ -66,12 +66,12 @@ class NniTrial:
         def report(metrics: dict[str, Any]) -> None:
             nonlocal writer
             if self.active:
-                self._nni.report_intermediate_result(float(metrics[key]))
-                if self.run_dir is not None:
+                if self.run_dir is not None:   # first: an assessor may stop the trial once it has the result
                     from core.tensorboard import ScalarWriter
 
                     writer = writer or ScalarWriter(self.run_dir, os.environ.get("NNI_TRIAL_JOB_ID"))
                     writer.add_epoch(metrics)
+                self._nni.report_intermediate_result(float(metrics[key]))
         return report
 
     def send_final(self, final: dict[str, Any]) -> None:
