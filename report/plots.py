@@ -119,8 +119,11 @@ def search_vs_retrain(points: Sequence[tuple[str, float, float]], path: Path, *,
     fig, ax = plt.subplots(figsize=(6.5, 5.0))
     xs, ys = [p[1] for p in points], [p[2] for p in points]
     ax.plot(xs, ys, "o", color="tab:blue", ms=8, label="one configuration")
-    for label, x, y in points:
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    right = max(xs)
+    for label, x, y in points:    # labels of the right-most points go to their left, inside the axes
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(-5 if x == right else 5, 5), fontsize=8,
+                    ha="right" if x == right else "left")
+    ax.margins(x=0.15, y=0.15)
     ax.set_xlabel(f"search: final {search_metric} (fraction)")
     ax.set_ylabel(f"retrain: {retrain_metric} (fraction)")
     ax.set_title("Search ranking vs retrain" + (f" (Kendall's tau = {tau:.2f})" if tau is not None else ""))
@@ -129,9 +132,14 @@ def search_vs_retrain(points: Sequence[tuple[str, float, float]], path: Path, *,
     return _save(fig, path)
 
 
-def run_curves(epochs: Sequence[int], series: dict[str, Sequence[float | None]], path: Path) -> Path:
-    """Losses (left) and accuracies (right) per epoch of one run."""
+def run_curves(epochs: Sequence[int], series: dict[str, Sequence[float | None]], path: Path,
+               final: dict[str, float] | None = None) -> Path:
+    """Losses (left) and accuracies (right) per epoch of one run; ``final``: numbers measured once
+    at the end (a retrain's test accuracy), drawn as stars at the last epoch."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4.0))
+    for name, value in (final or {}).items():
+        ax = loss_ax if name.endswith("loss") else acc_ax
+        ax.plot([epochs[-1]], [value], "*", ms=12, label=f"final {name}")
     for name, values in series.items():
         pts = [(e, v) for e, v in zip(epochs, values) if v is not None and math.isfinite(v)]
         if not pts:

@@ -100,7 +100,9 @@ def render_run(run: RunData, out: Path, prefix: str = "", heading: str = "#") ->
     series = {k: [m.get(k) for m in run.metrics] for k in SERIES if any(k in m for m in run.metrics)}
     lines += [f"{heading}# Per epoch", ""]
     name = f"{prefix}curves.png"
-    plots.run_curves(epochs, series, out / name)
+    once = {k: float(v) for k, v in (run.result or {}).items()
+            if k in ("test_acc", "test_loss") and k not in series and isinstance(v, (int, float))}
+    plots.run_curves(epochs, series, out / name, final=once)
     lines += [figure(name, "Loss (left) and accuracy (right) per epoch"), ""]
     times = [float(m.get("train_seconds") or 0.0) for m in run.metrics]
     if any(times):
