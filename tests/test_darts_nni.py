@@ -9,8 +9,10 @@ import pytest
 import yaml
 
 from core.run import Run
+from report.cli import main as report_main
 from tests.conftest import REPO
 from tests.nni_harness import nni_experiment
+from tests.test_report import check_report
 
 pytestmark = pytest.mark.e2e   # real nnictl experiments: not in the fast suite (pytest -m "not e2e")
 
@@ -54,3 +56,9 @@ def test_nnictl_wrapper_reports_every_epoch(tmp_path, stage):
         assert len(final) == 1 and final[0]["default"] == epochs[-1][key]
         if stage == "search":
             assert (run.dir / "final_arch.json").is_file() and (run.dir / "arch_weights.json").is_file()
+    # the experiment's report holds its one trial and, for the search, the operation weights per
+    # edge over the epochs and the derived cells
+    text = check_report(report_main([str(exp.exp_dir)]), [t["trialJobId"] for t in trials])
+    if stage == "search":
+        for name in ("edge_weights_normal", "edge_weights_reduce", "cell_normal", "cell_reduce"):
+            assert f"(best_trial_{name}.png)" in text
