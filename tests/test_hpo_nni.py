@@ -7,6 +7,9 @@ import json
 import re
 import shutil
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from html import unescape
 from pathlib import Path
 
@@ -15,7 +18,9 @@ import yaml
 
 from core import experiments
 from hpo import results, retrain
+from report.cli import main as report_main
 from tests.nni_harness import nni_experiment
+from tests.test_report import check_report, tau_in
 
 pytestmark = pytest.mark.e2e   # real nnictl experiments: not in the fast suite (pytest -m "not e2e")
 
@@ -99,6 +104,57 @@ def test_smoke_experiment_web_ui_and_best_trial(tmp_path):
                                "--out-dir", str(tmp_path / "runs")])
         origin = json.loads((Path(result["run_dir"]) / "hpo_best.json").read_text())
         assert origin["trial_id"] == best.trial_id and 0.0 <= result["test_acc"] <= 1.0
+
+        # TensorBoard: every trial wrote scalars, linked where the web UI's TensorBoard button looks,
+        # and NNI's own TensorBoard task serves them
+        for job in jobs:
+            events = list((Path(job["logPath"]) / "tensorboard").glob("events.out.tfevents.*"))
+            assert events, f"trial {job['trialJobId']} wrote no TensorBoard scalars"
+            assert (exp.exp_dir / "trials" / job["trialJobId"] / "output" / "tensorboard").resolve() == events[0].parent
+        _check_nni_tensorboard(exp, best.trial_id)
+
+        # the K best retrained, each in its own folder, and the report comparing them with the search
+        runs = tmp_path / "top_runs"
+        rows = retrain.main(["--experiment", exp.id, "--experiments-dir", str(exp.work_dir), "--top", "2",
+                             "--data", "fake", "--epochs", "1", "--max-batches", "2", "--batch-size", "8",
+                             "--eval-batch-size", "100", "--out-dir", str(runs)])
+        good = results.ranked(trials)
+        assert [r["trial_id"] for r in rows] == [t.trial_id for t in good[:2]]
+        assert sorted(p.name for p in runs.iterdir()) == sorted(f"hpo_retrain-{exp.id}-{t.trial_id}" for t in good[:2])
+    text = check_report(report_main([str(exp.exp_dir), "--retrains", str(runs)]), [j["trialJobId"] for j in jobs])
+    assert "(trials.png)" in text and "(curves.png)" in text and "(effect_model.png)" in text
+    finals, accs = [t.final for t in good[:2]], [r["test_acc"] for r in rows]
+    if finals[0] != finals[1] and accs[0] != accs[1]:
+        assert tau_in(text) in (-1.0, 1.0)
+    else:
+        assert "Kendall's tau is undefined" in text
+
+
+def _check_nni_tensorboard(exp, trial_id: str) -> None:
+    """Start TensorBoard the way the web UI's button does (REST POST /tensorboard) and read the
+    trial's scalars from it; stop it again."""
+    request = urllib.request.Request(f"{exp.url}/api/v1/nni/tensorboard", method="POST",
+                                     data=json.dumps({"trials": trial_id}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        task = json.loads(resp.read().decode())
+    try:
+        deadline, tags = time.monotonic() + 120, None
+        while time.monotonic() < deadline and tags is None:
+            time.sleep(2)
+            task = exp.rest(f"tensorboard/{task['id']}")
+            assert task["status"] != "ERROR", task
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{task['port']}/data/plugin/scalars/tags", timeout=10) as r:
+                    tags = json.loads(r.read().decode())
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                continue
+        assert tags, f"NNI's TensorBoard never answered: {task}"
+        runs = [name for name in tags if trial_id in name]      # NNI names it "<No.>-<trial id>"
+        assert len(runs) == 1 and "val/acc" in tags[runs[0]] and "train/loss" in tags[runs[0]], tags
+    finally:
+        urllib.request.urlopen(urllib.request.Request(f"{exp.url}/api/v1/nni/tensorboard-tasks", method="DELETE"),
+                               timeout=30).close()
 
 
 def test_bad_parameters_fail_their_trials_and_the_experiment_goes_on(tmp_path):
