@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from classic_nas.space import SKIP_LABELS, search_space_json, validate_arch
+from report.cli import main as report_main
 from tests.nni_harness import nni_experiment
+from tests.test_report import check_report
 
 pytestmark = pytest.mark.e2e   # real nnictl experiments: not in the fast suite (pytest -m "not e2e")
 
@@ -77,3 +79,9 @@ def test_random_search_with_nnictl_then_export_and_retrain(tmp_path):
     result = json.loads((run / "result.json").read_text())
     assert json.loads((run / "arch.json").read_text()) == archs[best_id]
     assert 0.0 <= result["test_acc"] <= 1.0 and result["epoch"] == 1
+
+    # the experiment's report: every trial, accuracy per architecture, each skip on/off
+    text = check_report(report_main([str(exp_dir)]), list(archs))
+    assert "(architectures.png)" in text and all(f"(effect_{k}.png)" in text for k in SKIP_LABELS)
+    # and the retrain's own
+    check_report(report_main([str(run)]), [run.name, "Final test accuracy"])
