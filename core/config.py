@@ -19,10 +19,14 @@ from typing import Any, Callable, Literal, Sequence, TypeVar
 
 import yaml
 
-from core.errors import UserError
+from core.errors import UserError, first_line
 from core.paths import absolute_paths, default_data, default_data_root, default_out_dir
 
 C = TypeVar("C", bound="TrainConfig")
+
+#: Image sides (px) the networks take: 32 is CIFAR's; every model ends in global pooling, but the
+#: deepest downsample 32x, and beyond 512 px the data no longer fits in memory as uint8 tensors.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 512
 
 #: The allowed values of the choice fields, each named once; the config check, the command-line
 #: help and the factories in core.train all read them from here.
@@ -103,6 +107,22 @@ class TrainConfig:
         for name in ("momentum", "weight_decay", "grad_clip", "lr_min"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name}: {getattr(self, name)} is not allowed; it must be 0 or more")
+        if not 0 <= self.seed < 2**63:
+            raise UserError(f"seed: {self.seed} is not allowed; it must be in [0, 2**63)")
+        if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            raise UserError(f"image_size: {self.image_size} is not allowed; it must be in [{MIN_IMAGE_SIZE}, "
+                            f"{MAX_IMAGE_SIZE}] px (the networks downsample 32 px images by 8 to 32)")
+        if self.crop_padding >= self.image_size:
+            raise UserError(f"crop_padding: {self.crop_padding} is not allowed; it must be less than the image size "
+                            f"({self.image_size} px)")
+        if self.cutout > self.image_size:
+            raise UserError(f"cutout: {self.cutout} is not allowed; it must be at most the image size "
+                            f"({self.image_size} px)")
+        if self.run_name and ("/" in self.run_name or os.sep in self.run_name or self.run_name.startswith(".")):
+            raise UserError(f"run_name: {self.run_name!r} is not allowed; use a plain folder name (no '/', no "
+                            "leading '.')")
+        if os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
+            raise UserError(f"out_dir: {self.out_dir!r} is a file, not a folder")
 
 
 @dataclasses.dataclass
@@ -210,13 +230,28 @@ def from_dict(cls: type[C], values: dict[str, Any], source: str = "config") -> C
     return cfg
 
 
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """The text of a file the user named, or a :class:`UserError` saying what is wrong with it
+    (missing, a folder, not text)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{what} {str(p)!r} is a folder, not a file")
+    if not p.is_file():
+        raise UserError(f"{what} {str(p)!r} does not exist")
+    try:
+        return p.read_text()
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {str(p)!r} is not a text file") from None
+    except OSError as exc:
+        raise UserError(f"{what} {str(p)!r} cannot be read ({exc.strerror})") from None
+
+
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML mapping, turning a missing or malformed file into a :class:`UserError`."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file {str(p)!r} does not exist")
+    text = read_text(p, "config file")
     try:
-        values = yaml.safe_load(p.read_text()) or {}
+        values = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"config file {str(p)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(values, dict):
@@ -228,12 +263,13 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
     """Read a JSON file, turning a missing or malformed file into a :class:`UserError` that names
     ``what`` it is (``--arc``, say)."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{what}: {str(p)!r} does not exist")
+    text = read_text(p, what)
     try:
-        return json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{what} {str(p)!r}: not valid JSON ({exc})") from None
+        return json.loads(text)
+    except RecursionError:
+        raise UserError(f"{what} {str(p)!r}: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # malformed, or an integer of thousands of digits
+        raise UserError(f"{what} {str(p)!r}: not valid JSON ({first_line(exc)})") from None
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:

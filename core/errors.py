@@ -42,7 +42,7 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from None
         except KeyboardInterrupt:
-            print("error: interrupted before any epoch was saved; nothing to resume", file=sys.stderr)
+            print("error: interrupted", file=sys.stderr)
             raise SystemExit(Interrupted.exit_code) from None
 
     return wrapper

@@ -7,6 +7,7 @@ the config and architecture from the checkpoint, nanoGPT-style, and continues in
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -16,8 +17,9 @@ from core import distributed
 from core.checkpoint import atomic_write_text, load_checkpoint
 from core.config import TrainConfig, from_dict
 from core.data import Splits, make_splits
-from core.run import Run
-from core.train import EpochCallback, LossFn, Trainer, cross_entropy, seed_everything
+from core.errors import Interrupted, UserError
+from core.run import Run, to_json
+from core.train import EpochCallback, LossFn, Trainer, config_id, cross_entropy, seed_everything
 
 RESULT_FILE = "result.json"
 
@@ -28,9 +30,29 @@ def load_splits(cfg: TrainConfig) -> Splits:
 
 
 def config_from_checkpoint(cls: type, path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """The config a checkpoint was written with (so a resume needs nothing but the checkpoint)."""
+    """The config a checkpoint was written with (so a resume needs nothing but the checkpoint),
+    after checking the checkpoint belongs to this command and is consistent: all before anything
+    is written into its run folder."""
     state = load_checkpoint(path)
-    return from_dict(cls, state["config"], source=f"checkpoint {str(path)!r}"), state
+    where = f"checkpoint {str(path)!r}"
+    missing = [k for k in ("config", "epoch", "model", "optimizer", "scheduler", "rng") if k not in state]
+    if missing:
+        raise UserError(f"{where} is not a training checkpoint of this project (no {', '.join(missing)})")
+    writer = state.get("writer")
+    if writer != config_id(cls):
+        raise UserError(f"{where} was written by another command ({writer or 'unknown'}), not by this one "
+                        f"({config_id(cls)}); resume it with the command that wrote it")
+    cfg = from_dict(cls, state["config"], source=where)
+    t_max = state["scheduler"].get("T_max")
+    if t_max is not None and t_max != cfg.epochs:
+        raise UserError(f"{where}: its config says epochs {cfg.epochs} but its schedule was built for {t_max}; a "
+                        "checkpoint's config cannot be edited: start a new run (or resume the original)")
+    if not 0 <= state["epoch"] <= cfg.epochs:
+        raise UserError(f"{where}: epoch {state['epoch']} is outside its run of {cfg.epochs} epochs")
+    return cfg, state
+
+
+
 
 
 def open_run(cfg: Any, name: str, *, run_dir: str | Path | None = None,
@@ -38,7 +60,11 @@ def open_run(cfg: Any, name: str, *, run_dir: str | Path | None = None,
     """The run folder: the checkpoint's when resuming, else ``run_dir`` (an NNI trial's output
     folder), else a new ``cfg.out_dir/<run_name or name>-<time>``; the resolved config is written."""
     if resume:
-        return Run(Path(resume).parent)
+        run = Run(Path(resume).parent)
+        left = run.remove_temp_files()
+        if left:
+            run.log(f"removed {len(left)} temporary file(s) a killed write left: {', '.join(p.name for p in left)}")
+        return run
     if run_dir is not None:
         run = Run(run_dir)
         run.write_config(cfg)
@@ -68,7 +94,7 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
     trainer joins the process group, rank 0 alone opens and writes the run folder and tells the
     others its path, and every rank returns the same result.
     """
-    state = load_checkpoint(resume) if resume else None
+    state = config_from_checkpoint(type(cfg), resume)[1] if resume else None
     splits = load_splits(cfg)
     seed_everything(cfg.seed)
     model = build_model(splits.num_classes)
@@ -89,7 +115,10 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
     if state is not None:
         trainer.load_state_dict(state)
         log(f"resumed from {resume} after epoch {state['epoch']}")
-    history = trainer.fit(on_epoch=on_epoch)
+    try:
+        history = trainer.fit(on_epoch=on_epoch)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_message(run, trainer) if run else "interrupted") from None
     result: dict[str, Any] = {**(history[-1] if history else {}), "params": n_params, "run_dir": run_path}
     result.update(trainer.finish())
     if final_test:
@@ -97,5 +126,15 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
         result["test_acc"], result["test_loss"] = test["acc"], test["loss"]
         log(f"final test accuracy {test['acc']:.4f}")
     if run:
-        atomic_write_text(run.dir / RESULT_FILE, json.dumps(result, indent=2) + "\n")
+        atomic_write_text(run.dir / RESULT_FILE, to_json(result, indent=2) + "\n")
     return result
+
+
+def interrupted_message(run: Run, trainer: Trainer) -> str:
+    """Where an interrupted run can be continued from, and the command that does it."""
+    done = trainer.start_epoch
+    if not done or not run.checkpoint_path.exists():
+        return f"interrupted in epoch {done + 1} before any epoch was saved; run folder {run.dir}"
+    command = f"python {sys.argv[0]} --resume {run.checkpoint_path}" if sys.argv and sys.argv[0] else "--resume"
+    return (f"interrupted in epoch {done + 1}; the last checkpoint is {run.checkpoint_path} (after epoch {done}); "
+            f"continue with: {command}")

@@ -7,6 +7,7 @@ import math
 import random
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -20,6 +21,28 @@ from core.errors import UserError
 from core.loader import BatchLoader
 from core.run import Run, format_metrics
 from core.speed import compile_model, use_channels_last
+
+
+def config_id(cfg: Any) -> str:
+    """Which command a config (and so a checkpoint) belongs to: its config class, named by its
+    module's import name also when the script runs as ``__main__``."""
+    cls = cfg if isinstance(cfg, type) else type(cfg)
+    module = cls.__module__
+    if module == "__main__":
+        main = sys.modules["__main__"]
+        spec = getattr(main, "__spec__", None)
+        if spec is not None and spec.name:
+            module = spec.name
+        else:
+            from core.paths import REPO_ROOT
+
+            script = Path(main.__file__).resolve()
+            # a stage script outside this checkout (NNI's remote service runs an uploaded copy):
+            # named by its folder, as from the checkout (hpo/trial.py -> hpo.trial)
+            parts = script.relative_to(REPO_ROOT).parts if script.is_relative_to(REPO_ROOT) \
+                else (script.parent.name, script.name)
+            module = ".".join(Path(*parts).with_suffix("").parts)
+    return f"{module}.{cls.__qualname__}"
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -223,6 +246,7 @@ class Trainer:
             "rng": rng_state(),
             "loader": self.train_loader.state_dict(),
             "history": self.history,
+            "writer": config_id(self.cfg),  # which command's checkpoint this is (checked on resume)
             **self.extra_state(),
         }
 

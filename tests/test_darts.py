@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from core.checkpoint import load_checkpoint
+from core.errors import Interrupted
 from core.run import Run
 from oneshot_darts.arch import load_arch, parse_arch
 from oneshot_darts.ops import OP_NAMES
@@ -369,7 +370,7 @@ def test_retrain_interrupted_after_first_epoch_resumes_exactly(tmp_path, one_thr
     def interrupt(metrics):
         if metrics["epoch"] == 1:
             raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="the last checkpoint is .*killed/checkpoint.pt \\(after epoch 1\\)"):
         run_retrain(cfg, genotype, run_dir=str(tmp_path / "killed"), on_epoch=interrupt)
     assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 1
     torch.manual_seed(1234)
