@@ -12,6 +12,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+pytestmark = pytest.mark.e2e   # kills real processes and nnictl experiments (minutes): not in the fast suite (pytest -m "not e2e")
 import torch
 
 from tests.nni_harness import nni_experiment
