@@ -44,8 +44,9 @@ def rank() -> int:
 
 
 def is_main() -> bool:
-    """Whether this process writes (rank 0, or the only process)."""
-    return rank() == 0
+    """Whether this process writes (rank 0, or the only process); before the process group is
+    joined, torchrun's ``RANK`` says it."""
+    return (rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))) == 0
 
 
 def launched() -> bool:

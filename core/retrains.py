@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from core import distributed
 from core.checkpoint import atomic_write_text
 from core.errors import UserError
 from core.experiments import Trial, ranked
@@ -84,12 +85,13 @@ def retrain_top(trials: Sequence[Trial], k: int, *, out_dir: str | os.PathLike, 
             continue
         checkpoint = run_dir / CHECKPOINT_FILE
         resume = checkpoint if checkpoint.is_file() else None
-        if resume is None:
-            (run_dir / METRICS_FILE).unlink(missing_ok=True)   # what a start killed before its first checkpoint left
         origin = {"experiment_id": experiment_id, "experiment_dir": str(experiment_dir), "stage": stage,
                   "trial_id": trial.trial_id, "rank": rank, "search_metric": trial.final,
                   "search_epochs": trial.epochs_run, **extra}
-        atomic_write_text(run_dir / ORIGIN_FILE, json.dumps(origin, indent=2) + "\n")
+        if distributed.is_main():  # under torchrun, rank 0 alone writes (as for every run folder)
+            if resume is None:
+                (run_dir / METRICS_FILE).unlink(missing_ok=True)   # what a start killed before its first checkpoint left
+            atomic_write_text(run_dir / ORIGIN_FILE, json.dumps(origin, indent=2) + "\n")
         log(f"[{rank}/{len(chosen)}] trial {trial.trial_id} (search metric {trial.final:.4f}): "
             + (f"resuming {resume}" if resume else f"retraining in {run_dir}"))
         result = train_one(trial, run_dir, resume)
