@@ -27,8 +27,8 @@ from typing import Any, Sequence
 
 from core.config import TrainConfig, add_config_arguments, check_resume_only, config_from_args, field
 from core.errors import UserError, cli_main
-from core.experiments import Trial, find_experiment, read_profile
-from core.retrains import retrain_top
+from core.experiments import Trial
+from core.retrains import retrain_top_of
 from core.runner import config_from_checkpoint, train
 
 STAGE = "classic_nas_retrain"
@@ -95,9 +95,6 @@ def retrain_top_archs(args: argparse.Namespace) -> list[dict[str, Any]]:
     from classic_nas.export import load_experiment, trial_arch
     from classic_nas.space import validate_arch
 
-    exp_dir = find_experiment(args.experiment, args.experiments_dir)
-    exp_id = read_profile(exp_dir).experiment_id
-    trials = load_experiment(exp_dir)
     first = config_from_args(RetrainConfig, args)   # bad flags: an error before anything is written
 
     def train_one(trial: Trial, run_dir: Path, resume: Path | None) -> dict[str, Any]:
@@ -107,13 +104,9 @@ def retrain_top_archs(args: argparse.Namespace) -> list[dict[str, Any]]:
             return _train_arch(cfg, arch, resume=resume)
         return _train_arch(config_from_args(RetrainConfig, args), trial_arch(trial), run_dir=run_dir)
 
-    done = retrain_top(trials, args.top or 1, out_dir=first.out_dir, stage=STAGE, experiment_id=exp_id,
-                       experiment_dir=exp_dir, origin_extra=lambda t: {"params": trial_arch(t)}, train_one=train_one)
-    rows = [{"rank": d.rank, "trial_id": d.trial.trial_id, "search_metric": d.trial.final, "action": d.action,
-             "run_dir": str(d.run_dir), "test_acc": (d.result or {}).get("test_acc")} for d in done]
-    print(json.dumps(rows), flush=True)
-    print(f"compare the search with these retrains: python -m report {exp_dir}", flush=True)
-    return rows
+    return retrain_top_of(args.experiment, args.experiments_dir, args.top or 1, load=load_experiment,
+                          out_dir=first.out_dir, stage=STAGE, origin_extra=lambda t: {"params": trial_arch(t)},
+                          train_one=train_one)
 
 
 if __name__ == "__main__":

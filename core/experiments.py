@@ -123,29 +123,31 @@ def _last_error_line(log_dir: str | None) -> str | None:
 
 # --- the experiment database -------------------------------------------------------------------
 
-def _connect(db: Path) -> sqlite3.Connection:
+def _query(db: str | os.PathLike, *statements: str) -> list[list[tuple]]:
+    """The rows of each SQL statement, read from an experiment database opened read-only; a
+    missing, unreadable or foreign file is a :class:`UserError`."""
+    db = Path(db)
+    if not db.is_file():
+        raise UserError(f"experiment database {str(db)!r} does not exist")
     try:
-        return sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise UserError(f"experiment database {str(db)!r} cannot be opened ({exc})") from None
+    try:
+        return [con.execute(sql).fetchall() for sql in statements]
+    except sqlite3.Error as exc:
+        raise UserError(f"{str(db)!r} is not an NNI experiment database ({exc})") from None
+    finally:
+        con.close()
 
 
 def trials_from_db(db: str | os.PathLike, param_keys: Sequence[str] = ()) -> list[Trial]:
     """Every trial recorded in an experiment's ``db/nni.sqlite``, in start order; ``param_keys``:
     the parameters its trials repeat in their final result (see the module docstring)."""
-    db = Path(db)
-    if not db.is_file():
-        raise UserError(f"experiment database {str(db)!r} does not exist")
-    con = _connect(db)
-    try:
-        events = con.execute("SELECT timestamp, trialJobId, event, data, logPath, sequenceId "
-                             "FROM TrialJobEvent ORDER BY timestamp").fetchall()
-        metrics = con.execute("SELECT timestamp, trialJobId, parameterId, type, sequence, data "
-                              "FROM MetricData ORDER BY timestamp").fetchall()
-    except sqlite3.Error as exc:
-        raise UserError(f"{str(db)!r} is not an NNI experiment database ({exc})") from None
-    finally:
-        con.close()
+    events, metrics = _query(db, "SELECT timestamp, trialJobId, event, data, logPath, sequenceId "
+                                 "FROM TrialJobEvent ORDER BY timestamp",
+                             "SELECT timestamp, trialJobId, parameterId, type, sequence, data "
+                             "FROM MetricData ORDER BY timestamp")
     return _assemble(events, metrics, param_keys)
 
 
@@ -351,18 +353,11 @@ class Profile:
 def read_profile(exp_dir: str | os.PathLike) -> Profile:
     """The latest ``ExperimentProfile`` row of the experiment in ``exp_dir`` (see :func:`find_experiment`)."""
     db = Path(exp_dir) / "db" / "nni.sqlite"
-    if not db.is_file():
-        raise UserError(f"experiment database {str(db)!r} does not exist")
-    con = _connect(db)
-    try:
-        row = con.execute("SELECT params, id, execDuration, startTime, endTime FROM ExperimentProfile "
-                          "ORDER BY revision DESC LIMIT 1").fetchone()
-    except sqlite3.Error as exc:
-        raise UserError(f"{str(db)!r} is not an NNI experiment database ({exc})") from None
-    finally:
-        con.close()
-    if row is None:
+    rows, = _query(db, "SELECT params, id, execDuration, startTime, endTime FROM ExperimentProfile "
+                       "ORDER BY revision DESC LIMIT 1")
+    if not rows:
         raise UserError(f"{str(db)!r} holds no experiment profile")
+    row = rows[0]
     params = _loads_deep(row[0])
     return Profile(experiment_id=str(row[1]), params=params if isinstance(params, dict) else {},
                    exec_seconds=row[2], start_ms=row[3], end_ms=row[4])

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 from core import distributed
 from core.checkpoint import atomic_write_text
 from core.errors import UserError
-from core.experiments import Trial, ranked
+from core.experiments import Trial, find_experiment, ranked, read_profile
 from core.run import CHECKPOINT_FILE, METRICS_FILE
 from core.runner import RESULT_FILE
 
@@ -97,6 +97,23 @@ def retrain_top(trials: Sequence[Trial], k: int, *, out_dir: str | os.PathLike, 
         result = train_one(trial, run_dir, resume)
         done.append(TopRetrain(rank, trial, run_dir, "resumed" if resume else "started", result))
     return done
+
+
+def retrain_top_of(source: str, experiments_dir: str | None, k: int, *, load: Callable[[Path], list[Trial]],
+                   out_dir: str | os.PathLike, stage: str, origin_extra: Callable[[Trial], dict[str, Any]],
+                   train_one: Callable[[Trial, Path, Path | None], dict[str, Any]]) -> list[dict[str, Any]]:
+    """A retrain command's ``--top K``: find the experiment, read its trials with the stage's
+    ``load``, retrain the best (:func:`retrain_top`), print one JSON row per retrain and the
+    command that compares them with the search; returns the rows."""
+    exp_dir = find_experiment(source, experiments_dir)
+    exp_id = read_profile(exp_dir).experiment_id
+    done = retrain_top(load(exp_dir), k, out_dir=out_dir, stage=stage, experiment_id=exp_id, experiment_dir=exp_dir,
+                       origin_extra=origin_extra, train_one=train_one)
+    rows = [{"rank": d.rank, "trial_id": d.trial.trial_id, "search_metric": d.trial.final, "action": d.action,
+             "run_dir": str(d.run_dir), "test_acc": (d.result or {}).get("test_acc")} for d in done]
+    print(json.dumps(rows), flush=True)
+    print(f"compare the search with these retrains: python -m report {exp_dir}", flush=True)
+    return rows
 
 
 def find_retrains(folders: Sequence[str | os.PathLike], experiment_id: str) -> list[dict[str, Any]]:

@@ -31,8 +31,8 @@ from core import distributed
 from core.checkpoint import atomic_write_text
 from core.config import ModelConfig, add_config_arguments, check_resume_only, config_from_args, field
 from core.errors import UserError, cli_main
-from core.experiments import Trial, find_experiment, read_profile, trials_from_export
-from core.retrains import retrain_top
+from core.experiments import Trial, trials_from_export
+from core.retrains import retrain_top_of
 from core.runner import config_from_checkpoint, train
 from hpo import PARAM_KEYS
 from hpo.results import best_trial, load_experiment, searched_params
@@ -114,9 +114,6 @@ def retrain_top_trials(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     if not args.experiment:
         raise UserError("--top needs --experiment ID_OR_DIR (the retrains are filed under the experiment's id)")
-    exp_dir = find_experiment(args.experiment, args.experiments_dir)
-    exp_id = read_profile(exp_dir).experiment_id
-    trials = load_experiment(exp_dir)
     first = config_from_args(RetrainConfig, args)   # bad flags: an error before anything is written
 
     def train_one(trial: Trial, run_dir: Path, resume: Path | None) -> dict[str, Any]:
@@ -128,14 +125,9 @@ def retrain_top_trials(args: argparse.Namespace) -> list[dict[str, Any]]:
                      run_dir=None if resume else run_dir, resume=resume,
                      eval_splits=("val",) if cfg.val_fraction > 0 else (), final_test=True)
 
-    done = retrain_top(trials, args.top, out_dir=first.out_dir, stage="hpo_retrain", experiment_id=exp_id,
-                       experiment_dir=exp_dir, origin_extra=lambda t: {"params": trial_params(t)},
-                       train_one=train_one)
-    rows = [{"rank": d.rank, "trial_id": d.trial.trial_id, "search_metric": d.trial.final, "action": d.action,
-             "run_dir": str(d.run_dir), "test_acc": (d.result or {}).get("test_acc")} for d in done]
-    print(json.dumps(rows), flush=True)
-    print(f"compare the search with these retrains: python -m report {exp_dir}", flush=True)
-    return rows
+    return retrain_top_of(args.experiment, args.experiments_dir, args.top, load=load_experiment,
+                          out_dir=first.out_dir, stage="hpo_retrain",
+                          origin_extra=lambda t: {"params": trial_params(t)}, train_one=train_one)
 
 
 if __name__ == "__main__":

@@ -171,22 +171,26 @@ class Experiment:
             return []
 
     def processes(self) -> list[psutil.Process]:
-        """Live processes of this experiment: anything whose command line, environment or working
-        folder names the experiment's working directory (manager, dispatcher, trials)."""
-        marker = str(self.work_dir)
-        found = []
-        for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
-            try:
-                if proc.pid == os.getpid():
-                    continue
-                text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["cwd"] or "")
-                if marker not in text:
-                    text += " " + " ".join(proc.environ().values())
-                if marker in text and proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        """Live processes of this experiment (manager, dispatcher, trials)."""
+        return processes_under(str(self.work_dir))
+
+
+def processes_under(marker: str) -> list[psutil.Process]:
+    """Live processes (not this one, not zombies) whose command line, working folder or
+    environment names ``marker`` (an experiment's working directory, a test's HOME)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        try:
+            if proc.pid == os.getpid():
                 continue
-        return found
+            text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["cwd"] or "")
+            if marker not in text:
+                text += " " + " ".join(proc.environ().values())
+            if marker in text and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
 
 
 def _nnictl(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:

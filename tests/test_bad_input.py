@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from core import data as data_mod
-from core.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import TrainConfig, from_dict, read_yaml
 from core.data import load_source
 from core.errors import UserError

@@ -20,29 +20,12 @@ import psutil
 import pytest
 from nbclient import NotebookClient
 
-from tests.nni_harness import BIN, free_port
+from tests.nni_harness import BIN, free_port, processes_under
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "colab.ipynb"
 
 pytestmark = pytest.mark.e2e   # a real nnictl experiment: not in the fast suite (pytest -m "not e2e")
-
-
-def _processes_under(marker: str) -> list[psutil.Process]:
-    """Live processes whose command line, working folder or environment names ``marker``."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
-        try:
-            if proc.pid == os.getpid():
-                continue
-            text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["cwd"] or "")
-            if marker not in text:
-                text += " " + " ".join(proc.environ().values())
-            if marker in text and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
 
 
 def test_the_parameters_cell_is_tagged_and_offline_skips_only_the_colab_proxy():
@@ -75,7 +58,7 @@ def test_notebook_runs_offline_in_a_real_kernel_and_leaves_no_nni_process(tmp_pa
     finally:
         took = time.monotonic() - started
         (tmp_path / "executed.ipynb").write_text(nbformat.writes(nb))
-        left = _processes_under(str(home))
+        left = processes_under(str(home))
         for proc in left:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
