@@ -32,17 +32,55 @@ def first_line(exc: BaseException) -> str:
 
 def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
     """Decorate a command's ``main``: a :class:`UserError` becomes ``error: <message>`` and its
-    exit code; Ctrl-C anywhere else becomes one line and exit 130, not a traceback."""
+    exit code; Ctrl-C becomes one line (where to resume, when a run was interrupted), not a
+    traceback.
+
+    A process stopped by a real SIGINT (Ctrl-C, or NNI's remote training service cancelling a
+    trial) then dies by SIGINT, as Python itself would, so that whoever started it sees an
+    interrupted process rather than a failed one; an interruption raised in-process exits 130.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        signalled = []
+
+        def on_sigint(signum, frame):
+            signalled.append(signum)
+            raise KeyboardInterrupt
+
+        previous = _set_sigint(on_sigint)
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            if isinstance(exc, Interrupted) and signalled:
+                _die_by_sigint()
             raise SystemExit(exc.exit_code) from None
         except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
+            print("error: interrupted", file=sys.stderr, flush=True)
+            if signalled:
+                _die_by_sigint()
             raise SystemExit(Interrupted.exit_code) from None
+        finally:
+            if previous is not None:
+                _set_sigint(previous)
 
     return wrapper
+
+
+def _set_sigint(handler):
+    """Install a SIGINT handler where that is possible (the main thread); returns the old one."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, handler)
+
+
+def _die_by_sigint() -> None:
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
