@@ -1,9 +1,10 @@
-"""DARTS architectures as data: three file formats read into one :class:`Genotype`, strictly.
+"""DARTS architectures as data: four file formats read into one :class:`Genotype`, strictly.
 
 A DARTS architecture names, for the normal and the reduction cell, each intermediate node's two
 incoming edges: which earlier node feeds it (0 and 1 are the cell's two inputs, the outputs of the
 two previous cells; node ``n`` >= 2 is the ``n - 2``-th intermediate node) and which operation
-of :data:`oneshot_darts.ops.OP_NAMES` it applies. Three formats are read:
+of :data:`oneshot_darts.ops.OP_NAMES` it applies (a node may take the same input on both edges, as
+several published cells do). Four formats are read:
 
 1. this project's own (what ``search.py`` writes to ``final_arch.json``)::
 
@@ -18,18 +19,31 @@ of :data:`oneshot_darts.ops.OP_NAMES` it applies. Three formats are read:
    (an op name such as ``sepconv3x3``, or ``[]``) and ``{cell}_n{n}_switch``, the two ``p`` keys
    chosen.
 
+4. a ``Genotype(...)`` expression as the DARTS code bases print and publish their cells
+   (quark0/darts and PC-DARTS ``genotypes.py``: a flat list of two (op, input) pairs per node;
+   khanrc/pt.darts: one list of pairs per node)::
+
+       Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ...], normal_concat=[2, 3, 4, 5],
+                reduce=[...], reduce_concat=range(2, 6))
+
+   optionally as an assignment (``DARTS_V1 = Genotype(...)``) and with ``#`` comments around it.
+   It is parsed, never evaluated: only that call with literal lists, tuples, strings, integers and
+   ``range(a, b)`` is accepted (:func:`parse_genotype_text`). The concatenated nodes must be all
+   intermediate nodes, as in every DARTS-space cell (this project's cells concatenate all of them).
+
 Anything else is a :class:`ArchError` (a :class:`~core.errors.UserError`) naming the key and
 what is allowed: the commands print it as one line and write nothing.
 """
 from __future__ import annotations
 
+import ast
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.config import read_json
+from core.config import read_json, read_text
 from core.errors import UserError
 from oneshot_darts.ops import OP_NAMES
 
@@ -108,8 +122,12 @@ class Genotype:
 # --- reading -------------------------------------------------------------------------------------
 
 def load_arch(path: str | Path, what: str = "--arc") -> Genotype:
-    """Read an architecture file in any of the three formats."""
-    return parse_arch(read_json(path, what), source=f"{what} {str(path)!r}")
+    """Read an architecture file in any of the four formats (a ``Genotype(...)`` text or JSON)."""
+    source = f"{what} {str(path)!r}"
+    text = read_text(path, what)
+    if is_genotype_text(text):
+        return parse_genotype_text(text, source)
+    return parse_arch(read_json(path, what), source=source)
 
 
 def parse_arch(data: Any, source: str = "architecture") -> Genotype:
@@ -132,7 +150,8 @@ def parse_arch(data: Any, source: str = "architecture") -> Genotype:
 
 
 _FORMATS_HINT = ("(keys 'normal' and 'reduce' as search.py writes them; NNI 3.0's 'normal/op_2_0', "
-                 "'normal/input_2_0', ...; or NNI 1.x's 'normal_n2_p0', 'normal_n2_switch', ...)")
+                 "'normal/input_2_0', ...; or NNI 1.x's 'normal_n2_p0', 'normal_n2_switch', ...), or a text file "
+                 "holding a Genotype(normal=[...], normal_concat=..., reduce=[...], reduce_concat=...) expression")
 
 
 def _check_op(key: str, value: Any, source: str, names: dict[str, str] | None = None) -> str:
@@ -153,13 +172,6 @@ def _check_input(key: str, value: Any, node: int, source: str) -> int:
     if value < 0:
         raise ArchError(f"{source}: key {key!r}: input {value} is negative; node {node} takes inputs 0..{node - 1}")
     return value
-
-
-def _check_node(edges: list[Edge], where: str, node: int, source: str) -> Node:
-    if edges[0][1] == edges[1][1]:
-        raise ArchError(f"{source}: {where}: node {node} takes input {edges[0][1]} on both edges; "
-                        "its two inputs must be two different earlier nodes")
-    return canonical_node(edges)
 
 
 def canonical_node(edges: list[Edge] | tuple[Edge, ...]) -> Node:
@@ -205,7 +217,7 @@ def _parse_own(data: dict[str, Any], source: str) -> Genotype:
                     raise ArchError(f"{source}: {where}: edge {edge!r} must be a pair [op, input]")
                 key = f"{c}[{n - FIRST_NODE}][{k}]"
                 edges.append((_check_op(key, edge[0], source), _check_input(key, edge[1], n, source)))
-            parsed.append(_check_node(edges, where, n, source))
+            parsed.append(canonical_node(edges))
         cells[c] = tuple(parsed)
     return Genotype(**cells)
 
@@ -240,7 +252,7 @@ def _parse_nni3(data: dict[str, Any], source: str) -> Genotype:
                     raise ArchError(f"{source}: key {in_key!r}: {value!r} must be a list of exactly one input "
                                     f"node such as [0]; node {n} takes inputs 0..{n - 1}")
                 edges.append((op, _check_input(in_key, value[0], n, source)))
-            parsed.append(_check_node(edges, f"keys '{c}/input_{n}_0' and '{c}/input_{n}_1'", n, source))
+            parsed.append(canonical_node(edges))
         cells[c] = tuple(parsed)
     return Genotype(**cells)
 
@@ -287,6 +299,119 @@ def _parse_nni1(data: dict[str, Any], source: str) -> Genotype:
                 if key not in switch and value != [] and value not in unchosen:
                     raise ArchError(f"{source}: key {key!r}: {value!r} is not an operation; allowed: "
                                     f"{', '.join(unchosen)}, or [] for an input not chosen")
-            parsed.append(_check_node(edges, f"key {switch_key!r}", n, source))
+            parsed.append(canonical_node(edges))
         cells[c] = tuple(parsed)
     return Genotype(**cells)
+
+
+# --- format 4: Genotype(...) text ----------------------------------------------------------------
+
+GENOTYPE_FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat")  # the namedtuple's field order
+_GENOTYPE_CALL = re.compile(r"\bGenotype\s*\(")
+
+
+def is_genotype_text(text: str) -> bool:
+    """Whether a file's text is meant as a ``Genotype(...)`` expression (format 4) rather than JSON:
+    it names ``Genotype(`` and does not start like a JSON object or list."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return bool(lines) and lines[0][0] not in "{[" and bool(_GENOTYPE_CALL.search(text))
+
+
+def parse_genotype_text(text: str, source: str = "architecture") -> Genotype:
+    """Read a ``Genotype(...)`` expression (format 4, see the module docstring) without evaluating
+    it: the syntax tree must be one call of ``Genotype`` (optionally assigned to a name) whose
+    arguments are literals (:func:`ast.literal_eval` of each) or ``range(a, b)`` for a concat."""
+    try:
+        tree = ast.parse(text, mode="exec")
+    except SyntaxError as exc:
+        raise ArchError(f"{source}: not a valid Genotype(...) expression (line {exc.lineno}: {exc.msg})") from None
+    statements = tree.body
+    call = None
+    if len(statements) == 1:
+        stmt = statements[0]
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            call = stmt.value
+        elif isinstance(stmt, ast.Expr):
+            call = stmt.value
+    name = getattr(getattr(call, "func", None), "id", getattr(getattr(call, "func", None), "attr", None))
+    if not isinstance(call, ast.Call) or name != "Genotype":
+        raise ArchError(f"{source}: must hold exactly one Genotype(normal=[...], normal_concat=[...], reduce=[...], "
+                        "reduce_concat=[...]) expression (optionally 'NAME = Genotype(...)'), and nothing else")
+    if len(call.args) > len(GENOTYPE_FIELDS) or any(isinstance(a, ast.Starred) for a in call.args):
+        raise ArchError(f"{source}: Genotype takes at most {len(GENOTYPE_FIELDS)} arguments: "
+                        f"{', '.join(GENOTYPE_FIELDS)}")
+    args = dict(zip(GENOTYPE_FIELDS, call.args))
+    for kw in call.keywords:
+        if kw.arg not in GENOTYPE_FIELDS:
+            raise ArchError(f"{source}: Genotype argument {kw.arg or '**'!r} is not allowed; allowed: "
+                            f"{', '.join(GENOTYPE_FIELDS)}")
+        if kw.arg in args:
+            raise ArchError(f"{source}: Genotype argument {kw.arg!r} is given twice")
+        args[kw.arg] = kw.value
+    cells = {}
+    for c in CELLS:
+        if c not in args:
+            raise ArchError(f"{source}: Genotype has no {c!r} argument; both 'normal' and 'reduce' are required")
+        cells[c] = _genotype_cell(c, _literal(args[c], c, source), source)
+        concat_key = f"{c}_concat"
+        if concat_key in args:
+            concat = _concat(args[concat_key], concat_key, source)
+            every = list(range(FIRST_NODE, FIRST_NODE + len(cells[c])))
+            if concat != every:
+                raise ArchError(f"{source}: {concat_key} {concat} is not supported; this project's cells concatenate "
+                                f"every intermediate node ({every}, i.e. range({FIRST_NODE}, {every[-1] + 1}), "
+                                "for this cell)")
+    genotype = Genotype(**cells)
+    if genotype.n_nodes != len(genotype.reduce):
+        raise ArchError(f"{source}: the normal cell has {genotype.n_nodes} nodes but the reduction cell "
+                        f"{len(genotype.reduce)}; both cells must have the same number of nodes")
+    return genotype
+
+
+def _literal(node: ast.AST, key: str, source: str) -> Any:
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise ArchError(f"{source}: {key}: {ast.unparse(node)[:60]!r} is not a literal (a list of (op, input) "
+                        "pairs, or for a concat a list of nodes or range(a, b))") from None
+
+
+def _concat(node: ast.AST, key: str, source: str) -> list[int]:
+    """A concat: a literal list/tuple of node indices, or ``range(a, b)`` with literal integers."""
+    if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "range" and not node.keywords \
+            and 1 <= len(node.args) <= 2:
+        bounds = [_literal(a, key, source) for a in node.args]
+        if all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 1000 for b in bounds):
+            return list(range(*bounds))
+        raise ArchError(f"{source}: {key}: range() takes small non-negative integers, got {ast.unparse(node)!r}")
+    value = _literal(node, key, source)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return list(value)
+    raise ArchError(f"{source}: {key}: {value!r} must be a list of node indices or range(a, b)")
+
+
+def _genotype_cell(cell: str, value: Any, source: str) -> tuple[Node, ...]:
+    """A cell's edges: a flat list of (op, input) pairs, two per node (quark0/darts, PC-DARTS), or a
+    list of per-node lists of pairs (khanrc/pt.darts)."""
+    shape_hint = "a list of (op, input) pairs, two per node, such as [('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ...]"
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ArchError(f"{source}: {cell}: must be {shape_hint}")
+    if all(isinstance(v, (list, tuple)) and v and all(isinstance(e, (list, tuple)) for e in v) for v in value):
+        nodes = [list(v) for v in value]                               # pt.darts: one list per node
+    else:
+        if len(value) % EDGES_PER_NODE:
+            raise ArchError(f"{source}: {cell}: has {len(value)} edges; a node takes exactly two, so the number of "
+                            "edges must be even")
+        nodes = [list(value[i:i + EDGES_PER_NODE]) for i in range(0, len(value), EDGES_PER_NODE)]
+    parsed = []
+    for n, edges in enumerate(nodes, start=FIRST_NODE):
+        if len(edges) != EDGES_PER_NODE:
+            raise ArchError(f"{source}: {cell} node {n}: has {len(edges)} inputs; a node takes exactly two")
+        checked = []
+        for k, edge in enumerate(edges):
+            key = f"{cell}[{2 * (n - FIRST_NODE) + k}]"
+            if not isinstance(edge, (list, tuple)) or len(edge) != 2:
+                raise ArchError(f"{source}: {key}: {edge!r} must be a pair (op, input)")
+            checked.append((_check_op(key, edge[0], source), _check_input(key, edge[1], n, source)))
+        parsed.append(canonical_node(checked))
+    return tuple(parsed)

@@ -1,7 +1,8 @@
 """Retrain a DARTS architecture: ``python oneshot_darts/retrain.py --arc final_arch.json``.
 
 Builds the fixed network of the architecture file (this project's ``final_arch.json``, NNI 3.0's
-exported dict, or NNI 1.x's DARTS export; see :mod:`oneshot_darts.arch`) and trains it with the
+exported dict, NNI 1.x's DARTS export, or a published ``Genotype(...)`` text; see
+:mod:`oneshot_darts.arch` and ``oneshot_darts/archs/``) and trains it with the
 core's loop and the paper's recipe by default (Liu et al. 2019, section 3.3): 36 channels, 20
 cells, auxiliary head weighted 0.4, drop path 0.2 increased linearly from 0, cutout 16, SGD lr
 0.025 cosine to 0, momentum 0.9, weight decay 3e-4, batch 96, 600 epochs, gradient clipping 5,
@@ -40,8 +41,8 @@ class RetrainConfig(TrainConfig):
     epochs: int = field(600, "training epochs")
     grad_clip: float = field(5.0, "clip the gradient norm to this; 0 = off")
     # --- the network ---
-    arc: str = field("", "architecture file: final_arch.json of search.py, NNI 3.0's or NNI 1.x's DARTS export "
-                     "(alias --arch)", aliases=("--arch",))
+    arc: str = field("", "architecture file: final_arch.json of search.py, NNI 3.0's or NNI 1.x's DARTS export, or "
+                     "a Genotype(...) text as DARTS repositories publish cells (alias --arch)", aliases=("--arch",))
     channels: int = field(36, "initial channels C (the stem has stem_multiplier x C)")
     layers: int = field(20, "cells; those at one and two thirds of the depth are reduction cells")
     stem_multiplier: int = field(3, "stem output channels / C")
@@ -55,7 +56,7 @@ class RetrainConfig(TrainConfig):
         check_network_shape(self.layers, channels=self.channels, stem_multiplier=self.stem_multiplier)
         if not 0.0 <= self.drop_path < 1.0:
             raise UserError(f"drop_path: {self.drop_path} is not in [0, 1)")
-        if self.compile and self.drop_path:
+        if self.compile == "on" and self.drop_path:
             raise UserError("compile: not allowed with drop_path > 0: the drop-path probability changes every epoch "
                             "and each new value would recompile the network; pass --drop-path 0 to compile")
         if self.auxiliary_weight < 0:
@@ -121,8 +122,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if trial is not None:
         cfg = config_from_args(RetrainConfig, args, overrides=trial.params)
     if not cfg.arc:
-        raise UserError("--arc: required; the architecture file to retrain (final_arch.json of search.py, or an "
-                        "NNI 3.0 / NNI 1.x DARTS export; oneshot_darts/archs/darts_v2.json is the paper's)")
+        raise UserError("--arc: required; the architecture file to retrain (final_arch.json of search.py, an "
+                        "NNI 3.0 / NNI 1.x DARTS export, or a Genotype(...) text; oneshot_darts/archs/ holds the "
+                        "published DARTS_V1, DARTS_V2 and PC-DARTS cells)")
     genotype = load_arch(cfg.arc)
     if trial is None:
         return _finish(run_retrain(cfg, genotype))

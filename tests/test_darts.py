@@ -17,7 +17,7 @@ import torch
 from core.checkpoint import load_checkpoint
 from core.errors import Interrupted
 from core.run import Run
-from oneshot_darts.arch import load_arch, parse_arch
+from oneshot_darts.arch import ArchError, load_arch, parse_arch
 from oneshot_darts.ops import OP_NAMES
 from tests.conftest import REPO
 
@@ -116,6 +116,78 @@ def test_three_formats_read_into_the_same_genotype(tmp_path):
     assert other != own and other.normal[1] == (("sep_conv_5x5", 1), ("dil_conv_5x5", 2))
 
 
+#: DARTS_V2 exactly as quark0/darts cnn/genotypes.py prints it.
+DARTS_V2_GENOTYPE = (
+    "DARTS_V2 = Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+    "('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], "
+    "reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), "
+    "('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])")
+
+
+def test_genotype_text_in_every_published_spelling(tmp_path):
+    """quark0's flat list (assigned, with comments), the printed namedtuple with range() concats,
+    positional arguments, and pt.darts' per-node lists: all the same DARTS-V2 genotype."""
+    own = load_arch(DARTS_V2_FILE)
+    g = own.to_json()
+    flat = {c: [(op, i) for node in g[c] for op, i in node] for c in ("normal", "reduce")}
+    texts = {
+        "quark0.txt": "# the paper's cell\n" + DARTS_V2_GENOTYPE + "  # second order\n",
+        "printed.txt": f"Genotype(normal={flat['normal']}, normal_concat=range(2, 6), reduce={flat['reduce']}, "
+                       "reduce_concat=range(2, 6))",
+        "positional.txt": f"Genotype({flat['normal']}, [2, 3, 4, 5], {flat['reduce']}, (2, 3, 4, 5))",
+        "ptdarts.txt": "Genotype(normal=" + repr([[tuple(e) for e in node] for node in g["normal"]])
+                       + ", normal_concat=range(2, 6), reduce=" + repr([[tuple(e) for e in node] for node in g["reduce"]])
+                       + ", reduce_concat=range(2, 6))",
+    }
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text)
+        assert load_arch(tmp_path / name) == own, name
+
+
+def _published_table() -> list[tuple[str, int, int]]:
+    rows = []
+    for line in (REPO / "oneshot_darts" / "archs" / "README.md").read_text().splitlines():
+        cols = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cols) == 7 and cols[0].startswith("`"):
+            rows.append((cols[0].strip("`"), int(cols[5].replace(",", "")), int(cols[6].replace(",", ""))))
+    return rows
+
+
+def test_published_cells_have_their_stated_parameter_counts():
+    """Every cell shipped in oneshot_darts/archs/ (DARTS_V1, DARTS_V2, PC-DARTS) builds at C=36, 20
+    cells with the parameter counts its README row states (quark0's NetworkCIFAR's counts)."""
+    from oneshot_darts.space import DartsSpace, count_parameters
+
+    rows = _published_table()
+    assert {r[0] for r in rows} == {p.name for p in (REPO / "oneshot_darts" / "archs").iterdir() if p.name != "README.md"}
+    expected = {"darts_v1.txt": (3_169_414, 3_645_840), "darts_v2.json": (3_349_342, 3_825_768),
+                "pc_darts.txt": (3_634_678, 4_111_104)}
+    assert {name: (a, b) for name, a, b in rows} == expected
+    for name, without, with_aux in rows:
+        net = DartsSpace.fixed_network(load_arch(REPO / "oneshot_darts" / "archs" / name), channels=36, layers=20,
+                                       auxiliary=True)
+        assert (count_parameters(net), count_parameters(net, exclude_auxiliary=False)) == (without, with_aux), name
+    assert parse_arch(load_arch(REPO / "oneshot_darts" / "archs" / "darts_v1.txt").to_json()).normal[3] == (
+        ("sep_conv_3x3", 0), ("skip_connect", 2))
+
+
+def test_a_node_may_take_one_input_on_both_edges(tmp_path, one_thread):
+    """Several published cells feed both edges of a node from the same input: read in every
+    format, built, and run."""
+    from oneshot_darts.space import DartsSpace
+
+    data = json.loads(DARTS_V2_FILE.read_text())
+    data["normal"][0] = [["sep_conv_5x5", 0], ["skip_connect", 0]]
+    genotype = parse_arch(data)
+    assert genotype.normal[0] == (("sep_conv_5x5", 0), ("skip_connect", 0))
+    assert parse_arch(genotype.to_nni()) == genotype
+    (tmp_path / "g.txt").write_text("Genotype(normal=[('skip_connect', 0), ('sep_conv_5x5', 0)] + [], reduce=[])")
+    with pytest.raises(ArchError, match="is not a literal"):
+        load_arch(tmp_path / "g.txt")
+    net = DartsSpace.fixed_network(genotype, channels=4, layers=3)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_nni_hub_builds_the_same_darts_v2():
     """NNI's own DARTS-V2 (hub) and ours: the same parameter count, 3,349,342 without the
     auxiliary head, the paper's 3.3M (quark0/darts prints 3.349342 MB for it)."""
@@ -149,8 +221,6 @@ BAD_FILES = {
                     "key 'normal[0][1]': input 2 points forward; node 2 takes inputs 0..1"),
     "own_missing": ("own", lambda d: d.pop("reduce"), "missing key 'reduce'; allowed keys: 'normal', 'reduce'"),
     "own_extra_key": ("own", lambda d: d.__setitem__("normal_concat", [2, 3]), "unknown key 'normal_concat'"),
-    "own_same_input_twice": ("own", lambda d: d["normal"][0].__setitem__(1, ["sep_conv_5x5", 0]),
-                             "node 2 takes input 0 on both edges"),
     "nni3_unknown_op": ("nni3", lambda d: d.__setitem__("normal/op_3_1", "sepconv3x3"),
                         "key 'normal/op_3_1': 'sepconv3x3' is not an operation; allowed: max_pool_3x3,"),
     "nni3_three_inputs": ("nni3", lambda d: d.update({"normal/op_2_2": "skip_connect", "normal/input_2_2": [0]}),
@@ -174,6 +244,29 @@ BAD_FILES = {
                           "key 'normal_n2_p1': [] is not an operation; allowed: maxpool,"),
     "nni1_node_mismatch": ("nni1", lambda d: [d.pop(k) for k in list(d) if k.startswith("reduce_n5")],
                            "the normal cell has 4 nodes but the reduction cell 3"),
+    # format 4, Genotype(...) text: parsed, never evaluated
+    "genotype_call_inside": ("Genotype(normal=__import__('os').system('touch PWNED'), reduce=[])",
+                             "normal: \"__import__('os').system('touch PWNED')\" is not a literal"),
+    "genotype_two_statements": ("import os\nGenotype(normal=[], reduce=[])", "must hold exactly one Genotype("),
+    "genotype_other_call": ("Genome(normal=[('skip_connect', 0), ('skip_connect', 1)])", "not valid JSON"),
+    "genotype_unknown_op": ("Genotype(normal=[('sep_conv_7x7', 0), ('skip_connect', 1)], "
+                            "reduce=[('skip_connect', 0), ('skip_connect', 1)])",
+                            "key 'normal[0]': 'sep_conv_7x7' is not an operation; allowed: max_pool_3x3,"),
+    "genotype_odd_edges": ("Genotype(normal=[('skip_connect', 0), ('skip_connect', 1), ('skip_connect', 2)], "
+                           "reduce=[('skip_connect', 0), ('skip_connect', 1)])", "normal: has 3 edges"),
+    "genotype_forward": ("Genotype(normal=[('skip_connect', 0), ('skip_connect', 2)], "
+                         "reduce=[('skip_connect', 0), ('skip_connect', 1)])",
+                         "key 'normal[1]': input 2 points forward; node 2 takes inputs 0..1"),
+    "genotype_concat_subset": ("Genotype(normal=[('skip_connect', 0), ('skip_connect', 1), ('skip_connect', 0), "
+                               "('skip_connect', 2)], normal_concat=[3], reduce=[('skip_connect', 0), "
+                               "('skip_connect', 1), ('skip_connect', 0), ('skip_connect', 2)])",
+                               "normal_concat [3] is not supported; this project's cells concatenate every "
+                               "intermediate node ([2, 3], i.e. range(2, 4)"),
+    "genotype_no_reduce": ("X = Genotype(normal=[('skip_connect', 0), ('skip_connect', 1)])",
+                           "Genotype has no 'reduce' argument"),
+    "genotype_unknown_argument": ("Genotype(normal=[('skip_connect', 0), ('skip_connect', 1)], cells=3)",
+                                  "Genotype argument 'cells' is not allowed; allowed: normal, normal_concat,"),
+    "genotype_syntax": ("Genotype(normal=[('skip_connect', 0)", "not a valid Genotype(...) expression (line 1:"),
 }
 
 
@@ -201,6 +294,7 @@ def test_bad_arch_file_is_one_clear_error_and_writes_nothing(tmp_path, capsys, c
     with pytest.raises(SystemExit) as exc:
         main(["--arc", str(path), "--out-dir", str(out), *TINY_RETRAIN])
     assert exc.value.code == 2
+    assert not (REPO / "PWNED").exists() and not Path("PWNED").exists()   # nothing in the file was run
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: --arc {str(path)!r}: "), err
     assert expected in err[0], err[0]
