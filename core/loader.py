@@ -1,8 +1,9 @@
 """Batches straight from uint8 tensors kept on the training device, augmented a whole batch at a time.
 
 No per-image PIL work and no worker processes: a batch is an index into the resident tensor, a
-random crop (zero padding), a horizontal flip and an optional cutout applied to the whole batch
-with tensor ops, then normalisation. Randomness comes from one CPU ``torch.Generator`` per loader,
+random crop (zero padding) and a horizontal flip applied to the whole batch with tensor ops, then
+normalisation, then an optional cutout, whose squares are 0 in the normalised batch (the mean colour,
+as in the reference definition). Randomness comes from one CPU ``torch.Generator`` per loader,
 whose state goes into checkpoints, so a resumed run sees exactly the batches it would have seen.
 """
 from __future__ import annotations
@@ -38,9 +39,10 @@ def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(mask[:, None, None, None], x.flip(3), x)
 
 
-def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
-    """Zero a ``size`` x ``size`` square (clipped at the border) centred anywhere in each image
-    (DeVries & Taylor 2017)."""
+def cutout_mask(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Where cutout (DeVries & Taylor 2017) blanks each image of the batch ``x`` (B x C x H x W):
+    a ``size`` x ``size`` square centred anywhere in the image, clipped at the border; a B x 1 x H x W
+    boolean mask."""
     b, _, h, w = x.shape
     cy = torch.randint(0, h, (b,), generator=gen).to(x.device, non_blocking=True)
     cx = torch.randint(0, w, (b,), generator=gen).to(x.device, non_blocking=True)
@@ -48,8 +50,14 @@ def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
     c = torch.arange(w, device=x.device)[None, :]
     in_rows = (r >= (cy - size // 2)[:, None]) & (r < (cy - size // 2 + size)[:, None])
     in_cols = (c >= (cx - size // 2)[:, None]) & (c < (cx - size // 2 + size)[:, None])
-    hole = in_rows[:, None, :, None] & in_cols[:, None, None, :]
-    return x.masked_fill(hole, 0)
+    return in_rows[:, None, :, None] & in_cols[:, None, None, :]
+
+
+def cutout(x: torch.Tensor, size: int, gen: torch.Generator, value: float = 0) -> torch.Tensor:
+    """Cutout: ``x`` with its :func:`cutout_mask` square set to ``value``. The reference definitions
+    (quark0/darts ``utils.Cutout``, NNI's DARTS tutorial) blank the *normalised* tensor with 0,
+    which is the data's mean colour; :class:`BatchLoader` does the same."""
+    return x.masked_fill(cutout_mask(x, size, gen), value)
 
 
 class BatchLoader:
@@ -93,15 +101,14 @@ class BatchLoader:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.generator.set_state(state["generator"])
 
-    def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """The training augmentation on a uint8 batch (shape and dtype kept)."""
+    def augment(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The training augmentation of a uint8 batch (shape and dtype kept), and cutout's holes
+        (``None`` without cutout), which are blanked after normalisation: to 0, the mean colour."""
         if self.crop_padding:
             x = random_crop(x, self.crop_padding, self.generator, flip=self.flip)
         elif self.flip:
             x = random_flip(x, self.generator)
-        if self.cutout:
-            x = cutout(x, self.cutout, self.generator)
-        return x
+        return x, cutout_mask(x, self.cutout, self.generator) if self.cutout else None
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().sub_(self.mean).mul_(self.inv_std)
@@ -115,11 +122,14 @@ class BatchLoader:
             order = torch.arange(n, device=self.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            hole = None
             if self.train:
-                x = self.augment(self.images.index_select(0, idx))
+                x, hole = self.augment(self.images.index_select(0, idx))
                 if self.world_size > 1:  # this rank's share of the augmented global batch
                     x, idx = x.tensor_split(self.world_size)[self.rank], idx.tensor_split(self.world_size)[self.rank]
+                    hole = hole.tensor_split(self.world_size)[self.rank] if hole is not None else None
             else:
                 idx = idx.tensor_split(self.world_size)[self.rank] if self.world_size > 1 else idx
                 x = self.images.index_select(0, idx)
-            yield self.normalize(x), self.labels.index_select(0, idx)
+            x = self.normalize(x)
+            yield (x if hole is None else x.masked_fill(hole, 0.0)), self.labels.index_select(0, idx)

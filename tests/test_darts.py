@@ -323,6 +323,43 @@ def test_bad_input_from_the_command_line(tmp_path):
     assert not out.exists()
 
 
+# --- recipe fidelity ----------------------------------------------------------------------------
+
+def reference_cutout(img: torch.Tensor, length: int, y: int, x: int) -> torch.Tensor:
+    """quark0/darts ``utils.Cutout.__call__`` (transcribed; its random centre passed in), which the
+    DARTS training transform applies after ``Normalize``: the square is multiplied by 0."""
+    import numpy as np
+
+    h, w = img.size(1), img.size(2)
+    mask = np.ones((h, w), np.float32)
+    y1, y2 = np.clip(y - length // 2, 0, h), np.clip(y + length // 2, 0, h)
+    x1, x2 = np.clip(x - length // 2, 0, w), np.clip(x + length // 2, 0, w)
+    mask[y1: y2, x1: x2] = 0.
+    img *= torch.from_numpy(mask).expand_as(img)
+    return img
+
+
+def test_cutout_fills_the_mean_colour_as_the_reference_does():
+    """The loader's cutout equals quark0's Cutout applied to the normalised batch: the square is 0
+    there (the mean colour), not the -mean/std a raw-pixel 0 would become."""
+    from core.data import make_splits
+    from core.loader import BatchLoader
+
+    s = make_splits("fake", "unused", val_fraction=0, subset=64)
+    kw = dict(batch_size=16, device=torch.device("cpu"), mean=s.mean, std=s.std, train=True, crop_padding=0,
+              flip=False, seed=7)
+    gen = torch.Generator().manual_seed(7)     # replays the loader's draws: the order, then two centres a batch
+    torch.randperm(64, generator=gen)
+    holes = 0
+    for (x, y), (plain, plain_y) in zip(BatchLoader(s.train, cutout=16, **kw), BatchLoader(s.train, cutout=0, **kw)):
+        assert torch.equal(y, plain_y)
+        cy, cx = torch.randint(0, 32, (16,), generator=gen), torch.randint(0, 32, (16,), generator=gen)
+        expected = torch.stack([reference_cutout(img.clone(), 16, int(a), int(b)) for img, a, b in zip(plain, cy, cx)])
+        assert torch.equal(x, expected)
+        holes += int((x != plain).sum())
+    assert holes > 64 * 3 * 16    # squares were cut (about 3 x 16 x 16 values an image, less at the border)
+
+
 # --- the supernet and the derivation ------------------------------------------------------------
 
 def test_supernet_is_nni_darts_mutation_with_shared_alphas(one_thread):
