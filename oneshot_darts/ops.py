@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from core import distributed
+
 #: The candidate operations of one edge, in the order of the paper's code (its 'none' aside).
 OP_NAMES: tuple[str, ...] = (
     "max_pool_3x3",
@@ -81,7 +83,13 @@ class FactorizedReduce(nn.Module):
 class DropPath(nn.Module):
     """Zero a whole sample's output with probability ``p`` in training, scaling the kept ones by
     1 / (1 - p) (FractalNet's drop path, as the DARTS retrain uses it). ``p`` is set from outside,
-    by the retrain's linear schedule."""
+    by the retrain's linear schedule.
+
+    Data-parallel (torchrun, :mod:`core.distributed`), where each rank holds its share of the global
+    batch: every rank draws the masks of the whole global batch from the same seeded stream and
+    keeps its share, so each rank has its own masks, and together they are exactly the masks one
+    process draws for that batch (the step stays the one-process step; every rank's generator stays
+    in the same state, so rank 0's checkpointed state is every rank's)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -91,7 +99,10 @@ class DropPath(nn.Module):
         if not self.training or self.p <= 0.0:
             return x
         keep = 1.0 - self.p
-        mask = torch.empty(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+        ranks = distributed.world_size()
+        mask = torch.empty(x.shape[0] * ranks, 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+        if ranks > 1:
+            mask = mask.tensor_split(ranks)[distributed.rank()]
         return x / keep * mask
 
     def extra_repr(self) -> str:

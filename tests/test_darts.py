@@ -513,3 +513,41 @@ def test_retrain_interrupted_after_first_epoch_resumes_exactly(tmp_path, one_thr
     assert metrics == untimed(Run(tmp_path / "straight").read_metrics())
     assert [m["epoch"] for m in metrics] == [1, 2, 3] and all("test_acc" in m for m in metrics)
     assert resumed["test_acc"] == straight["test_acc"] == metrics[-1]["test_acc"]
+
+
+# --- data-parallel drop path (issue 18, point 3) -----------------------------------------------
+
+DROP_PATH_PROBE = """\
+import json, sys, torch
+from core import distributed
+from core.train import seed_everything
+from oneshot_darts.ops import DropPath
+distributed.setup(torch.device("cpu"))
+seed_everything(0)
+drop = DropPath()
+drop.p = 0.5
+n, r = distributed.world_size(), distributed.rank()
+masks = [drop(torch.ones(16, 1, 1, 1).tensor_split(n)[r]).flatten().gt(0).tolist() for _ in range(4)]
+with open(f"{sys.argv[1]}/rank{r}-of-{n}.json", "w") as fh:
+    json.dump(masks, fh)
+"""
+
+
+@pytest.mark.e2e   # a real torchrun process group (gloo)
+def test_data_parallel_ranks_draw_their_share_of_the_one_process_drop_path_masks(tmp_path):
+    """Under torchrun (2 processes, gloo) each rank gets its own drop-path masks for its half of
+    the global batch, and together they are the masks one process draws for the whole batch: the
+    data-parallel DARTS retrain step is the one-process step (docs/design.md)."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(DROP_PATH_PROBE)
+    env = {**subprocess_env(), "PYTHONPATH": str(REPO)}
+    torchrun = Path(sys.executable).parent / "torchrun"
+    for command in ([sys.executable, str(probe), str(tmp_path)],
+                    [str(torchrun), "--standalone", "--nproc_per_node=2", str(probe), str(tmp_path)]):
+        res = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+    one = json.loads((tmp_path / "rank0-of-1.json").read_text())
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}-of-2.json").read_text()) for r in (0, 1))
+    assert rank0 != rank1                                                  # per-rank masks
+    assert [a + b for a, b in zip(rank0, rank1)] == one                    # = the one-process masks
+    assert 0 < sum(map(sum, one)) < 4 * 16                                 # some dropped, some kept
