@@ -26,9 +26,24 @@ issue #5726). A trial's metrics carry the id it really ran with.
   a string id is never "from a previous experiment". And Hyperband counts the finished trials of
   each bracket and round by the recorded id, so it could promote a round before its results are
   in; :class:`FixedHyperband` books a trial's end under the id its metrics carried.
+
+And one setting NNI 3.0 lost: with an assessor, the tuner hears only of trials that ran to the end.
+NNI's dispatcher hands an early-stopped trial's last intermediate result to the tuner as its final
+result only when ``NNI_INCLUDE_INTERMEDIATE_RESULTS`` is ``true`` in the dispatcher's environment
+(``nni/runtime/msg_dispatcher.py``, ``_earlystop_notify_tuner``), and NNI 3.0's manager starts the
+dispatcher with that variable set from the v1 config field ``includeIntermediateResults``, which
+the v2 config format no longer has: it is always ``false``, whatever the user's shell says. TPE
+then learns only from the survivors and keeps proposing near the configurations the assessor
+stopped. :class:`FixedTpe` (class argument ``include_intermediate_results``, default true) turns
+the dispatcher's switch on from inside the dispatcher process, where NNI loads the tuner, and
+counts each parameter set's result once (a trial stopped at its last epoch may also report its
+own final result). Every result the tuner receives is logged to the experiment's
+``log/dispatcher.log`` as one ``tuner received: {json}`` line (:data:`RECEIVED_TAG`).
 """
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 import nni
@@ -36,13 +51,61 @@ from nni.algorithms.hpo.hyperband_advisor import Hyperband
 from nni.algorithms.hpo.tpe_tuner import TpeTuner
 
 
+_logger = logging.getLogger(__name__)   # NNI's dispatcher logs the root logger to log/dispatcher.log
+
+#: How :class:`FixedTpe` logs each result it learns from (then a JSON object: ``parameter_id``,
+#: ``trial_job_id``, ``value``, ``early_stopped``): what ``tests/test_hpo_nni.py`` reads back.
+RECEIVED_TAG = "tuner received: "
+
+
+def include_early_stopped_results() -> None:
+    """Make NNI's dispatcher in this process hand an early-stopped trial's last intermediate result
+    to the tuner as its final result (``NNI_INCLUDE_INTERMEDIATE_RESULTS=true``).
+
+    The dispatcher reads the variable through a tuple of environment values built when ``nni``
+    was imported, so setting ``os.environ`` here would come too late; this replaces that tuple.
+    Call it while the tuner is built: NNI imports the dispatcher before it loads the tuner and
+    consults the value at every early stop.
+    """
+    from nni.runtime import env_vars, msg_dispatcher
+
+    switched = env_vars.dispatcher_env_vars._replace(NNI_INCLUDE_INTERMEDIATE_RESULTS="true")
+    env_vars.dispatcher_env_vars = msg_dispatcher.dispatcher_env_vars = switched
+
+
 class FixedTpe(TpeTuner):
-    """NNI's TPE tuner (same class arguments) that survives a trial ending under another's id."""
+    """NNI's TPE tuner (same class arguments) that survives a trial ending under another's id and
+    learns from early-stopped trials.
+
+    ``include_intermediate_results`` (default true): an early-stopped trial's last intermediate
+    result reaches the tuner as that trial's final result (see the module docstring).
+    """
+
+    def __init__(self, optimize_mode: str = "minimize", seed: int | None = None,
+                 tpe_args: dict[str, Any] | None = None, include_intermediate_results: bool = True):
+        super().__init__(optimize_mode=optimize_mode, seed=seed, tpe_args=tpe_args)
+        self.include_intermediate_results = bool(include_intermediate_results)
+        self._received: set[Any] = set()
+        if self.include_intermediate_results:
+            include_early_stopped_results()
+        _logger.info("early-stopped trials' last intermediate results %s the tuner",
+                     "go to" if self.include_intermediate_results else "do not go to")
 
     def receive_trial_result(self, parameter_id: Any, parameters: Any, value: Any, **kwargs: Any) -> None:
+        # A trial's own final result is a dict here; the dispatcher passes an early-stopped trial's
+        # last intermediate result, which is a plain number.
+        early = not isinstance(value, dict)
+        if parameter_id in self._received:
+            _logger.info("parameter set %s already has a result; %s not counted twice", parameter_id,
+                         "the early stop's" if early else "its trial's final result")
+            return
         if parameter_id not in self._running_params and parameter_id in self._params:
             self._running_params[parameter_id] = self._params[parameter_id]
         super().receive_trial_result(parameter_id, parameters, value, **kwargs)
+        self._received.add(parameter_id)
+        _logger.info(RECEIVED_TAG + json.dumps({
+            "parameter_id": parameter_id, "trial_job_id": kwargs.get("trial_job_id"),
+            "value": value.get("default") if isinstance(value, dict) else value, "early_stopped": early}))
 
 
 class FixedHyperband(Hyperband):

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from core.errors import UserError
 from core.nni_trial import NniTrial
 from core.train import build_optimizer
 from hpo import results, retrain, trial
-from hpo.nni_fixes import FixedHyperband, FixedTpe
+from hpo.nni_fixes import RECEIVED_TAG, FixedHyperband, FixedTpe
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
@@ -356,3 +357,106 @@ def test_fixed_hyperband_handles_string_ids_and_books_trial_ends_by_reported_id(
     (promoted,) = _new_jobs(sent)[5:]
     assert promoted["parameters"]["TRIAL_BUDGET"] == 3 and promoted["parameter_id"].startswith("0-1_1_")
     assert promoted["parameter_id"].split("_")[-1] == jobs[2]["parameter_id"].split("_")[-1]  # the 0.9 one
+
+
+# --- the tuner learns from early-stopped trials -------------------------------------------------
+
+def _nnictl_configs_with_assessor() -> list[Path]:
+    configs = [p for p in sorted({*REPO.glob("*/config*.yml"), *REPO.glob("configs/*.yml")})
+               if "trialCommand" in (loaded := yaml.safe_load(p.read_text()) or {}) and loaded.get("assessor")]
+    assert REPO / "hpo/config.yml" in configs and len(configs) >= 6
+    return configs
+
+
+@pytest.mark.parametrize("config", _nnictl_configs_with_assessor(), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_config_with_an_assessor_has_a_tuner_that_learns_from_early_stops(config, monkeypatch):
+    """Built the way NNI's dispatcher builds it (class from codeDirectory, classArgs as given), the
+    tuner switches the dispatcher's NNI_INCLUDE_INTERMEDIATE_RESULTS on: nothing to set in the shell."""
+    from nni.runtime import env_vars, msg_dispatcher
+    from nni.tools.package_utils import create_customized_class_instance
+
+    off = env_vars.dispatcher_env_vars._replace(NNI_INCLUDE_INTERMEDIATE_RESULTS="false")  # what NNI 3.0's manager sets
+    monkeypatch.setattr(env_vars, "dispatcher_env_vars", off)
+    monkeypatch.setattr(msg_dispatcher, "dispatcher_env_vars", off)
+    tuner = yaml.safe_load(config.read_text())["tuner"]
+    assert tuner.get("className") == "nni_fixes.FixedTpe", f"{config.name}: NNI's own tuners do not learn from early stops"
+    code_dir = (config.parent / tuner["codeDirectory"]).resolve()
+    assert code_dir == REPO / "hpo"
+    monkeypatch.syspath_prepend(str(code_dir))
+    instance = create_customized_class_instance({"codeDirectory": str(code_dir), "className": tuner["className"],
+                                                 "classArgs": tuner.get("classArgs")})
+    assert instance.include_intermediate_results
+    assert msg_dispatcher.dispatcher_env_vars.NNI_INCLUDE_INTERMEDIATE_RESULTS == "true"
+
+
+class _StopEverything:
+    """An assessor that stops every trial at its first intermediate result."""
+
+    def assess_trial(self, trial_job_id, trial_history):
+        from nni.assessor import AssessResult
+
+        return AssessResult.Bad
+
+    def trial_end(self, trial_job_id, success):
+        pass
+
+
+def _dispatcher(monkeypatch, include: bool):
+    """NNI's own dispatcher (no manager: NNI's unit-test channel) with FixedTpe and an assessor, the
+    environment as NNI 3.0's manager sets it."""
+    from nni.runtime import env_vars, msg_dispatcher
+
+    off = env_vars.dispatcher_env_vars._replace(NNI_INCLUDE_INTERMEDIATE_RESULTS="false")
+    monkeypatch.setattr(env_vars, "dispatcher_env_vars", off)
+    monkeypatch.setattr(msg_dispatcher, "dispatcher_env_vars", off)
+    tuner = FixedTpe(optimize_mode="maximize", seed=0, include_intermediate_results=include)
+    dispatcher = msg_dispatcher.MsgDispatcher("ws://_unittest_placeholder_", tuner, _StopEverything())
+    sent = []
+    dispatcher.send = lambda command, data: sent.append((command, data))
+    dispatcher.handle_initialize(SPACE)
+    dispatcher.handle_request_trial_jobs(2)
+    return dispatcher, tuner, _new_jobs(sent)
+
+
+def _drain(dispatcher) -> None:
+    """Run what the dispatcher queued for itself (its worker threads are not started here)."""
+    while not dispatcher.default_command_queue.empty():
+        dispatcher.process_command(*dispatcher.default_command_queue.get_nowait())
+
+
+def test_dispatcher_hands_an_early_stopped_trial_s_last_result_to_fixed_tpe(monkeypatch, caplog):
+    import logging
+
+    import nni
+
+    dispatcher, tuner, (job, other) = _dispatcher(monkeypatch, include=True)
+    caplog.set_level(logging.INFO, logger="nni_fixes")
+    caplog.set_level(logging.INFO, logger="hpo.nni_fixes")
+    dispatcher.handle_report_metric_data({"parameter_id": job["parameter_id"], "trial_job_id": "T0", "type": "PERIODICAL",
+                                          "sequence": 0, "value": nni.dump(0.25)})
+    _drain(dispatcher)
+    key = next(iter(tuner._params[job["parameter_id"]]))
+    assert any(record.loss == -0.25 for record in tuner._history[key])        # TPE minimises -accuracy
+    assert job["parameter_id"] in tuner._received and job["parameter_id"] not in tuner._running_params
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith(RECEIVED_TAG)]
+    assert json.loads(line[len(RECEIVED_TAG):]) == {"parameter_id": job["parameter_id"], "trial_job_id": "T0",
+                                                     "value": 0.25, "early_stopped": True}
+    # the trial was stopped at its last epoch and also sent its own final result: counted once
+    dispatcher.handle_trial_end({"trial_job_id": "T0", "event": "USER_CANCELED", "hyper_params": nni.dump(job)})
+    dispatcher.handle_report_metric_data({"parameter_id": job["parameter_id"], "trial_job_id": "T0", "type": "FINAL",
+                                          "sequence": 0, "value": nni.dump({"default": 0.25})})
+    assert sum(len(records) for records in tuner._history.values()) == len(tuner._params[job["parameter_id"]])
+    # a trial that runs to the end is learnt from as before
+    dispatcher.handle_report_metric_data({"parameter_id": other["parameter_id"], "trial_job_id": "T1", "type": "FINAL",
+                                          "sequence": 0, "value": nni.dump({"default": 0.5, "test_acc": 0.4})})
+    assert other["parameter_id"] in tuner._received and not tuner._running_params
+
+
+def test_without_the_switch_nni_3_s_dispatcher_tells_the_tuner_nothing(monkeypatch):
+    import nni
+
+    dispatcher, tuner, (job, _) = _dispatcher(monkeypatch, include=False)
+    dispatcher.handle_report_metric_data({"parameter_id": job["parameter_id"], "trial_job_id": "T0", "type": "PERIODICAL",
+                                          "sequence": 0, "value": nni.dump(0.25)})
+    _drain(dispatcher)
+    assert not tuner._received and not any(tuner._history.values())
