@@ -135,7 +135,7 @@ def run_baseline(cfg: ModelConfig, splits: Splits, warmup: int, workers: int, ac
     out = {"images": images, "seconds": time.perf_counter() - start, "warmup_s": warm_s,
            "train_acc": correct / max(seen, 1)}
     if accuracy:
-        out["val_acc"] = evaluate(model, make_loader(splits.val, cfg, device, splits, train=False), amp=False)["acc"]
+        out["val_acc"] = evaluate(model, make_loader(splits.val, cfg, device, splits, train=False))["acc"]
     return out
 
 

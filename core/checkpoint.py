@@ -37,6 +37,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     (:func:`temp_files`).
     """
     path = Path(path)
+    if path.is_symlink():    # a command never writes through a link, nor silently replaces one
+        raise UserError(f"{str(path)!r} is a symbolic link; it is not written through nor replaced (remove the "
+                        "link to continue)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -78,13 +81,63 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def rng_state() -> dict[str, Any]:
-    """Torch's global RNG states (CPU and every CUDA device)."""
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+class CudaRng:
+    """The CUDA generator calls that :func:`rng_state` and :func:`set_rng_state` make, in one seam
+    (tests replace :data:`CUDA_RNG` with a fake device set)."""
+
+    def device_count(self) -> int:
+        return torch.cuda.device_count()
+
+    def current(self) -> int:
+        return torch.cuda.current_device()
+
+    def get(self, index: int) -> torch.Tensor:
+        return torch.cuda.get_rng_state(index)
+
+    def set(self, state: torch.Tensor, index: int) -> None:
+        torch.cuda.set_rng_state(state, index)
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+CUDA_RNG = CudaRng()
+
+
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else CUDA_RNG.current()
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's generators: torch's CPU one and, when it trains on a GPU, that GPU's (only
+    the current device's: a checkpoint must resume on a machine with fewer GPUs)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = CUDA_RNG.get(_cuda_index(device))
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what :func:`rng_state` saved into this process's generators. Checkpoints written
+    before held one CUDA state per visible GPU (``get_rng_state_all``): the state of the GPU this
+    process now trains on is taken from them, when there is one."""
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if device.type != "cuda" or cuda is None:
+        return
+    index = _cuda_index(device)
+    if isinstance(cuda, (list, tuple)):
+        if index >= len(cuda):
+            return
+        cuda = cuda[index]
+    CUDA_RNG.set(cuda, index)
+
+
+def rng_states(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    """A checkpoint's ``rng`` entry: every rank's :func:`rng_state`, in rank order."""
+    return {"ranks": per_rank}
+
+
+def rng_of_rank(saved: dict[str, Any], rank: int) -> tuple[dict[str, Any], bool]:
+    """The generator state rank ``rank`` resumes with, and whether it is that rank's own (not when
+    a run resumes on more processes than wrote the checkpoint; such a rank takes the state of
+    rank ``rank % saved ranks``). Checkpoints written before per-rank states held rank 0's alone."""
+    ranks = saved["ranks"] if "ranks" in saved else [saved]
+    return ranks[rank % len(ranks)], rank < len(ranks)

@@ -34,6 +34,7 @@ Optimizer = Literal["SGD", "Adadelta", "Adagrad", "Adam", "Adamax"]
 Scheduler = Literal["cosine", "none"]
 Device = Literal["auto", "cpu", "cuda"]
 ChannelsLast = Literal["auto", "on", "off"]
+Compile = Literal["auto", "on", "off"]
 OPTIMIZER_NAMES: tuple[str, ...] = typing.get_args(Optimizer)
 SCHEDULER_NAMES: tuple[str, ...] = typing.get_args(Scheduler)
 DEVICE_NAMES: tuple[str, ...] = typing.get_args(Device)
@@ -83,10 +84,13 @@ class TrainConfig:
     max_batches: int = field(0, "stop every epoch (and evaluation) after N batches: seconds-long smoke runs; "
                              "0 = full epochs")
     device: Device = field("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'")
-    amp: bool = field(True, "bf16 mixed precision on CUDA (CPU stays float32)")
+    amp: bool = field(True, "mixed precision on a GPU: bf16 from compute capability 8.0, fp16 with a gradient "
+                      "scaler below (core.speed.choose_precision); off = float32; the CPU trains in float32")
     channels_last: ChannelsLast = field("auto", "channels_last memory format: 'auto' (where it was measured "
-                                        "faster: core.speed.CHANNELS_LAST_AUTO), 'on' or 'off'")
-    compile: bool = field(False, "torch.compile the network (minutes of compiling once per run; see docs/speed.md)")
+                                        "faster, per device and model: core.speed.CHANNELS_LAST), 'on' or 'off'")
+    compile: Compile = field("auto", "torch.compile the network: 'auto' (where the planned training images pass the "
+                             "measured break-even: core.speed.COMPILE_BREAK_EVEN_IMAGES), 'on' or 'off'; "
+                             "compiled kernels are cached in the data root for every later trial and run")
     out_dir: str = field(help="parent folder of the run folders (env CIFAR_AUTOML_RUNS; default: the "
                          "repository's runs/)", factory=default_out_dir)
     run_name: str = field("", "run folder name prefix (default: the command's)")

@@ -112,26 +112,49 @@ def data_parallel(net: nn.Module, device: torch.device) -> nn.Module:
 
 
 def unwrap(net: nn.Module) -> nn.Module:
-    """The module DistributedDataParallel wraps (evaluation runs it without DDP's collectives)."""
-    return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+    """What evaluation runs: ``net`` without DistributedDataParallel's collectives. A compiled DDP
+    module (``torch.compile`` of the DDP wrapper, as PyTorch recommends) gives the plain module DDP
+    wraps; a compiled single-process network stays compiled."""
+    inner = getattr(net, "_orig_mod", net)  # torch.compile's OptimizedModule keeps the original here
+    return inner.module if isinstance(inner, nn.parallel.DistributedDataParallel) else net
+
+
+def comm_device() -> torch.device:
+    """Where this rank's collectives take their tensors: its GPU under NCCL, the CPU under gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def sync_buffers(model: nn.Module) -> None:
     """Every rank takes rank 0's buffers (BatchNorm running statistics) before an evaluation."""
     if world_size() > 1:
+        device = comm_device()
         for buffer in model.buffers():
-            dist.broadcast(buffer, 0)
+            moved = buffer.to(device)
+            dist.broadcast(moved, 0)
+            if moved is not buffer:
+                buffer.copy_(moved)
 
 
-def all_sum(*values: torch.Tensor) -> list[torch.Tensor]:
-    """The sums over the ranks of scalar tensors, in one all-reduce (float64: exact counts)."""
+def all_sum(*values: torch.Tensor | int | float) -> list[torch.Tensor]:
+    """The sums over the ranks of scalars (tensors on any device, or numbers), in one all-reduce on
+    the communication device (:func:`comm_device`), as float64 there (exact counts)."""
     if world_size() == 1:
-        return list(values)
-    packed = torch.stack([v.detach().double().reshape(()) for v in values])
-    if dist.get_backend() == "nccl":
-        packed = packed.cuda()
+        return [torch.as_tensor(v) for v in values]
+    device = comm_device()
+    packed = torch.stack([torch.as_tensor(v).detach().to(device, torch.float64).reshape(()) for v in values])
     dist.all_reduce(packed)
-    return [packed[i].to(values[i].device) for i in range(len(values))]
+    return list(packed.unbind())
+
+
+def gather(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` (picklable), in rank order, on rank 0; ``None`` on the other ranks."""
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] | None = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def broadcast(obj: Any) -> Any:

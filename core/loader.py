@@ -71,14 +71,20 @@ class BatchLoader:
     global batches (same generator, same seed) and yields only its ``rank``-th share of each; a
     training batch is augmented whole before it is sliced, so the ranks together see exactly the
     images one process would.
+
+    ``resident=False`` (a data set too large for the GPU's free memory, ``core.device.data_fits``)
+    keeps the images in host memory and copies each batch to ``device`` as it is drawn, through
+    pinned buffers on CUDA; the batches are the same as resident ones.
     """
 
     def __init__(self, data: ImageSet, *, batch_size: int, device: torch.device, mean, std,
                  train: bool, crop_padding: int = 4, flip: bool = True, cutout: int = 0,
                  max_batches: int = 0, channels_last: bool = False, seed: int = 0, rank: int = 0,
-                 world_size: int = 1):
-        self.images = data.images.to(device)
-        self.labels = data.labels.to(device)
+                 world_size: int = 1, resident: bool = True):
+        self.resident = resident
+        self.images = data.images.to(device) if resident else data.images
+        self.labels = data.labels.to(device) if resident else data.labels
+        self._staging = _Staging(device) if not resident else None
         self.batch_size = batch_size
         self.device = device
         self.train = train
@@ -116,20 +122,56 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
+        where = self.images.device  # the device for resident data, the host otherwise
         if self.train:
-            order = torch.randperm(n, generator=self.generator).to(self.device, non_blocking=True)
+            order = torch.randperm(n, generator=self.generator).to(where, non_blocking=True)
         else:
-            order = torch.arange(n, device=self.device)
+            order = torch.arange(n, device=where)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             hole = None
             if self.train:
-                x, hole = self.augment(self.images.index_select(0, idx))
+                x, hole = self.augment(self.take(self.images, idx))
                 if self.world_size > 1:  # this rank's share of the augmented global batch
                     x, idx = x.tensor_split(self.world_size)[self.rank], idx.tensor_split(self.world_size)[self.rank]
                     hole = hole.tensor_split(self.world_size)[self.rank] if hole is not None else None
             else:
                 idx = idx.tensor_split(self.world_size)[self.rank] if self.world_size > 1 else idx
-                x = self.images.index_select(0, idx)
+                x = self.take(self.images, idx)
             x = self.normalize(x)
-            yield (x if hole is None else x.masked_fill(hole, 0.0)), self.labels.index_select(0, idx)
+            yield (x if hole is None else x.masked_fill(hole, 0.0)), self.take(self.labels, idx)
+
+    def take(self, source: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``source[idx]`` on the training device (copied there from the host when not resident)."""
+        if self._staging is None:
+            return source.index_select(0, idx)
+        return self._staging.copy(source, idx.to(source.device))
+
+
+class _Staging:
+    """Host-to-device batch copies for data kept in host memory: on CUDA each batch is gathered
+    into one of two pinned buffers and copied asynchronously; a buffer is reused only once its
+    previous copy finished (a CUDA event), so a copy overlaps the step that uses the batch before."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.pinned = device.type == "cuda"
+        self.buffers: dict[tuple, list] = {}
+
+    def copy(self, source: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        if not self.pinned:
+            return source.index_select(0, idx).to(self.device)
+        shape = (len(idx), *source.shape[1:])
+        ring = self.buffers.setdefault((shape, source.dtype), [])
+        if len(ring) < 2:
+            ring.append([torch.empty(shape, dtype=source.dtype, pin_memory=True), None])
+        slot = ring.pop(0)
+        buffer, event = slot
+        if event is not None:
+            event.synchronize()  # its last copy to the device has finished
+        torch.index_select(source, 0, idx, out=buffer)
+        out = buffer.to(self.device, non_blocking=True)
+        slot[1] = torch.cuda.Event()
+        slot[1].record()
+        ring.append(slot)
+        return out

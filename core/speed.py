@@ -1,27 +1,252 @@
-"""Speed choices that depend on the device, each made by measurement (figures: docs/speed.md,
-from ``benchmarks/bench_trial.py``): the memory format the config's ``channels_last: auto`` picks,
-and ``torch.compile``."""
+"""Speed choices that depend on the device or the model, each resolved here, once, from a measured
+table, with the reason the run's log prints (figures and how to re-measure them: docs/speed.md,
+``benchmarks/bench_trial.py``):
+
+- mixed precision (:func:`choose_precision`): bf16 on GPUs that compute it natively, fp16 with a
+  gradient scaler on older GPUs, float32 on the CPU and with ``--no-amp``;
+- memory format (:func:`choose_channels_last`): ``channels_last: auto`` per device *and* model
+  from :data:`CHANNELS_LAST`, else the device's rule;
+- ``torch.compile`` (:func:`choose_compile`): ``compile: auto`` where the planned training images
+  pass the measured break-even :data:`COMPILE_BREAK_EVEN_IMAGES`, with one compile cache shared by
+  every trial and run (:func:`compile_cache_dir`);
+- the memory a trial needs on a GPU (:func:`training_bytes`), which the engine compares with the
+  GPU's free memory (``core.device``).
+"""
 from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-#: Device type -> whether ``channels_last: auto`` trains in channels_last memory format there.
-#: CUDA: cuDNN's bf16 tensor-core convolutions run in NHWC (not yet measured on this project's models).
-#: CPU: contiguous; measured on the loaded 2-core machine, channels_last won for five models and lost for
-#: mobilenet and vgg, mostly within that machine's noise (docs/speed.md: a quiet rerun decides).
-CHANNELS_LAST_AUTO: dict[str, bool] = {"cuda": True, "cpu": False}
+#: The model key of a one-shot supernet (a network holding NNI's architecture weights).
+DARTS_SUPERNET = "darts-supernet"
 
 
-def use_channels_last(setting: str, device: torch.device) -> bool:
-    """The config's ``channels_last`` ('auto', 'on', 'off') resolved for ``device``."""
-    if setting == "auto":
-        return CHANNELS_LAST_AUTO.get(device.type, False)
-    return setting == "on"
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """A resolved choice and why (the line the log prints)."""
+
+    value: Any
+    reason: str
 
 
-def compile_model(model: nn.Module, enabled: bool) -> nn.Module:
+def model_key(model: nn.Module, cfg: Any = None) -> str:
+    """The name the tables below know a network by: the registry name (``cfg.model``) when the
+    config has one, :data:`DARTS_SUPERNET` for a one-shot supernet (NNI's differentiable modules
+    hold their architecture weights in ``_arch_alpha``), else the network's class name."""
+    name = getattr(cfg, "model", None)
+    if name:
+        return str(name)
+    if any(hasattr(m, "_arch_alpha") for m in model.modules()):
+        return DARTS_SUPERNET
+    return type(model).__name__
+
+
+# --- mixed precision -------------------------------------------------------------------------------
+
+#: GPUs from this compute capability on (Ampere and later) compute bf16 natively on tensor cores;
+#: below it (T4 7.5, V100 7.0, P100 6.0) bf16 is emulated, slower than fp16 and than fp32.
+BF16_MIN_CAPABILITY = (8, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """How a step computes: ``dtype`` is the autocast dtype (``None``: float32, no autocast);
+    ``scaled``: a gradient scaler guards fp16 gradients against underflow."""
+
+    name: str
+    dtype: torch.dtype | None
+    scaled: bool
+    reason: str
+
+    @property
+    def half(self) -> bool:
+        return self.dtype is not None
+
+
+FP32 = "fp32"
+
+
+def _fp32(reason: str) -> Precision:
+    return Precision(FP32, None, False, reason)
+
+
+def choose_precision(device: torch.device, amp: bool, *, capability: tuple[int, int] | None = None,
+                     can_scale: bool = True) -> Precision:
+    """The precision of ``--amp`` (``amp``) on ``device``: float32 when off and on the CPU; on a GPU
+    bf16 from :data:`BF16_MIN_CAPABILITY` on, else fp16 with a gradient scaler, or float32 when the
+    step cannot scale its loss (``can_scale=False``: a specialised step without the engine's
+    scaler). ``capability`` defaults to the device's own (tests pass a fake one)."""
+    if not amp:
+        return _fp32("fp32: --no-amp")
+    if device.type != "cuda":
+        return _fp32(f"fp32: mixed precision is for GPUs; on the {device.type} bf16 autocast measured slower than "
+                     "float32 (NOTES.md: 255 vs 360 img/s on the 2-core test CPU)")
+    major, minor = capability if capability is not None else torch.cuda.get_device_capability(device)
+    where = f"compute capability {major}.{minor}"
+    if (major, minor) >= BF16_MIN_CAPABILITY:
+        return Precision("bf16", torch.bfloat16, False, f"bf16 autocast: {where} computes bf16 natively")
+    if not can_scale:
+        return _fp32(f"fp32: {where} has no native bf16 and this step has no gradient scaler for fp16")
+    return Precision("fp16", torch.float16, True, f"fp16 autocast with a gradient scaler: {where} has no native "
+                     f"bf16 (it needs {BF16_MIN_CAPABILITY[0]}.{BF16_MIN_CAPABILITY[1]})")
+
+
+# --- memory format ---------------------------------------------------------------------------------
+
+#: (device type, model key) -> (channels_last?, the measurement behind it). Filled from interleaved
+#: A/B runs (``bench_trial.py --ab channels_last --repeats N``, docs/speed.md); a model not listed
+#: takes its device's rule (:func:`_channels_last_rule`).
+CHANNELS_LAST: dict[tuple[str, str], tuple[bool, str]] = {
+    ("cpu", "mobilenet"): (True, "measured 1.2-1.6x faster (pure train step, three interleaved pairs, quiet 2-core "
+                                 "CPU: 274/191/187 vs 171/157/138 img/s; whole trial epoch 20-21 s vs 25-33 s)"),
+    ("cpu", DARTS_SUPERNET): (False, "NNI's mixed edges stack op outputs with torch.stack, which returns "
+                                     "contiguous tensors: every edge would convert back"),
+    ("cuda", DARTS_SUPERNET): (False, "NNI's mixed edges stack op outputs with torch.stack, which returns "
+                                      "contiguous tensors: about 190 convolution inputs per forward would be "
+                                      "converted back"),
+}
+
+
+def _channels_last_rule(device_type: str, precision: Precision) -> tuple[bool, str]:
+    """The device's rule for models the table does not list."""
+    if device_type == "cuda":
+        if precision.half:
+            return True, f"cuDNN's {precision.name} tensor-core convolutions run in NHWC (not yet measured here)"
+        return False, "fp32 convolutions gain nothing from NHWC, and every conversion costs"
+    return False, f"not measured faster for this model on the {device_type} (bench_trial.py --ab channels_last)"
+
+
+def choose_channels_last(setting: str, device: torch.device, key: str | None = None,
+                         precision: Precision | None = None) -> Choice:
+    """The config's ``channels_last`` ('auto', 'on', 'off') for ``device`` and the model ``key``."""
+    if setting != "auto":
+        return Choice(setting == "on", f"--channels-last {setting}")
+    entry = CHANNELS_LAST.get((device.type, key or ""))
+    if entry is None:
+        entry = _channels_last_rule(device.type, precision or _fp32(""))
+    value, why = entry
+    return Choice(value, f"auto on {device.type} for {key or 'this model'}: {why}")
+
+
+def use_channels_last(setting: str, device: torch.device, key: str | None = None,
+                      precision: Precision | None = None) -> bool:
+    return choose_channels_last(setting, device, key, precision).value
+
+
+# --- torch.compile ---------------------------------------------------------------------------------
+
+#: Training images from which ``compile: auto`` compiles, per device type: the one-time compile
+#: seconds over the seconds compiling saves per image. CPU: 422 s of compiling for a 5.3 -> 6.6 img/s
+#: step (mobilenet, batch 128, one run on the loaded 2-core machine, docs/speed.md):
+#: 422 / (1/5.3 - 1/6.6) = 11,400 images. Re-measure with ``bench_trial.py --compile-cache``.
+#: CUDA: not measured, so ``auto`` does not compile there.
+COMPILE_BREAK_EVEN_IMAGES: dict[str, int] = {"cpu": 11_400}
+
+#: Model keys that are never compiled by ``auto``, and why.
+COMPILE_UNSUPPORTED: dict[str, str] = {
+    DARTS_SUPERNET: "the search's own step runs the supernet for two optimizers",
+}
+
+#: The compile cache's folder inside the data root (shared by every trial and run that uses it).
+COMPILE_CACHE = "torch-compile-cache"
+
+
+def planned_images(cfg: Any, train_images: int) -> int:
+    """Training images a run plans to process: epochs x the images of one epoch (``max_batches``
+    batches at most)."""
+    per_epoch = (train_images // cfg.batch_size) * cfg.batch_size
+    if cfg.max_batches:
+        per_epoch = min(per_epoch, cfg.max_batches * cfg.batch_size)
+    return cfg.epochs * per_epoch
+
+
+def choose_compile(setting: str, device: torch.device, key: str, planned: int, *, drop_path: float = 0.0) -> Choice:
+    """The config's ``compile`` ('auto', 'on', 'off'): ``auto`` compiles where ``planned`` training
+    images reach the device's break-even and the network compiles once (no supernet, no drop-path
+    probability that changes every epoch and would recompile it)."""
+    if setting != "auto":
+        return Choice(setting == "on", f"--compile {setting}")
+    if key in COMPILE_UNSUPPORTED:
+        return Choice(False, f"auto: not for {key} ({COMPILE_UNSUPPORTED[key]})")
+    if drop_path:
+        return Choice(False, "auto: not with drop path (its probability changes every epoch and would recompile)")
+    break_even = COMPILE_BREAK_EVEN_IMAGES.get(device.type)
+    if break_even is None:
+        return Choice(False, f"auto: compiling is not yet measured on {device.type} (docs/speed.md)")
+    if planned < break_even:
+        return Choice(False, f"auto: {planned:,} planned training images are below the {device.type} break-even of "
+                             f"{break_even:,}")
+    return Choice(True, f"auto: {planned:,} planned training images pass the {device.type} break-even of "
+                        f"{break_even:,}")
+
+
+def compile_cache_dir(data_root: str | os.PathLike) -> Path:
+    """The persistent compile cache in the data root. Inductor's FX-graph and AOTAutograd caches
+    (on by default) write their entries atomically (a temporary file renamed into place) and lock
+    their C++ builds, so concurrent trials share it safely; a second trial of the same model loads
+    the compiled kernels instead of building them."""
+    return Path(data_root) / COMPILE_CACHE
+
+
+def compile_model(model: nn.Module, enabled: bool, cache_dir: str | os.PathLike | None = None) -> nn.Module:
     """``torch.compile(model)`` (inductor; on a CPU it needs a C++ compiler) when ``enabled``, else
-    ``model``. The compiled module shares the parameters of ``model``: save and load ``model``'s
-    state dict, whose keys have no ``_orig_mod.`` prefix."""
-    return torch.compile(model) if enabled else model
+    ``model``. ``cache_dir`` becomes inductor's cache (``TORCHINDUCTOR_CACHE_DIR``) unless the
+    environment already names one. The compiled module shares the parameters of ``model``: save and
+    load the uncompiled module's state dict (no ``_orig_mod.`` prefix)."""
+    if not enabled:
+        return model
+    if cache_dir is not None:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_dir).resolve()))
+    return torch.compile(model)
+
+
+# --- memory a trial needs on a GPU -----------------------------------------------------------------
+
+#: Activation memory under 16-bit autocast relative to float32: the largest ratio measured at batch 128
+#: on the CPU (googlenet 3.3 / 5.2 GiB; dpn92 3.2 / 5.5; densenet121 2.5 / 4.8), rounded up.
+HALF_ACTIVATION_RATIO = 0.65
+#: Bytes per parameter while training: weight, gradient and two optimizer moments (Adam), float32.
+TRAINING_BYTES_PER_PARAMETER = 16
+#: The CUDA context, cuDNN workspaces and the caching allocator's slack (an allowance, not measured).
+CUDA_OVERHEAD_BYTES = 1 << 30
+#: The share of a GPU's memory that trials sharing it should plan to fill (the caching allocator
+#: fragments, cuDNN's benchmark mode tries workspaces): N trials fit when N x need <= this x memory.
+GPU_PLANNED_FRACTION = 0.8
+
+
+def activation_bytes(model: nn.Module, batch_size: int, image_size: int) -> int:
+    """Bytes autograd saves for the backward pass of one float32 training forward at ``batch_size``,
+    counted on the ``meta`` device (shapes only: no memory, no compute; about a second)."""
+    meta = copy.deepcopy(model).to("meta").train()
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[id(t)] = t.numel() * t.element_size()
+        return t
+
+    x = torch.empty(batch_size, 3, image_size, image_size, device="meta")
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        meta(x)
+    return sum(saved.values())
+
+
+def training_bytes(model: nn.Module, batch_size: int, image_size: int, precision: Precision) -> int:
+    """An estimate of the GPU memory one training process of ``model`` needs (without its data set):
+    activations (:func:`activation_bytes`, x :data:`HALF_ACTIVATION_RATIO` under 16-bit autocast),
+    weights, gradients and optimizer state, and :data:`CUDA_OVERHEAD_BYTES`."""
+    act = activation_bytes(model, batch_size, image_size)
+    if precision.half:
+        act = int(act * HALF_ACTIVATION_RATIO)
+    params = sum(p.numel() for p in model.parameters())
+    return act + params * TRAINING_BYTES_PER_PARAMETER + CUDA_OVERHEAD_BYTES
+
+
+def trials_that_fit(need: int, total: int) -> int:
+    """How many training processes of ``need`` bytes one GPU of ``total`` bytes holds."""
+    return int(total * GPU_PLANNED_FRACTION // need)

@@ -1,4 +1,4 @@
-"""The one training loop: optimizer factory, cosine schedule, mixed precision on CUDA, per-epoch
+"""The one training loop: optimizer factory, cosine schedule, mixed precision per GPU, per-epoch
 metrics and callback, atomic checkpoints every epoch and exact resume."""
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ import torch
 from torch import nn
 
 from core import distributed
-from core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from core import speed
+from core.checkpoint import load_checkpoint, rng_of_rank, rng_state, rng_states, save_checkpoint, set_rng_state
 from core.config import OPTIMIZER_NAMES, TrainConfig, to_dict
 from core.data import ImageSet, Splits
+from core.device import GiB, data_fits, free_memory, out_of_memory_message, resolve_device
 from core.errors import UserError
 from core.loader import BatchLoader
 from core.run import Run, format_metrics
-from core.speed import compile_model, use_channels_last
+from core.speed import Precision, choose_precision
 
 
 def config_id(cfg: Any) -> str:
@@ -67,15 +69,6 @@ def check_trains(loader: BatchLoader, what: str) -> None:
                         "an epoch would train on nothing; lower --batch-size or use more images")
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is a :class:`UserError`."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device: 'cuda' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'")
-    return torch.device(name)
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python's and torch's global generators (weights are initialised from them)."""
     random.seed(seed)
@@ -109,27 +102,37 @@ def cross_entropy(output: Any, target: torch.Tensor) -> torch.Tensor:
 
 
 def make_loader(data: ImageSet, cfg: TrainConfig, device: torch.device, splits: Splits, *, train: bool,
-                seed: int | None = None) -> BatchLoader:
-    """A :class:`BatchLoader` configured from ``cfg`` (augmentation only when ``train``)."""
+                seed: int | None = None, channels_last: bool | None = None, resident: bool = True) -> BatchLoader:
+    """A :class:`BatchLoader` configured from ``cfg`` (augmentation only when ``train``), in the
+    memory format ``channels_last`` (``None``: the device's rule for ``cfg.channels_last``), with the
+    data on ``device`` or, ``resident=False``, in host memory. A :class:`Trainer` makes its loaders
+    with :meth:`Trainer.make_loader`, which passes its own decisions."""
+    if channels_last is None:
+        channels_last = speed.use_channels_last(cfg.channels_last, device, None,
+                                                choose_precision(device, cfg.amp, can_scale=False))
     return BatchLoader(
         data, batch_size=cfg.batch_size if train else cfg.eval_batch_size, device=device,
         mean=splits.mean, std=splits.std, train=train, crop_padding=cfg.crop_padding, flip=cfg.flip,
-        cutout=cfg.cutout, max_batches=cfg.max_batches,
-        channels_last=use_channels_last(cfg.channels_last, device), seed=cfg.seed if seed is None else seed,
-        rank=distributed.rank(), world_size=distributed.world_size())
+        cutout=cfg.cutout, max_batches=cfg.max_batches, channels_last=channels_last,
+        seed=cfg.seed if seed is None else seed, rank=distributed.rank(), world_size=distributed.world_size(),
+        resident=resident)
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``enabled``; a no-op on CPU (float32 there)."""
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast(device: torch.device, precision: Precision | bool) -> contextlib.AbstractContextManager:
+    """Autocast to ``precision``'s 16-bit dtype (nothing for float32). A bare ``True`` / ``False``
+    (``cfg.amp``) is resolved by :func:`core.speed.choose_precision` for a step without a gradient
+    scaler (bf16 where the GPU has it, else float32)."""
+    if not isinstance(precision, Precision):
+        precision = choose_precision(device, precision, can_scale=False)
+    if precision.dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=precision.dtype)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = True) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` over ``loader`` (data-parallel: this rank's
-    share of every batch, the sums over all ranks)."""
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: BatchLoader, precision: Precision | bool = False) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` over ``loader`` in ``precision`` (data-parallel:
+    this rank's share of every batch, the sums over all ranks)."""
     model.eval()
     loss = torch.zeros((), device=loader.device)
     correct = torch.zeros((), device=loader.device, dtype=torch.int64)
@@ -137,14 +140,18 @@ def evaluate(model: nn.Module, loader: BatchLoader, amp: bool = True) -> dict[st
     for x, y in loader:
         if not len(y):  # a rank's share of a short last batch can be empty
             continue
-        with autocast(loader.device, amp):
+        with autocast(loader.device, precision):
             logits = logits_of(model(x)).float()
         loss += nn.functional.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-    loss, correct, seen = distributed.all_sum(loss, correct, torch.tensor(seen))
-    seen = int(seen.item())
+    loss, correct, seen_t = distributed.all_sum(loss, correct, seen)
+    seen = int(seen_t.item())
     return {"acc": correct.item() / max(seen, 1), "loss": loss.item() / max(seen, 1)}
+
+
+class OutOfMemory(UserError):
+    """The device ran out of memory: one line naming model, batch size and what to try."""
 
 
 class Trainer:
@@ -165,6 +172,10 @@ class Trainer:
     and files) and :meth:`finish` (more of the final result). The DARTS search is one.
     """
 
+    #: Whether a specialised :meth:`train_step` scales its loss with :attr:`scaler` (as the engine's
+    #: own step does); only then may the engine choose fp16, which needs it (``core.speed``).
+    uses_grad_scaler: bool = False
+
     def __init__(self, model: nn.Module, cfg: TrainConfig, splits: Splits, run: Run | None = None, *,
                  eval_splits: Sequence[str] = ("val",), arch: dict[str, Any] | None = None,
                  loss_fn: LossFn = cross_entropy, epoch_start: Callable[[int], None] | None = None):
@@ -174,27 +185,75 @@ class Trainer:
             raise UserError(f"{type(self).__name__} trains in one process only (its step is not data-parallel); "
                             "run it without torchrun")
         distributed.check_batch(cfg.batch_size)
+        #: What was chosen for this device and model, and why: logged when training starts.
+        self.choices: list[str] = [f"device: {self.device}" + (
+            f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else "")]
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: let cuDNN pick its fastest kernels
-        self.amp = cfg.amp
-        memory_format = torch.channels_last if use_channels_last(cfg.channels_last, self.device) \
-            else torch.contiguous_format
+            # fixed shapes: cuDNN benchmarks its kernels once and keeps the fastest, some of which are not
+            # deterministic, so on a GPU a resumed or repeated run is close to, not bit for bit, the original
+            torch.backends.cudnn.benchmark = True
+        self.key = speed.model_key(model, cfg)
+        can_scale = type(self).train_step is Trainer.train_step or self.uses_grad_scaler
+        self.precision = choose_precision(self.device, cfg.amp, can_scale=can_scale)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
+        layout = speed.choose_channels_last(cfg.channels_last, self.device, self.key, self.precision)
+        self.channels_last = layout.value
+        planned = speed.planned_images(cfg, len(splits.train))
+        compiled = speed.choose_compile(cfg.compile, self.device, self.key, planned,
+                                        drop_path=getattr(cfg, "drop_path", 0.0))
+        self.choices += [f"precision: {self.precision.reason}",
+                         f"memory format: {'channels_last' if layout.value else 'contiguous'} ({layout.reason})",
+                         f"compile: {'on' if compiled.value else 'off'} ({compiled.reason})"]
+        #: Estimated device memory training needs (0 on the CPU): what the data sets leave free.
+        self.memory_need = self._check_memory(model)
+        memory_format = torch.channels_last if layout.value else torch.contiguous_format
         self.model = distributed.prepare_model(model, self.device).to(self.device, memory_format=memory_format)
-        # what runs (compiled, and DistributedDataParallel under torchrun); self.model is what is saved
-        self.net = distributed.data_parallel(compile_model(self.model, cfg.compile), self.device)
+        # what runs: DistributedDataParallel under torchrun, compiled around DDP (PyTorch's recommendation:
+        # the compiled graph then overlaps the gradient all-reduce with the backward pass); self.model is saved
+        cache = speed.compile_cache_dir(cfg.data_root) if compiled.value else None
+        if cache is not None:
+            self.choices[-1] += f"; compile cache {cache}"
+        self.net = speed.compile_model(distributed.data_parallel(self.model, self.device), compiled.value, cache)
         self.loss_fn, self.epoch_start = loss_fn, epoch_start
         self.optimizer = build_optimizer(cfg.optimizer, self.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, cfg.epochs, eta_min=cfg.lr_min)
-        self.train_loader = make_loader(splits.train, cfg, self.device, splits, train=True)
+        self.train_loader = self.make_loader(splits.train, train=True)
         check_trains(self.train_loader, "training")
         self.eval_loaders: dict[str, BatchLoader] = {}
         for name in eval_splits:
             data = getattr(splits, name)
             if data is None:
                 raise UserError(f"cannot evaluate on the {name!r} split: it is empty (val_fraction is 0)")
-            self.eval_loaders[name] = make_loader(data, cfg, self.device, splits, train=False)
+            self.eval_loaders[name] = self.make_loader(data, train=False)
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
+
+    def _check_memory(self, model: nn.Module) -> int:
+        """On a GPU: estimate what training ``model`` needs (``core.speed.training_bytes``), say it, and
+        warn when the GPU has less free (other trials sharing it, say). Returns the estimate."""
+        if self.device.type != "cuda":
+            return 0
+        per_rank = self.cfg.batch_size // distributed.world_size()
+        need = speed.training_bytes(model, per_rank, self.cfg.image_size, self.precision)
+        free, total = free_memory(self.device)
+        line = (f"memory: training needs about {need / GiB:.1f} GiB (batch {per_rank}, {self.precision.name}); "
+                f"{free / GiB:.1f} of {total / GiB:.1f} GiB free; {speed.trials_that_fit(need, total)} such trial(s) "
+                f"fit on this GPU ({speed.GPU_PLANNED_FRACTION:.0%} of its memory)")
+        if need > free:
+            line += ("; WARNING: more than is free, it may run out of memory: fewer trials per GPU "
+                     "(maxTrialNumberPerGpu), a smaller --batch-size" + (", or --amp" if not self.precision.half else ""))
+        self.choices.append(line)
+        return need
+
+    def make_loader(self, data: ImageSet, *, train: bool, seed: int | None = None) -> BatchLoader:
+        """A loader of ``data`` with this trainer's memory format, on the device when it fits beside
+        training (``core.device.data_fits``), else in host memory; the choice is logged."""
+        nbytes = data.images.numel() * data.images.element_size() + data.labels.numel() * data.labels.element_size()
+        resident, where = data_fits(nbytes, self.device, self.memory_need)
+        if not resident or self.device.type == "cuda":
+            self.choices.append(f"data: {len(data):,} {'training' if train else 'evaluation'} images {where}")
+        return make_loader(data, self.cfg, self.device, self.splits, train=train, seed=seed,
+                           channels_last=self.channels_last, resident=resident)
 
     # --- hooks a specialisation may replace ------------------------------------------------------
     def parameters(self) -> list[nn.Parameter]:
@@ -209,14 +268,16 @@ class Trainer:
         """One optimisation step on ``batch``; returns the detached ``loss``, ``logits`` and
         ``target`` (and any other scalar tensors, averaged over the epoch into the metrics)."""
         x, y = batch
-        with autocast(self.device, self.amp):
+        with autocast(self.device, self.precision):
             output = self.net(x)
             loss = self.loss_fn(output, y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()  # fp16: the loss scaled against gradient underflow; else as it is
         if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # fp16: skipped when a gradient overflowed
+        self.scaler.update()
         return {"loss": loss.detach(), "logits": logits_of(output).detach(), "target": y}
 
     def extra_state(self) -> dict[str, Any]:
@@ -234,8 +295,9 @@ class Trainer:
         return {}
 
     # --- checkpoints ---------------------------------------------------------------------------
-    def state_dict(self, epoch: int) -> dict[str, Any]:
-        """Everything needed to continue after ``epoch`` completed epochs."""
+    def state_dict(self, epoch: int, rng: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Everything needed to continue after ``epoch`` completed epochs; ``rng``: every rank's
+        generator states (:meth:`fit` gathers them), else this process's."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -243,7 +305,8 @@ class Trainer:
             "epoch": epoch,  # epochs completed
             "config": to_dict(self.cfg),
             "arch": self.arch,
-            "rng": rng_state(),
+            "rng": rng_states(rng if rng is not None else [rng_state(self.device)]),
+            "scaler": self.scaler.state_dict(),  # fp16's loss scale (empty for bf16 and float32)
             "loader": self.train_loader.state_dict(),
             "history": self.history,
             "writer": config_id(self.cfg),  # which command's checkpoint this is (checked on resume)
@@ -256,8 +319,15 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.train_loader.load_state_dict(state["loader"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
         self.load_extra_state(state)
-        set_rng_state(state["rng"])
+        rng, own = rng_of_rank(state["rng"], distributed.rank())
+        set_rng_state(rng, self.device)
+        saved_ranks = len(state["rng"].get("ranks", [None]))
+        if saved_ranks != distributed.world_size() and distributed.world_size() > 1:
+            self.choices.append(f"resume: the checkpoint holds the random state of {saved_ranks} process(es), this run "
+                                f"has {distributed.world_size()}: ranks draw other random numbers than the original run")
         self.history = list(state.get("history", []))
         self.start_epoch = state["epoch"]
         if self.run is not None:
@@ -294,7 +364,7 @@ class Trainer:
                 raise TrainingDiverged(epoch, steps, out["loss"].item(), self.cfg)
         seconds = time.perf_counter() - start
         # data-parallel: the epoch's figures over every rank's share (images_per_s is the total)
-        seen_t, correct, *totals = distributed.all_sum(torch.tensor(seen), correct, *sums.values())
+        seen_t, correct, *totals = distributed.all_sum(seen, correct, *sums.values())
         seen, sums = int(seen_t.item()), dict(zip(sums, totals))
         means = {key: total.item() / max(seen, 1) for key, total in sums.items()}
         if not math.isfinite(means.get("loss", 0.0)):
@@ -316,24 +386,40 @@ class Trainer:
                 raise UserError(f"cannot evaluate on the {name!r} split: it is empty")
             loader = make_loader(data, self.cfg, self.device, self.splits, train=False)
         distributed.sync_buffers(self.model)  # every rank evaluates rank 0's network
-        return evaluate(distributed.unwrap(self.net), loader, self.amp)
+        return evaluate(distributed.unwrap(self.net), loader, self.precision)
 
     def fit(self, on_epoch: EpochCallback | None = None) -> list[dict[str, Any]]:
         """Train from :attr:`start_epoch` to ``cfg.epochs``; returns every epoch's metrics."""
+        if self.run is not None:
+            for line in self.choices:
+                self.run.log(line)
         for epoch in range(self.start_epoch, self.cfg.epochs):
             if self.epoch_start is not None:
                 self.epoch_start(epoch)
-            metrics = self.train_epoch(epoch)
-            for name in self.eval_loaders:
-                result = self.evaluate(name)
-                metrics[f"{name}_acc"], metrics[f"{name}_loss"] = result["acc"], result["loss"]
+            with self._out_of_memory("training"):
+                metrics = self.train_epoch(epoch)
+            with self._out_of_memory("evaluation"):
+                for name in self.eval_loaders:
+                    result = self.evaluate(name)
+                    metrics[f"{name}_acc"], metrics[f"{name}_loss"] = result["acc"], result["loss"]
             self.epoch_end(metrics)
             self.history.append(metrics)
+            rngs = distributed.gather(rng_state(self.device))  # every rank's generators, on rank 0
             if self.run is not None:
                 self.run.log_metrics(metrics)
                 self.run.log(format_metrics(metrics))
-                save_checkpoint(self.run.checkpoint_path, self.state_dict(epoch + 1))
+                save_checkpoint(self.run.checkpoint_path, self.state_dict(epoch + 1, rng=rngs))
             self.start_epoch = epoch + 1
             if on_epoch is not None and distributed.is_main():  # one report per epoch (rank 0's)
                 on_epoch(metrics)
         return self.history
+
+    @contextlib.contextmanager
+    def _out_of_memory(self, during: str):
+        """An out-of-memory error as one line (:class:`OutOfMemory`), not a traceback."""
+        try:
+            yield
+        except torch.OutOfMemoryError:
+            raise OutOfMemory(out_of_memory_message(
+                model=self.key, batch_size=self.cfg.batch_size, precision=self.precision.name, device=self.device,
+                during=during, eval_batch_size=self.cfg.eval_batch_size)) from None

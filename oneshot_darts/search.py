@@ -73,7 +73,7 @@ class SearchConfig(TrainConfig):
                             "split for the architecture weights (the paper's 0.5)")
         check_network_shape(self.layers, channels=self.channels, n_nodes=self.n_nodes,
                             stem_multiplier=self.stem_multiplier)
-        if self.compile:
+        if self.compile == "on":
             raise UserError("compile: not supported by the search, whose own step runs the supernet (NNI's mixed "
                             "operations over every candidate) for two optimizers; compile the retrain instead")
         if not self.arch_lr > 0 or self.arch_weight_decay < 0:

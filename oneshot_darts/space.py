@@ -133,15 +133,31 @@ def count_parameters(model: nn.Module, exclude_auxiliary: bool = True) -> int:
 
 # --- the supernet --------------------------------------------------------------------------------
 
+class AutocastSoftmax(nn.Softmax):
+    """The softmax of NNI's mixed edges, whose weights come out in the autocast dtype when autocast
+    is on (NNI 3.0 fix). NNI multiplies every op output by its float32 softmax weight, so under
+    autocast a 16-bit op output times it is float32, and so is every node state after it: twice
+    the memory and bandwidth. The softmax itself still runs in float32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = super().forward(x)
+        kind = x.device.type
+        return weights.to(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else weights
+
+
 def build_supernet(channels: int = 16, layers: int = 8, n_nodes: int = 4, stem_multiplier: int = 3,
                    num_classes: int = 10) -> DartsSpace:
     """The space mutated by NNI's :class:`nni.nas.strategy.DARTS` into the differentiable supernet
-    (in place): every cell becomes NNI's ``DifferentiableMixedCell``."""
+    (in place): every cell becomes NNI's ``DifferentiableMixedCell``, with :class:`AutocastSoftmax`."""
     from nni.nas.strategy import DARTS
+
+    class Darts(DARTS):
+        def configure_softmax(self) -> nn.Module:
+            return AutocastSoftmax(dim=-1)
 
     space = DartsSpace(channels=channels, layers=layers, n_nodes=n_nodes, stem_multiplier=stem_multiplier,
                        num_classes=num_classes)
-    return DARTS().mutate_model(space)
+    return Darts().mutate_model(space)
 
 
 def arch_parameters(supernet: nn.Module) -> list[nn.Parameter]:

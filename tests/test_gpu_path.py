@@ -1,0 +1,389 @@
+"""The GPU path's device logic, tested on the CPU with faked devices (issue 18): collectives with
+values on two devices, RNG state per device and per rank, GPUs the installed torch cannot drive,
+memory checks, out-of-memory errors, precision per GPU, memory format and compile per device and
+model, NNI's mixed-edge dtype under autocast. What only a real GPU can check: docs/testing.md."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+
+from core import checkpoint, device as devices, distributed, speed
+from core.config import ModelConfig, TrainConfig, from_dict
+from core.data import ImageSet
+from core.errors import UserError
+from core.loader import BatchLoader
+from core.run import Run
+from core.runner import load_splits
+from core.speed import Precision
+from core.train import OutOfMemory, Trainer, seed_everything
+from models import create_model
+from tests.conftest import REPO
+
+GiB = 1 << 30
+CPU = torch.device("cpu")
+CUDA = torch.device("cuda", 0)
+
+
+def tiny_cfg(**kw) -> ModelConfig:
+    base = dict(data="fake", subset=256, val_subset=64, batch_size=32, epochs=2, max_batches=3, model="mobilenet",
+                optimizer="SGD", lr=0.05, device="cpu", progress=False)
+    return ModelConfig(**{**base, **kw})
+
+
+# --- point 1: collectives take their values on the communication device ------------------------------
+
+def test_all_sum_moves_every_value_to_the_communication_device(monkeypatch):
+    """The engine sums a CPU count (``seen``) with counters on the training device; under NCCL the
+    stack of both used to fail ('expected all tensors on the same device'). ``meta`` stands for the
+    second device here."""
+    reduced = []
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "comm_device", lambda: torch.device("meta"))
+    monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **k: reduced.append(t))
+    out = distributed.all_sum(7, torch.tensor(3), torch.zeros((), device="meta", dtype=torch.int64))
+    assert [t.device.type for t in reduced] == ["meta"] and reduced[0].shape == (3,)
+    assert all(t.device.type == "meta" and t.dtype == torch.float64 for t in out)
+
+
+def test_all_sum_sums_over_a_real_gloo_group(monkeypatch, tmp_path):
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(distributed, "world_size", lambda: 2)  # take the collective path with one rank
+        a, b, c = distributed.all_sum(5, torch.tensor(2, dtype=torch.int64), torch.tensor(0.25))
+        assert (a.item(), b.item(), c.item()) == (5.0, 2.0, 0.25)
+        assert distributed.gather({"x": 1})[0] == {"x": 1}
+    finally:
+        dist.destroy_process_group()
+
+
+# --- point 2: RNG state per current device, per rank --------------------------------------------------
+
+class FakeCudaRng(checkpoint.CudaRng):
+    """``count`` GPUs whose generator states are recorded; indexing a missing one fails as CUDA does."""
+
+    def __init__(self, count: int, current: int = 0):
+        self.count, self.cur, self.states = count, current, {}
+
+    def device_count(self) -> int:
+        return self.count
+
+    def current(self) -> int:
+        return self.cur
+
+    def get(self, index: int) -> torch.Tensor:
+        self._check(index)
+        return self.states.get(index, torch.full((16,), index, dtype=torch.uint8))
+
+    def set(self, state: torch.Tensor, index: int) -> None:
+        self._check(index)
+        self.states[index] = state
+
+    def _check(self, index: int) -> None:
+        if index >= self.count:
+            raise RuntimeError(f"CUDA error: invalid device ordinal {index}")
+
+
+def test_rng_restore_with_more_saved_states_than_devices(monkeypatch):
+    """A checkpoint of the old format holds one CUDA state per GPU of the machine that wrote it (four
+    here); resumed where one GPU is visible, the state of the GPU this process uses is restored."""
+    fake = FakeCudaRng(count=1)
+    monkeypatch.setattr(checkpoint, "CUDA_RNG", fake)
+    saved = [torch.full((16,), i, dtype=torch.uint8) for i in range(4)]
+    checkpoint.set_rng_state({"torch": torch.get_rng_state(), "cuda": saved}, torch.device("cuda"))
+    assert torch.equal(fake.states[0], saved[0]) and list(fake.states) == [0]
+    # rank 1 of an old two-GPU run resumed alone on the one GPU (cuda:0): it takes state 0, not 1
+    fake.states.clear()
+    checkpoint.set_rng_state({"torch": torch.get_rng_state(), "cuda": saved}, CUDA)
+    assert list(fake.states) == [0]
+
+
+def test_rng_state_saves_the_current_device_and_each_rank_restores_its_own(monkeypatch):
+    fake = FakeCudaRng(count=2, current=1)
+    monkeypatch.setattr(checkpoint, "CUDA_RNG", fake)
+    state = checkpoint.rng_state(torch.device("cuda"))  # only the current device's, not every GPU's
+    assert torch.equal(state["cuda"], torch.full((16,), 1, dtype=torch.uint8))
+    assert "cuda" not in checkpoint.rng_state(CPU)
+    ranks = [{"torch": torch.get_rng_state(), "cuda": torch.full((16,), 10 + r, dtype=torch.uint8)}
+             for r in range(2)]
+    saved = checkpoint.rng_states(ranks)
+    mine, own = checkpoint.rng_of_rank(saved, 1)
+    assert own and mine is ranks[1]
+    checkpoint.set_rng_state(mine, torch.device("cuda", 1))
+    assert torch.equal(fake.states[1], ranks[1]["cuda"])
+    assert checkpoint.rng_of_rank(saved, 3) == (ranks[1], False)  # more ranks than saved: not its own
+    legacy = {"torch": torch.get_rng_state(), "cuda": []}        # before per-rank states: rank 0's alone
+    assert checkpoint.rng_of_rank(legacy, 0) == (legacy, True)
+
+
+def test_checkpoint_holds_every_ranks_generators(tmp_path):
+    cfg = tiny_cfg(epochs=1)
+    seed_everything(0)
+    trainer = Trainer(create_model("mobilenet", num_classes=10), cfg, load_splits(cfg), Run(tmp_path))
+    trainer.fit()
+    rng = checkpoint.load_checkpoint(tmp_path / "checkpoint.pt")["rng"]
+    assert len(rng["ranks"]) == 1 and torch.equal(rng["ranks"][0]["torch"], torch.get_rng_state())
+
+
+# --- point 4: GPUs this torch cannot drive ----------------------------------------------------------
+
+CU130_ARCHS = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
+
+
+@pytest.mark.parametrize("capability, archs, supported", [
+    ((7, 5), CU130_ARCHS, True),    # T4: Colab's and Kaggle's
+    ((8, 9), CU130_ARCHS, True),    # L4: sm_86 code runs on 8.9
+    ((6, 0), CU130_ARCHS, False),   # P100: Kaggle's
+    ((7, 0), CU130_ARCHS, False),   # V100
+    ((8, 0), ["sm_86"], False),     # machine code for a newer minor version does not run
+    ((12, 1), ["sm_90", "compute_120"], True),  # PTX compiles for a newer GPU
+])
+def test_capability_check_against_the_arch_list(capability, archs, supported):
+    reason = devices.unsupported_gpu("Tesla P100-PCIE-16GB", capability, archs)
+    assert (reason is None) == supported
+    if not supported:
+        assert f"compute capability {capability[0]}.{capability[1]}" in reason and "Tesla P100-PCIE-16GB" in reason
+        assert f"pip install torch=={torch.__version__.split('+')[0]}" in reason
+        assert "--index-url https://download.pytorch.org/whl/cu126" in reason
+
+
+def test_resolve_device_refuses_a_gpu_without_kernels(monkeypatch):
+    monkeypatch.setattr(devices, "cuda_unusable_reason", lambda: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Tesla P100-PCIE-16GB")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (6, 0))
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: CU130_ARCHS)
+    for name in ("auto", "cuda"):
+        with pytest.raises(UserError, match=r"^device: the GPU 'Tesla P100-PCIE-16GB' \(compute capability 6.0\)"):
+            devices.resolve_device(name)
+    assert devices.resolve_device("cpu") == CPU
+
+
+def test_a_driver_too_old_is_an_error_not_a_quiet_cpu_run(monkeypatch):
+    def unavailable() -> bool:
+        warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old (found version 12040).")
+        return False
+
+    monkeypatch.setattr(devices, "gpu_present", lambda: True)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", unavailable)
+    with pytest.raises(UserError) as err:
+        devices.resolve_device("auto")
+    message = str(err.value)
+    assert "\n" not in message and "driver on your system is too old (found version 12040)" in message
+    assert "pip install torch==" in message and "--device cpu" in message
+    monkeypatch.setattr(devices, "gpu_present", lambda: False)  # no GPU at all: the CPU, as before
+    assert devices.resolve_device("auto") == CPU
+
+
+# --- points 5 and 6: memory ---------------------------------------------------------------------------
+
+def test_activation_estimate_matches_the_measured_figures():
+    """Counted on the meta device; the issue measured 5.5 GiB (dpn92) and 4.8 GiB (densenet121) of
+    float32 activations at batch 128 on the CPU."""
+    assert speed.activation_bytes(create_model("dpn92", 10), 128, 32) / GiB == pytest.approx(5.5, rel=0.05)
+    assert speed.activation_bytes(create_model("densenet121", 10), 128, 32) / GiB == pytest.approx(4.8, rel=0.05)
+
+
+def test_the_gpu_configs_memory_rule():
+    """What configs/hpo_gpu.yml says: on a 16 GB T4 (15 GiB usable) two dpn92 trials at batch 128 fit
+    in fp16 (the default there) but not in float32 (--no-amp)."""
+    model = create_model("dpn92", 10)
+    fp16 = speed.training_bytes(model, 128, 32, speed.choose_precision(CUDA, True, capability=(7, 5)))
+    fp32 = speed.training_bytes(model, 128, 32, speed.choose_precision(CUDA, False))
+    assert speed.trials_that_fit(fp16, 15 * GiB) == 2 and speed.trials_that_fit(fp32, 15 * GiB) == 1
+    text = (REPO / "configs" / "hpo_gpu.yml").read_text()
+    assert "--no-amp" in text and "dpn92" in text
+
+
+def test_data_set_too_large_for_free_memory_stays_in_host_memory(monkeypatch):
+    monkeypatch.setattr(devices, "free_memory", lambda d: (3 * GiB, 16 * GiB))
+    fits, where = devices.data_fits(1 * GiB, CUDA, reserve=1 * GiB)
+    assert fits and "on the GPU" in where
+    fits, where = devices.data_fits(2 * GiB, CUDA, reserve=1 * GiB)
+    assert not fits and "pinned host memory" in where and "3.0 GiB free of 16.0 GiB" in where
+    assert devices.data_fits(100 * GiB, CPU)[0]
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_host_memory_batches_equal_resident_ones(train):
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    data = ImageSet(images, torch.arange(40) % 10)
+    kw = dict(batch_size=16, device=CPU, mean=(0.5,) * 3, std=(0.25,) * 3, train=train, cutout=8, seed=3)
+    resident, host = BatchLoader(data, **kw), BatchLoader(data, resident=False, **kw)
+    for (x1, y1), (x2, y2) in zip(resident, host, strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_out_of_memory_is_one_line_naming_model_batch_and_what_to_try(tmp_path):
+    class FakeOutOfMemory(Trainer):
+        def train_step(self, batch):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    cfg = tiny_cfg(model="dpn92", subset=64)
+    trainer = FakeOutOfMemory(create_model("dpn92", num_classes=10), cfg, load_splits(cfg), Run(tmp_path))
+    with pytest.raises(OutOfMemory) as err:
+        trainer.fit()
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("out of memory during training: model dpn92 at batch size 32 (fp32) on cpu; try "
+                              "--batch-size 16")
+    assert "maxTrialNumberPerGpu" in message
+
+
+def test_out_of_memory_message_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(devices, "free_memory", lambda d: (0.2 * GiB, 15 * GiB))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Tesla T4")
+    message = devices.out_of_memory_message(model="googlenet", batch_size=128, precision="fp32", device=CUDA,
+                                            during="training")
+    assert "googlenet at batch size 128 (fp32) on Tesla T4 (15.0 GiB, 0.2 GiB free now)" in message
+    assert "--batch-size 64" in message and "--amp" in message
+
+
+# --- point 8 and issue 22: the choices of core/speed.py -----------------------------------------------
+
+@pytest.mark.parametrize("device, capability, amp, can_scale, expected", [
+    (CPU, None, True, True, ("fp32", None, False)),
+    (CUDA, (9, 0), True, True, ("bf16", torch.bfloat16, False)),   # H100
+    (CUDA, (8, 0), True, True, ("bf16", torch.bfloat16, False)),   # A100
+    (CUDA, (7, 5), True, True, ("fp16", torch.float16, True)),     # T4
+    (CUDA, (6, 0), True, True, ("fp16", torch.float16, True)),     # P100
+    (CUDA, (7, 5), True, False, ("fp32", None, False)),            # a step without the scaler
+    (CUDA, (8, 0), False, True, ("fp32", None, False)),            # --no-amp
+])
+def test_precision_per_device(device, capability, amp, can_scale, expected):
+    p = speed.choose_precision(device, amp, capability=capability, can_scale=can_scale)
+    assert (p.name, p.dtype, p.scaled) == expected and p.reason
+
+
+def small_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 10))
+
+
+def test_fp16_with_gradient_scaler_trains_and_resumes_exactly(monkeypatch, tmp_path):
+    """The fp16 path a T4 takes, run under CPU autocast: the scaler scales, its state is in the
+    checkpoint, and a run stopped after epoch 1 resumes to the straight run's weights and scale."""
+    fp16 = Precision("fp16", torch.float16, True, "test: fp16 on the CPU")
+    monkeypatch.setattr("core.train.choose_precision", lambda *a, **k: fp16)
+    cfg = tiny_cfg(epochs=2, subset=128, batch_size=16, max_batches=2, grad_clip=5.0)
+
+    def run(folder: Path, epochs: int) -> Trainer:
+        seed_everything(0)
+        trainer = Trainer(small_cnn(), cfg, load_splits(cfg), Run(folder))
+        assert trainer.scaler.is_enabled() and trainer.precision is fp16
+        trainer.cfg = dataclasses_replace(cfg, epochs=epochs)
+        trainer.fit()
+        return trainer
+
+    straight = run(tmp_path / "a", 2)
+    assert all(torch.isfinite(torch.tensor(m["train_loss"])) for m in straight.history)
+    run(tmp_path / "b", 1)
+    state = checkpoint.load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert state["scaler"]["scale"] > 0
+    seed_everything(99)
+    resumed = Trainer(small_cnn(), cfg, load_splits(cfg), Run(tmp_path / "b"))
+    resumed.load_state_dict(state)
+    resumed.fit()
+    assert resumed.scaler.state_dict() == straight.scaler.state_dict()
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def dataclasses_replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
+
+
+def test_memory_format_per_device_and_model():
+    bf16 = speed.choose_precision(CUDA, True, capability=(8, 0))
+    fp32 = speed.choose_precision(CUDA, False)
+    assert speed.choose_channels_last("auto", CPU, "mobilenet").value           # measured 1.2-1.6x
+    assert not speed.choose_channels_last("auto", CPU, "resnet18").value        # not measured: contiguous
+    assert speed.choose_channels_last("auto", CUDA, "resnet18", bf16).value     # tensor cores: NHWC
+    assert not speed.choose_channels_last("auto", CUDA, "resnet18", fp32).value  # not forced in fp32
+    assert not speed.choose_channels_last("auto", CUDA, speed.DARTS_SUPERNET, bf16).value
+    assert speed.choose_channels_last("on", CPU, "resnet18").value
+    assert not speed.choose_channels_last("off", CPU, "mobilenet").value
+
+
+def test_model_key_names_registry_models_and_supernets():
+    assert speed.model_key(nn.Linear(2, 2), tiny_cfg(model="vgg")) == "vgg"
+    net = nn.Sequential(nn.Linear(2, 2))
+    assert speed.model_key(net, TrainConfig()) == "Sequential"
+    net[0]._arch_alpha = nn.ParameterDict()  # what NNI's differentiable modules hold
+    assert speed.model_key(net, TrainConfig()) == speed.DARTS_SUPERNET
+
+
+def test_compile_auto_pays_only_past_the_break_even():
+    full = speed.planned_images(from_dict(TrainConfig, {"epochs": 30, "batch_size": 128}), 45_000)
+    quick = speed.planned_images(from_dict(TrainConfig, {"epochs": 2, "batch_size": 64}), 2_000)
+    smoke = speed.planned_images(from_dict(TrainConfig, {"epochs": 3, "batch_size": 8, "max_batches": 2}), 2_000)
+    assert (full, quick, smoke) == (30 * 351 * 128, 2 * 31 * 64, 3 * 2 * 8)
+    assert speed.choose_compile("auto", CPU, "resnet18", full).value
+    assert not speed.choose_compile("auto", CPU, "resnet18", quick).value
+    assert not speed.choose_compile("auto", CPU, "resnet18", smoke).value
+    assert not speed.choose_compile("auto", CPU, speed.DARTS_SUPERNET, full).value
+    assert not speed.choose_compile("auto", CPU, "DartsSpace", full, drop_path=0.2).value
+    assert not speed.choose_compile("auto", CUDA, "resnet18", full).value  # not measured on a GPU
+    assert speed.choose_compile("on", CPU, "resnet18", smoke).value
+    assert "break-even" in speed.choose_compile("auto", CPU, "resnet18", quick).reason
+
+
+def test_the_log_says_what_was_chosen_and_why(tmp_path):
+    cfg = tiny_cfg(epochs=1)
+    trainer = Trainer(create_model("mobilenet", num_classes=10), cfg, load_splits(cfg), Run(tmp_path))
+    trainer.fit()
+    log = (tmp_path / "train.log").read_text()
+    assert "precision: fp32: mixed precision is for GPUs" in log
+    assert "memory format: channels_last (auto on cpu for mobilenet: measured 1.2-1.6x" in log
+    assert "compile: off (auto: 96 planned training images are below the cpu break-even" in log
+
+
+def test_old_boolean_compile_values_still_load():
+    assert from_dict(TrainConfig, {"compile": False}).compile == "off"
+    assert from_dict(TrainConfig, {"compile": True}).compile == "on"
+    assert TrainConfig().compile == "auto"
+
+
+def test_nni_mixed_edges_stay_in_the_autocast_dtype():
+    """NNI's DifferentiableMixedCell multiplied bf16 op outputs by float32 softmax weights, so its
+    node states (and the cell output) were float32 under autocast."""
+    from oneshot_darts.space import build_supernet
+
+    net = build_supernet(channels=4, layers=3, n_nodes=2)
+    from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedCell
+
+    dtypes = []
+    for cell in (m for m in net.modules() if isinstance(m, DifferentiableMixedCell)):
+        cell.register_forward_hook(lambda mod, args, out: dtypes.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(torch.randn(2, 3, 32, 32)).float().sum().backward()
+    assert dtypes and set(dtypes) == {torch.bfloat16}, dtypes
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad and p.dim() == 1 and p.numel() == 8)
+
+
+# --- point 9: GPU order ------------------------------------------------------------------------------
+
+def test_gpus_are_numbered_in_pci_order_as_nni_numbers_them():
+    code = "import os, core; print(os.environ['CUDA_DEVICE_ORDER'])"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "CUDA_DEVICE_ORDER"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PCI_BUS_ID"
+    env["CUDA_DEVICE_ORDER"] = "FASTEST_FIRST"  # the user's own choice wins
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "FASTEST_FIRST"
+
+
+def test_gpu_configs_name_the_memory_rule():
+    for name in ("hpo_gpu.yml", "classic_nas_gpu.yml"):
+        text = (REPO / "configs" / name).read_text()
+        assert "memory" in text.lower() and yaml.safe_load(text)["trainingService"]["maxTrialNumberPerGpu"] >= 2
