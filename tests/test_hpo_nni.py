@@ -4,6 +4,7 @@ Chromium, reading the best trial back, and no NNI process left after `nnictl sto
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import yaml
 
 from core import experiments
 from hpo import results, retrain
+from hpo.nni_fixes import RECEIVED_TAG, FixedTpe
 from report.cli import main as report_main
 from tests.nni_harness import nni_experiment
 from tests.test_report import check_report, tau_in
@@ -57,6 +59,69 @@ def _visible_text(html: str) -> str:
     return re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", html)))
 
 
+def tuner_received(exp_dir: Path) -> dict[str, dict]:
+    """What the experiment's tuner learnt from, by trial id: the ``tuner received:`` lines FixedTpe
+    writes to the dispatcher's log (``{"parameter_id", "trial_job_id", "value", "early_stopped"}``)."""
+    log = (Path(exp_dir) / "log" / "dispatcher.log").read_text(errors="replace")
+    lines = [line.split(RECEIVED_TAG, 1)[1] for line in log.splitlines() if RECEIVED_TAG in line]
+    return {r["trial_job_id"]: r for r in map(json.loads, lines)}
+
+
+def check_tuner_learned_from_every_trial(exp_dir: Path) -> list[dict]:
+    """In a finished experiment (its folder), the tuner received every trial's result: a finished
+    trial's final result, and an early-stopped trial's (NNI 3.0: USER_CANCELED with intermediate
+    results and no final one) last intermediate result, flagged as early-stopped. Returns what it
+    received from the early-stopped trials (empty when the assessor stopped none)."""
+    trials = results.load_experiment(exp_dir)
+    received = tuner_received(exp_dir)
+    log = (Path(exp_dir) / "log" / "dispatcher.log").read_text(errors="replace")
+    assert "early-stopped trials' last intermediate results go to the tuner" in log, log[-4000:]
+    from_stops = []
+    for t in trials:
+        got = received.get(t.trial_id)
+        if t.early_stopped:
+            assert got is not None, f"early-stopped trial {t.trial_id}: the tuner never received a result\n{log[-4000:]}"
+            assert got["early_stopped"] and got["value"] in t.intermediates, (got, t.intermediates)
+            from_stops.append(got)
+        elif t.final is not None:
+            assert got is not None and got["value"] == t.final, (t.trial_id, got, t.final)
+    return from_stops
+
+
+def test_tuner_learns_from_an_early_stopped_trial(tmp_path):
+    """A real experiment with the shipped tuner and assessor (Medianstop from epoch 2) in which one
+    trial is sure to be stopped: a configuration that learns (lr 0.01) runs first, then one that
+    cannot (lr 1e-7). The tuner must receive the stopped trial's last validation accuracy, with
+    nothing set in the shell (the harness passes the test's own environment, no NNI_* variable)."""
+    space = {"model": {"_type": "choice", "_value": ["shufflenetg2"]},
+             "optimizer": {"_type": "choice", "_value": ["Adam"]},
+             "lr": {"_type": "choice", "_value": [0.01, 1e-7]}}
+    for seed in range(100):       # a tuner seed whose first proposal is the configuration that learns
+        probe = FixedTpe(optimize_mode="maximize", seed=seed, include_intermediate_results=False)
+        probe.update_search_space(space)
+        if probe.generate_parameters(0)["lr"] == 0.01:
+            break
+    smoke = yaml.safe_load(SMOKE.read_text())
+    command = (smoke["trialCommand"].replace("--epochs 3", "--epochs 6").replace("--max-batches 2", "--max-batches 20")
+               .replace("--batch-size 8", "--batch-size 16").replace("--eval-batch-size 16", "--eval-batch-size 50"))
+    overrides = {"searchSpace": space, "searchSpaceFile": None, "maxTrialNumber": 2, "trialConcurrency": 1,
+                 "trialCommand": command,
+                 "tuner": {**smoke["tuner"], "classArgs": {**smoke["tuner"]["classArgs"], "seed": seed}},
+                 "assessor": {**smoke["assessor"], "classArgs": {**smoke["assessor"]["classArgs"], "start_step": 2}}}
+    assert "NNI_INCLUDE_INTERMEDIATE_RESULTS" not in os.environ      # nothing set in the shell
+    with nni_experiment(SMOKE, tmp_path, timeout=60, overrides=overrides) as exp:
+        assert exp.wait_done(timeout=400)["status"] == "DONE", exp.logs()
+        # NNI 3.0's manager starts its dispatcher with the switch off, whatever the shell says
+        dispatcher = [p for p in exp.processes() if "--exp_params" in " ".join(p.cmdline())]   # (and its shell)
+        assert dispatcher and {p.environ().get("NNI_INCLUDE_INTERMEDIATE_RESULTS") for p in dispatcher} == {"false"}
+        first, second = results.load_experiment(exp.exp_dir)
+        assert first.params["lr"] == 0.01 and first.status == "SUCCEEDED", exp.logs()
+        assert second.params["lr"] == 1e-7 and second.early_stopped, (second, exp.logs())
+        (got,) = check_tuner_learned_from_every_trial(exp.exp_dir)
+        assert got["trial_job_id"] == second.trial_id and got["value"] == second.intermediates[1]
+        print("tuner received:", json.dumps(tuner_received(exp.exp_dir), indent=1))
+
+
 def test_smoke_experiment_web_ui_and_best_trial(tmp_path):
     with nni_experiment(SMOKE, tmp_path, timeout=60) as exp:
         status = exp.wait_done(timeout=300)
@@ -83,6 +148,7 @@ def test_smoke_experiment_web_ui_and_best_trial(tmp_path):
         assert {"config.yaml", "metrics.jsonl", "train.log", "result.json", "trial.log"} <= {p.name for p in run.iterdir()}
         assert f"model: {best.params['model']}" in (run / "config.yaml").read_text()
         assert results.best_trial(results.load_experiment(exp.id, experiments_dir=exp.work_dir)).trial_id == best.trial_id
+        check_tuner_learned_from_every_trial(exp.exp_dir)     # and from early-stopped ones, if Medianstop stopped any
 
         # the web UI in a real browser: the overview shows the status, the trials page lists every trial
         overview = _browser(f"{exp.url}/oview", tmp_path, "--dump-dom")
