@@ -114,6 +114,9 @@ def test_a_killed_distributed_run_resumes_and_finishes(tmp_path, launcher):
     assert not (run / "result.json").exists(), "killed too late: the run had finished"
     done = len(metrics.read_text().splitlines())
     assert 1 <= done < 5
+    import torch
+    rng = torch.load(run / "checkpoint.pt", weights_only=True)["rng"]
+    assert len(rng["ranks"]) == 2, "every rank's generators are in the checkpoint (gathered to rank 0)"
     resumed = subprocess.run(_command(launcher, 2, ["--resume", str(run / "checkpoint.pt")]), env=env, cwd=REPO,
                              capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
