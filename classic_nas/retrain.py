@@ -16,6 +16,9 @@ whole training split and logs the test accuracy after every epoch; the result is
 each in its own run folder ``<out_dir>/classic_nas_retrain-<experiment>-<trial>/`` with an
 ``origin.json`` (see :mod:`core.retrains`); the same command again skips finished ones and
 continues a killed one from its checkpoint; ``python -m report ID`` compares the rankings.
+
+``--from-hpo EXPERIMENT`` trains with the optimizer and learning rate of that HPO experiment's best
+trial (:mod:`core.from_hpo`), as a search started with it did.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from typing import Any, Sequence
 from core.config import TrainConfig, add_config_arguments, check_resume_only, config_from_args, field
 from core.errors import UserError, cli_main
 from core.experiments import Trial
+from core.from_hpo import add_from_hpo_argument, winner_from_args
 from core.retrains import retrain_top_of
 from core.runner import config_from_checkpoint, train
 
@@ -53,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "best architectures")
     parser.add_argument("--experiments-dir", help="folder holding the experiment's <id>/ folder "
                         "(default: found via ~/nni-experiments)")
+    add_from_hpo_argument(parser)
     parser.add_argument("--top", type=int, metavar="K", help="with --experiment: how many of the best to retrain, "
                         "each in its own run folder (default 1; rerun the command to continue)")
     add_config_arguments(parser, RetrainConfig)
@@ -68,15 +73,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return retrain_top_archs(args)
     from classic_nas.space import read_arch, validate_arch
     if args.resume:
-        check_resume_only(RetrainConfig, args, extra=("experiments_dir",))
+        check_resume_only(RetrainConfig, args, extra=("experiments_dir", "from_hpo"))
         cfg, state = config_from_checkpoint(RetrainConfig, args.resume)
         arch = validate_arch(state.get("arch"), source=f"checkpoint {args.resume!r} architecture")
     else:
         arch = read_arch(args.arc)
-        cfg = config_from_args(RetrainConfig, args)
+        cfg = _config(args)
     result = _train_arch(cfg, arch, resume=args.resume)
     print(json.dumps({"arch": arch, **result}), flush=True)
     return result
+
+
+def _config(args: argparse.Namespace) -> RetrainConfig:
+    """The flags' config; under ``--from-hpo`` with the HPO winner's optimizer and lr."""
+    winner = winner_from_args(args)
+    if winner is not None:
+        print(f"training with {winner.describe()}", flush=True)
+    return config_from_args(RetrainConfig, args, overrides=winner and winner.fields(), overrides_source="--from-hpo")
 
 
 def _train_arch(cfg: RetrainConfig, arch: dict[str, int], **kwargs: Any) -> dict[str, Any]:
@@ -95,14 +108,14 @@ def retrain_top_archs(args: argparse.Namespace) -> list[dict[str, Any]]:
     from classic_nas.export import load_experiment, trial_arch
     from classic_nas.space import validate_arch
 
-    first = config_from_args(RetrainConfig, args)   # bad flags: an error before anything is written
+    first = _config(args)   # bad flags: an error before anything is written
 
     def train_one(trial: Trial, run_dir: Path, resume: Path | None) -> dict[str, Any]:
         if resume is not None:
             cfg, state = config_from_checkpoint(RetrainConfig, resume)
             arch = validate_arch(state.get("arch"), source=f"checkpoint {str(resume)!r} architecture")
             return _train_arch(cfg, arch, resume=resume)
-        return _train_arch(config_from_args(RetrainConfig, args), trial_arch(trial), run_dir=run_dir)
+        return _train_arch(first, trial_arch(trial), run_dir=run_dir)
 
     return retrain_top_of(args.experiment, args.experiments_dir, args.top or 1, load=load_experiment,
                           out_dir=first.out_dir, stage=STAGE, origin_extra=lambda t: {"params": trial_arch(t)},

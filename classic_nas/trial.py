@@ -12,6 +12,12 @@ and exits cleanly). The test split is never evaluated here: model selection only
 validation split carved from the training data. Under NNI the run folder is the trial's own
 output folder (``NNI_OUTPUT_DIR``), so the experiment keeps each trial's config, log and metrics
 beside NNI's files (the checkpoint is deleted at the end unless ``--keep-checkpoint``).
+
+``--from-hpo EXPERIMENT`` (for every trial of an nnictl experiment: ``CIFAR_AUTOML_FROM_HPO`` in
+the shell that runs ``nnictl create``) trains with the optimizer and learning rate of that HPO
+experiment's best trial instead of the config's (:mod:`core.from_hpo`); the rest of the recipe
+stays this stage's. Each trial repeats the optimizer, lr, experiment and HPO trial in its final
+result. ``--optimizer`` / ``--lr`` flags cannot be combined with it.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from typing import Any, Sequence
 
 from core.config import SearchTrialConfig, add_config_arguments, config_from_args, field
 from core.errors import UserError, cli_main
+from core.from_hpo import add_from_hpo_argument, winner_from_args
 from core.nni_trial import NniTrial, run_search_trial
 
 STAGE = "classic_nas"
@@ -40,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python classic_nas/trial.py", description=__doc__.splitlines()[0])
     parser.add_argument("--arc", "--arch", dest="arc", metavar="JSON", help="architecture file {\"skip1\": 0 or "
                         "1, ...}; only outside NNI (under nnictl the tuner chooses the architecture)")
+    add_from_hpo_argument(parser, env=True)
+    parser.add_argument("--experiments-dir", help="with --from-hpo ID: the folder holding <ID>/ (default: found "
+                        "via ~/nni-experiments)")
     add_config_arguments(parser, TrialConfig)
     return parser
 
@@ -48,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     from classic_nas.space import arch_name, build_model, read_arch, validate_arch
-    cfg = config_from_args(TrialConfig, args)
+    winner = winner_from_args(args, env=True)   # --from-hpo, else $CIFAR_AUTOML_FROM_HPO
+    cfg = config_from_args(TrialConfig, args, overrides=winner and winner.fields(), overrides_source="--from-hpo")
     trial = NniTrial.from_environment()
     if trial.active:
         if args.arc:
@@ -61,8 +72,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         arch = read_arch(args.arc)
 
     print(f"architecture {arch_name(arch)}: {json.dumps(arch)}", flush=True)
+    extra = dict(arch)
+    if winner is not None:
+        print(f"training with {winner.describe()}", flush=True)
+        extra.update(winner.fields(), **winner.provenance())
     final, result = run_search_trial(cfg, lambda num_classes: build_model(arch, num_classes), trial, name=STAGE,
-                                     extra=arch, arch=arch, keep_checkpoint=cfg.keep_checkpoint)
+                                     extra=extra, arch=arch, keep_checkpoint=cfg.keep_checkpoint)
     print(json.dumps(final), flush=True)
     return result or final
 

@@ -18,6 +18,9 @@ Every variable has the prefix :data:`ENV_PREFIX`:
 ``CIFAR_AUTOML_RUNS``      the parent folder of run folders (default ``<repo>/runs``)
 ``CIFAR_AUTOML_TRIAL_FLAGS`` extra flags appended to every trial command of every nnictl config
                            (they come last, so they win): ``--max-batches 2 --device cpu``, say
+``CIFAR_AUTOML_FROM_HPO``  classic-NAS trials train every architecture with the optimizer and lr
+                           of this HPO experiment's best trial (id or folder; the default of the
+                           trial's ``--from-hpo``, :mod:`core.from_hpo`)
 ========================== ===================================================================
 """
 from __future__ import annotations
@@ -33,6 +36,7 @@ DATA_ENV = ENV_PREFIX + "DATA"
 DATA_ROOT_ENV = ENV_PREFIX + "DATA_ROOT"
 RUNS_ENV = ENV_PREFIX + "RUNS"
 TRIAL_FLAGS_ENV = ENV_PREFIX + "TRIAL_FLAGS"   # read by the nnictl configs' trial commands only
+FROM_HPO_ENV = ENV_PREFIX + "FROM_HPO"         # read by classic_nas/trial.py
 
 #: Data sources that are names, not paths (core.data loads them); config fields that hold paths.
 NAMED_SOURCES = ("cifar10", "fake")
@@ -62,6 +66,11 @@ def default_data_root() -> str:
 def default_out_dir() -> str:
     """The parent of run folders: ``$CIFAR_AUTOML_RUNS``, else ``<repo>/runs``."""
     return resolve(_from_env(RUNS_ENV, str(DEFAULT_RUNS)))
+
+
+def default_from_hpo() -> str | None:
+    """The HPO experiment whose winner a classic-NAS trial takes over: ``$CIFAR_AUTOML_FROM_HPO``, else none."""
+    return _from_env(FROM_HPO_ENV, "") or None
 
 
 def resolve(path: str | os.PathLike) -> str:

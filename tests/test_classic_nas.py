@@ -344,3 +344,149 @@ def test_export_command_errors_in_one_line(tmp_path, monkeypatch, capsys):
         _trial("z", 0.4, {**ALL_OFF, "skip6": 1})])
     assert export.main(["abc123", "--out", str(out)]) == {**ALL_OFF, "skip6": 1}
     assert json.loads(out.read_text()) == {**ALL_OFF, "skip6": 1}
+
+
+# --- --from-hpo: the HPO winner's optimizer and lr ------------------------------------------------
+
+def _hpo_experiment(tmp_path: Path, trials=None) -> Path:
+    """An HPO experiment database (tests/test_report.py's builder): best finished trial aaaaa
+    (mobilenet, Adam, lr 0.001, 0.5), one early-stopped, one still running."""
+    from tests.test_report import HPO_TRIALS, _fake_experiment
+
+    return _fake_experiment(tmp_path / "hpoexp1", "hpo", trials or HPO_TRIALS)
+
+
+def test_from_hpo_reads_the_best_finished_trial(tmp_path, capsys):
+    from core.from_hpo import hpo_winner
+
+    exp = _hpo_experiment(tmp_path)
+    winner = hpo_winner(exp)
+    assert (winner.trial_id, winner.optimizer, winner.lr, winner.model) == ("aaaaa", "Adam", 0.001, "mobilenet")
+    assert winner.fields() == {"optimizer": "Adam", "lr": 0.001} and winner.unfinished == 1
+    assert winner.provenance() == {"from_hpo": str(exp), "hpo_trial": "aaaaa"}
+    err = capsys.readouterr().err    # a trial still runs: the best may change, and the user is told
+    assert err.startswith("warning: --from-hpo: experiment") and "1 unfinished trial" in err
+    assert hpo_winner(exp / "db" / "nni.sqlite").trial_id == "aaaaa"
+
+
+def test_trial_from_hpo_trains_with_the_winner_s_optimizer_and_lr(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("NNI_PLATFORM", raising=False)
+    exp = _hpo_experiment(tmp_path)
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(json.dumps(ALL_ON))
+    # the stage's own recipe says SGD 0.1; --from-hpo replaces optimizer and lr, nothing else
+    result = trial.main(["--arc", str(arch_file), "--config", str(REPO / "configs/classic_nas.yml"), *FAST,
+                         "--out-dir", str(tmp_path / "runs"), "--from-hpo", str(exp)])
+    config = yaml.safe_load((Path(result["run_dir"]) / "config.yaml").read_text())
+    assert (config["optimizer"], config["lr"], config["weight_decay"], config["scheduler"]) == ("Adam", 0.001, 5e-4,
+                                                                                              "cosine")
+    out = capsys.readouterr().out
+    assert f"training with optimizer Adam, lr 0.001 from HPO experiment {exp} (best trial aaaaa" in out
+    final = json.loads(out.strip().splitlines()[-1])
+    assert {k: final[k] for k in ("optimizer", "lr", "from_hpo", "hpo_trial")} == {
+        "optimizer": "Adam", "lr": 0.001, "from_hpo": str(exp), "hpo_trial": "aaaaa"}
+    assert {k: final[k] for k in SKIP_LABELS} == ALL_ON
+
+
+def test_nnictl_trials_take_the_winner_from_the_environment(tmp_path, monkeypatch, capsys):
+    from core.paths import FROM_HPO_ENV
+
+    exp = _hpo_experiment(tmp_path)
+    other = _hpo_experiment(tmp_path / "other", [
+        {"id": "zzzzz", "params": {"model": "vgg", "optimizer": "Adagrad", "lr": 0.01}, "curve": [0.6], "final": 0.6,
+         "status": "SUCCEEDED"}])
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(json.dumps(ALL_OFF))
+
+    def resolved(*extra: str) -> dict:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            trial.main(["--arc", str(arch_file), *FAST, "--config", str(REPO / "configs/classic_nas.yml"), *extra,
+                        "--print-config"])
+        assert exit_.value.code == 0
+        return yaml.safe_load(capsys.readouterr().out)
+
+    assert (resolved()["optimizer"], resolved()["lr"]) == ("SGD", 0.1)               # the stage's own recipe
+    monkeypatch.setenv(FROM_HPO_ENV, str(exp))                                       # as nnictl trials inherit it
+    assert (resolved()["optimizer"], resolved()["lr"]) == ("Adam", 0.001)
+    assert (resolved("--from-hpo", str(other))["optimizer"], resolved("--from-hpo", str(other))["lr"]) == (
+        "Adagrad", 0.01)                                                             # the flag wins
+    monkeypatch.setenv(FROM_HPO_ENV, "")
+    assert resolved()["optimizer"] == "SGD"
+
+
+def _classic_nas_experiment(tmp_path: Path) -> Path:
+    from tests.test_report import _fake_experiment
+
+    return _fake_experiment(tmp_path / "nasexp1", "classic_nas", [
+        {"id": "nnnnn", "params": ALL_ON, "curve": [0.3], "final": 0.3, "status": "SUCCEEDED"}])
+
+
+@pytest.mark.parametrize("case", ["no such id", "no such folder", "nothing finished", "classic-NAS experiment",
+                                  "with --lr", "empty", "environment"])
+def test_from_hpo_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, case):
+    from core.paths import FROM_HPO_ENV
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("NNI_PLATFORM", raising=False)
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(json.dumps(ALL_ON))
+    source, extra, env = {
+        "no such id": lambda: ("zzzz9999", [], None),
+        "no such folder": lambda: (str(tmp_path / "gone" / "exp"), [], None),
+        "nothing finished": lambda: (str(_hpo_experiment(tmp_path, [
+            {"id": "rrrrr", "params": {"model": "vgg", "optimizer": "Adam", "lr": 0.01}, "curve": [0.2],
+             "status": "RUNNING"},
+            {"id": "fffff", "params": {"model": "vgg", "optimizer": "Adam", "lr": 0.1}, "curve": [],
+             "status": "FAILED"}])), [], None),
+        "classic-NAS experiment": lambda: (str(_classic_nas_experiment(tmp_path)), [], None),
+        "with --lr": lambda: (str(_hpo_experiment(tmp_path)), ["--lr", "0.05"], None),
+        "empty": lambda: (" ", [], None),
+        "environment": lambda: (None, [], "zzzz9999"),
+    }[case]()
+    expected = {
+        "no such id": "error: --from-hpo: experiment 'zzzz9999': no folder with db/nni.sqlite found",
+        "no such folder": f"error: --from-hpo: experiment {str(tmp_path / 'gone' / 'exp')!r}: no such file or folder",
+        "nothing finished": "error: --from-hpo: experiment ",
+        "classic-NAS experiment": "error: --from-hpo: experiment ",
+        "with --lr": "error: --lr: not allowed with --from-hpo, which takes the optimizer and lr",
+        "empty": "error: --from-hpo: give an HPO experiment",
+        "environment": f"error: {FROM_HPO_ENV}: experiment 'zzzz9999': no folder with db/nni.sqlite found",
+    }[case]
+    if env:
+        monkeypatch.setenv(FROM_HPO_ENV, env)
+    runs = tmp_path / "runs"
+    argv = ["--arc", str(arch_file), *FAST, "--out-dir", str(runs), *extra]
+    argv += ["--from-hpo", source] if source is not None else []
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        trial.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and err.startswith(expected), err
+    if case == "nothing finished":
+        assert "has no finished trial with a result yet (of its 2 trials)" in err
+    if case == "classic-NAS experiment":
+        assert "is not an HPO experiment: its best trial nnnnn has no optimizer or lr" in err
+    assert not runs.exists()
+    if case != "environment":      # the retrain takes --from-hpo the same way
+        with pytest.raises(SystemExit) as exit_:
+            retrain.main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and err.startswith(expected), err
+        assert not runs.exists()
+
+
+def test_retrain_from_hpo_and_not_with_resume(tmp_path, capsys):
+    exp = _hpo_experiment(tmp_path)
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(json.dumps(ALL_OFF))
+    result = retrain.main(["--arc", str(arch_file), *FAST, "--val-fraction", "0", "--out-dir", str(tmp_path / "runs"),
+                           "--from-hpo", str(exp)])
+    run = Path(result["run_dir"])
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (config["optimizer"], config["lr"]) == ("Adam", 0.001)
+    assert "training with optimizer Adam, lr 0.001 from HPO experiment" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        retrain.main(["--resume", str(run / "checkpoint.pt"), "--from-hpo", str(exp)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --from-hpo: not allowed with --resume")
