@@ -43,17 +43,18 @@ class PerImageDataset(torch.utils.data.Dataset):
 
 
 def usual_recipe_loader(data: ImageSet, mean, std, batch_size: int, workers: int,
-                        images: int | None = None) -> torch.utils.data.DataLoader:
+                        images: int | None = None, drop_last: bool = True) -> torch.utils.data.DataLoader:
     """The usual CIFAR-10 training pipeline (the baseline of bench_loader and bench_trial): per-image
     ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize`` in a
-    shuffling ``DataLoader`` with ``workers`` processes, over the first ``images`` of ``data``."""
+    shuffling ``DataLoader`` with ``workers`` processes, over the first ``images`` of ``data``
+    (``drop_last=False``: the last partial batch too, as NNI's example trial)."""
     from torchvision import transforms
 
     tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                              transforms.ToTensor(), transforms.Normalize(mean, std)])
     ds = torch.utils.data.Subset(PerImageDataset(data, tf), range(min(images or len(data), len(data))))
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                       drop_last=True, persistent_workers=False)
+                                       drop_last=drop_last, persistent_workers=False)
 
 
 def time_baseline(data: ImageSet, mean, std, batch_size: int, images: int, workers: int) -> float:

@@ -1,21 +1,35 @@
-"""Trial speed: the project's trial path against the usual CIFAR-10 recipe, on every model.
+"""Trial speed: the project's trial against NNI's example trial and against the compute limit, per model.
 
-The baseline is the usual recipe (NNI's own CIFAR-10 example trial): the uint8 images as
-``torchvision.datasets.CIFAR10`` holds them, turned into PIL images one at a time and put through
-``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``, ``ToTensor`` and ``Normalize`` by a
-``DataLoader`` with two workers, and a plain float32 loop (zero_grad, forward, cross-entropy,
-backward, step, running accuracy). The trial path is the project's: data decoded once,
-``core.loader.BatchLoader`` and ``core.train.Trainer.train_epoch``, with the engine's memory
-format, precision and compile choices for the device (``--variant`` overrides config fields).
-Both train the same model from the same initial weights with Adam 1e-3 on the same images at the
-same batch size, in this one process; the first ``--warmup`` batches of each (and compilation)
-are timed apart and excluded. Prints images/s and the time ratio (trial / baseline) per model;
-``--accuracy`` also trains both to the end and compares their accuracies; ``--concurrent 1 2 4``
-runs that many trials at once as separate processes and prints their total images/s.
+Three measurements per model, interleaved in every repeat (drift on a shared machine hits all alike),
+all training the same model from the same initial weights with Adam 1e-3 on the same images at the
+same batch size, in this one process (same torch threads):
+
+- **NNI example**: NNI's own CIFAR-10 trial (``examples/trials/cifar10_pytorch/main.py``) as it
+  trains: ``torchvision.datasets.CIFAR10``-style uint8 images turned into PIL images one at a time,
+  ``RandomCrop(32, 4)``, ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize`` in a shuffling
+  ``DataLoader(num_workers=2)`` that keeps the last partial batch, and its loop (zero_grad, forward,
+  cross-entropy, backward, step, then ``loss.item()`` and the running accuracy every step), with
+  ``cudnn.benchmark`` on a GPU. Without its bugs: the optimizer is the one named (it builds Adam for
+  'Adamax'), nothing is selected on the test set, and no ``DataParallel`` wraps a single GPU.
+- **trial**: the project's trial path: data decoded once, ``core.loader.BatchLoader``,
+  ``core.train.Trainer.train_epoch`` with the engine's choices for this device and model (memory
+  format, precision, compile: ``core/speed.py``; ``--variant`` overrides config fields).
+- **limit**: the pure-compute limit of that trial: the same ``Trainer``'s own ``train_step`` (same
+  memory format, precision, compile, threads) repeated on one batch already in memory, no data path.
+
+Prints images/s of each, the trial's time over the NNI example's for the same images (below 1: the
+trial is faster) and the trial's rate as a fraction of its limit (1.00 = the trial runs at the limit).
+
+``--ab FIELD`` instead measures FIELD's two values (``channels_last`` off/on, ``compile``, ``amp``)
+interleaved, off, on, off, on, ``--repeats`` pairs per model, on the limit (or ``--ab-on trial``),
+and states the decision with its spread: the median on/off speed ratio and its range over the pairs.
+``--compile-cache`` measures what the shared compile cache saves: two trials of the first model, each
+a fresh process (as NNI starts trials), compile seconds of the first (cold cache) and the second.
 
     python benchmarks/bench_trial.py                              # 8 models, 3 batches each (minutes on a CPU)
-    python benchmarks/bench_trial.py --models mobilenet --max-batches 0 --epochs 2 --accuracy   # full trial epochs
-    python benchmarks/bench_trial.py --models mobilenet --variant "" --variant channels_last=off --variant compile=true
+    python benchmarks/bench_trial.py --models mobilenet --max-batches 0 --repeats 3      # whole epochs
+    python benchmarks/bench_trial.py --ab channels_last --repeats 5 --steps 10
+    python benchmarks/bench_trial.py --models mobilenet --compile-cache
     python benchmarks/bench_trial.py --models mobilenet --concurrent 1 2 4
 """
 from __future__ import annotations
@@ -24,7 +38,9 @@ import argparse
 import math
 import multiprocessing as mp
 import os
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from queue import Empty
@@ -36,18 +52,21 @@ import yaml
 from bench_loader import SHARED, usual_recipe_loader
 from core.config import ModelConfig, from_dict
 from core.data import Splits
+from core.device import resolve_device
 from core.runner import load_splits
-from core.speed import use_channels_last
-from core.train import Trainer, evaluate, make_loader, resolve_device, seed_everything
+from core.train import Trainer, evaluate, make_loader, seed_everything
 from models import MODELS, create_model
 
-#: The trial recipe both sides train with (the issue's: NNI's example trial with Adam 1e-3).
+#: The trial recipe every side trains with (NNI's example trial with Adam 1e-3).
 RECIPE = {"optimizer": "Adam", "lr": 1e-3, "weight_decay": 0.0, "scheduler": "none"}
 TRIAL_EPOCH_IMAGES = 45_000  # one epoch of an HPO trial (CIFAR-10's training split less 10% validation)
+#: The two values ``--ab FIELD`` compares, in the order measured (off first).
+AB_VALUES: dict[str, tuple[Any, Any]] = {"channels_last": ("off", "on"), "compile": ("off", "on"),
+                                         "amp": (False, True)}
 
 
 def parse_variant(text: str) -> dict[str, Any]:
-    """'channels_last=off,compile=true' -> {'channels_last': 'off', 'compile': True}; '' -> {}."""
+    """'channels_last=off,compile=on' -> {'channels_last': 'off', 'compile': 'on'}; '' -> {}."""
     out: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
@@ -76,10 +95,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def make_trainer(cfg: ModelConfig, splits: Splits) -> Trainer:
+    seed_everything(cfg.seed)
+    return Trainer(create_model(cfg.model, num_classes=splits.num_classes), cfg, splits, eval_splits=())
+
+
+def describe(trainer: Trainer) -> str:
+    """The engine's choices for this device and model, in short."""
+    layout = "channels_last" if trainer.channels_last else "contiguous"
+    return f"{layout}, {trainer.precision.name}, compile {'on' if trainer.net is not trainer.model else 'off'}"
+
+
 def run_trial(cfg: ModelConfig, splits: Splits, warmup: int, accuracy: bool, barrier=None) -> dict[str, Any]:
     """The project's trial path: a :class:`Trainer` and its ``train_epoch``."""
-    seed_everything(cfg.seed)
-    trainer = Trainer(create_model(cfg.model, num_classes=splits.num_classes), cfg, splits, eval_splits=())
+    trainer = make_trainer(cfg, splits)
     loader = trainer.train_loader
     full, loader.max_batches = loader.max_batches, warmup
     start = time.perf_counter()
@@ -93,36 +122,61 @@ def run_trial(cfg: ModelConfig, splits: Splits, warmup: int, accuracy: bool, bar
         metrics = trainer.train_epoch(epoch)
         images += len(loader) * loader.batch_size
     sync(trainer.device)
-    out = {"images": images, "seconds": time.perf_counter() - start, "warmup_s": warm_s,
+    out = {"images": images, "seconds": time.perf_counter() - start, "warmup_s": warm_s, "format": describe(trainer),
            "start": wall_start, "end": time.time(), "train_acc": metrics["train_acc"]}
     if accuracy:
         out["val_acc"] = trainer.evaluate("val")["acc"]
     return out
 
 
-def run_baseline(cfg: ModelConfig, splits: Splits, warmup: int, workers: int, accuracy: bool) -> dict[str, Any]:
-    """The usual recipe: per-image torchvision transforms, a two-worker DataLoader, a float32 loop."""
+def run_limit(cfg: ModelConfig, splits: Splits, warmup: int, steps: int) -> dict[str, Any]:
+    """The trial's pure-compute limit: its own ``train_step`` on one resident batch, ``steps`` times
+    after ``warmup`` steps (and compilation)."""
+    trainer = make_trainer(cfg, splits)
+    trainer.model.train()
+    batch = next(iter(trainer.train_loader))
+    start = time.perf_counter()
+    for _ in range(max(warmup, 1)):
+        trainer.train_step(batch)
+    sync(trainer.device)
+    first_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step(batch)
+    sync(trainer.device)
+    return {"images": steps * len(batch[1]), "seconds": time.perf_counter() - start, "warmup_s": first_s,
+            "format": describe(trainer)}
+
+
+def run_nni_example(cfg: ModelConfig, splits: Splits, warmup: int, workers: int, accuracy: bool) -> dict[str, Any]:
+    """NNI's example trial's training (see the module docstring), timed per epoch."""
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     seed_everything(cfg.seed)
     model = create_model(cfg.model, num_classes=splits.num_classes).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    loader = usual_recipe_loader(splits.train, splits.mean, splits.std, cfg.batch_size, workers)
+    criterion = torch.nn.CrossEntropyLoss()
+    loader = usual_recipe_loader(splits.train, splits.mean, splits.std, cfg.batch_size, workers, drop_last=False)
 
     def epoch(limit: int) -> tuple[int, int]:
         model.train()
-        seen = correct = 0
-        for i, (x, y) in enumerate(loader):
+        train_loss = 0.0
+        total = correct = 0
+        for i, (inputs, targets) in enumerate(loader):
             if limit and i >= limit:
                 break
-            x, y = x.to(device), y.to(device)
+            inputs, targets = inputs.to(device), targets.to(device)
             optimizer.zero_grad()
-            out = model(x)
-            loss = torch.nn.functional.cross_entropy(out, y)
+            outputs = model(inputs)
+            loss = criterion(outputs, targets)
             loss.backward()
             optimizer.step()
-            seen += len(y)
-            correct += out.argmax(1).eq(y).sum().item()
-        return seen, correct
+            train_loss += loss.item()
+            _, predicted = outputs.max(1)
+            total += targets.size(0)
+            correct += predicted.eq(targets).sum().item()
+        return total, correct
 
     start = time.perf_counter()
     epoch(warmup)
@@ -134,8 +188,9 @@ def run_baseline(cfg: ModelConfig, splits: Splits, warmup: int, workers: int, ac
     sync(device)
     out = {"images": images, "seconds": time.perf_counter() - start, "warmup_s": warm_s,
            "train_acc": correct / max(seen, 1)}
-    if accuracy:
-        out["val_acc"] = evaluate(model, make_loader(splits.val, cfg, device, splits, train=False))["acc"]
+    if accuracy:  # on the validation split, never the test split
+        out["val_acc"] = evaluate(model, make_loader(splits.val, cfg, device, splits, train=False,
+                                                     channels_last=False))["acc"]
     return out
 
 
@@ -143,45 +198,85 @@ def rate(result: dict[str, Any]) -> float:
     return result["images"] / result["seconds"]
 
 
+def median_rate(runs: list[dict[str, Any]]) -> float:
+    return statistics.median(rate(r) for r in runs)
+
+
 def load_average() -> str:
     return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def compare_models(args: argparse.Namespace, splits: Splits, variants: list[dict[str, Any]], names: list[str]) -> None:
-    header = f"{'model':<13}{'baseline img/s':>15}" + "".join(f"{n + ' img/s':>{max(16, len(n) + 7)}}"
-                                                            f"{'time ratio':>11}" for n in names)
-    print(header)
+    """Per model and variant: NNI example, trial and limit, interleaved ``--repeats`` times."""
+    print(f"{'model':<13}{'variant':<22}{'NNI ex. img/s':>14}{'trial img/s':>12}{'limit img/s':>12}"
+          f"{'trial/NNI time':>15}{'trial/limit':>12}   trial's choices")
     for model in args.models:
         base_runs: list[dict[str, Any]] = []
         trial_runs: list[list[dict[str, Any]]] = [[] for _ in variants]
-        for _ in range(args.repeats):  # interleaved: drift on a shared machine hits both sides alike
-            base_runs.append(run_baseline(trial_config(args, model), splits, args.warmup, args.workers, args.accuracy))
-            for runs, overrides in zip(trial_runs, variants):
-                runs.append(run_trial(trial_config(args, model, overrides), splits, args.warmup, args.accuracy))
-        base = statistics.median(rate(r) for r in base_runs)
-        line = f"{model:<13}{base:>15,.1f}"
-        for n, runs in zip(names, trial_runs):
-            ours = statistics.median(rate(r) for r in runs)
-            line += f"{ours:>{max(16, len(n) + 7)},.1f}{base / ours:>10.2f}x"
-        print(line, flush=True)
-        for n, runs, overrides in zip(names, trial_runs, variants):
-            if trial_config(args, model, overrides).compile and not args.accuracy:
-                report_compile(model, n, runs, trial_runs[0], variants[0])
+        limit_runs: list[list[dict[str, Any]]] = [[] for _ in variants]
+        for _ in range(args.repeats):
+            base_runs.append(run_nni_example(trial_config(args, model), splits, args.warmup, args.workers,
+                                             args.accuracy))
+            for trials, limits, overrides in zip(trial_runs, limit_runs, variants):
+                cfg = trial_config(args, model, overrides)
+                trials.append(run_trial(cfg, splits, args.warmup, args.accuracy))
+                limits.append(run_limit(cfg, splits, args.warmup, args.steps))
+        base = median_rate(base_runs)
+        for name, trials, limits in zip(names, trial_runs, limit_runs):
+            ours, limit = median_rate(trials), median_rate(limits)
+            spread = ""
+            if args.repeats > 1:
+                fractions = [rate(t) / rate(lim) for t, lim in zip(trials, limits)]
+                spread = f" [{min(fractions):.2f}-{max(fractions):.2f}]"
+            print(f"{model:<13}{name:<22}{base:>14,.1f}{ours:>12,.1f}{limit:>12,.1f}{base / ours:>14.2f}x"
+                  f"{ours / limit:>12.2f}{spread}   {trials[0]['format']}", flush=True)
+        for name, trials, overrides in zip(names, trial_runs, variants):
+            if trial_config(args, model, overrides).compile == "on" and not args.accuracy:
+                report_compile(model, name, trials, trial_runs[0], variants[0])
         if args.accuracy:
             report_accuracy(model, splits, base_runs, trial_runs, names)
+
+
+def compare_ab(args: argparse.Namespace, splits: Splits, field: str, base: dict[str, Any]) -> None:
+    """``field`` off and on, interleaved (off, on, off, on, ...), ``--repeats`` pairs per model: the
+    median on/off speed ratio, its range over the pairs, and the decision it supports."""
+    off, on = AB_VALUES[field]
+    measure = run_limit if args.ab_on == "limit" else None
+    print(f"A/B of {field} ({off} vs {on}) on the {args.ab_on}, {args.repeats} interleaved pair(s) per model; "
+          f"ratio = {on} speed / {off} speed (above 1: {on} is faster)")
+    print(f"{'model':<13}{f'{off} img/s':>12}{f'{on} img/s':>12}{'ratio':>8}  {'range over pairs':<18}decision")
+    for model in args.models:
+        pairs: list[tuple[dict, dict]] = []
+        for _ in range(args.repeats):
+            pair = []
+            for value in (off, on):
+                cfg = trial_config(args, model, {**base, field: value})
+                pair.append(measure(cfg, splits, args.warmup, args.steps) if measure
+                            else run_trial(cfg, splits, args.warmup, False))
+            pairs.append((pair[0], pair[1]))
+        ratios = [rate(b) / rate(a) for a, b in pairs]
+        low, high, mid = min(ratios), max(ratios), statistics.median(ratios)
+        if low > 1:
+            decision = f"{on}: faster in every pair"
+        elif high < 1:
+            decision = f"{off}: slower in every pair"
+        else:
+            decision = "within the noise: no pair-consistent difference"
+        print(f"{model:<13}{median_rate([a for a, _ in pairs]):>12,.1f}{median_rate([b for _, b in pairs]):>12,.1f}"
+              f"{mid:>7.2f}x  {low:.2f}-{high:.2f}x{'':<8}{decision}", flush=True)
 
 
 def report_compile(model: str, name: str, compiled: list[dict], eager: list[dict], eager_variant: dict) -> None:
     """What compiling costs once (its warm-up less the first variant's) against what it saves per
     trial epoch, from the figures of this run."""
-    if eager_variant.get("compile"):
+    if eager_variant.get("compile") == "on":
         return
     cost = statistics.median(r["warmup_s"] for r in compiled) - statistics.median(r["warmup_s"] for r in eager)
-    saved = TRIAL_EPOCH_IMAGES / statistics.median(rate(r) for r in eager) \
-        - TRIAL_EPOCH_IMAGES / statistics.median(rate(r) for r in compiled)
-    payoff = f"pays off after {cost / saved:.2f} trial epochs" if saved > 0 else "never pays off"
-    print(f"  {model} {name}: compiling costs {cost:.1f} s once; saves {saved:.1f} s per "
-          f"{TRIAL_EPOCH_IMAGES:,}-image epoch: {payoff}")
+    saved_per_image = 1 / median_rate(eager) - 1 / median_rate(compiled)
+    payoff = f"break-even at {cost / saved_per_image:,.0f} training images" if saved_per_image > 0 \
+        else "never pays off"
+    print(f"  {model} {name}: compiling costs {cost:.1f} s once; saves {saved_per_image * TRIAL_EPOCH_IMAGES:.1f} s "
+          f"per {TRIAL_EPOCH_IMAGES:,}-image epoch: {payoff} (core.speed.COMPILE_BREAK_EVEN_IMAGES)")
 
 
 def report_accuracy(model: str, splits: Splits, base_runs: list[dict], trial_runs: list[list[dict]],
@@ -189,12 +284,57 @@ def report_accuracy(model: str, splits: Splits, base_runs: list[dict], trial_run
     """Final train and validation accuracies; the noise is the binomial standard error of a
     validation accuracy on this many images."""
     n_val = len(splits.val)
-    for name, runs in [("baseline", base_runs), *zip(names, trial_runs)]:
+    for name, runs in [("NNI example", base_runs), *zip(names, trial_runs)]:
         val = [r["val_acc"] for r in runs]
         train = [r["train_acc"] for r in runs]
         p = statistics.mean(val)
         print(f"  {model} {name}: train acc {', '.join(f'{a:.3f}' for a in train)}; val acc "
               f"{', '.join(f'{a:.3f}' for a in val)} (+- {math.sqrt(p * (1 - p) / n_val):.3f}, {n_val:,} images)")
+
+
+def _compile_worker(args: argparse.Namespace, model: str, overrides: dict, cache: str, queue) -> None:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+    splits = load_data(args)
+    cfg = trial_config(args, model, {**overrides, "compile": "on"})
+    trainer = make_trainer(cfg, splits)
+    batch = next(iter(trainer.train_loader))
+    start = time.perf_counter()
+    trainer.train_step(batch)  # compiles the training graph
+    sync(trainer.device)
+    first = time.perf_counter() - start
+    steady = []
+    for _ in range(3):
+        start = time.perf_counter()
+        trainer.train_step(batch)
+        sync(trainer.device)
+        steady.append(time.perf_counter() - start)
+    queue.put({"first_step_s": first, "step_s": statistics.median(steady)})
+
+
+def compare_compile_cache(args: argparse.Namespace, variant: dict[str, Any]) -> None:
+    """Two trials of the first model, one after the other, each a fresh process sharing one compile
+    cache (``--cache-dir``, else a new empty folder): each one's compile seconds (its first step less
+    a compiled step)."""
+    model = args.models[0]
+    own = args.cache_dir is None
+    cache = args.cache_dir or tempfile.mkdtemp(prefix="compile-cache-")
+    ctx = mp.get_context("spawn")
+    print(f"compile cache {cache} ({'new, empty' if own else 'given'}); {model}, batch {args.batch_size}")
+    try:
+        for n in (1, 2):
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_compile_worker, args=(args, model, variant, cache, queue))
+            proc.start()
+            proc.join()
+            if proc.exitcode != 0:
+                raise SystemExit(f"error: trial {n} of the compile-cache run failed (its traceback is above)")
+            r = queue.get()
+            size = sum(f.stat().st_size for f in Path(cache).rglob("*") if f.is_file())
+            print(f"trial {n}: compile {r['first_step_s'] - r['step_s']:.1f} s (first step {r['first_step_s']:.1f} s, "
+                  f"then {r['step_s']:.2f} s a step); cache {size / 2**20:.0f} MiB", flush=True)
+    finally:
+        if own:
+            shutil.rmtree(cache, ignore_errors=True)
 
 
 def _concurrent_worker(args: argparse.Namespace, model: str, overrides: dict, barrier, queue) -> None:
@@ -242,16 +382,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--epochs", type=int, default=1, help="timed epochs")
     p.add_argument("--max-batches", type=int, default=3, help="batches per timed epoch; 0 = whole epochs")
+    p.add_argument("--steps", type=int, default=5, help="timed steps of the pure-compute limit (and of --ab)")
     p.add_argument("--warmup", type=int, default=1, help="batches trained first, not timed")
     p.add_argument("--repeats", type=int, default=1, help="interleaved repeats; the median is shown")
-    p.add_argument("--workers", type=int, default=2, help="the baseline DataLoader's worker processes")
+    p.add_argument("--workers", type=int, default=2, help="the NNI example's DataLoader worker processes")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", action="append", metavar="FIELD=VALUE,...",
-                   help="a trial-path column with these config fields changed (repeatable; '' = the defaults), "
-                        "e.g. channels_last=off, compile=true, amp=false")
+                   help="a trial column with these config fields changed (repeatable; '' = the defaults), "
+                        "e.g. channels_last=off, compile=on, amp=false")
+    p.add_argument("--ab", choices=list(AB_VALUES), help="A/B this field instead: off, on, off, on, ... "
+                   "(--repeats pairs per model), with the first --variant's other fields")
+    p.add_argument("--ab-on", choices=("limit", "trial"), default="limit",
+                   help="what --ab times: the pure-compute limit (default) or the trial epoch")
     p.add_argument("--accuracy", action="store_true",
                    help="also report final train and validation accuracy of both (use with --max-batches 0)")
+    p.add_argument("--compile-cache", action="store_true",
+                   help="then measure the compile seconds of two trials of the first model sharing one cache")
+    p.add_argument("--cache-dir", help="the compile cache --compile-cache uses (default: a new empty folder)")
     p.add_argument("--concurrent", type=int, nargs="*", default=[], metavar="N",
                    help="then run N trials of the first model at once, for each N (e.g. 1 2 4)")
     args = p.parse_args(argv)
@@ -261,16 +409,19 @@ def main(argv: list[str] | None = None) -> None:
         trial_config(args, args.models[0], v)  # a bad field or value: one error before any work
     splits = load_data(args)
     device = resolve_device(args.device)
-    cfg = trial_config(args, args.models[0])
-    memory = "channels_last" if use_channels_last(cfg.channels_last, device) else "contiguous"
     batches = f"{args.max_batches} batches" if args.max_batches else "whole epochs"
     print(f"device {device.type}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
           + f"; data {args.data}: {len(splits.train):,} training images; batch {args.batch_size}, Adam 1e-3; "
-          f"{batches} x {args.epochs} epoch(s) timed after {args.warmup} warm-up batch(es); {args.repeats} "
-          f"repeat(s); torch threads {torch.get_num_threads()}; trial defaults here: {memory} "
-          f"(channels_last {cfg.channels_last}), amp {cfg.amp}, compile {cfg.compile}; load average {load_average()}")
-    print("time ratio = trial time / baseline time for the same images (below 1: the trial is faster)")
-    compare_models(args, splits, variants, [v.replace(",", " ") or "trial" for v in names])
+          f"{batches} x {args.epochs} epoch(s) timed after {args.warmup} warm-up batch(es); limit: {args.steps} steps; "
+          f"{args.repeats} repeat(s); torch threads {torch.get_num_threads()}; load average {load_average()}")
+    if args.ab:
+        compare_ab(args, splits, args.ab, variants[0])
+    elif not args.compile_cache or args.concurrent:
+        print("trial/NNI time = the trial's time over the NNI example's for the same images (below 1: the trial is "
+              "faster); trial/limit = the trial's rate over its pure-compute limit (1.00: at the limit)")
+        compare_models(args, splits, variants, [v.replace(",", " ") or "defaults" for v in names])
+    if args.compile_cache:
+        compare_compile_cache(args, variants[0])
     print(f"load average at the end {load_average()}")
     if args.concurrent:
         compare_concurrency(args, variants[0])

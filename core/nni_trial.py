@@ -57,10 +57,12 @@ class NniTrial:
                             + how_to_start)
         return cls(True)
 
-    def epoch_reporter(self, key: str = "val_acc") -> Callable[[dict[str, Any]], None]:
+    def epoch_reporter(self, key: str = "val_acc", extra: tuple[str, ...] = ()) -> Callable[[dict[str, Any]], None]:
         """An ``on_epoch`` callback sending ``metrics[key]`` as an intermediate result (a plain
-        number, which assessors such as Medianstop compare), and every number of the epoch as a
-        TensorBoard scalar for the web UI's TensorBoard button (:mod:`core.tensorboard`)."""
+        number, which assessors such as Medianstop compare; with ``extra`` keys a dict of
+        ``default`` and those numbers, which the web UI shows as fields and assessors read through
+        ``default``), and every number of the epoch as a TensorBoard scalar for the web UI's
+        TensorBoard button (:mod:`core.tensorboard`)."""
         writer = None
 
         def report(metrics: dict[str, Any]) -> None:
@@ -71,7 +73,9 @@ class NniTrial:
 
                     writer = writer or ScalarWriter(self.run_dir, os.environ.get("NNI_TRIAL_JOB_ID"))
                     writer.add_epoch(metrics)
-                self._nni.report_intermediate_result(float(metrics[key]))
+                value = float(metrics[key])
+                self._nni.report_intermediate_result(
+                    {"default": value, **{k: metrics[k] for k in extra if k in metrics}} if extra else value)
         return report
 
     def send_final(self, final: dict[str, Any]) -> None:

@@ -27,6 +27,10 @@ OP_NAMES: tuple[str, ...] = (
     "dil_conv_5x5",
 )
 
+#: The operations without weights in a normal cell (stride 1): the pools and the identity. A
+#: collapsing DARTS search drifts to them, skip_connect first (oneshot_darts.derive).
+PARAMETER_FREE_OPS: tuple[str, ...] = ("max_pool_3x3", "avg_pool_3x3", "skip_connect")
+
 
 class ReLUConvBN(nn.Sequential):
     """ReLU, convolution, batch norm: the cell-input preprocessing."""

@@ -1,19 +1,28 @@
-"""DARTS search (first order): ``python oneshot_darts/search.py [--config configs/darts_search.yaml]``.
+"""DARTS search: ``python oneshot_darts/search.py [--config configs/darts_search.yaml]``.
 
 NNI 3.0's ``strategy.DARTS`` turns :class:`~oneshot_darts.space.DartsSpace` into its differentiable
 supernet (``mutate_model``: every cell becomes NNI's ``DifferentiableMixedCell``, a softmax over the
-seven operations and 'none' on every edge). The bilevel step is the strategy's own first-order one
-(``DartsLightningModule.training_step``): an Adam step of the architecture weights on a batch of the
-second half of the training split, then an SGD step of the network weights on a batch of the first
-half. It runs as the step of the project's one training engine (:class:`DartsSearch`, a
-:class:`~core.train.Trainer`) rather than in Lightning, so that it checkpoints and resumes exactly
-like every other command (optimizers, schedule, loaders' random state, every epoch). The test split
-is never read.
+seven operations and 'none' on every edge; with ``--partial-channels K`` > 1 PC-DARTS's
+:class:`~oneshot_darts.space.PartialChannelCell`). One search step (:meth:`DartsSearch.train_step`)
+is the bilevel step: an Adam step of the architecture weights on a batch of the second half of the
+training split, with the gradient rule ``--order`` picks (:mod:`oneshot_darts.architect`: 1 = first
+order, NNI's own; 2 = the paper's unrolled second order), then an SGD step of the network weights on
+a batch of the first half. It runs as the step of the project's one training engine
+(:class:`DartsSearch`, a :class:`~core.train.Trainer`) rather than in Lightning, so that it
+checkpoints and resumes exactly like every other command (optimizers, schedule, loaders' random
+state, every epoch). The test split is never read.
 
 The run folder gets ``final_arch.json`` (this project's architecture format; ``retrain.py --arc``
-reads it), ``arch_weights.json`` (the softmax weights of every edge, rewritten every epoch),
+reads it), ``arch_weights.json`` (the softmax weights of every edge, and for PC-DARTS under
+``inputs`` those of every node's inputs, rewritten every epoch),
 ``metrics.jsonl`` (per epoch: losses, validation accuracy on the second half, the derived
-architecture and the softmax weight of every operation on every edge), ``train.log``, ``config.yaml``, ``checkpoint.pt`` and ``result.json``.
+architecture, the collapse counts of its normal cell, and the softmax weight of every operation on
+every edge), ``train.log``, ``config.yaml``, ``checkpoint.pt`` and ``result.json``.
+
+Under nnictl (``--nni``, ``config.yml``) every epoch's intermediate result is ``{"default": validation
+accuracy, "normal_param_free": n, "normal_skip_connect": n}``, so the web UI shows the collapse counts.
+
+``--seeds S1 S2 ... --select-epochs E`` runs the paper's protocol instead (:mod:`oneshot_darts.protocol`).
 """
 from __future__ import annotations
 
@@ -32,14 +41,18 @@ from core.errors import UserError, cli_main
 from core.nni_trial import NniTrial, final_metrics, quiet_nni_imports
 from core.run import Run
 from core.runner import config_from_checkpoint, train
-from core.train import Trainer, autocast, check_trains, make_loader
-from oneshot_darts.arch import CELLS, FIRST_NODE, Genotype, canonical_node
+from core.train import Trainer, autocast, check_trains
+from oneshot_darts import architect
+from oneshot_darts.arch import Genotype
 from oneshot_darts.common import START_HINT, build_parser, check_network_shape
-from oneshot_darts.ops import OP_NAMES
+from oneshot_darts.derive import NO_GUARD, collapse_counts, derive_genotype, edge_weights, input_weights
 
 FINAL_ARCH_FILE = "final_arch.json"
 WEIGHTS_FILE = "arch_weights.json"
-NONE_OP = "none"
+#: The architecture-gradient rules of ``--order`` (oneshot_darts.architect).
+ORDERS = (1, 2)
+#: The per-epoch numbers that show a collapse (oneshot_darts.derive.collapse_counts), also sent to NNI.
+COLLAPSE_KEYS = ("normal_param_free", "normal_skip_connect")
 
 
 @dataclasses.dataclass
@@ -65,6 +78,18 @@ class SearchConfig(TrainConfig):
     arch_beta1: float = field(0.5, "Adam beta1 of the architecture weights")
     arch_beta2: float = field(0.999, "Adam beta2 of the architecture weights")
     arch_weight_decay: float = field(1e-3, "weight decay of the architecture weights")
+    # --- the variants of the step ---
+    order: int = field(1, "architecture gradient: 1 = first order (the weights as they are), 2 = second order "
+                          "(the paper's unrolled objective: one virtual SGD step, a finite-difference Hessian-vector "
+                          "product; several times the step's time, float32)")
+    partial_channels: int = field(1, "PC-DARTS's K: 1/K of each edge's channels go through its operations, the rest "
+                                     "bypass them (channel shuffle), and edge-normalisation weights choose each "
+                                     "node's inputs; 1 = plain DARTS")
+    arch_warmup_epochs: int = field(0, "the first N epochs train the network weights only (the architecture frozen; "
+                                       "PC-DARTS: 15)")
+    max_skip_connect: int = field(NO_GUARD, "collapse guard (P-DARTS): the derived normal cell keeps at most this "
+                                            "many skip_connects, the weakest replaced by their edges' next-best "
+                                            "choice (P-DARTS: 2); -1 = off")
 
     def validate(self) -> None:
         super().validate()
@@ -72,7 +97,7 @@ class SearchConfig(TrainConfig):
             raise UserError("val_fraction: 0 is not allowed for the search; it needs a second half of the training "
                             "split for the architecture weights (the paper's 0.5)")
         check_network_shape(self.layers, channels=self.channels, n_nodes=self.n_nodes,
-                            stem_multiplier=self.stem_multiplier)
+                            stem_multiplier=self.stem_multiplier, partial_channels=self.partial_channels)
         if self.compile == "on":
             raise UserError("compile: not supported by the search, whose own step runs the supernet (NNI's mixed "
                             "operations over every candidate) for two optimizers; compile the retrain instead")
@@ -81,38 +106,17 @@ class SearchConfig(TrainConfig):
         for name in ("arch_beta1", "arch_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"{name}: {getattr(self, name)} is not in [0, 1)")
-
-
-# --- deriving the architecture -------------------------------------------------------------------
-
-def edge_weights(alphas: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, float]]:
-    """Softmax weights of every edge: ``{'normal/3_1': {'max_pool_3x3': w, ..., 'none': w}}``
-    (keys as NNI's ``export_probs`` names the cell's edges)."""
-    names = (*OP_NAMES, NONE_OP)
-    return {f"{cell}/{edge}": dict(zip(names, torch.softmax(alpha.float(), -1).tolist()))
-            for cell in CELLS for edge, alpha in alphas[cell].items()}
-
-
-def derive_genotype(weights: dict[str, dict[str, float]], n_nodes: int) -> Genotype:
-    """The paper's rule: for every node keep the two incoming edges whose strongest operation
-    ('none' excluded) has the largest softmax weight, each with that operation.
-
-    (NNI's ``DifferentiableMixedCell.export`` ranks the raw logits instead of the softmax weights;
-    the two differ when edges' softmax normalisers differ, and the paper's is used here.)
-    """
-    cells = {}
-    for cell in CELLS:
-        nodes = []
-        for n in range(FIRST_NODE, FIRST_NODE + n_nodes):
-            best = []
-            for j in range(n):
-                w = weights[f"{cell}/{n}_{j}"]
-                op = max(OP_NAMES, key=lambda name: w[name])  # first of equal maxima: table order
-                best.append((w[op], j, op))
-            best.sort(key=lambda t: -t[0])  # stable: equal strengths keep the lower input first
-            nodes.append(canonical_node([(op, j) for _, j, op in best[:2]]))
-        cells[cell] = tuple(nodes)
-    return Genotype(**cells)
+        if self.order not in ORDERS:
+            raise UserError(f"order: {self.order} is not allowed; allowed: 1 (first order), 2 (second order)")
+        if self.order == 2 and self.optimizer != "SGD":
+            raise UserError(f"order: 2 needs optimizer SGD (its virtual step is the weights' next SGD step, as in the "
+                            f"paper); the optimizer is {self.optimizer}")
+        if not 0 <= self.arch_warmup_epochs < self.epochs:
+            raise UserError(f"arch_warmup_epochs: {self.arch_warmup_epochs} is not allowed; it must be in [0, epochs) "
+                            f"= [0, {self.epochs}), or the architecture would never train")
+        if self.max_skip_connect < NO_GUARD:
+            raise UserError(f"max_skip_connect: {self.max_skip_connect} is not allowed; -1 (off) or a number of "
+                            "skip_connects, 0 or more")
 
 
 # --- the search ----------------------------------------------------------------------------------
@@ -122,6 +126,8 @@ class DartsSearch(Trainer):
     core's optimizer and schedule train; the architecture weights get their own Adam optimizer and
     a second loader over the other half of the training split. Everything else (loop, metrics,
     checkpoints, exact resume, divergence check) is :class:`~core.train.Trainer`'s."""
+
+    uses_grad_scaler = True  # both steps scale their losses with the engine's scaler (fp16 GPUs)
 
     def __init__(self, model: nn.Module, cfg: SearchConfig, splits: Splits, run: Run | None = None, **kwargs: Any):
         from oneshot_darts.space import arch_parameters
@@ -133,8 +139,9 @@ class DartsSearch(Trainer):
         # the DARTS strategy's architecture optimizer (DartsLightningModule.configure_architecture_optimizers)
         self.a_optimizer = torch.optim.Adam(self.alphas, lr=cfg.arch_lr, betas=(cfg.arch_beta1, cfg.arch_beta2),
                                             weight_decay=cfg.arch_weight_decay)
-        self.arch_loader = make_loader(splits.val, cfg, self.device, splits, train=True, seed=cfg.seed + 1)
+        self.arch_loader = self.make_loader(splits.val, train=True, seed=cfg.seed + 1)
         check_trains(self.arch_loader, "architecture-half")
+        self.epoch = 0
 
     def parameters(self) -> list[nn.Parameter]:
         alpha_ids = {id(p) for p in self.alphas}
@@ -143,27 +150,40 @@ class DartsSearch(Trainer):
     def batches(self) -> Iterable[Any]:
         return _Zip(self.train_loader, self.arch_loader)
 
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        self.epoch = epoch  # the architecture warm-up asks for it
+        return super().train_epoch(epoch)
+
     def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
-        """One DARTS step: the architecture weights descend the loss of a batch of the second half
-        (first order: the network weights are taken as they are), then the network weights descend
-        the loss of a batch of the first half."""
+        """One DARTS step: the architecture weights descend the validation loss of a batch of the
+        second half, by the gradient rule of ``--order`` (skipped in the first ``arch_warmup_epochs``),
+        then the network weights descend the loss of a batch of the first half. Mixed precision as
+        the engine chose it (:attr:`precision`; fp16 with :attr:`scaler` on GPUs without bf16); the
+        second-order rule computes in float32 (:mod:`oneshot_darts.architect`)."""
         (x, y), (xa, ya) = batch
-        model, device, amp = self.model, self.device, self.cfg.amp
-        with autocast(device, amp):
-            arch_loss = nn.functional.cross_entropy(model(xa), ya)
-        self.a_optimizer.zero_grad(set_to_none=True)
-        arch_loss.backward(inputs=self.alphas)  # no gradients of the network weights are computed
-        self.a_optimizer.step()
+        model, cfg, scaler = self.model, self.cfg, self.scaler
         weights = self.optimizer.param_groups[0]["params"]
-        with autocast(device, amp):
+        out: dict[str, torch.Tensor] = {}
+        if self.epoch >= cfg.arch_warmup_epochs:
+            self.a_optimizer.zero_grad(set_to_none=True)
+            if cfg.order == 2:  # float32, unscaled gradients
+                out["arch_loss"] = architect.second_order(model, self.alphas, weights, (x, y), (xa, ya), self.optimizer)
+                self.a_optimizer.step()
+            else:  # no gradient of the network weights is computed
+                out["arch_loss"] = architect.first_order(model, self.alphas, (xa, ya),
+                                                         autocast(self.device, self.precision), scaler.scale)
+                scaler.step(self.a_optimizer)
+        with autocast(self.device, self.precision):
             logits = model(x)
             loss = nn.functional.cross_entropy(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward(inputs=weights)
-        if self.cfg.grad_clip:
-            nn.utils.clip_grad_norm_(weights, self.cfg.grad_clip)
-        self.optimizer.step()
-        return {"loss": loss.detach(), "logits": logits.detach(), "target": y, "arch_loss": arch_loss.detach()}
+        scaler.scale(loss).backward(inputs=weights)
+        if cfg.grad_clip:
+            scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
+        scaler.step(self.optimizer)
+        scaler.update()
+        return {"loss": loss.detach(), "logits": logits.detach(), "target": y, **out}
 
     def extra_state(self) -> dict[str, Any]:
         return {"a_optimizer": self.a_optimizer.state_dict(), "arch_loader": self.arch_loader.state_dict()}
@@ -178,17 +198,38 @@ class DartsSearch(Trainer):
 
         return edge_weights(edge_alphas(self.model))
 
-    def genotype(self) -> Genotype:
-        return derive_genotype(self.edge_weights(), self.cfg.n_nodes)
+    def input_weights(self) -> dict[str, list[float]]:
+        """PC-DARTS's edge-normalisation weights (empty for plain DARTS)."""
+        from oneshot_darts.space import node_betas
+
+        return input_weights(node_betas(self.model))
+
+    def genotype(self, guarded: bool = True) -> Genotype:
+        """The derived cell; ``guarded``: with the collapse guard (``max_skip_connect``) applied."""
+        return derive_genotype(self.edge_weights(), self.cfg.n_nodes, self.input_weights(),
+                               self.cfg.max_skip_connect if guarded else NO_GUARD)
 
     def epoch_end(self, metrics: dict[str, Any]) -> None:
-        """The architecture so far, and the softmax weight of every operation on every edge."""
-        weights = self.edge_weights()
-        genotype = derive_genotype(weights, self.cfg.n_nodes)
+        """The architecture so far, the collapse counts of its normal cell as the search's weights
+        have it (before any guard), and the softmax weight of every operation on every edge (and,
+        for PC-DARTS, of every input of every node)."""
+        weights, inputs = self.edge_weights(), self.input_weights()
+        searched = derive_genotype(weights, self.cfg.n_nodes, inputs)
+        genotype = derive_genotype(weights, self.cfg.n_nodes, inputs, self.cfg.max_skip_connect)
         metrics["arch"], metrics["edge_weights"] = genotype.to_json(), weights
+        if inputs:
+            metrics["input_weights"] = inputs
+        metrics.update(collapse_counts(searched))
+        if self.cfg.max_skip_connect != NO_GUARD:
+            metrics["guard_replaced"] = metrics["normal_skip_connect"] - collapse_counts(genotype)["normal_skip_connect"]
         if self.run is not None:
             self.run.log(f"architecture after epoch {metrics['epoch']}: {genotype.describe()}")
-            atomic_write_text(self.run.dir / WEIGHTS_FILE, json.dumps(weights, indent=1) + "\n")
+            guard = (f"; the guard replaced {metrics['guard_replaced']} (max_skip_connect "
+                     f"{self.cfg.max_skip_connect})") if metrics.get("guard_replaced") else ""
+            self.run.log(f"normal cell: {metrics['normal_skip_connect']} skip_connect, {metrics['normal_param_free']} "
+                         f"parameter-free operations of {2 * self.cfg.n_nodes}{guard}")
+            atomic_write_text(self.run.dir / WEIGHTS_FILE, json.dumps(
+                {**weights, **({"inputs": inputs} if inputs else {})}, indent=1) + "\n")
 
     def finish(self) -> dict[str, Any]:
         genotype = self.genotype()
@@ -224,11 +265,16 @@ def run_search(cfg: SearchConfig, *, resume: str | Path | None = None, run_dir: 
 
     def build(num_classes: int) -> nn.Module:
         return build_supernet(channels=cfg.channels, layers=cfg.layers, n_nodes=cfg.n_nodes,
-                              stem_multiplier=cfg.stem_multiplier, num_classes=num_classes)
+                              stem_multiplier=cfg.stem_multiplier, num_classes=num_classes,
+                              partial_channels=cfg.partial_channels)
 
     def describe(search: Trainer) -> str:
         assert isinstance(search, DartsSearch)
-        return (f"darts search: supernet of {cfg.layers} cells x {cfg.n_nodes} nodes, C={cfg.channels}, "
+        variant = (f"order {cfg.order}" + (f", PC-DARTS K={cfg.partial_channels}" if cfg.partial_channels > 1 else "")
+                   + (f", architecture frozen for {cfg.arch_warmup_epochs} epochs" if cfg.arch_warmup_epochs else "")
+                   + (f", at most {cfg.max_skip_connect} skip_connect (P-DARTS guard)"
+                      if cfg.max_skip_connect != NO_GUARD else ""))
+        return (f"darts search ({variant}): supernet of {cfg.layers} cells x {cfg.n_nodes} nodes, C={cfg.channels}, "
                 f"{sum(p.numel() for p in search.parameters()):,} weights + "
                 f"{sum(p.numel() for p in search.alphas)} architecture weights; {len(search.splits.train):,} "
                 f"images for the weights, {len(search.splits.val):,} for the architecture; device "
@@ -251,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.nni:
         trial = NniTrial.required(START_HINT)
         cfg = config_from_args(SearchConfig, args, overrides=trial.params)
-        result = run_search(cfg, run_dir=trial.run_dir, on_epoch=trial.epoch_reporter("val_acc"))
+        result = run_search(cfg, run_dir=trial.run_dir, on_epoch=trial.epoch_reporter("val_acc", COLLAPSE_KEYS))
         trial.send_final(final_metrics(result, "val_acc"))
         return _finish(result)
     return _finish(run_search(cfg))

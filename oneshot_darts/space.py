@@ -9,7 +9,8 @@ its intermediate nodes; global average pooling and a linear classifier. The cell
 :class:`~nni.nas.nn.pytorch.Cell` labelled ``normal`` and ``reduce`` (all cells of a type share
 one architecture), so the labels are NNI's own (``normal/op_2_0``, ``normal/input_2_0``) and
 ``strategy.DARTS``'s mutation turns every cell into NNI's differentiable cell (a softmax over the
-candidates plus 'none' on every edge, one set of weights per cell type).
+candidates plus 'none' on every edge, one set of weights per cell type), or, with partial channels
+K > 1, into :class:`PartialChannelCell` (PC-DARTS).
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from torch import nn
 
 from core.errors import UserError
 from nni.nas.nn.pytorch import Cell, ModelSpace
+from nni.nas.nn.pytorch.cell import preprocess_cell_inputs
+from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedCell
 from nni.nas.space import current_model, model_context
 from oneshot_darts.arch import EDGES_PER_NODE, Genotype
 from oneshot_darts.common import check_network_shape
@@ -60,14 +63,17 @@ class DartsSpace(ModelSpace):
     fixed network, with affine batch norms, drop path and, if asked, the auxiliary head."""
 
     def __init__(self, channels: int = 16, layers: int = 8, n_nodes: int = 4, stem_multiplier: int = 3,
-                 num_classes: int = 10, auxiliary: bool = False):
+                 num_classes: int = 10, auxiliary: bool = False, partial_channels: int = 1):
         super().__init__()
-        check_network_shape(layers, channels=channels, n_nodes=n_nodes, stem_multiplier=stem_multiplier)
+        check_network_shape(layers, channels=channels, n_nodes=n_nodes, stem_multiplier=stem_multiplier,
+                            partial_channels=partial_channels)
         self.fixed = current_model() is not None
         self.init_kwargs = dict(channels=channels, layers=layers, n_nodes=n_nodes, stem_multiplier=stem_multiplier,
                                 num_classes=num_classes, auxiliary=auxiliary)
         if auxiliary and not self.fixed:
             raise UserError("auxiliary: the auxiliary head belongs to the fixed network, not the supernet")
+        if partial_channels > 1 and self.fixed:
+            raise UserError("partial_channels: partial channels belong to the supernet, not the fixed network")
         affine = self.fixed
         c_stem = stem_multiplier * channels
         self.stem = nn.Sequential(nn.Conv2d(3, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem))
@@ -81,8 +87,9 @@ class DartsSpace(ModelSpace):
             reduction = i in reductions
             if reduction:
                 c_cur *= 2
-            ops = {name: partial(_edge_op, name=name, channels=c_cur, reduction=reduction, search=not self.fixed)
-                   for name in OP_NAMES}
+            # PC-DARTS: an edge's operations see 1/K of its channels (the supernet only; K = 1 otherwise)
+            ops = {name: partial(_edge_op, name=name, channels=c_cur // partial_channels, reduction=reduction,
+                                 search=not self.fixed) for name in OP_NAMES}
             cell = Cell(ops, n_nodes, num_ops_per_node=EDGES_PER_NODE, num_predecessors=CELL_INPUTS, merge_op="all",
                         preprocessor=CellInputs(c_pprev, c_prev, c_cur, reduction_prev, affine),
                         label="reduce" if reduction else "normal")
@@ -145,10 +152,83 @@ class AutocastSoftmax(nn.Softmax):
         return weights.to(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else weights
 
 
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave ``groups`` blocks of channels (ShuffleNet's shuffle, as PC-DARTS uses it)."""
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+class PartialChannelCell(DifferentiableMixedCell):
+    """PC-DARTS's cell (Xu et al. 2020, "PC-DARTS: Partial Channel Connections for Memory-Efficient
+    Architecture Search", ICLR 2020) on NNI 3.0's differentiable cell, as in its authors' code
+    (yuhuixu1993/PC-DARTS ``model_search.py``):
+
+    - partial channels: on every edge only the first 1/K of the input's channels go through the
+      mixed operation (whose candidates were built for C/K channels); the rest bypass it (max-pooled
+      2x2 where the edge halves the resolution), and the two parts are concatenated and
+      channel-shuffled in K groups, so the next edge samples other channels;
+    - edge normalisation: each node weighs its incoming edges by a softmax over its own weights
+      beta (one per input, kept in ``_arch_beta`` beside NNI's ``_arch_alpha``, shared by all cells
+      of a type as the alphas are); the derived cell ranks edges by alpha x beta
+      (:mod:`oneshot_darts.derive`).
+
+    The 'none' candidate is NNI's: a zero tensor appended to the candidates' outputs.
+    """
+
+    _arch_parameter_names: list[str] = ["_arch_alpha", "_arch_beta"]
+
+    def __init__(self, *args, partial_channels: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.partial_channels = partial_channels
+        self.bypass_pool = nn.MaxPool2d(2, 2)
+        memo = kwargs.get("memo", args[7] if len(args) > 7 else {})
+        self._arch_beta = nn.ParameterDict()
+        for i in range(self.num_predecessors, self.num_nodes + self.num_predecessors):
+            key = f"{self.label}/{i}"
+            memo_label = f"{key}/inputs/in_cell"
+            if memo_label not in memo:  # the first cell of this type creates them, the others share them
+                memo[memo_label] = nn.Parameter(torch.randn(i) * 1e-3)
+            self._arch_beta[key] = memo[memo_label]
+
+    @classmethod
+    def mutate_with(cls, partial_channels: int):
+        """The mutation hook that turns each DARTS :class:`Cell` into this cell (NNI's hook
+        signature: module, name, memo, mutate_kwargs)."""
+        def hook(module, name, memo, mutate_kwargs):
+            if type(module) is Cell and module.op_candidates_factory is not None:
+                return cls(module.op_candidates_factory, module.num_nodes, module.num_ops_per_node,
+                           module.num_predecessors, module.preprocessor, module.postprocessor, module.concat_dim,
+                           memo, mutate_kwargs, module.label, partial_channels=partial_channels)
+            return None
+        return hook
+
+    def forward(self, *inputs):
+        processed_inputs = preprocess_cell_inputs(self.num_predecessors, *inputs)
+        states: list[torch.Tensor] = self.preprocessor(processed_inputs)
+        k = self.partial_channels
+        for i, ops in enumerate(self.ops, start=self.num_predecessors):
+            betas = self._softmax(self._arch_beta[f"{self.label}/{i}"])
+            node = []
+            for j in range(i):
+                x = states[j]
+                part, bypass = x[:, :x.shape[1] // k], x[:, x.shape[1] // k:]
+                outputs = torch.stack([op(part) for op in ops[j].values()])
+                weights = self._softmax(self._arch_alpha[f"{self.label}/{i}_{j}"])
+                if weights.size(0) == outputs.size(0) + 1:  # 'none'
+                    outputs = torch.cat((outputs, torch.zeros_like(outputs[:1])), 0)
+                mixed = torch.sum(outputs * weights.view(-1, 1, 1, 1, 1), 0)
+                if mixed.shape[2] != x.shape[2]:
+                    bypass = self.bypass_pool(bypass)
+                node.append(betas[j] * channel_shuffle(torch.cat([mixed, bypass], 1), k))
+            states.append(sum(node))
+        return self.postprocessor(torch.cat(states[self.num_predecessors:], self.concat_dim), processed_inputs)
+
+
 def build_supernet(channels: int = 16, layers: int = 8, n_nodes: int = 4, stem_multiplier: int = 3,
-                   num_classes: int = 10) -> DartsSpace:
+                   num_classes: int = 10, partial_channels: int = 1) -> DartsSpace:
     """The space mutated by NNI's :class:`nni.nas.strategy.DARTS` into the differentiable supernet
-    (in place): every cell becomes NNI's ``DifferentiableMixedCell``, with :class:`AutocastSoftmax`."""
+    (in place): every cell becomes NNI's ``DifferentiableMixedCell``, with :class:`AutocastSoftmax`, or
+with ``partial_channels`` K > 1 a :class:`PartialChannelCell` (PC-DARTS)."""
     from nni.nas.strategy import DARTS
 
     class Darts(DARTS):
@@ -156,13 +236,14 @@ def build_supernet(channels: int = 16, layers: int = 8, n_nodes: int = 4, stem_m
             return AutocastSoftmax(dim=-1)
 
     space = DartsSpace(channels=channels, layers=layers, n_nodes=n_nodes, stem_multiplier=stem_multiplier,
-                       num_classes=num_classes)
-    return Darts().mutate_model(space)
+                       num_classes=num_classes, partial_channels=partial_channels)
+    hooks = [PartialChannelCell.mutate_with(partial_channels)] if partial_channels > 1 else []
+    return Darts(mutation_hooks=hooks).mutate_model(space)
 
 
 def arch_parameters(supernet: nn.Module) -> list[nn.Parameter]:
-    """The architecture weights (alphas), each once, in a fixed order (module order), so that
-    optimizer states saved in one process load in another."""
+    """The architecture weights (alphas, and PC-DARTS's betas), each once, in a fixed order (module
+    order), so that optimizer states saved in one process load in another."""
     from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 
     seen: dict[int, nn.Parameter] = {}
@@ -178,8 +259,6 @@ def arch_parameters(supernet: nn.Module) -> list[nn.Parameter]:
 def edge_alphas(supernet: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
     """``{cell type: {'<node>_<input>': alpha}}`` read from the first differentiable cell of each type;
     each alpha has one entry per op of :data:`OP_NAMES` and a last one for 'none'."""
-    from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedCell
-
     result: dict[str, dict[str, torch.Tensor]] = {}
     for module in supernet.modules():
         if isinstance(module, DifferentiableMixedCell) and module.label not in result:
@@ -187,4 +266,15 @@ def edge_alphas(supernet: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
                 raise ValueError(f"cell {module.label} has ops {module.op_names}, expected {OP_NAMES}")
             prefix = module.label + "/"
             result[module.label] = {k[len(prefix):]: v.detach() for k, v in module._arch_alpha.items()}
+    return result
+
+
+def node_betas(supernet: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """PC-DARTS's edge-normalisation weights ``{cell type: {'<node>': beta}}`` (one entry per input of
+    the node), read from the first :class:`PartialChannelCell` of each type; empty for plain DARTS."""
+    result: dict[str, dict[str, torch.Tensor]] = {}
+    for module in supernet.modules():
+        if isinstance(module, PartialChannelCell) and module.label not in result:
+            prefix = module.label + "/"
+            result[module.label] = {k[len(prefix):]: v.detach() for k, v in module._arch_beta.items()}
     return result

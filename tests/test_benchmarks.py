@@ -17,17 +17,24 @@ from core.train import Trainer, seed_everything
 from tests.conftest import REPO
 
 
-# Its --concurrent part (N trials as spawned processes) is left out: each spawned process imports
-# torch again, which made this test time out on the shared 2-core machine.
-def test_bench_trial_prints_a_ratio_per_model(tmp_path):
-    res = subprocess.run(
-        [sys.executable, "benchmarks/bench_trial.py", "--data", "fake", "--data-root", str(tmp_path),
-         "--models", "mobilenet", "--images", "64", "--batch-size", "16", "--max-batches", "1", "--warmup", "1",
-         "--variant", "", "--variant", "channels_last=on"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+# Its --concurrent and --compile-cache parts (spawned processes; compiling) are left out: each spawned
+# process imports torch again, which made this test time out on the shared 2-core machine.
+def test_bench_trial_prints_ratios_and_the_limit_per_model(tmp_path):
+    common = [sys.executable, "benchmarks/bench_trial.py", "--data", "fake", "--data-root", str(tmp_path),
+              "--models", "mobilenet", "--images", "64", "--batch-size", "16", "--max-batches", "1", "--warmup", "1",
+              "--steps", "1"]
+    res = subprocess.run([*common, "--variant", "", "--variant", "channels_last=off"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert re.search(r"^mobilenet\s+[\d,.]+\s+[\d,.]+\s+[\d.]+x\s+[\d,.]+\s+[\d.]+x$", res.stdout, re.M), res.stdout
+    number = r"[\d,.]+"
+    for variant, layout in (("defaults", "channels_last"), ("channels_last=off", "contiguous")):
+        rates = rf"{number}\s+{number}\s+{number}\s+[\d.]+x\s+[\d.]+"  # NNI example, trial, limit, ratios
+        assert re.search(rf"^mobilenet\s+{variant}\s+{rates}\s+{layout}, fp32, compile off$", res.stdout, re.M), \
+            res.stdout
     assert "load average" in res.stdout
+    ab = subprocess.run([*common, "--ab", "channels_last"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert ab.returncode == 0, ab.stderr[-2000:]
+    assert re.search(rf"^mobilenet\s+{number}\s+{number}\s+[\d.]+x\s+[\d.]+-[\d.]+x\s+\S", ab.stdout, re.M), ab.stdout
 
 
 def test_bench_trial_refuses_an_unknown_field():

@@ -1,5 +1,6 @@
 """The nnictl wrappers of the DARTS search and retrain: a real experiment on a free port, on fake
-data, reaches DONE with one intermediate result per epoch (what the web UI plots)."""
+data, reaches DONE with one intermediate result per epoch (what the web UI plots; the search's
+also carries the collapse counts of its derived normal cell)."""
 from __future__ import annotations
 
 import json
@@ -52,7 +53,11 @@ def test_nnictl_wrapper_reports_every_epoch(tmp_path, stage):
         run = Run(_trial_dir(exp))
         epochs = run.read_metrics()
         assert [m["epoch"] for m in epochs] == [1, 2]  # the smoke config's two epochs
-        assert intermediate == [m[key] for m in epochs]  # plain numbers, as assessors expect
+        if stage == "search":  # the web UI's fields: validation accuracy (default) and the collapse counts
+            assert intermediate == [{"default": m[key], "normal_param_free": m["normal_param_free"],
+                                     "normal_skip_connect": m["normal_skip_connect"]} for m in epochs]
+        else:
+            assert intermediate == [m[key] for m in epochs]  # plain numbers, as assessors expect
         assert len(final) == 1 and final[0]["default"] == epochs[-1][key]
         if stage == "search":
             assert (run.dir / "final_arch.json").is_file() and (run.dir / "arch_weights.json").is_file()
