@@ -20,7 +20,7 @@ from typing import Any, Callable, Literal, Sequence, TypeVar
 import yaml
 
 from core.errors import UserError, first_line
-from core.paths import absolute_paths, default_data, default_data_root, default_out_dir
+from core.paths import NAMED_SOURCES, absolute_paths, default_data, default_data_root, default_out_dir
 
 C = TypeVar("C", bound="TrainConfig")
 
@@ -38,6 +38,85 @@ Compile = Literal["auto", "on", "off"]
 OPTIMIZER_NAMES: tuple[str, ...] = typing.get_args(Optimizer)
 SCHEDULER_NAMES: tuple[str, ...] = typing.get_args(Scheduler)
 DEVICE_NAMES: tuple[str, ...] = typing.get_args(Device)
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric field: ``low`` <= value (``<`` when ``low_open``) and, when
+    ``high`` is set, value <= ``high`` (``<`` when ``high_open``); ``note`` explains the bounds."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    note: str = ""
+
+    def allows(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        if self.high is None:
+            text = ("positive" if self.low_open else "0 or more") if self.low == 0 else \
+                f"{'more than' if self.low_open else 'at least'} {self.low}"
+        else:
+            text = f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        return f"{text} {self.note}".rstrip()
+
+
+#: The allowed values of every numeric field, each named once; :meth:`TrainConfig.validate` checks
+#: them (and the relations between fields) for every config class that has the field.
+RANGES: dict[str, Range] = {
+    "val_fraction": Range(0, 1, high_open=True),
+    "subset": Range(0, note="(0 = all)"),
+    "val_subset": Range(0, note="(0 = all)"),
+    "image_size": Range(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, note="px (the networks downsample 32 px images by 8 to 32)"),
+    "batch_size": Range(1),
+    "eval_batch_size": Range(1),
+    "crop_padding": Range(0),
+    "cutout": Range(0),
+    "lr": Range(0, low_open=True),
+    "lr_min": Range(0),
+    "momentum": Range(0, 1, high_open=True),
+    "weight_decay": Range(0),
+    "epochs": Range(1),
+    "grad_clip": Range(0, note="(0 = off)"),
+    "seed": Range(0, 2**63, high_open=True),
+    "max_batches": Range(0, note="(0 = full epochs)"),
+    "threads": Range(0, note="(0 = torch's default)"),
+}
+
+#: What :class:`core.run.Run` appends to a run name (``-YYYYmmdd-HHMMSS-k``), at its longest.
+RUN_NAME_SUFFIX = "-20260101-000000-9999"
+
+
+def check_ranges(cfg: Any) -> None:
+    """Raise :class:`UserError` for the first numeric field of ``cfg`` outside its :data:`RANGES` entry."""
+    for f in dataclasses.fields(cfg):
+        allowed = RANGES.get(f.name)
+        value = getattr(cfg, f.name)
+        if allowed is not None and isinstance(value, (int, float)) and not allowed.allows(value):
+            raise UserError(f"{f.name}: {value} is not allowed; it must be {allowed.describe()}")
+
+
+def check_data(data: str) -> None:
+    """``data`` names a source core.data can load: one of :data:`core.paths.NAMED_SOURCES` or an
+    existing path (checked when the config is made, so ``--print-config`` says so too)."""
+    if data not in NAMED_SOURCES and not os.path.exists(data):
+        raise UserError(f"data: {data!r} is neither one of {', '.join(NAMED_SOURCES)} nor an existing path "
+                        "(an image folder or .tar.gz with train/<class>/ and test/<class>/)")
+
+
+def name_max(folder: str | os.PathLike) -> int:
+    """The longest file name (bytes) the file system of ``folder`` (or its nearest existing parent) allows."""
+    path = Path(folder)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return os.pathconf(path, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def field(default: Any = dataclasses.MISSING, help: str = "", *,  # noqa: A002 - argparse's word
@@ -96,26 +175,24 @@ class TrainConfig:
     run_name: str = field("", "run folder name prefix (default: the command's)")
     progress: bool = field(True, "per-epoch progress bar on a terminal")
 
+    threads: int = field(0, "CPU threads for torch (0 = torch's default; on a CPU machine set cores / processes "
+                         "running at once, e.g. cores / trialConcurrency)")
+
     def validate(self) -> None:
-        """Raise :class:`UserError` naming the first bad field (choices are checked on parsing)."""
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise UserError(f"val_fraction: {self.val_fraction} is not in [0, 1)")
-        if not self.lr > 0:
-            raise UserError(f"lr: {self.lr} is not allowed; the learning rate must be positive")
-        for name in ("batch_size", "eval_batch_size", "epochs", "image_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name}: {getattr(self, name)} is not allowed; it must be at least 1")
-        for name in ("subset", "val_subset", "max_batches", "crop_padding", "cutout"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{name}: {getattr(self, name)} is not allowed; it must be 0 or more")
-        for name in ("momentum", "weight_decay", "grad_clip", "lr_min"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{name}: {getattr(self, name)} is not allowed; it must be 0 or more")
-        if not 0 <= self.seed < 2**63:
-            raise UserError(f"seed: {self.seed} is not allowed; it must be in [0, 2**63)")
-        if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
-            raise UserError(f"image_size: {self.image_size} is not allowed; it must be in [{MIN_IMAGE_SIZE}, "
-                            f"{MAX_IMAGE_SIZE}] px (the networks downsample 32 px images by 8 to 32)")
+        """Raise :class:`UserError` naming the first bad field: each numeric field against its
+        :data:`RANGES` entry, then the relations between fields (choices are checked on parsing)."""
+        check_ranges(self)
+        check_data(self.data)
+        cores = os.cpu_count() or 1
+        if self.threads > cores:
+            raise UserError(f"threads: {self.threads} is not allowed; it must be in [0, {cores}] (this machine's "
+                            "CPU cores; 0 = torch's default)")
+        if self.scheduler == "cosine" and self.lr_min > self.lr:
+            raise UserError(f"lr_min: {self.lr_min} is not allowed with lr {self.lr}; the cosine schedule falls from lr "
+                            "to lr_min, so lr_min must be at most lr")
+        if self.val_subset and not self.val_fraction:
+            raise UserError(f"val_subset: {self.val_subset} is not allowed with val_fraction 0 (there is no validation "
+                            "split to take it from); set val_fraction, or val_subset 0")
         if self.crop_padding >= self.image_size:
             raise UserError(f"crop_padding: {self.crop_padding} is not allowed; it must be less than the image size "
                             f"({self.image_size} px)")
@@ -125,6 +202,10 @@ class TrainConfig:
         if self.run_name and ("/" in self.run_name or os.sep in self.run_name or self.run_name.startswith(".")):
             raise UserError(f"run_name: {self.run_name!r} is not allowed; use a plain folder name (no '/', no "
                             "leading '.')")
+        longest = name_max(self.out_dir) - len(RUN_NAME_SUFFIX)
+        if len(os.fsencode(self.run_name)) > longest:
+            raise UserError(f"run_name: {len(os.fsencode(self.run_name))} bytes is too long; at most {longest} (the "
+                            f"file system's limit for a folder name, less the {len(RUN_NAME_SUFFIX)} of the time stamp)")
         if os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
             raise UserError(f"out_dir: {self.out_dir!r} is a file, not a folder")
 
@@ -263,17 +344,38 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
-def read_json(path: str | os.PathLike, what: str) -> Any:
-    """Read a JSON file, turning a missing or malformed file into a :class:`UserError` that names
-    ``what`` it is (``--arc``, say)."""
-    p = Path(path)
-    text = read_text(p, what)
+class DuplicateKeyError(ValueError):
+    """A JSON object names one key twice (``json`` would silently keep the last value)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKeyError(key)
+        out[key] = value
+    return out
+
+
+def loads_json(text: str, what: str) -> Any:
+    """Parse JSON text that ``what`` (a file, say) holds: the one JSON reader of the project. A key
+    repeated in an object, malformed text, or nesting too deep is a :class:`UserError` naming ``what``."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except DuplicateKeyError as exc:
+        raise UserError(f"{what}: the key {exc.args[0]!r} appears more than once in one object (which value is "
+                        "meant?); keep one") from None
     except RecursionError:
-        raise UserError(f"{what} {str(p)!r}: not valid JSON (nested too deeply)") from None
+        raise UserError(f"{what}: not valid JSON (nested too deeply)") from None
     except ValueError as exc:  # malformed, or an integer of thousands of digits
-        raise UserError(f"{what} {str(p)!r}: not valid JSON ({first_line(exc)})") from None
+        raise UserError(f"{what}: not valid JSON ({first_line(exc)})") from None
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """Read a JSON file with :func:`loads_json`, turning a missing or malformed file into a
+    :class:`UserError` that names ``what`` it is (``--arc``, say)."""
+    p = Path(path)
+    return loads_json(read_text(p, what), f"{what} {str(p)!r}")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
 from torch import nn
 
 from core import distributed
@@ -95,6 +96,8 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
     others its path, and every rank returns the same result.
     """
     state = config_from_checkpoint(type(cfg), resume)[1] if resume else None
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     splits = load_splits(cfg)
     seed_everything(cfg.seed)
     model = build_model(splits.num_classes)

@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 from typing import Any, Callable, Sequence
 
 from core.config import ModelConfig, Optimizer, SearchTrialConfig, add_config_arguments, config_from_args, field
@@ -35,23 +34,14 @@ from hpo import BUDGET_KEY, PARAM_KEYS
 
 @dataclasses.dataclass
 class HpoTrialConfig(SearchTrialConfig, ModelConfig):
-    """One trial's training options: the core's plus the model name and two HPO knobs."""
+    """One trial's training options: the core's plus the model name and whether to test at the end."""
 
     model: str = field("mobilenet", "a name from models.MODELS")
     optimizer: Optimizer = field("Adam", "the torch optimizer (the search uses all but SGD)")
     lr: float = field(0.001, "initial learning rate (> 0)")
     epochs: int = field(30, "training epochs of one trial")
-    threads: int = field(0, "CPU threads for torch (0 = torch's default; set cores / trialConcurrency on a CPU "
-                         "machine)")
     final_test: bool = field(True, "evaluate the test split once at the end (recorded beside the result, never "
                              "searched on)")
-
-    def validate(self) -> None:
-        super().validate()
-        cores = os.cpu_count() or 1
-        if not 0 <= self.threads <= cores:
-            raise UserError(f"threads: {self.threads} is not allowed; it must be in [0, {cores}] (this machine's "
-                            "CPU cores; 0 = torch's default)")
 
 
 def parameters_to_fields(params: dict[str, Any]) -> dict[str, Any]:
@@ -79,10 +69,6 @@ def run_trial(cfg: HpoTrialConfig, trial: NniTrial,
     """Train one configuration and report it; returns the final dict that was reported."""
     from models import create_model
 
-    if cfg.threads:
-        import torch
-
-        torch.set_num_threads(cfg.threads)
     final, _ = run_search_trial(cfg, build_model or (lambda n: create_model(cfg.model, num_classes=n)), trial,
                                 name=f"hpo-{cfg.model}", final_test=cfg.final_test,
                                 keep_checkpoint=cfg.keep_checkpoint,
