@@ -8,6 +8,14 @@ Sources (the ``data`` option):
 * a path: an image folder, or a ``.tar.gz`` of one, laid out as ``train/<class>/*`` and
   ``test/<class>/*`` (torchvision's ``ImageFolder`` convention).
 
+Image folders follow ``torchvision.datasets.ImageFolder``'s rules: the same file extensions
+(``IMG_EXTENSIONS``, any case), every image anywhere below a class folder (subfolders included,
+symbolic links to folders followed), classes sorted by name, a class without images an error. They
+differ in two ways only: hidden files and folders (``.ipynb_checkpoints``, ``.DS_Store``) are never
+data, and fewer than two classes is an error. Every image is read as 8-bit RGB by its value range,
+whatever its mode (:func:`to_rgb8`: 16-bit and float images scaled, transparency over white, EXIF
+orientation applied), or refused with one line naming the file and its mode.
+
 Image folders are decoded once and cached as tensors under ``<data_root>/cache``, so a second run
 skips decoding. The validation split is carved from the training split with a fixed seed that
 does not depend on the run's seed: every run and trial validates on the same images, and the test
@@ -28,15 +36,17 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from core.checkpoint import save_checkpoint
-from core.errors import UserError, first_line
-from core.paths import NAMED_SOURCES
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+from core.checkpoint import save_checkpoint
+from core.config import check_data
+from core.errors import UserError, first_line
+
+IMAGE_SUFFIXES = IMG_EXTENSIONS     # ImageFolder's: .jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp
 SPLIT_SEED = 20240601          # fixed: the validation split never moves with --seed
 FAKE_SIZES = {"train": 2000, "test": 500}
 FAKE_CLASSES = 10
-CACHE_VERSION = 1
+CACHE_VERSION = 2             # 2: images read by to_rgb8 (16-bit, float, alpha, EXIF), nested folders
 
 
 @dataclass
@@ -123,9 +133,7 @@ def load_source(data: str, data_root: str, image_size: int = 32) -> tuple[ImageS
     if data == "fake":
         return _make_fake(image_size)
     path = Path(data).expanduser()
-    if not path.exists():
-        raise UserError(f"data: {data!r} is neither one of {', '.join(NAMED_SOURCES)} nor an existing path "
-                        "(an image folder or .tar.gz with train/<class>/ and test/<class>/)")
+    check_data(str(path))
     return _load_image_folder(path, Path(data_root), image_size)
 
 
@@ -257,21 +265,30 @@ class _Listing:
     empty: list[str]
 
 
-def _image_key(parts: list[str]) -> tuple[str, str, str] | None:
-    """('prefix', split, class) of an image member's path parts, or None for anything else.
-    Hidden files and folders (``.ipynb_checkpoints``, ``.DS_Store``...) are never data."""
+def _split_at(parts: list[str]) -> int | None:
+    """Where the split (``train`` or ``test``) is in a member's path parts: the first such part;
+    None when there is none, or when a part is hidden (``.ipynb_checkpoints``, ``.DS_Store``...:
+    never data)."""
     if any(p.startswith(".") for p in parts):
         return None
-    if len(parts) < 3 or not parts[-1].lower().endswith(IMAGE_SUFFIXES) or parts[-3] not in SPLITS:
+    return next((i for i, p in enumerate(parts) if p in SPLITS), None)
+
+
+def _image_key(parts: list[str]) -> tuple[str, str, str] | None:
+    """('prefix', split, class) of an image member's path parts (``prefix/split/class/[sub/...]image``,
+    as ImageFolder takes every image below a class folder), or None for anything else."""
+    i = _split_at(parts)
+    if i is None or len(parts) < i + 3 or not parts[-1].lower().endswith(IMAGE_SUFFIXES):
         return None
-    return "/".join(parts[:-3]), parts[-3], parts[-2]
+    return "/".join(parts[:i]), parts[i], parts[i + 1]
 
 
 def _class_dir_key(parts: list[str]) -> tuple[str, str, str] | None:
     """('prefix', split, class) of a class folder's path parts, or None."""
-    if any(p.startswith(".") for p in parts) or len(parts) < 2 or parts[-2] not in SPLITS:
+    i = _split_at(parts)
+    if i is None or len(parts) != i + 2:
         return None
-    return "/".join(parts[:-2]), parts[-2], parts[-1]
+    return "/".join(parts[:i]), parts[i], parts[i + 1]
 
 
 def _listing(path: Path, members: Iterable[tuple[str, bool, int]]) -> _Listing:
@@ -311,15 +328,28 @@ def _listing(path: Path, members: Iterable[tuple[str, bool, int]]) -> _Listing:
     return _Listing(files, empty)
 
 
+def _walk(path: Path) -> Iterable[tuple[str, bool, Path]]:
+    """Every folder and file below ``path`` as ``(relative name, is_dir, path)``, in sorted order;
+    symbolic links to folders are followed as ImageFolder follows them (``os.walk(followlinks=True)``),
+    each real folder once (a link loop ends there)."""
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(path, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        base = Path(root)
+        for name in dirs:
+            yield (base / name).relative_to(path).as_posix(), True, base / name
+        for name in sorted(files):
+            if (base / name).is_file():
+                yield (base / name).relative_to(path).as_posix(), False, base / name
+
+
 def _list_dir(path: Path) -> _Listing:
-    def members():
-        for p in path.rglob("*"):
-            rel = p.relative_to(path).as_posix()
-            if p.is_dir():
-                yield rel, True, 0
-            elif p.is_file():
-                yield rel, False, p.stat().st_size
-    return _listing(path, members())
+    return _listing(path, ((rel, is_dir, 0 if is_dir else p.stat().st_size) for rel, is_dir, p in _walk(path)))
 
 
 def _open_tar(path: Path) -> tarfile.TarFile:
@@ -346,10 +376,11 @@ def _content_digest(path: Path) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
         return h.hexdigest()[:16]
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
-        h.update(p.relative_to(path).as_posix().encode() + b"\0")
-        h.update(p.read_bytes())
-        h.update(b"\0")
+    for rel, is_dir, p in sorted(_walk(path)):
+        if not is_dir:
+            h.update(rel.encode() + b"\0")
+            h.update(p.read_bytes())
+            h.update(b"\0")
     return h.hexdigest()[:16]
 
 
@@ -409,6 +440,9 @@ def _load_image_folder(path: Path, root: Path, image_size: int) -> tuple[ImageSe
         only_test = sorted(set(test_files) - set(train_files))
         raise UserError(f"data: {str(path)!r}: train/ and test/ have different classes "
                         f"(only in train: {only_train or 'none'}; only in test: {only_test or 'none'})")
+    if len(train_files) < 2:
+        raise UserError(f"data: {str(path)!r} has {len(train_files)} class ({', '.join(sorted(train_files))}); a "
+                        "classifier needs at least two (train/<class>/ and test/<class>/ folders)")
     write_cache = _writable(cache.parent)
     if not write_cache:
         print(f"data_root {str(root)!r} is not writable: decoding without writing the cache", file=sys.stderr)
@@ -475,9 +509,54 @@ def _decode_into(images: torch.Tensor, index: int, data: bytes, name: str, image
             with Image.open(io.BytesIO(data)) as img:
                 if img.width * img.height > MAX_IMAGE_PIXELS:
                     raise ValueError(f"{img.width}x{img.height} pixels is more than {MAX_IMAGE_PIXELS:,}")
-                img = img.convert("RGB")
+                img = to_rgb8(img)
                 if img.size != (image_size, image_size):
                     img = img.resize((image_size, image_size), Image.BILINEAR)
                 images[index] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+    except Unreadable as exc:
+        raise UserError(f"data: cannot use image {name!r}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a broken image is the user's data: name it
         raise UserError(f"data: cannot decode image {name!r} ({first_line(exc)})") from None
+
+
+class Unreadable(ValueError):
+    """An image whose mode or values have no certain 8-bit RGB reading."""
+
+
+#: Integer modes of more than 8 bits: read by the 16-bit range (16-bit PNG, TIFF and PGM files).
+WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+BACKGROUND = (255, 255, 255)      # transparent pixels are shown over white, as a viewer shows them
+
+
+def to_rgb8(img: "Image.Image") -> "Image.Image":
+    """``img`` as 8-bit RGB by its value range: EXIF orientation applied (a phone photo stored
+    sideways); 16-bit integers scaled by 255/65535 (mode ``I``: values must lie in [0, 65535]);
+    float images (mode ``F``) must lie in [0, 1] and are scaled by 255; transparency (``RGBA``,
+    ``LA``, ``La``, ``PA``, ``RGBa``, palette or grey with a transparent colour) composited over
+    white; every other mode (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ``RGBX``)
+    by PIL's conversion. Anything else raises :class:`Unreadable` naming the mode."""
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    mode = img.mode
+    if mode in WIDE_INT_MODES or mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        top = 1.0 if mode == "F" else 65535.0
+        if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= top):
+            low, high = np.nanmin(values), np.nanmax(values)
+            raise Unreadable(f"mode {mode} ({'float' if mode == 'F' else 'integer'}) with values from {low:g} to "
+                             f"{high:g}, outside [0, {top:g}]: no certain 8-bit reading; convert it to 8-bit first")
+        grey = np.round(values * (255.0 / top)).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "La":
+        img, mode = img.convert("LA"), "LA"
+    if "A" in img.getbands() or "a" in img.getbands() or "transparency" in img.info:
+        try:
+            rgba = img.convert("RGBA")
+        except ValueError:
+            raise Unreadable(f"mode {mode} with transparency cannot be converted to RGBA") from None
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba).convert("RGB")
+    try:
+        return img.convert("RGB")
+    except ValueError:
+        raise Unreadable(f"mode {mode} cannot be converted to RGB") from None
