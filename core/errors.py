@@ -32,8 +32,8 @@ def first_line(exc: BaseException) -> str:
 
 def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
     """Decorate a command's ``main``: a :class:`UserError` becomes ``error: <message>`` and its
-    exit code; Ctrl-C becomes one line (where to resume, when a run was interrupted), not a
-    traceback.
+    exit code; so does an ``OSError`` about a file (``error: Permission denied: '/x'``, exit 2);
+    Ctrl-C becomes one line (where to resume, when a run was interrupted), not a traceback.
 
     A process stopped by a real SIGINT (Ctrl-C, or NNI's remote training service cancelling a
     trial) then dies by SIGINT, as Python itself would, so that whoever started it sees an
@@ -56,6 +56,14 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
             if isinstance(exc, Interrupted) and signalled:
                 _die_by_sigint()
             raise SystemExit(exc.exit_code) from None
+        except OSError as exc:
+            if exc.filename is None:   # not about a file the command was given or writes: a bug, shown whole
+                raise
+            # a place that cannot be read or written (no permission, a full disk, a name too long, a
+            # link loop): what and where, in one line
+            where = f"{exc.filename!r}" + (f" -> {exc.filename2!r}" if exc.filename2 else "")
+            print(f"error: {exc.strerror or type(exc).__name__}: {where}", file=sys.stderr, flush=True)
+            raise SystemExit(UserError.exit_code) from None
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr, flush=True)
             if signalled:

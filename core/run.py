@@ -1,8 +1,10 @@
 """One folder per run or trial: resolved config, log, per-epoch metrics (JSON lines), checkpoint."""
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,7 @@ class Run:
 
     def remove_temp_files(self) -> list[Path]:
         """Delete what an atomic write killed half-way left (``.<name>.*.tmp``); returns them."""
-        left = sorted(self.dir.glob(".*.tmp"))
+        left = sorted(p for p in self.dir.glob(".*.*.tmp") if p.is_file() and not p.is_symlink())
         for path in left:
             path.unlink(missing_ok=True)
         return left
@@ -66,24 +68,48 @@ class Run:
     def log(self, message: str) -> None:
         """Print ``message`` and append it, time-stamped, to the run's log."""
         print(message, flush=True)
-        with open(self.dir / LOG_FILE, "a") as fh:
-            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        append_text(self.dir / LOG_FILE, f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     def log_metrics(self, metrics: dict[str, Any]) -> None:
-        with open(self.dir / METRICS_FILE, "a") as fh:
-            fh.write(to_json(metrics) + "\n")
+        append_text(self.dir / METRICS_FILE, to_json(metrics) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The metrics lines written so far; a last line cut off by a kill is left out."""
         path = self.dir / METRICS_FILE
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = path.read_text().splitlines(keepends=True)
+        out = []
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                if i == len(lines) and not line.endswith("\n"):
+                    break            # the line a killed run was writing
+                raise UserError(f"{str(path)!r} line {i} is not JSON; the run folder is damaged") from None
+        return out
 
     def truncate_metrics(self, epochs_done: int) -> None:
         """Drop metric lines after epoch ``epochs_done`` (1-based), written by a run killed between
         its metrics and its checkpoint."""
         kept = [m for m in self.read_metrics() if m.get("epoch", 0) <= epochs_done]
         atomic_write_text(self.dir / METRICS_FILE, "".join(to_json(m) + "\n" for m in kept))
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append ``text`` to a file of a run folder, never through a symbolic link (a link there could
+    point at anyone's file: it is refused with one line, nothing written)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{str(path)!r} is a symbolic link; files in a run folder are never written through "
+                            "one (remove the link to continue)") from None
+        raise
+    with os.fdopen(fd, "a") as fh:
+        fh.write(text)
 
 
 def _finite(value: Any) -> Any:
