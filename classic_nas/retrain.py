@@ -15,7 +15,8 @@ whole training split and logs the test accuracy after every epoch; the result is
 ``--experiment ID --top K`` retrains the K best architectures of a search one after the other,
 each in its own run folder ``<out_dir>/classic_nas_retrain-<experiment>-<trial>/`` with an
 ``origin.json`` (see :mod:`core.retrains`); the same command again skips finished ones and
-continues a killed one from its checkpoint; ``python -m report ID`` compares the rankings.
+continues a killed one from its checkpoint, when the options are the same (other options: an error
+naming them, or a new folder with ``--new-folder``); ``python -m report ID`` compares the rankings.
 
 ``--from-hpo EXPERIMENT`` trains with the optimizer and learning rate of that HPO experiment's best
 trial (:mod:`core.from_hpo`), as a search started with it did.
@@ -32,7 +33,7 @@ from core.config import TrainConfig, add_config_arguments, check_resume_only, co
 from core.errors import UserError, cli_main
 from core.experiments import Trial
 from core.from_hpo import add_from_hpo_argument, winner_from_args
-from core.retrains import retrain_top_of
+from core.retrains import add_new_folder_argument, retrain_top_of
 from core.runner import config_from_checkpoint, train
 
 STAGE = "classic_nas_retrain"
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_from_hpo_argument(parser)
     parser.add_argument("--top", type=int, metavar="K", help="with --experiment: how many of the best to retrain, "
                         "each in its own run folder (default 1; rerun the command to continue)")
+    add_new_folder_argument(parser)
     add_config_arguments(parser, RetrainConfig)
     return parser
 
@@ -69,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     if args.top is not None and not args.experiment:
         raise UserError("--top needs --experiment ID_OR_DIR (a classic-NAS experiment)")
+    if args.new_folder and not args.experiment:
+        raise UserError("--new-folder: only with --experiment ID --top K")
     if args.experiment:
         return retrain_top_archs(args)
     from classic_nas.space import read_arch, validate_arch
@@ -106,20 +110,15 @@ def _train_arch(cfg: RetrainConfig, arch: dict[str, int], **kwargs: Any) -> dict
 def retrain_top_archs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """``--experiment ID --top K``: the K best architectures, each in its own resumable run folder."""
     from classic_nas.export import load_experiment, trial_arch
-    from classic_nas.space import validate_arch
 
     first = _config(args)   # bad flags: an error before anything is written
 
-    def train_one(trial: Trial, run_dir: Path, resume: Path | None) -> dict[str, Any]:
-        if resume is not None:
-            cfg, state = config_from_checkpoint(RetrainConfig, resume)
-            arch = validate_arch(state.get("arch"), source=f"checkpoint {str(resume)!r} architecture")
-            return _train_arch(cfg, arch, resume=resume)
-        return _train_arch(first, trial_arch(trial), run_dir=run_dir)
+    def train_one(cfg: RetrainConfig, trial: Trial, run_dir: Path, resume: Path | None) -> dict[str, Any]:
+        return _train_arch(cfg, trial_arch(trial), run_dir=None if resume else run_dir, resume=resume)
 
-    return retrain_top_of(args.experiment, args.experiments_dir, args.top or 1, load=load_experiment,
-                          out_dir=first.out_dir, stage=STAGE, origin_extra=lambda t: {"params": trial_arch(t)},
-                          train_one=train_one)
+    return retrain_top_of(args.experiment, args.experiments_dir, args.top or 1, load=load_experiment, base=first,
+                          stage=STAGE, origin_extra=lambda t: {"params": trial_arch(t)}, config_for=lambda t: first,
+                          train_one=train_one, new_folder=args.new_folder)
 
 
 if __name__ == "__main__":

@@ -1,47 +1,149 @@
 """Retrain the K best trials of an experiment, each in its own run folder, resumable one by one;
 and find those retrains again (what ``python -m report`` compares with the search).
 
-Every stage's retrain command plugs its own training in (``train_one``); the loop, the folder
-names, the skip/resume rule and the ``origin.json`` that says where a retrain came from live here.
+Every stage's retrain command plugs its own training in (``config_for``, ``train_one``); the loop,
+the folder names, the reuse and resume rules, the lock and the ``origin.json`` that says where a
+retrain came from live here.
 
-A retrain of trial ``T`` of experiment ``E`` lives in ``<out_dir>/<stage>-E-T/``:
+A retrain of trial ``T`` of experiment ``E`` lives in ``<out_dir>/<stage>-E-T/`` (and, for the same
+trial retrained with other options under ``--new-folder``, ``<stage>-E-T-2/``, ``-3/`` ...):
 
+* a folder is reused only when the config it recorded (``config.yaml``) equals the one asked for
+  now, field by field, except the fields that say how a run ran rather than what it trained
+  (:data:`HOW_IT_RAN`); otherwise the command stops with one line naming the differing fields, or,
+  with ``--new-folder``, retrains into the next free folder;
 * ``result.json`` there: finished, skipped;
-* ``checkpoint.pt`` there but no result: a killed retrain, continued from its checkpoint (with the
-  config the checkpoint holds);
+* ``checkpoint.pt`` there but no result: a killed retrain, continued from its checkpoint;
 * otherwise it starts (again) from scratch in that folder.
 
+One process per folder: a retrain holds the lock file ``.lock`` in its folder while it trains; a
+second ``--top`` command started meanwhile says so, leaves that trial to the first and goes on with
+the next one (under ``torchrun``, rank 0 takes the lock and decides for every rank).
+
 ``origin.json`` (written before training starts) holds the experiment id and folder, the trial,
-its rank in the search, its parameters and its search metric.
+its rank in the search, its parameters and its search metric. :func:`match_retrains` finds the
+retrains of an experiment again and keeps only those that belong to it (module function doc).
 """
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import yaml
+
 from core import distributed
-from core.checkpoint import atomic_write_text
+from core.checkpoint import atomic_write_text, load_checkpoint
+from core.config import read_json, to_dict
 from core.errors import UserError
 from core.experiments import Trial, find_experiment, ranked, read_profile
-from core.run import CHECKPOINT_FILE, METRICS_FILE
+from core.run import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE
 from core.runner import RESULT_FILE
 
 ORIGIN_FILE = "origin.json"
+LOCK_FILE = ".lock"
+ARCH_FILE = "arch.json"
+#: Config fields that say how a run ran (where, how fast, where its files go), not what it trained:
+#: a retrain is reused whatever they are now.
+HOW_IT_RAN = ("device", "progress", "data_root", "out_dir", "run_name", "threads", "channels_last", "compile")
 
 
-def read_json_file(path: Path) -> Any:
-    """A JSON file's content, or None when it is missing or unreadable (a folder being written)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+def read_json_file(path: str | os.PathLike, what: str | None = None) -> Any:
+    """A JSON file's content, or None when there is no such file; a file that is there but cannot be
+    read, is not JSON or repeats a key is a :class:`UserError` naming it (``what``, default its name)."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
         return None
+    return read_json(path, what or path.name)
 
 
-def top_run_dir(out_dir: str | os.PathLike, stage: str, experiment_id: str, trial_id: str) -> Path:
-    return Path(out_dir) / f"{stage}-{experiment_id}-{trial_id}"
+def top_run_dir(out_dir: str | os.PathLike, stage: str, experiment_id: str, trial_id: str, copy: int = 1) -> Path:
+    """The run folder of a retrain of that trial: ``copy`` 1 is the first, 2, 3... those made by ``--new-folder``."""
+    name = f"{stage}-{experiment_id}-{trial_id}"
+    return Path(out_dir) / (name if copy == 1 else f"{name}-{copy}")
+
+
+def add_new_folder_argument(parser: argparse.ArgumentParser) -> None:
+    """``--new-folder`` of the retrain commands' ``--top K``."""
+    parser.add_argument("--new-folder", action="store_true",
+                        help="with --top: a trial retrained before with other options is retrained again in a new "
+                        "folder <stage>-<experiment>-<trial>-2 (-3, ...); without it that is an error naming the "
+                        "options that differ (a retrain is reused only with the options it was trained with)")
+
+
+# --- which folder, and is it the same retrain? --------------------------------------------------
+
+def recorded_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config a run folder recorded: its ``config.yaml``, else its checkpoint's; None when it
+    holds neither (nothing was trained there yet)."""
+    path = run_dir / CONFIG_FILE
+    if path.is_file():
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise UserError(f"{str(path)!r} cannot be read ({str(exc).splitlines()[0] if str(exc) else exc}); "
+                            "the run folder is damaged") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{str(path)!r} is not a config (a mapping of field: value); the run folder is damaged")
+        return data
+    if (run_dir / CHECKPOINT_FILE).is_file():
+        config = load_checkpoint(run_dir / CHECKPOINT_FILE).get("config")
+        return config if isinstance(config, dict) else None
+    return None
+
+
+def _normal(config: Any) -> dict[str, Any]:
+    """A config as its ``config.yaml`` holds it (a YAML round trip), for comparing."""
+    values = config if isinstance(config, dict) else to_dict(config)
+    return yaml.safe_load(yaml.safe_dump(values, sort_keys=False))
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-12)
+    return a == b
+
+
+def config_differences(recorded: dict[str, Any], asked: dict[str, Any],
+                       words: tuple[str, str] = ("there", "now")) -> list[str]:
+    """``'epochs 1 there, 200 now'`` for each field (not in :data:`HOW_IT_RAN`) whose value differs."""
+    missing = object()
+    out = []
+    for key in sorted((set(recorded) | set(asked)) - set(HOW_IT_RAN)):
+        there, now = recorded.get(key, missing), asked.get(key, missing)
+        if not _same(there, now):
+            show = lambda v: "(not set)" if v is missing else json.dumps(v)  # noqa: E731
+            out.append(f"{key} {show(there)} {words[0]}, {show(now)} {words[1]}")
+    return out
+
+
+def _folder_for(asked: dict[str, Any], out_dir: str | os.PathLike, stage: str, experiment_id: str, trial: Trial,
+                new_folder: bool) -> Path:
+    """The folder a retrain of ``trial`` with config ``asked`` uses: the first existing one whose
+    recorded config equals ``asked`` (or that holds none yet), else a new one under ``new_folder``;
+    otherwise a :class:`UserError` naming the fields that differ."""
+    copy, differ = 1, None
+    while True:
+        run_dir = top_run_dir(out_dir, stage, experiment_id, trial.trial_id, copy)
+        if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+            raise UserError(f"{str(run_dir)!r} is a symbolic link or a file, not a retrain folder; move it away")
+        if not run_dir.exists():
+            if differ is None or new_folder:
+                return run_dir
+            where, diff = differ
+            shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
+            raise UserError(f"--top: trial {trial.trial_id} was retrained in {str(where)!r} with other options ({shown}); "
+                            "pass the options it was trained with to reuse it, or --new-folder to retrain it in a "
+                            "new folder")
+        recorded = recorded_config(run_dir)
+        diff = config_differences(_normal(recorded), asked) if recorded is not None else []
+        if not diff:
+            return run_dir
+        differ, copy = (run_dir, diff), copy + 1
 
 
 @dataclass
@@ -51,19 +153,73 @@ class TopRetrain:
     rank: int                   # 1 = the search's best
     trial: Trial
     run_dir: Path
-    action: str                 # 'skipped' (finished before), 'resumed', 'started'
+    action: str                 # 'skipped' (finished before), 'resumed', 'started', 'busy' (another process has it)
     result: dict[str, Any] | None = None
+
+
+def _lock(run_dir: Path):
+    """The retrain's lock, taken without waiting; None when another process holds it."""
+    from filelock import FileLock, Timeout
+
+    path = run_dir / LOCK_FILE
+    if path.is_symlink():
+        raise UserError(f"{str(path)!r} is a symbolic link; a run folder's files are never written through one "
+                        "(remove the link)")
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    return lock
+
+
+def _claim(asked: dict[str, Any], trial: Trial, *, out_dir: str | os.PathLike, stage: str, experiment_id: str,
+           new_folder: bool) -> tuple[str, Path, Any, bool]:
+    """On the process that writes: the folder, locked, and what to do there: ``(action, run_dir,
+    lock, created)`` with action 'skipped', 'resumed', 'started' or 'busy' (lock None)."""
+    for _ in range(3):   # another process may record its config between the look and the lock
+        run_dir = _folder_for(asked, out_dir, stage, experiment_id, trial, new_folder)
+        created = not run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = _lock(run_dir)
+        if lock is None:
+            return "busy", run_dir, None, False
+        if _folder_for(asked, out_dir, stage, experiment_id, trial, new_folder) == run_dir:
+            break
+        lock.release()
+    else:
+        raise UserError(f"--top: trial {trial.trial_id}: other processes keep starting retrains of it; try again")
+    if isinstance(read_json_file(run_dir / RESULT_FILE), dict):
+        return "skipped", run_dir, lock, created
+    if (run_dir / CHECKPOINT_FILE).is_file():
+        return "resumed", run_dir, lock, created
+    (run_dir / METRICS_FILE).unlink(missing_ok=True)   # what a start killed before its first checkpoint left
+    return "started", run_dir, lock, created
+
+
+def _release(lock: Any, run_dir: Path, created: bool, failed: bool) -> None:
+    """Let the folder go; a folder this call created and left with nothing but its own files is removed."""
+    if lock is not None:
+        lock.release()
+    if failed and created:
+        left = {p.name for p in run_dir.iterdir()}
+        if left <= {LOCK_FILE, ORIGIN_FILE}:
+            for name in left:
+                (run_dir / name).unlink(missing_ok=True)
+            run_dir.rmdir()
 
 
 def retrain_top(trials: Sequence[Trial], k: int, *, out_dir: str | os.PathLike, stage: str,
                 experiment_id: str, experiment_dir: str | os.PathLike, origin_extra: Callable[[Trial], dict[str, Any]],
-                train_one: Callable[[Trial, Path, Path | None], dict[str, Any]],
-                log: Callable[[str], None] = print) -> list[TopRetrain]:
+                config_for: Callable[[Trial], Any],
+                train_one: Callable[[Any, Trial, Path, Path | None], dict[str, Any]],
+                new_folder: bool = False, log: Callable[[str], None] = print) -> list[TopRetrain]:
     """Retrain the ``k`` best of ``trials`` (see the module docstring), one after the other.
 
-    ``train_one(trial, run_dir, resume)`` trains one (``resume``: the checkpoint to continue, or
-    None) and returns the run's result; ``origin_extra(trial)`` adds stage fields (the
-    parameters or architecture, checked before anything is written) to ``origin.json``.
+    ``config_for(trial)`` is the config asked for that trial (checked before anything is written);
+    ``train_one(cfg, trial, run_dir, resume)`` trains it (``resume``: the checkpoint to continue,
+    or None) and returns the run's result; ``origin_extra(trial)`` adds stage fields (the
+    parameters or architecture, checked first too) to ``origin.json``.
     """
     if k < 1:
         raise UserError(f"--top: {k} is not allowed; it must be 1 or more")
@@ -74,41 +230,75 @@ def retrain_top(trials: Sequence[Trial], k: int, *, out_dir: str | os.PathLike, 
     chosen = best[:k]
     if len(chosen) < k:
         log(f"--top {k}: only {len(chosen)} trials have a final result; retraining those")
-    origins = [(rank, trial, origin_extra(trial)) for rank, trial in enumerate(chosen, 1)]  # all checked first
+    plans = []
+    for rank, trial in enumerate(chosen, 1):                # every input checked before anything is written
+        cfg = config_for(trial)
+        asked = _normal(cfg)
+        extra = origin_extra(trial)
+        if distributed.is_main():
+            _folder_for(asked, out_dir, stage, experiment_id, trial, new_folder)
+        plans.append((rank, trial, cfg, asked, extra))
     done: list[TopRetrain] = []
-    for rank, trial, extra in origins:
-        run_dir = top_run_dir(out_dir, stage, experiment_id, trial.trial_id)
-        result = read_json_file(run_dir / RESULT_FILE)
-        if isinstance(result, dict):
-            log(f"[{rank}/{len(chosen)}] trial {trial.trial_id}: finished before ({run_dir}), skipped")
-            done.append(TopRetrain(rank, trial, run_dir, "skipped", result))
-            continue
-        checkpoint = run_dir / CHECKPOINT_FILE
-        resume = checkpoint if checkpoint.is_file() else None
-        origin = {"experiment_id": experiment_id, "experiment_dir": str(experiment_dir), "stage": stage,
-                  "trial_id": trial.trial_id, "rank": rank, "search_metric": trial.final,
-                  "search_epochs": trial.epochs_run, **extra}
-        if distributed.is_main():  # under torchrun, rank 0 alone writes (as for every run folder)
-            if resume is None:
-                (run_dir / METRICS_FILE).unlink(missing_ok=True)   # what a start killed before its first checkpoint left
-            atomic_write_text(run_dir / ORIGIN_FILE, json.dumps(origin, indent=2) + "\n")
-        log(f"[{rank}/{len(chosen)}] trial {trial.trial_id} (search metric {trial.final:.4f}): "
-            + (f"resuming {resume}" if resume else f"retraining in {run_dir}"))
-        result = train_one(trial, run_dir, resume)
-        done.append(TopRetrain(rank, trial, run_dir, "resumed" if resume else "started", result))
+    for rank, trial, cfg, asked, extra in plans:
+        head = f"[{rank}/{len(chosen)}] trial {trial.trial_id}"
+        lock, created = None, False
+        if distributed.is_main():
+            try:
+                action, run_dir, lock, created = _claim(asked, trial, out_dir=out_dir, stage=stage,
+                                                        experiment_id=experiment_id, new_folder=new_folder)
+                decision: tuple[str, str] = (action, str(run_dir))
+            except UserError as exc:
+                decision = ("error", str(exc))
+        else:
+            decision = ("", "")
+        action, where = distributed.broadcast(decision)   # under torchrun rank 0 decides for all
+        if action == "error":
+            raise UserError(where)
+        run_dir = Path(where)
+        failed = True
+        try:
+            if action == "busy":
+                log(f"{head}: another process is retraining it in {run_dir} (it holds {LOCK_FILE} there); left "
+                    "to that process, skipped here")
+                done.append(TopRetrain(rank, trial, run_dir, "busy"))
+            elif action == "skipped":
+                log(f"{head}: finished before with the same options ({run_dir}), skipped")
+                done.append(TopRetrain(rank, trial, run_dir, "skipped", read_json_file(run_dir / RESULT_FILE)))
+            else:
+                resume = run_dir / CHECKPOINT_FILE if action == "resumed" else None
+                origin = {"experiment_id": experiment_id, "experiment_dir": str(experiment_dir), "stage": stage,
+                          "trial_id": trial.trial_id, "rank": rank, "search_metric": trial.final,
+                          "search_epochs": trial.epochs_run, **extra}
+                if distributed.is_main():  # under torchrun, rank 0 alone writes (as for every run folder)
+                    atomic_write_text(run_dir / ORIGIN_FILE, json.dumps(origin, indent=2) + "\n")
+                log(f"{head} (search metric {trial.final:.4f}): "
+                    + (f"resuming {resume}" if resume else f"retraining in {run_dir}"))
+                result = train_one(cfg, trial, run_dir, resume)
+                done.append(TopRetrain(rank, trial, run_dir, action, result))
+            failed = False
+        finally:
+            if distributed.is_main():
+                _release(lock, run_dir, created, failed)
     return done
 
 
 def retrain_top_of(source: str, experiments_dir: str | None, k: int, *, load: Callable[[Path], list[Trial]],
-                   out_dir: str | os.PathLike, stage: str, origin_extra: Callable[[Trial], dict[str, Any]],
-                   train_one: Callable[[Trial, Path, Path | None], dict[str, Any]]) -> list[dict[str, Any]]:
+                   base: Any, stage: str, origin_extra: Callable[[Trial], dict[str, Any]],
+                   config_for: Callable[[Trial], Any], train_one: Callable[[Any, Trial, Path, Path | None], dict[str, Any]],
+                   new_folder: bool = False) -> list[dict[str, Any]]:
     """A retrain command's ``--top K``: find the experiment, read its trials with the stage's
-    ``load``, retrain the best (:func:`retrain_top`), print one JSON row per retrain and the
-    command that compares them with the search; returns the rows."""
+    ``load``, retrain the best (:func:`retrain_top`) under ``base.out_dir``, print one JSON row per
+    retrain and the command that compares them with the search; returns the rows. ``base``: the
+    command's config (its flags), already checked."""
+    if distributed.launched():   # rank 0 decides about each folder and tells the others: join the group now
+        from core.train import resolve_device
+
+        distributed.setup(resolve_device(base.device))
     exp_dir = find_experiment(source, experiments_dir)
     exp_id = read_profile(exp_dir).experiment_id
-    done = retrain_top(load(exp_dir), k, out_dir=out_dir, stage=stage, experiment_id=exp_id, experiment_dir=exp_dir,
-                       origin_extra=origin_extra, train_one=train_one)
+    done = retrain_top(load(exp_dir), k, out_dir=base.out_dir, stage=stage, experiment_id=exp_id,
+                       experiment_dir=exp_dir, origin_extra=origin_extra, config_for=config_for, train_one=train_one,
+                       new_folder=new_folder)
     rows = [{"rank": d.rank, "trial_id": d.trial.trial_id, "search_metric": d.trial.final, "action": d.action,
              "run_dir": str(d.run_dir), "test_acc": (d.result or {}).get("test_acc")} for d in done]
     print(json.dumps(rows), flush=True)
@@ -116,18 +306,115 @@ def retrain_top_of(source: str, experiments_dir: str | None, k: int, *, load: Ca
     return rows
 
 
-def find_retrains(folders: Sequence[str | os.PathLike], experiment_id: str) -> list[dict[str, Any]]:
-    """Retrains of ``experiment_id`` found in ``folders`` (each a run folder, or a folder of run
-    folders): their ``origin.json`` plus ``run_dir`` and, when finished, ``result``."""
-    found: dict[str, dict[str, Any]] = {}
+# --- finding the retrains of an experiment again ------------------------------------------------
+
+@dataclass
+class FoundRetrains:
+    """What :func:`match_retrains` found: the retrains compared with the search (one per trial),
+    and every other retrain folder of the experiment with the reason it was left out."""
+
+    matched: list[dict[str, Any]] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)     # (folder, reason)
+
+
+def retrain_stage(search_stage: str) -> str:
+    """The ``stage`` a retrain of a search stage's trials records (``hpo`` -> ``hpo_retrain``)."""
+    return f"{search_stage}_retrain"
+
+
+def _candidates(folders: Sequence[str | os.PathLike]) -> list[Path]:
+    out: dict[str, Path] = {}
     for folder in folders:
         folder = Path(folder)
-        candidates = [folder / ORIGIN_FILE] if (folder / ORIGIN_FILE).is_file() else sorted(folder.glob(f"*/{ORIGIN_FILE}"))
-        for path in candidates:
+        paths = [folder / ORIGIN_FILE] if (folder / ORIGIN_FILE).is_file() else sorted(folder.glob(f"*/{ORIGIN_FILE}"))
+        for path in paths:
+            out.setdefault(os.path.realpath(path.parent), path)
+    return list(out.values())
+
+
+def _ran_value(run_dir: Path, config: dict[str, Any], key: str) -> Any:
+    """The value of a searched parameter the retrain really trained with: its config field, else its
+    architecture file's entry."""
+    if key in config:
+        return config[key]
+    arch = read_json_file(run_dir / ARCH_FILE)
+    return arch.get(key) if isinstance(arch, dict) else None
+
+
+def match_retrains(folders: Sequence[str | os.PathLike], experiment_id: str, search_stage: str,
+                   trials: Sequence[Trial], keys: Sequence[str]) -> FoundRetrains:
+    """The retrains of ``experiment_id`` found in ``folders`` (each a run folder, or a folder of run
+    folders), as ``origin.json`` plus ``run_dir``, ``config``, ``result`` (when finished) and
+    ``trial`` (the experiment's :class:`Trial`).
+
+    Kept: a folder whose ``origin.json`` names this experiment, a retrain stage of its search stage
+    and a trial the experiment has, and which really trained that trial's parameters ``keys`` (its
+    config, or its architecture file, holds the values the trial ran with). Of several retrains of
+    one trial one is kept (a finished one first); and only retrains trained with the same options
+    (the recipe most of them share) are compared. Everything else is listed with its reason.
+    """
+    found = FoundRetrains()
+    by_id = {t.trial_id: t for t in trials}
+    want_stage = retrain_stage(search_stage)
+    kept: list[dict[str, Any]] = []
+    for path in _candidates(folders):
+        run_dir = path.parent
+        try:
             origin = read_json_file(path)
-            if not isinstance(origin, dict) or origin.get("experiment_id") != experiment_id:
-                continue
-            result = read_json_file(path.parent / RESULT_FILE)
-            found[str(path.parent.resolve())] = {**origin, "run_dir": str(path.parent),
-                                                 "result": result if isinstance(result, dict) else None}
-    return sorted(found.values(), key=lambda o: (o.get("rank") or 0, o["run_dir"]))
+        except UserError as exc:
+            found.ignored.append((str(run_dir), f"unreadable {ORIGIN_FILE}: {exc}"))
+            continue
+        if not isinstance(origin, dict):
+            found.ignored.append((str(run_dir), f"{ORIGIN_FILE} is not a JSON object"))
+            continue
+        if origin.get("experiment_id") != experiment_id:
+            continue                                   # another experiment's retrain
+        reason = None
+        trial = by_id.get(origin.get("trial_id")) if isinstance(origin.get("trial_id"), str) else None
+        if origin.get("stage") != want_stage:
+            reason = f"its stage is {origin.get('stage')!r}, not {want_stage!r} (this is a {search_stage} experiment)"
+        elif trial is None:
+            reason = f"trial {origin.get('trial_id')!r} is not a trial of this experiment"
+        try:
+            config = recorded_config(run_dir) or {}
+            result = read_json_file(run_dir / RESULT_FILE)
+            if reason is None:
+                for key in keys:
+                    ran, searched = _ran_value(run_dir, config, key), trial.params.get(key)
+                    if searched is None or not _same(ran, searched):
+                        reason = (f"it trained {key} {json.dumps(ran)}, but trial {trial.trial_id} ran {key} "
+                                  f"{json.dumps(searched)}")
+                        break
+        except UserError as exc:
+            reason = str(exc)
+        if reason is not None:
+            found.ignored.append((str(run_dir), reason))
+            continue
+        kept.append({**origin, "run_dir": str(run_dir), "config": config, "trial": trial,
+                     "result": result if isinstance(result, dict) else None})
+    # one recipe: the options besides the searched parameters and how it ran
+    def recipe(r: dict[str, Any]) -> str:
+        return json.dumps({k: v for k, v in r["config"].items() if k not in keys and k not in HOW_IT_RAN},
+                          sort_keys=True, default=str)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in kept:
+        groups.setdefault(recipe(r), []).append(r)
+    if groups:
+        main = max(groups.values(), key=lambda g: (sum(r["result"] is not None for r in g), len(g)))
+        for g in groups.values():
+            if g is not main:
+                for r in g:
+                    diff = config_differences(main[0]["config"], r["config"], ("in the compared ones", "here"))
+                    found.ignored.append((r["run_dir"], "trained with other options than the compared retrains ("
+                                          + "; ".join(diff[:3]) + ")"))
+        per_trial: dict[str, dict[str, Any]] = {}
+        for r in sorted(main, key=lambda r: (r["result"] is None, r["run_dir"])):
+            first = per_trial.setdefault(r["trial"].trial_id, r)
+            if first is not r:
+                found.ignored.append((r["run_dir"], f"a second retrain of trial {r['trial'].trial_id} (counted once: "
+                                                    f"{first['run_dir']})"))
+        found.matched = list(per_trial.values())
+    rank = {t.trial_id: i for i, t in enumerate(ranked(trials), 1)}
+    found.matched.sort(key=lambda r: (rank.get(r["trial"].trial_id, len(rank) + 1), r["run_dir"]))
+    found.ignored.sort()
+    return found

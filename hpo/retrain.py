@@ -16,8 +16,10 @@ The run folder holds the resolved config, log, metrics, checkpoint, ``result.jso
 ``--top K`` retrains the K best trials one after the other, each in its own run folder
 ``<out_dir>/hpo_retrain-<experiment>-<trial>/`` with an ``origin.json`` (see
 :mod:`core.retrains`); running the same command again skips the finished ones and continues a
-killed one from its checkpoint. ``python -m report <experiment>`` then compares the search's
-ranking with the retrains'.
+killed one from its checkpoint, when the options are the same: other options are an error naming
+them, or, with ``--new-folder``, a retrain in a new folder. A second ``--top`` started meanwhile
+leaves each trial being retrained to the first. ``python -m report <experiment>`` then compares the
+search's ranking with the retrains'.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from core.checkpoint import atomic_write_text
 from core.config import ModelConfig, add_config_arguments, check_resume_only, config_from_args, field
 from core.errors import UserError, cli_main
 from core.experiments import Trial, trials_from_export
-from core.retrains import retrain_top_of
+from core.retrains import add_new_folder_argument, retrain_top_of
 from core.runner import config_from_checkpoint, train
 from hpo import PARAM_KEYS
 from hpo.results import best_trial, load_experiment, searched_params
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: found via ~/nni-experiments)")
     parser.add_argument("--top", type=int, metavar="K", help="retrain the K best trials of --experiment, each in "
                         "its own run folder (rerun the command to continue; finished ones are skipped)")
+    add_new_folder_argument(parser)
     add_config_arguments(parser, RetrainConfig)
     return parser
 
@@ -80,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     if args.top is not None:
         return retrain_top_trials(args)
+    if args.new_folder:
+        raise UserError("--new-folder: only with --top K")
     origin: dict[str, Any] | None = None
     if args.resume:
         check_resume_only(RetrainConfig, args, extra=("experiments_dir",))
@@ -116,18 +121,17 @@ def retrain_top_trials(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise UserError("--top needs --experiment ID_OR_DIR (the retrains are filed under the experiment's id)")
     first = config_from_args(RetrainConfig, args)   # bad flags: an error before anything is written
 
-    def train_one(trial: Trial, run_dir: Path, resume: Path | None) -> dict[str, Any]:
-        if resume is not None:
-            cfg, _ = config_from_checkpoint(RetrainConfig, resume)
-        else:
-            cfg = config_from_args(RetrainConfig, args, base=trial_params(trial))
+    def config_for(trial: Trial) -> RetrainConfig:
+        return config_from_args(RetrainConfig, args, base=trial_params(trial))
+
+    def train_one(cfg: RetrainConfig, trial: Trial, run_dir: Path, resume: Path | None) -> dict[str, Any]:
         return train(cfg, lambda n: create_model(cfg.model, num_classes=n), name=f"hpo_retrain-{cfg.model}",
                      run_dir=None if resume else run_dir, resume=resume,
                      eval_splits=("val",) if cfg.val_fraction > 0 else (), final_test=True)
 
-    return retrain_top_of(args.experiment, args.experiments_dir, args.top, load=load_experiment,
-                          out_dir=first.out_dir, stage="hpo_retrain",
-                          origin_extra=lambda t: {"params": trial_params(t)}, train_one=train_one)
+    return retrain_top_of(args.experiment, args.experiments_dir, args.top, load=load_experiment, base=first,
+                          stage="hpo_retrain", origin_extra=lambda t: {"params": trial_params(t)},
+                          config_for=config_for, train_one=train_one, new_folder=args.new_folder)
 
 
 if __name__ == "__main__":

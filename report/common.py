@@ -1,20 +1,78 @@
-"""Small pieces both report kinds share: Markdown tables, number formats, reading a run folder."""
+"""Small pieces both report kinds share: Markdown tables, number formats, reading a run folder, and
+the check that every number a report shows is a valid one (:func:`number_problem`)."""
 from __future__ import annotations
 
-import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 
+from core.config import loads_json
+from core.errors import UserError
 from core.retrains import read_json_file
 from core.run import CONFIG_FILE, METRICS_FILE
+
+#: The longest an epoch can plausibly take (seconds): 100 days.
+MAX_SECONDS = 100 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A number a run recorded that is not valid for what it measures (NaN, infinite, an accuracy of
+    1e300...): shown as ``invalid (value)``, never drawn, never compared."""
+
+    raw: Any
+
+    def __str__(self) -> str:
+        return f"invalid ({self.raw})"
+
+
+def number_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` is not a valid ``key`` (``test_acc``, ``val_loss``, ``train_seconds``, ...), or
+    None when it is: every number must be finite; accuracies lie in [0, 1], losses, times and
+    counts are 0 or more (an epoch's time at most :data:`MAX_SECONDS`)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{value!r} is not a number"
+    if not math.isfinite(value):
+        return "not a finite number"
+    if (key.endswith("_acc") or key in ("default", "search_metric")) and not 0 <= value <= 1:
+        return "an accuracy lies in [0, 1]"
+    if (key.endswith("_loss") or key in ("params", "epoch")) and value < 0:
+        return "it cannot be negative"
+    if key.endswith("seconds") and not 0 <= value <= MAX_SECONDS:
+        return f"an epoch's time lies in [0, {MAX_SECONDS:g}] s"
+    return None
+
+
+def checked(record: dict[str, Any], where: str, problems: list[str] | None) -> dict[str, Any]:
+    """``record`` with each invalid top-level number replaced by :class:`Invalid` (and said where,
+    into ``problems``)."""
+    out = dict(record)
+    for key, value in record.items():
+        if isinstance(value, (dict, list, str)) or value is None:
+            continue
+        why = number_problem(key, value)
+        if why is not None:
+            out[key] = Invalid(value)
+            if problems is not None:
+                problems.append(f"{where}: {key} = {value!r} is invalid ({why})")
+    return out
+
+
+def valid(value: Any) -> float | None:
+    """A number to draw or compare: None for a missing or :class:`Invalid` one."""
+    return None if value is None or isinstance(value, Invalid) else value
 
 
 def fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
+    if isinstance(value, Invalid):
+        return f"**{value}**"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -54,23 +112,52 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """``metrics.jsonl``, one dict per epoch; a half-written last line (a run writing it) is skipped."""
+def read_metrics(run_dir: Path, problems: list[str] | None = None) -> list[dict[str, Any]]:
+    """``metrics.jsonl``, one dict per epoch (a missing file: none yet); a half-written last line (a
+    run writing it) is skipped, and lines without an ``epoch`` are not per-epoch metrics. Invalid
+    numbers become :class:`Invalid` (said where, into ``problems``). A file that is not text, a line
+    that is not a JSON object, an epoch that is not a whole number counting up: a
+    :class:`UserError` naming the file and line."""
+    path = Path(run_dir) / METRICS_FILE
     try:
-        text = (Path(run_dir) / METRICS_FILE).read_text()
-    except OSError:
+        data = path.read_bytes()
+    except FileNotFoundError:
         return []
-    out = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
+    except OSError as exc:
+        raise UserError(f"{str(path)!r} cannot be read ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(f"{str(path)!r} line {line} is not text: not a metrics file, or a damaged one") from None
+    lines = text.splitlines(keepends=True)
+    out: list[dict[str, Any]] = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
             continue
-        if isinstance(record, dict) and "epoch" in record:
-            out.append(record)
+        where = f"{METRICS_FILE} line {i}"
+        try:
+            record = loads_json(line, f"{str(path)!r} line {i}")
+        except UserError:
+            if i == len(lines) and not line.endswith("\n"):
+                break                          # the line a running (or killed) run was writing
+            raise
+        if not isinstance(record, dict):
+            raise UserError(f"{str(path)!r} line {i} is not a JSON object of one epoch's numbers")
+        if "epoch" not in record:
+            continue
+        epoch = record["epoch"]
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+            raise UserError(f"{str(path)!r} line {i}: epoch {epoch!r} is not a whole number of 1 or more")
+        if out and epoch <= out[-1]["epoch"]:
+            raise UserError(f"{str(path)!r} line {i}: epoch {epoch} follows epoch {out[-1]['epoch']}; two runs wrote "
+                            "into this folder, or it was edited")
+        out.append(checked(record, where, problems))
     return out
 
 
-def read_dict(path: Path) -> dict[str, Any] | None:
+def read_dict(path: Path, problems: list[str] | None = None) -> dict[str, Any] | None:
+    """A JSON object file of a run folder (None when missing or not an object), its invalid numbers
+    marked as :func:`read_metrics` marks them."""
     data = read_json_file(path)
-    return data if isinstance(data, dict) else None
+    return checked(data, Path(path).name, problems) if isinstance(data, dict) else None

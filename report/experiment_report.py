@@ -10,9 +10,9 @@ from typing import Any, Sequence
 
 from core.errors import UserError
 from core.experiments import Profile, Trial, find_experiment, load_experiment, ranked, read_profile
-from core.retrains import find_retrains
+from core.retrains import match_retrains
 from report import plots
-from report.common import figure, read_config, read_metrics, seconds, table
+from report.common import Invalid, checked, figure, number_problem, read_config, read_metrics, seconds, table, valid
 from report.run_report import load_run, render_run
 from report.stats import kendall_tau
 
@@ -28,8 +28,11 @@ class ExperimentData:
     exp_dir: Path
     profile: Profile
     trials: list[Trial]
-    retrains: list[dict[str, Any]] = field(default_factory=list)
+    retrains: list[dict[str, Any]] = field(default_factory=list)    # one per trial, compared with the search
     retrain_dirs: list[str] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)     # retrain folders left out, and why
+    problems: list[str] = field(default_factory=list)                # invalid numbers, and where they are
+    invalid_finals: dict[str, Any] = field(default_factory=dict)     # trial id -> its invalid final result
 
     @property
     def stage(self) -> str:
@@ -54,8 +57,36 @@ def load(source: str | os.PathLike, experiments_dir: str | os.PathLike | None,
         running = sum(t.status in ("RUNNING", "WAITING") for t in trials)
         raise UserError(f"experiment {profile.experiment_id}: no trial finished yet (none of its {len(trials)} trials "
                         f"has a final result{f'; {running} running' if running else ''}); nothing to report")
+    problems: list[str] = []
+    invalid_finals = _check_trials(trials, problems)
     dirs = [str(Path(d).expanduser()) for d in retrain_dirs]
-    return ExperimentData(exp_dir, profile, trials, find_retrains(dirs, profile.experiment_id), dirs)
+    data = ExperimentData(exp_dir, profile, trials, retrain_dirs=dirs, problems=problems,
+                          invalid_finals=invalid_finals)
+    found = match_retrains(dirs, profile.experiment_id, data.stage, trials, list(profile.search_space))
+    data.retrains, data.ignored = found.matched, found.ignored
+    return data
+
+
+def _check_trials(trials: Sequence[Trial], problems: list[str]) -> dict[str, Any]:
+    """Trials' results that are not valid accuracies (NaN, infinite, outside [0, 1]) are taken out of
+    the ranking and said where they are; returns the invalid final results by trial id."""
+    invalid = {}
+    for t in trials:
+        why = number_problem("default", t.final)
+        if why is not None:
+            problems.append(f"trial {t.trial_id}: final {METRIC} {t.final!r} is invalid ({why}; from the "
+                            "experiment database); the trial is left out of the ranking")
+            invalid[t.trial_id], t.final = t.final, None
+        bad = [(i, v) for i, v in enumerate(t.intermediates, 1) if number_problem("default", v) is not None]
+        for i, v in bad:
+            problems.append(f"trial {t.trial_id}: intermediate result {i} = {v!r} is invalid (from the experiment "
+                            "database); left out of the curves")
+        if bad:
+            t.intermediates = [v for v in t.intermediates if number_problem("default", v) is None]
+    if not ranked(trials) and invalid:
+        raise UserError(f"no trial of the experiment has a valid final result ({len(invalid)} invalid: "
+                        f"{problems[0]})")
+    return invalid
 
 
 def _value(v: Any) -> str:
@@ -100,8 +131,9 @@ def _trial_table(exp: ExperimentData, keys: Sequence[str]) -> tuple[str, list[Tr
     order = good + rest
     rows = []
     for i, t in enumerate(order, 1):
+        final = Invalid(exp.invalid_finals[t.trial_id]) if t.trial_id in exp.invalid_finals else t.final
         rows.append([i if t in good else "-", t.trial_id, t.sequence_id, *(_value(t.params.get(k, "-")) for k in keys),
-                     t.final, t.epochs_run, seconds(_duration(t)), t.status,
+                     final, t.epochs_run, seconds(_duration(t)), t.status,
                      "yes" if t.early_stopped else "no"])
     header = ("rank", "trial", "No.", *keys, f"final {METRIC}", "epochs", "duration", "status", "early-stopped")
     return table(header, rows), order
@@ -166,28 +198,31 @@ def _architectures(exp: ExperimentData, keys: Sequence[str], out: Path) -> list[
 def _retrains(exp: ExperimentData, keys: Sequence[str], out: Path) -> list[str]:
     where = ", ".join(f"`{d}`" for d in exp.retrain_dirs)
     lines = ["## Does the ranking survive a long retrain?", ""]
+    ignored = _ignored(exp)
     if not exp.retrains:
         stage_cmd = {"hpo": "python hpo/retrain.py", "classic_nas": "python classic_nas/retrain.py"}.get(exp.stage)
         hint = f" Retrain the K best with `{stage_cmd} --experiment {exp.profile.experiment_id} --top K`." if stage_cmd else ""
-        return lines + [f"No retrain of this experiment's trials found (looked in {where}).{hint}", ""]
-    by_id = {t.trial_id: t for t in exp.trials}
+        return lines + [f"No retrain of this experiment's trials found (looked in {where}).{hint}", "", *ignored]
+    rank = {t.trial_id: i for i, t in enumerate(ranked(exp.trials), 1)}
     rows, points = [], []
     for r in exp.retrains:
-        t = by_id.get(r.get("trial_id"))
-        result = r.get("result")
-        label = " ".join(_value(v) for v in (r.get("params") or {}).values()) if exp.stage != "classic_nas" else \
-            "".join(str((r.get("params") or {}).get(k, "?")) for k in keys)
-        search = t.final if t is not None else r.get("search_metric")
+        t: Trial = r["trial"]
+        result = checked(r["result"], f"`{r['run_dir']}/result.json`", exp.problems) if r["result"] else None
+        label = " ".join(_value(t.params.get(k)) for k in keys) if exp.stage != "classic_nas" else \
+            "".join(str(t.params.get(k, "?")) for k in keys)
         retrain_acc = result.get("test_acc") if result else None
-        last = read_last_epoch(r["run_dir"])
-        state = "finished" if result else f"running/stopped after epoch {last}"
-        rows.append([r.get("rank"), r.get("trial_id"), label, search, retrain_acc,
+        try:
+            last: Any = read_last_epoch(r["run_dir"])
+            state = "finished" if result else f"running/stopped after epoch {last}"
+        except UserError as exc:
+            last, state = "-", f"metrics unreadable: {exc}"
+        rows.append([rank.get(t.trial_id, "-"), t.trial_id, label, t.final, retrain_acc,
                      result.get("epoch") if result else last, state, f"`{r['run_dir']}`"])
-        if search is not None and retrain_acc is not None:
-            points.append((f"{r.get('trial_id')} {label}", float(search), float(retrain_acc)))
-    lines += [f"Retrains found in {where}: {len(exp.retrains)} ({len(points)} finished).", "",
-              table(("search rank", "trial", "configuration", f"search {METRIC}", "retrain test accuracy",
-                     "retrain epochs", "state", "run folder"), rows), ""]
+        if t.final is not None and valid(retrain_acc) is not None:
+            points.append((f"{t.trial_id} {label}", float(t.final), float(retrain_acc)))
+    lines += [f"Retrains found in {where}: {len(exp.retrains)} ({len(points)} finished with a valid test accuracy).",
+              "", table(("search rank", "trial", "configuration", f"search {METRIC}", "retrain test accuracy",
+                         "retrain epochs", "state", "run folder"), rows), "", *ignored]
     if len(points) < 2:
         return lines + ["Fewer than two retrains finished: no ranking to compare yet.", ""]
     tau = kendall_tau([p[1] for p in points], [p[2] for p in points])
@@ -212,6 +247,14 @@ def _retrains(exp: ExperimentData, keys: Sequence[str], out: Path) -> list[str]:
                   f"is not the retrain's winner ({', '.join(p[0] for p in retrain_best)}: retrain {top:.4f}, search "
                   f"{', '.join(f'{p[1]:.4f}' for p in retrain_best)}).**", ""]
     return lines
+
+
+def _ignored(exp: ExperimentData) -> list[str]:
+    """The retrain folders left out of the comparison, each with its reason."""
+    if not exp.ignored:
+        return []
+    return [f"Left out of the comparison ({len(exp.ignored)}):", "",
+            *(f"- `{folder}`: {reason}" for folder, reason in exp.ignored), ""]
 
 
 def read_last_epoch(run_dir: str) -> int:
@@ -261,6 +304,10 @@ def render(exp: ExperimentData, out: Path) -> str:
         else:
             lines += ["## The best trial's run", "", render_run(run, out, prefix="best_trial_", heading="##")]
     lines += _retrains(exp, keys, out)
+    if exp.problems:
+        lines += ["## Invalid numbers", "",
+                  "These values are not valid for what they measure; they are shown as invalid and left out of the "
+                  "figures, the ranking and every comparison:", "", *(f"- {p}" for p in exp.problems), ""]
     lines += ["## TensorBoard", "",
               "Trials write their per-epoch numbers as TensorBoard scalars into `<trial folder>/tensorboard/`: select "
               "trials in the web UI's trial list and press TensorBoard, or run "

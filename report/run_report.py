@@ -10,7 +10,7 @@ from core.errors import UserError
 from core.retrains import ORIGIN_FILE, RESULT_FILE
 from core.run import METRICS_FILE
 from report import plots
-from report.common import figure, fmt, read_config, read_dict, read_metrics, seconds, table
+from report.common import figure, fmt, read_config, read_dict, read_metrics, number_problem, seconds, table, valid
 
 #: config fields worth naming in "what ran", in this order
 SHOWN = ("model", "optimizer", "lr", "scheduler", "epochs", "batch_size", "weight_decay", "data", "subset",
@@ -28,6 +28,7 @@ class RunData:
     origin: dict[str, Any] | None
     arch: dict[str, Any] | None = None          # arch.json (classic NAS), or the DARTS search's last derived arch
     extra: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)   # invalid numbers, and where they are
 
     @property
     def is_darts_search(self) -> bool:
@@ -43,16 +44,55 @@ def load_run(run_dir: str | Path) -> RunData:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run folder {str(run_dir)!r} does not exist")
-    metrics = read_metrics(run_dir)
+    problems: list[str] = []
+    metrics = read_metrics(run_dir, problems)
     if not metrics:
         raise UserError(f"{str(run_dir)!r}: no per-epoch metrics ({METRICS_FILE} is missing or empty): "
                         "not a run folder, or no epoch finished yet")
-    origin = read_dict(run_dir / ORIGIN_FILE) or read_dict(run_dir / "hpo_best.json")
+    origin = read_dict(run_dir / ORIGIN_FILE, problems) or read_dict(run_dir / "hpo_best.json", problems)
     arch = read_dict(run_dir / "arch.json")
-    data = RunData(run_dir, read_config(run_dir), metrics, read_dict(run_dir / RESULT_FILE), origin, arch)
+    data = RunData(run_dir, read_config(run_dir), metrics, read_dict(run_dir / RESULT_FILE, problems), origin, arch,
+                   problems=problems)
+    for m in metrics:
+        weights = m.get("edge_weights")
+        if weights is not None and not (isinstance(weights, dict) and all(
+                isinstance(ops, dict) and all(number_problem("edge_weight", w) is None and 0 <= w <= 1
+                                              for w in ops.values()) for ops in weights.values())):
+            raise UserError(f"{str(run_dir / METRICS_FILE)!r}, epoch {m['epoch']}: edge_weights is not a mapping of "
+                            "edge -> operation -> weight in [0, 1]")
     if data.is_darts_search:
-        data.arch = next((m["arch"] for m in reversed(metrics) if isinstance(m.get("arch"), dict)), None)
+        found = next(((i, m["arch"]) for i, m in reversed(list(enumerate(metrics))) if isinstance(m.get("arch"), dict)),
+                     None)
+        if found is not None:
+            ops = {op for m in metrics if isinstance(m.get("edge_weights"), dict)
+                   for edge in m["edge_weights"].values() if isinstance(edge, dict) for op in edge}
+            data.arch = check_cells(found[1], ops - {"none"}, f"{str(run_dir / METRICS_FILE)!r}, epoch "
+                                                              f"{metrics[found[0]]['epoch']}")
     return data
+
+
+def check_cells(arch: dict[str, Any], ops: set[str], where: str) -> dict[str, Any]:
+    """A DARTS search's derived cells as its metrics record them (``{cell: [[[op, input], [op, input]],
+    ...]}``), checked: each node's inputs exist (the cell's two inputs and the nodes before it) and
+    each operation is one the search weighed (``ops``; any name when none are recorded)."""
+    for cell in CELLS:
+        nodes = arch.get(cell)
+        if nodes is None:
+            continue
+        if not isinstance(nodes, list):
+            raise UserError(f"{where}: the derived {cell} cell is not a list of nodes")
+        for i, node in enumerate(nodes):
+            if not isinstance(node, list) or not all(isinstance(e, list) and len(e) == 2 for e in node):
+                raise UserError(f"{where}: node {i} of the derived {cell} cell is not a list of [operation, input] pairs")
+            for op, src in node:
+                if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < i + 2:
+                    raise UserError(f"{where}: node {i} of the derived {cell} cell takes input {src!r}, which does "
+                                    f"not exist (its inputs are 0 to {i + 1}: the cell's two inputs and the nodes "
+                                    "before it)")
+                if not isinstance(op, str) or (ops and op not in ops):
+                    raise UserError(f"{where}: node {i} of the derived {cell} cell uses the operation {op!r}, which the "
+                                    f"search does not have (its operations: {', '.join(sorted(ops)) or 'not recorded'})")
+    return arch
 
 
 def _what_ran(run: RunData) -> list[str]:
@@ -82,13 +122,15 @@ def _final(run: RunData) -> list[str]:
     res = run.result
     rows = [(k, res[k]) for k in ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss",
                                   "epoch", "params") if k in res]
-    total = sum(float(m.get("train_seconds") or 0) for m in run.metrics)
+    total = sum(float(valid(m.get("train_seconds")) or 0) for m in run.metrics)
     rows.append(("training time (sum of epochs)", seconds(total)))
     headline = ""
-    if "test_acc" in res:
-        headline = f"**Final test accuracy: {res['test_acc']:.4f}** after {res.get('epoch', last['epoch'])} epochs."
-    elif "val_acc" in res:
-        headline = f"**Final validation accuracy: {res['val_acc']:.4f}** after {res.get('epoch', last['epoch'])} epochs."
+    for key, name in (("test_acc", "test accuracy"), ("val_acc", "validation accuracy")):
+        if key in res:
+            value = res[key]
+            shown = f"{value:.4f}" if isinstance(valid(value), (int, float)) else f"{fmt(value)} (see Invalid numbers)"
+            headline = f"**Final {name}: {shown}** after {fmt(res.get('epoch', last['epoch']))} epochs."
+            break
     return [headline, "", table(("metric", "value"), rows)]
 
 
@@ -97,20 +139,24 @@ def render_run(run: RunData, out: Path, prefix: str = "", heading: str = "#") ->
     title = f"{heading} Report: {run.kind} `{run.run_dir.name}`" if heading == "#" else f"{heading} Run `{run.run_dir.name}`"
     lines = [title, "", f"{heading}# What ran", "", *_what_ran(run), "", f"{heading}# Final", "", *_final(run), ""]
     epochs = [int(m["epoch"]) for m in run.metrics]
-    series = {k: [m.get(k) for m in run.metrics] for k in SERIES if any(k in m for m in run.metrics)}
+    series = {k: [valid(m.get(k)) for m in run.metrics] for k in SERIES if any(k in m for m in run.metrics)}
     lines += [f"{heading}# Per epoch", ""]
     name = f"{prefix}curves.png"
     once = {k: float(v) for k, v in (run.result or {}).items()
-            if k in ("test_acc", "test_loss") and k not in series and isinstance(v, (int, float))}
+            if k in ("test_acc", "test_loss") and k not in series and isinstance(valid(v), (int, float))}
     plots.run_curves(epochs, series, out / name, final=once)
     lines += [figure(name, "Loss (left) and accuracy (right) per epoch"), ""]
-    times = [float(m.get("train_seconds") or 0.0) for m in run.metrics]
+    times = [float(valid(m.get("train_seconds")) or 0.0) for m in run.metrics]
     if any(times):
         name = f"{prefix}epoch_time.png"
         plots.epoch_times(epochs, times, out / name)
         lines += [figure(name, "Training time per epoch"), ""]
     rows = [[m["epoch"], *(m.get(k) for k in series), m.get("train_seconds")] for m in run.metrics]
     lines += [table(("epoch", *series, "train_seconds"), rows), ""]
+    if run.problems:
+        lines += [f"{heading}# Invalid numbers", "",
+                  "These values are not valid for what they measure; they are shown as invalid, left out of the "
+                  "figures and of every comparison:", "", *(f"- {p}" for p in run.problems), ""]
     if run.is_darts_search:
         lines += _darts(run, out, prefix, heading)
     return "\n".join(lines) + "\n"
