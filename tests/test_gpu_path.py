@@ -348,6 +348,33 @@ def test_the_log_says_what_was_chosen_and_why(tmp_path):
     assert "compile: off (auto: 96 planned training images are below the cpu break-even" in log
 
 
+def test_compile_wraps_the_ddp_module_and_evaluation_runs_the_plain_one(monkeypatch, tmp_path):
+    """PyTorch's recommendation: compile DDP(model), so the compiled graph overlaps the gradient
+    all-reduce with the backward pass (compiling the module inside DDP does not)."""
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(distributed, "world_size", lambda: 2)  # DDP over a one-rank group
+        cfg = tiny_cfg(compile="on")
+        trainer = Trainer(small_cnn(), cfg, load_splits(cfg), eval_splits=())
+        assert isinstance(trainer.net._orig_mod, nn.parallel.DistributedDataParallel)  # compiled around DDP
+        assert trainer.net._orig_mod.module is trainer.model
+        assert distributed.unwrap(trainer.net) is trainer.model
+    finally:
+        dist.destroy_process_group()
+
+
+def test_evaluation_uses_the_training_format_under_inference_mode(tmp_path):
+    cfg = tiny_cfg(epochs=1)
+    trainer = Trainer(create_model("mobilenet", num_classes=10), cfg, load_splits(cfg))
+    assert trainer.channels_last  # mobilenet on the CPU (CHANNELS_LAST)
+    seen = []
+    trainer.model.register_forward_pre_hook(
+        lambda m, args: seen.append((torch.is_inference_mode_enabled(),
+                                     args[0].is_contiguous(memory_format=torch.channels_last))))
+    trainer.evaluate("val")
+    assert seen and all(mode and channels_last for mode, channels_last in seen)
+
+
 def test_old_boolean_compile_values_still_load():
     assert from_dict(TrainConfig, {"compile": False}).compile == "off"
     assert from_dict(TrainConfig, {"compile": True}).compile == "on"
