@@ -23,7 +23,7 @@ from core.config import TrainConfig, check_resume_only, config_from_args, field
 from core.errors import UserError, cli_main
 from core.nni_trial import NniTrial, final_metrics, quiet_nni_imports
 from core.runner import config_from_checkpoint, train
-from core.train import cross_entropy
+from core.train import Trainer, cross_entropy
 from oneshot_darts.arch import Genotype, load_arch, parse_arch
 from oneshot_darts.common import START_HINT, build_parser, check_network_shape
 
@@ -86,26 +86,28 @@ def build_network(cfg: RetrainConfig, genotype: Genotype, num_classes: int) -> n
                                     auxiliary=cfg.auxiliary)
 
 
+class RetrainTrainer(Trainer):
+    """The core engine, whose result also gives the parameters without the auxiliary head (the
+    paper's count; the engine's ``params`` counts everything trained)."""
+
+    def finish(self) -> dict[str, Any]:
+        from oneshot_darts.space import count_parameters
+
+        return {"params_without_auxiliary": count_parameters(self.model)}
+
+
 def run_retrain(cfg: RetrainConfig, genotype: Genotype, *, resume: str | None = None, run_dir: str | None = None,
-                on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train the network of ``genotype`` with ``cfg`` through the core (see the module docstring)."""
+                on_epoch: Callable[[dict[str, Any]], None] | None = None, eval_test: bool = True) -> dict[str, Any]:
+    """Train the network of ``genotype`` with ``cfg`` through the core (see the module docstring);
+    ``eval_test=False`` evaluates the validation split only (a selection must never read the test split)."""
     quiet_nni_imports()
-    from oneshot_darts.space import count_parameters
-
-    counted: dict[str, int] = {}
-
-    def build(num_classes: int) -> nn.Module:
-        model = build_network(cfg, genotype, num_classes)
-        counted["params"] = count_parameters(model)
-        return model
-
-    eval_splits = ("val", "test") if cfg.val_fraction > 0 else ("test",)
-    result = train(cfg, build, name=cfg.run_name or "darts-retrain", run_dir=run_dir, resume=resume,
-                   arch=genotype.to_json(), eval_splits=eval_splits, final_test=False,
-                   loss_fn=partial(auxiliary_loss, weight=cfg.auxiliary_weight),
-                   setup=drop_path_schedule(cfg), on_epoch=on_epoch)
-    result["params_without_auxiliary"] = counted["params"]
-    return result
+    eval_splits = (("val",) if cfg.val_fraction > 0 else ()) + (("test",) if eval_test else ())
+    if not eval_splits:
+        raise UserError("val_fraction: a retrain that does not read the test split needs a validation split")
+    return train(cfg, partial(build_network, cfg, genotype), name=cfg.run_name or "darts-retrain", run_dir=run_dir,
+                 resume=resume, arch=genotype.to_json(), eval_splits=eval_splits, final_test=False,
+                 loss_fn=partial(auxiliary_loss, weight=cfg.auxiliary_weight), setup=drop_path_schedule(cfg),
+                 on_epoch=on_epoch, trainer_cls=RetrainTrainer)
 
 
 @cli_main

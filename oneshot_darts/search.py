@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from core.checkpoint import atomic_write_text
-from core.config import TrainConfig, check_resume_only, config_from_args, field
+from core.config import TrainConfig, check_resume_only, config_from_args, field, read_yaml
 from core.data import Splits
 from core.errors import UserError, cli_main
 from core.nni_trial import NniTrial, final_metrics, quiet_nni_imports
@@ -287,13 +287,40 @@ def run_search(cfg: SearchConfig, *, resume: str | Path | None = None, run_dir: 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from oneshot_darts import protocol
+
     parser = build_parser(SearchConfig, "python oneshot_darts/search.py", __doc__.splitlines()[0])
+    group = parser.add_argument_group("the paper's protocol (oneshot_darts/protocol.py)")
+    group.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                       help="run one search per seed, retrain each derived cell for --select-epochs on a validation "
+                            "split and keep the best (the DARTS paper: --seeds 0 1 2 3); run the same command again to "
+                            "continue it")
+    group.add_argument("--select-epochs", type=int, metavar="E",
+                       help=f"epochs of each short retrain (default: the paper's {protocol.PAPER_SELECT_EPOCHS})")
+    group.add_argument("--select-config", metavar="YAML",
+                       help="retrain fields for the short retrains (default: the paper's retrain recipe, "
+                            f"val_fraction {protocol.SELECT_VAL_FRACTION})")
     args = parser.parse_args(argv)
     if args.resume:
-        check_resume_only(SearchConfig, args, extra=("nni",))
+        check_resume_only(SearchConfig, args, extra=("nni", "seeds", "select_epochs", "select_config"))
         cfg, _ = config_from_checkpoint(SearchConfig, args.resume)
         return _finish(run_search(cfg, resume=args.resume))
+    if args.seeds is None:
+        for name in ("select_epochs", "select_config"):
+            if getattr(args, name) is not None:
+                raise UserError(f"--{name.replace('_', '-')}: only with --seeds (the paper's protocol)")
+    else:
+        if args.nni:
+            raise UserError("--nni: not allowed with --seeds; the protocol runs its searches and retrains itself "
+                            "(run it as a plain command)")
+        if "seed" in vars(args):
+            raise UserError("--seed: not allowed with --seeds, which gives each search its seed")
     cfg = config_from_args(SearchConfig, args)
+    if args.seeds is not None:
+        values = read_yaml(args.select_config) if args.select_config else {}
+        epochs = protocol.PAPER_SELECT_EPOCHS if args.select_epochs is None else args.select_epochs
+        return _finish(protocol.run_protocol(cfg, args.seeds, epochs, values,
+                                             f"--select-config {args.select_config!r}"))
     if args.nni:
         trial = NniTrial.required(START_HINT)
         cfg = config_from_args(SearchConfig, args, overrides=trial.params)

@@ -3,6 +3,7 @@ supernet NNI's strategy builds, a search on fake data whose final_arch.json retr
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -694,6 +695,122 @@ def test_search_killed_after_first_epoch_resumes_exactly(tmp_path, one_thread):
     for name in ("final_arch.json", "arch_weights.json"):
         assert (checkpoint.parent / name).read_text() == (Path(straight["run_dir"]) / name).read_text()
     assert "resumed from" in (checkpoint.parent / "train.log").read_text()
+
+
+# --- the paper's protocol ---------------------------------------------------------------------
+
+#: The protocol at the tiny sizes: two seeds, 3-epoch searches, 3-epoch short retrains of tiny networks.
+TINY_PROTOCOL = [*TINY_SEARCH, "--epochs", "3", "--seeds", "0", "1", "--select-epochs", "3"]
+TINY_SELECT = "channels: 4\nlayers: 3\nbatch_size: 8\n"
+
+
+def _protocol_args(tmp_path: Path, out: str) -> list[str]:
+    select = tmp_path / "select.yaml"
+    select.write_text(TINY_SELECT)
+    return [*TINY_PROTOCOL, "--select-config", str(select), "--out-dir", str(tmp_path / out)]
+
+
+def _run_until(args: list[str], stop_at: Path) -> None:
+    """Run the protocol command in a process and SIGKILL it as soon as ``stop_at`` exists."""
+    proc = subprocess.Popen([sys.executable, "oneshot_darts/search.py", *args], cwd=REPO, env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    try:
+        while not stop_at.exists():
+            assert proc.poll() is None, f"finished before {stop_at.name} appeared: " + proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, f"no {stop_at} after 300 s"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+
+
+@pytest.mark.e2e   # three processes, two of them killed: about a minute on two shared cores
+def test_protocol_killed_twice_resumes_to_the_same_selection(tmp_path, one_thread):
+    """The paper's protocol (2 seeds) killed with SIGKILL in its search phase and again in its
+    retrain phase, each time continued by the same command, ends with the selection.json and
+    final_arch.json of an uninterrupted run, byte for byte; finished steps are not redone."""
+    from oneshot_darts.search import main as search
+
+    straight = search(_protocol_args(tmp_path, "straight"))
+    args = _protocol_args(tmp_path, "killed")
+    folder = tmp_path / "killed" / "darts-protocol"
+    _run_until(args, folder / "search-seed1" / "checkpoint.pt")           # seed 0 searched, seed 1 half-way
+    assert not (folder / "select-seed0").exists()
+    _run_until(args, folder / "select-seed0" / "checkpoint.pt")           # retrain phase, seed 0 half-way
+    assert load_checkpoint(folder / "select-seed0" / "checkpoint.pt")["epoch"] < 3
+    assert json.loads((folder / "protocol.json").read_text())["steps"].keys() == {"search-seed0", "search-seed1"}
+    torch.manual_seed(1234)
+    resumed = search(args)
+    for name in ("selection.json", "final_arch.json"):
+        assert (folder / name).read_bytes() == (Path(straight["folder"]) / name).read_bytes()
+    assert resumed["winner"] == straight["winner"]
+    for step, resumed_once in (("search-seed0", False), ("search-seed1", True), ("select-seed0", True),
+                               ("select-seed1", False)):
+        log = (folder / step / "train.log").read_text()
+        assert ("resumed from" in log) == resumed_once, step
+        assert [m["epoch"] for m in Run(folder / step).read_metrics()] == [1, 2, 3]
+    selection = json.loads((folder / "selection.json").read_text())
+    assert [r["seed"] for r in selection["seeds"]] == [0, 1]
+    assert selection["winner"]["seed"] == max(selection["seeds"], key=lambda r: r["select_val_acc"])["seed"]
+    assert load_arch(folder / "final_arch.json").to_json() == selection["winner"]["genotype"]
+
+
+class _Unreadable:
+    """A test split that fails the test as soon as anything looks at it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the test split was read ({name})")
+
+    def __len__(self):
+        raise AssertionError("the test split was read (len)")
+
+
+def test_protocol_never_reads_the_test_split_and_continues_only_itself(tmp_path, one_thread, monkeypatch, capsys):
+    """The protocol's searches, short retrains and selection run with a test split that fails on
+    any access; run again it redoes nothing; run with other settings in the same folder it stops
+    with one line naming them; its flags are refused where they make no sense."""
+    import core.runner
+    from oneshot_darts.search import main as search
+
+    make_splits = core.runner.make_splits
+    monkeypatch.setattr(core.runner, "make_splits", lambda *a, **k: dataclasses.replace(make_splits(*a, **k),
+                                                                                          test=_Unreadable()))
+    args = [*_protocol_args(tmp_path, "runs"), "--epochs", "1", "--select-epochs", "1", "--max-batches", "1"]
+    first = search(args)
+    folder = Path(first["folder"])
+    selection = (folder / "selection.json").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in folder.glob("*/checkpoint.pt")}
+    assert len(stamps) == 4
+    capsys.readouterr()
+    again = search(args)
+    assert capsys.readouterr().out.count("finished before") == 4
+    assert again["winner"] == first["winner"] and (folder / "selection.json").read_text() == selection
+    assert {p: p.stat().st_mtime_ns for p in folder.glob("*/checkpoint.pt")} == stamps
+    for flags, expected in (
+            (["--lr", "0.1"], "was started with other settings (search lr 0.025 there, 0.1 now)"),
+            (["--seeds", "0", "2"], "(seeds [0, 1] there, [0, 2] now)"),
+            (["--seed", "3"], "--seed: not allowed with --seeds"),
+            (["--seeds", "1", "1"], "--seeds: seed 1 is given twice"),
+            (["--nni"], "--nni: not allowed with --seeds")):
+        with pytest.raises(SystemExit):
+            search([*args, *flags])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (flags, err)
+    (tmp_path / "bad.yaml").write_text("epochs: 5\n")
+    for flags, expected in ((["--select-config", str(tmp_path / "bad.yaml")], "field 'epochs' is set by the protocol"),
+                            (["--select-config", str(tmp_path / "zero.yaml")], "does not exist")):
+        with pytest.raises(SystemExit):
+            search([*args, *flags])
+        assert expected in capsys.readouterr().err
+    (tmp_path / "zero.yaml").write_text("val_fraction: 0\n")
+    with pytest.raises(SystemExit):
+        search([*args, "--select-config", str(tmp_path / "zero.yaml"), "--out-dir", str(tmp_path / "other")])
+    assert "val_fraction 0.0 is not allowed for the selection" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        search([*TINY_SEARCH, "--select-epochs", "3", "--out-dir", str(tmp_path / "other")])
+    assert "--select-epochs: only with --seeds" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
 
 
 def test_retrain_interrupted_after_first_epoch_resumes_exactly(tmp_path, one_thread):

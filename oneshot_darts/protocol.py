@@ -1,0 +1,199 @@
+"""The DARTS paper's selection protocol in one command (Liu et al. 2019, section 3.2)::
+
+    python oneshot_darts/search.py --seeds 0 1 2 3 --select-epochs 100 [--select-config YAML] [search flags]
+
+1. one search per seed (the search config with that seed), each in its own run folder
+   ``search-seed<S>/``;
+2. each derived cell trained from scratch for E epochs (``--select-epochs``) at the retrain's network
+   size (:class:`~oneshot_darts.retrain.RetrainConfig`: the paper's retrain recipe; a
+   ``--select-config`` YAML overrides its fields) on the training split with a validation split held
+   out (``val_fraction``, 0.1 unless the YAML says otherwise), in ``select-seed<S>/``; every cell
+   with the same seed (the select config's), so that only the cell differs;
+3. the cell whose short retrain ends with the best validation accuracy (the last epoch's; ties: the
+   seed listed first) is written to ``final_arch.json``; ``selection.json`` holds every seed's cell,
+   search validation accuracy (on the architecture half) and short-retrain validation accuracy, and
+   the winner.
+
+The test split is never read: the searches measure on their architecture half, the short retrains
+on their held-out validation split, and the selection uses nothing else.
+
+It trains nothing itself: each step is :func:`~oneshot_darts.search.run_search` or
+:func:`~oneshot_darts.retrain.run_retrain` (so :func:`core.runner.train`) in a folder inside the
+protocol folder ``<out_dir>/<run_name or darts-protocol>/``. Its progress is recorded in
+``protocol.json`` there (the settings, and each step's outcome as it finishes). Killed at any point,
+the same command continues where it was, with the rule of ``--top K`` retrains
+(:mod:`core.retrains`): a step whose folder holds ``result.json`` is not redone, one with a
+checkpoint resumes from it, the others start. A protocol folder is continued only with the settings
+it was started with (the fields that say how a run runs, such as the device, aside); otherwise one
+line names the differences and nothing is written. One process at a time holds its ``.lock``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from core.checkpoint import atomic_write_text
+from core.config import from_dict, to_dict
+from core.errors import UserError
+from core.paths import absolute_paths
+from core.retrains import config_differences, read_json_file
+from core.run import CHECKPOINT_FILE, METRICS_FILE
+from core.runner import RESULT_FILE
+from oneshot_darts.arch import parse_arch
+
+PROTOCOL_FILE = "protocol.json"
+SELECTION_FILE = "selection.json"
+LOCK_FILE = ".lock"
+DEFAULT_NAME = "darts-protocol"
+#: The paper's short retrain: 100 epochs.
+PAPER_SELECT_EPOCHS = 100
+#: The validation split the short retrains hold out of the training split, unless --select-config says.
+SELECT_VAL_FRACTION = 0.1
+#: Search config fields the short retrains take over (where and how runs run, and the data).
+SHARED_FIELDS = ("data", "data_root", "image_size", "device", "amp", "channels_last", "progress", "max_batches",
+                 "eval_batch_size")
+#: Retrain fields the protocol sets itself, so a --select-config may not.
+PROTOCOL_FIELDS = ("epochs", "arc", "out_dir", "run_name")
+
+
+def selection_config(search_cfg: Any, select_epochs: int, values: dict[str, Any], source: str) -> Any:
+    """The short retrains' config: the paper's retrain recipe < the search's data and run fields <
+    ``values`` (the --select-config YAML) < ``epochs`` = ``select_epochs``."""
+    from oneshot_darts.retrain import RetrainConfig
+
+    taken = sorted(set(values) & set(PROTOCOL_FIELDS))
+    if taken:
+        raise UserError(f"{source}: field {taken[0]!r} is set by the protocol (epochs by --select-epochs, the "
+                        "architecture by each search, the folders by the protocol folder); leave it out")
+    if select_epochs < 1:
+        raise UserError(f"--select-epochs: {select_epochs} is not allowed; it must be at least 1")
+    merged = {**{k: getattr(search_cfg, k) for k in SHARED_FIELDS}, "val_fraction": SELECT_VAL_FRACTION,
+              **values, "epochs": select_epochs, "out_dir": search_cfg.out_dir}
+    cfg = from_dict(RetrainConfig, absolute_paths(merged), source=source)
+    if not cfg.val_fraction > 0:
+        raise UserError(f"{source}: val_fraction {cfg.val_fraction} is not allowed for the selection; the short "
+                        "retrains are compared on a validation split held out of the training split (the test "
+                        "split is never read)")
+    return cfg
+
+
+def _step(run_dir: Path, label: str, start: Callable[[Path], dict[str, Any]],
+          resume: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """One step in its folder: finished (``result.json``): skipped; a checkpoint: resumed; else
+    (re)started, as a ``--top K`` retrain is (:mod:`core.retrains`)."""
+    result = read_json_file(run_dir / RESULT_FILE)
+    if isinstance(result, dict):
+        print(f"{label}: finished before ({run_dir}), skipped", flush=True)
+        return result
+    checkpoint = run_dir / CHECKPOINT_FILE
+    if checkpoint.is_file():
+        print(f"{label}: resuming {checkpoint}", flush=True)
+        return resume(checkpoint)
+    (run_dir / METRICS_FILE).unlink(missing_ok=True)   # what a start killed before its first checkpoint left
+    print(f"{label}: starting in {run_dir}", flush=True)
+    return start(run_dir)
+
+
+def _settings(search_cfg: Any, seeds: Sequence[int], select_epochs: int, select_cfg: Any) -> dict[str, Any]:
+    search = to_dict(search_cfg)
+    search.pop("seed")                                   # the protocol's seeds replace it
+    return {"seeds": list(seeds), "select_epochs": select_epochs, "search": search, "select": to_dict(select_cfg)}
+
+
+def _check_same(recorded: dict[str, Any], asked: dict[str, Any], folder: Path) -> None:
+    differences = []
+    for key in ("seeds", "select_epochs"):
+        if recorded.get(key) != asked[key]:
+            differences.append(f"{key} {json.dumps(recorded.get(key))} there, {json.dumps(asked[key])} now")
+    for part in ("search", "select"):
+        differences += [f"{part} {d}" for d in config_differences(recorded.get(part) or {}, asked[part])]
+    if differences:
+        raise UserError(f"protocol folder {str(folder)!r} was started with other settings ({'; '.join(differences)}); "
+                        "run it with its own settings to continue it, or give this protocol another --run-name or "
+                        "--out-dir")
+
+
+def _lock(folder: Path):
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(folder / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UserError(f"protocol folder {str(folder)!r}: another process is running this protocol (it holds "
+                        f"{LOCK_FILE} there); wait for it, or stop it and run this command again") from None
+    return lock
+
+
+def run_protocol(search_cfg: Any, seeds: Sequence[int], select_epochs: int, select_values: dict[str, Any],
+                 select_source: str = "--select-config") -> dict[str, Any]:
+    """Run (or continue) the protocol (see the module docstring); returns the selection."""
+    from oneshot_darts.retrain import run_retrain
+    from oneshot_darts.search import FINAL_ARCH_FILE, run_search
+
+    if not seeds:
+        raise UserError("--seeds: give at least one seed (the paper's protocol: four, such as --seeds 0 1 2 3)")
+    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if repeated:
+        raise UserError(f"--seeds: seed {repeated[0]} is given twice; each search needs its own seed")
+    configs = {s: dataclasses.replace(search_cfg, seed=s) for s in seeds}
+    for cfg in configs.values():
+        cfg.validate()
+    select_cfg = selection_config(search_cfg, select_epochs, select_values, select_source)
+    folder = Path(search_cfg.out_dir) / (search_cfg.run_name or DEFAULT_NAME)
+    settings = _settings(search_cfg, seeds, select_epochs, select_cfg)
+    record_path = folder / PROTOCOL_FILE
+    record = read_json_file(record_path)
+    if record is not None:
+        if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+            raise UserError(f"{str(record_path)!r} is not a protocol record; the protocol folder is damaged")
+        _check_same(record["settings"], settings, folder)
+    elif folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise UserError(f"{str(folder)!r} exists and is not a protocol folder (no {PROTOCOL_FILE}); give the protocol "
+                        "another --run-name or --out-dir")
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = _lock(folder)
+    try:
+        record = {"settings": settings, "steps": (record or {}).get("steps", {})}
+
+        def note(name: str, outcome: dict[str, Any]) -> None:
+            record["steps"][name] = outcome
+            atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
+        atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
+        print(f"DARTS protocol: {len(seeds)} searches (seeds {', '.join(map(str, seeds))}), then a {select_epochs}-epoch "
+              f"retrain of each cell (C={select_cfg.channels}, {select_cfg.layers} cells, validation split "
+              f"{select_cfg.val_fraction:g}); folder {folder}", flush=True)
+        rows = []
+        for s in seeds:
+            name = f"search-seed{s}"
+            result = _step(folder / name, f"[seed {s}] search", lambda d, s=s: run_search(configs[s], run_dir=d),
+                           lambda ck, s=s: run_search(configs[s], resume=ck))
+            note(name, {"seed": s, "val_acc": result["val_acc"], "arch": result["arch"]})
+        for s in seeds:
+            searched = record["steps"][f"search-seed{s}"]
+            genotype = parse_arch(searched["arch"], source=f"{folder / f'search-seed{s}' / RESULT_FILE}")
+            name = f"select-seed{s}"
+            result = _step(folder / name, f"[seed {s}] short retrain",
+                           lambda d, g=genotype: run_retrain(select_cfg, g, run_dir=str(d), eval_test=False),
+                           lambda ck, g=genotype: run_retrain(select_cfg, g, resume=str(ck), eval_test=False))
+            note(name, {"seed": s, "val_acc": result["val_acc"], "params": result.get("params_without_auxiliary")})
+            rows.append({"seed": s, "search_run": f"search-seed{s}", "search_val_acc": searched["val_acc"],
+                         "cell": genotype.describe(), "genotype": genotype.to_json(), "select_run": name,
+                         "select_val_acc": result["val_acc"], "params": result.get("params_without_auxiliary")})
+        winner = max(rows, key=lambda r: r["select_val_acc"])    # the first of equal maxima: the seed listed first
+        selection = {"rule": "the cell with the best validation accuracy after its short retrain (the last epoch's); "
+                             "ties: the seed listed first; the test split is never read",
+                     "select_epochs": select_epochs, "seeds": rows,
+                     "winner": {k: winner[k] for k in ("seed", "select_val_acc", "search_val_acc", "cell", "genotype")}}
+        atomic_write_text(folder / FINAL_ARCH_FILE, parse_arch(winner["genotype"]).dumps())
+        atomic_write_text(folder / SELECTION_FILE, json.dumps(selection, indent=1) + "\n")
+    finally:
+        lock.release()
+    for r in rows:
+        print(f"seed {r['seed']}: search val_acc {r['search_val_acc']:.4f}, short retrain val_acc "
+              f"{r['select_val_acc']:.4f}" + ("  <- selected" if r is winner else ""), flush=True)
+    print(f"wrote {folder / SELECTION_FILE} and {folder / FINAL_ARCH_FILE}; retrain the selected cell with: "
+          f"python oneshot_darts/retrain.py --arc {folder / FINAL_ARCH_FILE}", flush=True)
+    return {**selection, "folder": str(folder)}
