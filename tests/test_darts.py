@@ -662,6 +662,23 @@ def test_bad_search_variant_is_one_line(tmp_path, capsys, case):
     assert not (tmp_path / "runs").exists()
 
 
+def test_search_configs_are_the_published_recipes():
+    """configs/darts_search.yaml writes out SearchConfig's defaults (the DARTS paper's);
+    configs/pcdarts_search.yaml is PC-DARTS's published recipe."""
+    from core.config import from_dict, read_yaml, to_dict
+    from oneshot_darts.search import SearchConfig
+
+    run_fields = ("data", "data_root", "out_dir")
+    darts = to_dict(from_dict(SearchConfig, read_yaml(REPO / "configs" / "darts_search.yaml")))
+    defaults = to_dict(SearchConfig())
+    assert {k: v for k, v in darts.items() if k not in run_fields} == {
+        k: v for k, v in defaults.items() if k not in run_fields}
+    pc = from_dict(SearchConfig, read_yaml(REPO / "configs" / "pcdarts_search.yaml"))
+    assert (pc.partial_channels, pc.order, pc.batch_size, pc.lr, pc.lr_min, pc.arch_lr, pc.arch_beta1, pc.arch_beta2,
+            pc.arch_weight_decay, pc.epochs, pc.arch_warmup_epochs, pc.weight_decay, pc.channels, pc.layers,
+            pc.val_fraction) == (4, 1, 256, 0.1, 0.001, 6e-4, 0.5, 0.999, 1e-3, 50, 15, 3e-4, 16, 8, 0.5)
+
+
 def test_search_killed_after_first_epoch_resumes_exactly(tmp_path, one_thread):
     """A search process killed (SIGKILL) after its first epoch's checkpoint, resumed from it,
     ends exactly (bit for bit) where an uninterrupted search with the same seed ends."""
