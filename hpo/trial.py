@@ -37,7 +37,8 @@ class HpoTrialConfig(SearchTrialConfig, ModelConfig):
     """One trial's training options: the core's plus the model name and whether to test at the end."""
 
     model: str = field("mobilenet", "a name from models.MODELS")
-    optimizer: Optimizer = field("Adam", "the torch optimizer (the search uses all but SGD)")
+    optimizer: Optimizer = field("Adam", "the torch optimizer (hpo/search_space.json searches all but SGD; "
+                                 "configs/hpo_wide.yml all five)")
     lr: float = field(0.001, "initial learning rate (> 0)")
     epochs: int = field(30, "training epochs of one trial")
     final_test: bool = field(True, "evaluate the test split once at the end (recorded beside the result, never "

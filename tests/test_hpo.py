@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import subprocess
 import sys
@@ -379,7 +380,7 @@ def test_every_config_with_an_assessor_has_a_tuner_that_learns_from_early_stops(
     monkeypatch.setattr(env_vars, "dispatcher_env_vars", off)
     monkeypatch.setattr(msg_dispatcher, "dispatcher_env_vars", off)
     tuner = yaml.safe_load(config.read_text())["tuner"]
-    assert tuner.get("className") == "nni_fixes.FixedTpe", f"{config.name}: NNI's own tuners do not learn from early stops"
+    assert tuner.get("className") == "nni_fixes.FixedTpe", f"{config.name}: NNI's tuners miss early-stopped trials"
     code_dir = (config.parent / tuner["codeDirectory"]).resolve()
     assert code_dir == REPO / "hpo"
     monkeypatch.syspath_prepend(str(code_dir))
@@ -432,8 +433,8 @@ def test_dispatcher_hands_an_early_stopped_trial_s_last_result_to_fixed_tpe(monk
     dispatcher, tuner, (job, other) = _dispatcher(monkeypatch, include=True)
     caplog.set_level(logging.INFO, logger="nni_fixes")
     caplog.set_level(logging.INFO, logger="hpo.nni_fixes")
-    dispatcher.handle_report_metric_data({"parameter_id": job["parameter_id"], "trial_job_id": "T0", "type": "PERIODICAL",
-                                          "sequence": 0, "value": nni.dump(0.25)})
+    dispatcher.handle_report_metric_data({"parameter_id": job["parameter_id"], "trial_job_id": "T0",
+                                          "type": "PERIODICAL", "sequence": 0, "value": nni.dump(0.25)})
     _drain(dispatcher)
     key = next(iter(tuner._params[job["parameter_id"]]))
     assert any(record.loss == -0.25 for record in tuner._history[key])        # TPE minimises -accuracy
@@ -456,7 +457,57 @@ def test_without_the_switch_nni_3_s_dispatcher_tells_the_tuner_nothing(monkeypat
     import nni
 
     dispatcher, tuner, (job, _) = _dispatcher(monkeypatch, include=False)
-    dispatcher.handle_report_metric_data({"parameter_id": job["parameter_id"], "trial_job_id": "T0", "type": "PERIODICAL",
-                                          "sequence": 0, "value": nni.dump(0.25)})
+    dispatcher.handle_report_metric_data({"parameter_id": job["parameter_id"], "trial_job_id": "T0",
+                                          "type": "PERIODICAL", "sequence": 0, "value": nni.dump(0.25)})
     _drain(dispatcher)
     assert not tuner._received and not any(tuner._history.values())
+
+
+# --- the two-recipe ranking measurement (benchmarks/recipe_rank.py), smoke size -----------------
+
+def _recipe_rank():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recipe_rank", REPO / "benchmarks/recipe_rank.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recipe_rank_smoke_continues_and_refuses_other_settings(tmp_path, capsys):
+    recipe_rank = _recipe_rank()
+    assert len(recipe_rank.grid(recipe_rank.read_space(REPO / "configs/hpo_quick.yml"))) == 16
+    out = tmp_path / "rank"
+    argv = ["--data", "fake", "--subset", "64", "--val-subset", "48", "--epochs", "1", "--max-batches", "1",
+            "--batch-size", "8", "--limit", "3", "--threads", "1", "--out", str(out)]
+    result = recipe_rank.main(argv)
+    printed = capsys.readouterr().out
+    trials = json.loads((out / "trials.json").read_text())
+    assert len(trials) == 9 and {(t["recipe"], t["seed"]) for t in trials} == {
+        ("default", 0), ("recipe_nni_example", 0), ("default", 1)}
+    runs = {p.name: yaml.safe_load((p / "config.yaml").read_text()) for p in (out / "runs").iterdir()}
+    recipes = {(c["weight_decay"], c["scheduler"]) for c in runs.values()}
+    assert recipes == {(5e-4, "cosine"), (0.0, "none")}                 # the two recipes really trained
+    assert {c["batch_size"] for c in runs.values()} == {8}             # the sizes are the same for both
+    assert "Kendall's tau, default vs recipe_nni_example (seed 0): " in printed
+    assert "Kendall's tau, default seed 0 vs seed 1 (noise floor): " in printed
+    assert set(result) == {"recipes", "seeds", "table", "best"} and result["recipes"]["n"] == 3
+    assert json.loads((out / "result.json").read_text()) == result
+    from scipy.stats import kendalltau
+
+    table = result["table"]
+    expected = kendalltau([r["default seed 0"] for r in table], [r["recipe_nni_example seed 0"] for r in table])
+    assert (result["recipes"]["tau"] is None and math.isnan(expected.statistic)) or \
+        result["recipes"]["tau"] == pytest.approx(expected.statistic, abs=1e-4)
+    # the same command again: nothing is trained twice
+    assert recipe_rank.main(argv) == result
+    assert "(9 already done)" in capsys.readouterr().out and len(list((out / "runs").iterdir())) == 9
+    # other settings into the same folder: one error line, nothing changed
+    with pytest.raises(SystemExit) as exit_:
+        recipe_rank.main([*argv[:-2], "--epochs", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: --out: ") and "(epochs)" in err
+    with pytest.raises(SystemExit):
+        recipe_rank.main([*argv[:-2], "--space", str(REPO / "configs/hpo_wide.yml"), "--out", str(tmp_path / "w")])
+    assert "error: --space: lr is not a 'choice' parameter" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
