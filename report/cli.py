@@ -3,10 +3,11 @@
     python -m report EXPERIMENT_ID_OR_FOLDER [-o OUT/] [--retrains DIR ...]
 
 The source is an experiment id (found as ``hpo/results.py`` finds it), an experiment folder (or its
-``db/nni.sqlite``), or a run folder (a retrain of any stage, ``python -m core.train_model``, a
-DARTS search). ``OUT/report.md`` and the PNG figures it links go to ``OUT`` (default: ``report/``
-inside the experiment's or run's folder). OUT must not exist yet, be an empty folder, or be a
-report this command wrote before (it leaves the file ``.report.json`` there, listing its files),
+``db/nni.sqlite``), a run folder (a retrain of any stage, ``python -m core.train_model``, a
+DARTS search), or a DARTS protocol folder (``oneshot_darts/search.py --seeds ...``).
+``OUT/report.md`` and the PNG figures it links go to ``OUT`` (default: ``report/`` inside the
+experiment's or run's folder). OUT must not exist yet, be an empty folder, or be a report this
+command wrote before (it leaves the file ``.report.json`` there, listing its files),
 which is then replaced as a whole: a failed report leaves the old one, and a bad source leaves
 nothing. Any other OUT (a folder of other files, a run folder, a symbolic link) is refused and left
 as it is. An experiment's report looks for retrains of its trials (``--top K`` of the retrain
@@ -136,13 +137,17 @@ def _publish(tmp: Path, out: Path) -> None:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
-    from report import experiment_report, run_report
+    from report import darts_report, experiment_report, run_report
 
     source = Path(args.source).expanduser()
     out = Path(os.path.abspath(Path(args.out).expanduser())) if args.out else None   # links in OUT itself kept
     if out is not None:
         check_out(out)                  # before reading anything: a wrong -o fails at once
-    if is_run_folder(source):
+    if darts_report.is_protocol_folder(source):   # a DARTS protocol (search.py --seeds ...)
+        data = darts_report.load_protocol(source)
+        default_out = source / "report"
+        render = darts_report.render_protocol
+    elif is_run_folder(source):
         data = run_report.load_run(source)
         default_out = source / "report"
         render = run_report.render_run

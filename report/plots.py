@@ -171,6 +171,29 @@ def epoch_times(epochs: Sequence[int], seconds: Sequence[float], path: Path) -> 
     return _save(fig, path)
 
 
+def counts(series: dict[str, tuple[Sequence[int], Sequence[float | None]]], path: Path, *, title: str, ylabel: str,
+           ymax: float | None = None) -> Path:
+    """Counts over the epochs, one line per series (``name: (epochs, counts)``), each series shifted
+    by a few hundredths so that equal counts stay visible; ``ymax``: the most there can be (the top
+    of the axis)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    for i, (label, (epochs, values)) in enumerate(series.items()):
+        shift = 0.06 * (i - (len(series) - 1) / 2)
+        pts = [(e, v + shift) for e, v in zip(epochs, values) if v is not None and math.isfinite(v)]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 40 else None, ms=4,
+                drawstyle="steps-mid", label=label)
+    ax.set_ylim(-0.3, (ymax if ymax else max((v for _, vs in series.values() for v in vs if v is not None),
+                                                default=1)) + 0.3)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
+
+
 def edge_weights(epochs: Sequence[int], edges: dict[str, dict[str, Sequence[float]]], path: Path,
                  cell: str) -> Path:
     """The softmax weight of every operation on every edge of one cell type, over the epochs: one

@@ -14,7 +14,8 @@ from report.common import figure, fmt, read_config, read_dict, read_metrics, num
 
 #: config fields worth naming in "what ran", in this order
 SHOWN = ("model", "optimizer", "lr", "scheduler", "epochs", "batch_size", "weight_decay", "data", "subset",
-         "val_fraction", "val_subset", "max_batches", "channels", "layers", "n_nodes", "device", "seed")
+         "val_fraction", "val_subset", "max_batches", "channels", "layers", "n_nodes", "order", "partial_channels",
+         "arch_warmup_epochs", "max_skip_connect", "device", "seed")
 SERIES = ("train_loss", "val_loss", "test_loss", "arch_loss", "train_acc", "val_acc", "test_acc")
 CELLS = ("normal", "reduce")
 
@@ -163,7 +164,10 @@ def render_run(run: RunData, out: Path, prefix: str = "", heading: str = "#") ->
 
 
 def _darts(run: RunData, out: Path, prefix: str, heading: str) -> list[str]:
-    lines = [f"{heading}# Architecture weights", "",
+    from report import darts_report
+
+    lines = darts_report.search_parts(run.metrics, run.config, out, prefix, heading)   # step variant, collapse
+    lines += [f"{heading}# Architecture weights", "",
              "The softmax weight of every operation on every edge (node <- input), after each epoch; the "
              "derived cell keeps, for each node, the two strongest incoming edges (by their strongest "
              "operation other than `none`).", ""]

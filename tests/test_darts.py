@@ -829,6 +829,18 @@ def test_protocol_never_reads_the_test_split_and_continues_only_itself(tmp_path,
     assert "--select-epochs: only with --seeds" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
 
+    # the reports: the protocol's (every seed's cell, the selection) and one of its searches' (step, collapse)
+    from report.cli import main as report
+    from tests.test_report import check_report
+
+    text = check_report(report([str(folder)]), ["Report: DARTS protocol", "**Selected: the cell of seed",
+                                                "seed0_cell_normal.png", "seed1_cell_reduce.png", "selection.png",
+                                                "search_vs_select.png", "collapse.png", "Seed 1"])
+    winner = json.loads(selection)["winner"]
+    assert f"**Selected: the cell of seed {winner['seed']}**" in text
+    text = check_report(report([str(folder / "search-seed0")]), ["## Search step", "first order", "no collapse guard",
+                                                                 "## Collapse watch", "collapse.png"])
+
 
 def test_retrain_interrupted_after_first_epoch_resumes_exactly(tmp_path, one_thread):
     """Drop path (random), the auxiliary head and cutout on: an interrupted-then-resumed retrain

@@ -1,0 +1,219 @@
+"""The DARTS parts of the reports: a search run's variant (order, partial channels K, warm-up, guard)
+and its collapse counts over the epochs (composed into a run folder's report by
+:mod:`report.run_report`), and the report of a protocol folder (``search.py --seeds ...``): every
+seed's search and derived cell, its short retrain, and the selection.
+
+Collapse: long DARTS searches drift to parameter-free operations in the normal cell, skip_connect
+first (DARTS+, Liang et al. 2019; P-DARTS, Chen et al. 2019; RobustDARTS, Zela et al. 2020). The
+search records, every epoch, how many of the derived normal cell's edges are parameter-free
+(``normal_param_free``) and skip_connects (``normal_skip_connect``), as its weights have it (before
+the P-DARTS guard ``max_skip_connect``, whose replacements are ``guard_replaced``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import UserError
+from report import plots
+from report.common import checked, figure, fmt, read_dict, table, valid
+from report.stats import kendall_tau
+
+#: The files a protocol folder holds (written by oneshot_darts/protocol.py).
+PROTOCOL_FILE = "protocol.json"
+SELECTION_FILE = "selection.json"
+CELLS = ("normal", "reduce")
+#: DARTS+'s early-stopping signal: two or more skip_connects in the normal cell.
+DARTS_PLUS_SKIPS = 2
+
+
+# --- a search run ----------------------------------------------------------------------------------
+
+def variant(config: dict[str, Any]) -> str:
+    """The search's step in words: its gradient order, partial channels, warm-up and guard."""
+    order = config.get("order", 1)
+    parts = ["second order (the paper's unrolled gradient)" if order == 2 else "first order"]
+    k = config.get("partial_channels", 1)
+    if isinstance(k, int) and k > 1:
+        parts.append(f"PC-DARTS with K = {k} (1/{k} of each edge's channels, edge normalisation)")
+    if config.get("arch_warmup_epochs"):
+        parts.append(f"architecture frozen for the first {config['arch_warmup_epochs']} epochs")
+    guard = config.get("max_skip_connect", -1)
+    parts.append(f"P-DARTS guard: at most {guard} skip_connect in the normal cell" if isinstance(guard, int)
+                 and guard >= 0 else "no collapse guard")
+    return "; ".join(parts)
+
+
+def search_parts(metrics: list[dict[str, Any]], config: dict[str, Any], out: Path, prefix: str,
+                 heading: str) -> list[str]:
+    """The variant line and the collapse counts per epoch (figure and table) of a DARTS search."""
+    lines = [f"{heading}# Search step", "", f"- {variant(config)}", ""]
+    counted = [m for m in metrics if valid(m.get("normal_skip_connect")) is not None]
+    if not counted:
+        return lines
+    edges = 2 * config["n_nodes"] if isinstance(config.get("n_nodes"), int) else None
+    epochs = [int(m["epoch"]) for m in counted]
+    series = {"skip_connect": (epochs, [m["normal_skip_connect"] for m in counted]),
+              "parameter-free (pools, skip_connect)": (epochs, [valid(m.get("normal_param_free")) for m in counted])}
+    name = f"{prefix}collapse.png"
+    plots.counts(series, out / name, title="Collapse watch: the derived normal cell's parameter-free edges",
+                 ylabel=f"edges of the normal cell{f' (of {edges})' if edges else ''}", ymax=edges)
+    last = counted[-1]
+    verdict = (f"after epoch {last['epoch']} the normal cell holds {last['normal_skip_connect']} skip_connect and "
+               f"{fmt(last.get('normal_param_free'))} parameter-free operations"
+               + (f" of {edges} edges" if edges else ""))
+    if last["normal_skip_connect"] >= DARTS_PLUS_SKIPS:
+        verdict += (f"; {DARTS_PLUS_SKIPS} or more skip_connects is DARTS+'s sign of collapse (a guard: "
+                    "--max-skip-connect 2, P-DARTS's cap)")
+    lines += [f"{heading}# Collapse watch", "", verdict[0].upper() + verdict[1:] + ".", "",
+              figure(name, "Skip_connects and parameter-free operations in the derived normal cell per epoch"), ""]
+    guarded = any("guard_replaced" in m for m in counted)
+    rows = [[m["epoch"], m["normal_skip_connect"], m.get("normal_param_free"), *([m.get("guard_replaced")] if guarded
+                                                                                 else [])] for m in counted]
+    lines += [table(("epoch", "skip_connect", "parameter-free", *(["replaced by the guard"] if guarded else [])),
+                    rows), ""]
+    return lines
+
+
+# --- a protocol folder -----------------------------------------------------------------------------
+
+def is_protocol_folder(path: Path) -> bool:
+    return path.is_dir() and (path / PROTOCOL_FILE).is_file()
+
+
+@dataclass
+class ProtocolData:
+    folder: Path
+    settings: dict[str, Any]
+    steps: dict[str, Any]
+    selection: dict[str, Any] | None
+    searches: dict[int, Any] = field(default_factory=dict)     # seed -> the search's RunData (report.run_report)
+    problems: list[str] = field(default_factory=list)
+
+
+def load_protocol(folder: str | Path) -> ProtocolData:
+    """Read a protocol folder: its record, its selection (when finished) and every search run."""
+    from report.run_report import check_cells, load_run
+
+    folder = Path(folder)
+    problems: list[str] = []
+    record = read_dict(folder / PROTOCOL_FILE, problems)
+    if not record or not isinstance(record.get("settings"), dict) or not isinstance(record.get("steps", {}), dict):
+        raise UserError(f"{str(folder / PROTOCOL_FILE)!r} is not a protocol record (settings and steps)")
+    seeds = record["settings"].get("seeds")
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise UserError(f"{str(folder / PROTOCOL_FILE)!r}: settings.seeds is not a list of seeds")
+    selection = read_dict(folder / SELECTION_FILE, problems)
+    if selection is not None:
+        rows = selection.get("seeds")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("genotype"), dict)
+                                                 for r in rows):
+            raise UserError(f"{str(folder / SELECTION_FILE)!r}: seeds is not a list of each seed's cell and results")
+        for r in rows:
+            check_cells(r["genotype"], set(), f"{str(folder / SELECTION_FILE)!r}, seed {r.get('seed')}")
+        selection["seeds"] = [checked(r, f"{SELECTION_FILE}, seed {r.get('seed')}", problems) for r in rows]
+    data = ProtocolData(folder, record["settings"], record.get("steps", {}), selection, problems=problems)
+    for s in seeds:
+        run_dir = folder / f"search-seed{s}"
+        if (run_dir / "metrics.jsonl").is_file():
+            data.searches[s] = load_run(run_dir)
+            problems += data.searches[s].problems
+    return data
+
+
+def _cell_text(arch: dict[str, Any], cell: str) -> str:
+    return " ".join(f"{n}<-" + "+".join(f"{op}({src})" for op, src in node)
+                    for n, node in enumerate(arch.get(cell) or [], start=2))
+
+
+def render_protocol(data: ProtocolData, out: Path) -> str:
+    """The Markdown of a protocol folder's report; figures are written into ``out``."""
+    settings, search = data.settings, data.settings.get("search") or {}
+    select = data.settings.get("select") or {}
+    seeds = settings["seeds"]
+    lines = [f"# Report: DARTS protocol `{data.folder.name}`", "", "## What ran", "",
+             f"- folder: `{data.folder}`",
+             f"- the DARTS paper's selection (Liu et al. 2019, section 3.2): {len(seeds)} searches (seeds "
+             f"{', '.join(map(str, seeds))}), each derived cell trained from scratch for "
+             f"{settings.get('select_epochs')} epochs and compared on a validation split held out of the training "
+             "split; the test split is never read",
+             f"- search: {variant(search)}; C={search.get('channels')}, {search.get('layers')} cells x "
+             f"{search.get('n_nodes')} nodes, {search.get('epochs')} epochs, batch {search.get('batch_size')}, data "
+             f"{search.get('data')}",
+             f"- short retrains: C={select.get('channels')}, {select.get('layers')} cells, batch "
+             f"{select.get('batch_size')}, validation split {select.get('val_fraction')}, seed {select.get('seed')} "
+             "for every cell", ""]
+    lines += ["## Selection", ""]
+    sel = data.selection
+    if sel is None:
+        searched = sum(f"search-seed{s}" in data.steps for s in seeds)
+        retrained = sum(f"select-seed{s}" in data.steps for s in seeds)
+        lines += [f"Not finished yet: {searched} of {len(seeds)} searches and {retrained} of {len(seeds)} short "
+                  "retrains are done (run the same command again to continue it).", ""]
+        rows_by_seed = {s: {"seed": s, "search_val_acc": (data.steps.get(f"search-seed{s}") or {}).get("val_acc"),
+                            "select_val_acc": (data.steps.get(f"select-seed{s}") or {}).get("val_acc"),
+                            "genotype": (data.steps.get(f"search-seed{s}") or {}).get("arch")} for s in seeds}
+        winner = None
+    else:
+        rows_by_seed = {r["seed"]: r for r in sel["seeds"]}
+        winner = (sel.get("winner") or {}).get("seed")
+        w = rows_by_seed.get(winner, {})
+        lines += [f"**Selected: the cell of seed {winner}**, validation accuracy {fmt(w.get('select_val_acc'))} after "
+                  f"its {sel.get('select_epochs')}-epoch retrain (the rule: {sel.get('rule')}). Its cell is "
+                  f"`final_arch.json`; retrain it with `python oneshot_darts/retrain.py --arc "
+                  f"{data.folder / 'final_arch.json'}`.", ""]
+    rows = []
+    for s in seeds:
+        r = rows_by_seed.get(s, {})
+        run = data.searches.get(s)
+        last = run.metrics[-1] if run else {}
+        rows.append([s, r.get("search_val_acc"), r.get("select_val_acc"), r.get("params"),
+                     last.get("normal_skip_connect"), "yes" if s == winner else ""])
+    lines += [table(("seed", "search val_acc (architecture half)", "short-retrain val_acc", "parameters",
+                     "normal skip_connect", "selected"), rows), ""]
+    done = [(s, valid(r[1]), valid(r[2])) for s, r in zip(seeds, rows)]
+    done = [d for d in done if d[1] is not None and d[2] is not None]
+    if done:
+        name = "selection.png"
+        plots.bars([f"seed {s}" for s, _, _ in done], [v for _, _, v in done], out / name,
+                   title="Validation accuracy after the short retrain, per seed's cell", xlabel="search seed",
+                   ylabel="validation accuracy (fraction)")
+        lines += [figure(name, "Short-retrain validation accuracy of every seed's cell"), ""]
+    if len(done) >= 2:
+        tau = kendall_tau([d[1] for d in done], [d[2] for d in done])
+        name = "search_vs_select.png"
+        plots.search_vs_retrain([(f"seed {s}", a, b) for s, a, b in done], out / name,
+                                search_metric="validation accuracy (architecture half)",
+                                retrain_metric="short-retrain validation accuracy", tau=tau)
+        lines += [figure(name, "Search accuracy against short-retrain accuracy per seed"
+                          + (f" (Kendall's tau {tau:.2f})" if tau is not None else "")), ""]
+    curves = {f"seed {s}": ([int(m["epoch"]) for m in run.metrics if valid(m.get("normal_skip_connect")) is not None],
+                            [m["normal_skip_connect"] for m in run.metrics if valid(m.get("normal_skip_connect"))
+                             is not None]) for s, run in data.searches.items()}
+    curves = {k: v for k, v in curves.items() if v[0]}
+    if curves:
+        n_nodes = search.get("n_nodes")
+        name = "collapse.png"
+        plots.counts(curves, out / name, title="Collapse watch: skip_connects in each seed's derived normal cell",
+                     ylabel="skip_connect edges", ymax=2 * n_nodes if isinstance(n_nodes, int) else None)
+        lines += ["## Collapse watch across seeds", "",
+                  figure(name, "Skip_connects in the derived normal cell per search epoch, one line per seed"), ""]
+    lines += ["## Every seed's cell", ""]
+    for s in seeds:
+        arch = rows_by_seed.get(s, {}).get("genotype")
+        lines += [f"### Seed {s}" + (" (selected)" if s == winner else ""), ""]
+        if not isinstance(arch, dict):
+            lines += ["Its search has not finished yet.", ""]
+            continue
+        for cell in CELLS:
+            nodes = arch.get(cell)
+            if nodes:
+                name = f"seed{s}_cell_{cell}.png"
+                plots.cell_graph([[(op, int(src)) for op, src in node] for node in nodes], out / name, cell)
+                lines += [figure(name, f"Seed {s}: {cell} cell"), "", f"`{cell}: {_cell_text(arch, cell)}`", ""]
+        lines += [f"Its search: `{data.folder / f'search-seed{s}'}` (`python -m report` on it shows its curves and "
+                  "edge weights).", ""]
+    if data.problems:
+        lines += ["## Invalid numbers", "", *(f"- {p}" for p in data.problems), ""]
+    return "\n".join(lines) + "\n"
