@@ -80,7 +80,7 @@ def check_tuner_learned_from_every_trial(exp_dir: Path) -> list[dict]:
     for t in trials:
         got = received.get(t.trial_id)
         if t.early_stopped:
-            assert got is not None, f"early-stopped trial {t.trial_id}: the tuner never received a result\n{log[-4000:]}"
+            assert got is not None, f"early-stopped trial {t.trial_id}: no result reached the tuner\n{log[-4000:]}"
             assert got["early_stopped"] and got["value"] in t.intermediates, (got, t.intermediates)
             from_stops.append(got)
         elif t.final is not None:
