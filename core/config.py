@@ -65,36 +65,24 @@ class Range:
         return f"{text} {self.note}".rstrip()
 
 
-#: The allowed values of every numeric field, each named once; :meth:`TrainConfig.validate` checks
-#: them (and the relations between fields) for every config class that has the field.
-RANGES: dict[str, Range] = {
-    "val_fraction": Range(0, 1, high_open=True),
-    "subset": Range(0, note="(0 = all)"),
-    "val_subset": Range(0, note="(0 = all)"),
-    "image_size": Range(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, note="px (the networks downsample 32 px images by 8 to 32)"),
-    "batch_size": Range(1),
-    "eval_batch_size": Range(1),
-    "crop_padding": Range(0),
-    "cutout": Range(0),
-    "lr": Range(0, low_open=True),
-    "lr_min": Range(0),
-    "momentum": Range(0, 1, high_open=True),
-    "weight_decay": Range(0),
-    "epochs": Range(1),
-    "grad_clip": Range(0, note="(0 = off)"),
-    "seed": Range(0, 2**63, high_open=True),
-    "max_batches": Range(0, note="(0 = full epochs)"),
-    "threads": Range(0, note="(0 = torch's default)"),
-}
-
 #: What :class:`core.run.Run` appends to a run name (``-YYYYmmdd-HHMMSS-k``), at its longest.
 RUN_NAME_SUFFIX = "-20260101-000000-9999"
 
 
+def field_range(cls: type, name: str) -> Range | None:
+    """The :class:`Range` of field ``name``: declared once, where the field is declared first (a
+    subclass that only changes the default, as the stages do, keeps it)."""
+    for klass in cls.__mro__:
+        declared = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if declared is not None and declared.metadata.get("range") is not None:
+            return declared.metadata["range"]
+    return None
+
+
 def check_ranges(cfg: Any) -> None:
-    """Raise :class:`UserError` for the first numeric field of ``cfg`` outside its :data:`RANGES` entry."""
+    """Raise :class:`UserError` for the first numeric field of ``cfg`` outside its :func:`field_range`."""
     for f in dataclasses.fields(cfg):
-        allowed = RANGES.get(f.name)
+        allowed = field_range(type(cfg), f.name)
         value = getattr(cfg, f.name)
         if allowed is not None and isinstance(value, (int, float)) and not allowed.allows(value):
             raise UserError(f"{f.name}: {value} is not allowed; it must be {allowed.describe()}")
@@ -120,11 +108,12 @@ def name_max(folder: str | os.PathLike) -> int:
 
 
 def field(default: Any = dataclasses.MISSING, help: str = "", *,  # noqa: A002 - argparse's word
-          factory: Callable[[], Any] | None = None, aliases: tuple[str, ...] = ()) -> Any:
+          factory: Callable[[], Any] | None = None, aliases: tuple[str, ...] = (), allowed: Range | None = None) -> Any:
     """A dataclass field with its help text (shown by ``--help``); ``factory`` for a default
     computed when the config is made (one read of the environment, say); ``aliases``: more
-    spellings of its flag."""
-    metadata = {"help": help, "aliases": aliases}
+    spellings of its flag; ``allowed``: a number's :class:`Range`, checked by every config's
+    ``validate`` (give it where the field is declared first; a subclass changing the default keeps it)."""
+    metadata = {"help": help, "aliases": aliases, "range": allowed}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -140,28 +129,30 @@ class TrainConfig:
                       "(env CIFAR_AUTOML_DATA)", factory=default_data)
     data_root: str = field(help="where CIFAR-10 is downloaded and decoded images are cached (env "
                            "CIFAR_AUTOML_DATA_ROOT; default: the repository's data/)", factory=default_data_root)
-    val_fraction: float = field(0.1, "fraction of the training split held out for validation (fixed seed); 0 = none")
-    subset: int = field(0, "train on only N training images (0 = all)")
-    val_subset: int = field(0, "validate on only N images (0 = all)")
-    image_size: int = field(32, "images are resized to this side (px)")
-    batch_size: int = field(128, "training batch size (images)")
-    eval_batch_size: int = field(500, "evaluation batch size (images)")
-    crop_padding: int = field(4, "random-crop padding (px); 0 = no crop")
+    val_fraction: float = field(0.1, "fraction of the training split held out for validation (fixed seed); 0 = none",
+                                allowed=Range(0, 1, high_open=True))
+    subset: int = field(0, "train on only N training images (0 = all)", allowed=Range(0, note="(0 = all)"))
+    val_subset: int = field(0, "validate on only N images (0 = all)", allowed=Range(0, note="(0 = all)"))
+    image_size: int = field(32, "images are resized to this side (px)", allowed=Range(
+        MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, note="px (the networks downsample 32 px images by 8 to 32)"))
+    batch_size: int = field(128, "training batch size (images)", allowed=Range(1))
+    eval_batch_size: int = field(500, "evaluation batch size (images)", allowed=Range(1))
+    crop_padding: int = field(4, "random-crop padding (px); 0 = no crop", allowed=Range(0))
     flip: bool = field(True, "random horizontal flip")
-    cutout: int = field(0, "cutout square side (px); 0 = off")
+    cutout: int = field(0, "cutout square side (px); 0 = off", allowed=Range(0))
     # --- optimisation ---
     optimizer: Optimizer = field("SGD", "the torch optimizer")
-    lr: float = field(0.1, "initial learning rate (> 0)")
-    lr_min: float = field(0.0, "learning rate the cosine schedule ends at")
-    momentum: float = field(0.9, "SGD momentum (other optimizers ignore it)")
-    weight_decay: float = field(5e-4, "L2 weight decay")
-    epochs: int = field(30, "training epochs")
+    lr: float = field(0.1, "initial learning rate (> 0)", allowed=Range(0, low_open=True))
+    lr_min: float = field(0.0, "learning rate the cosine schedule ends at (at most lr)", allowed=Range(0))
+    momentum: float = field(0.9, "SGD momentum (other optimizers ignore it)", allowed=Range(0, 1, high_open=True))
+    weight_decay: float = field(5e-4, "L2 weight decay", allowed=Range(0))
+    epochs: int = field(30, "training epochs", allowed=Range(1))
     scheduler: Scheduler = field("cosine", "'cosine' (to lr_min over the epochs) or 'none'")
-    grad_clip: float = field(0.0, "clip the gradient norm to this; 0 = off")
+    grad_clip: float = field(0.0, "clip the gradient norm to this; 0 = off", allowed=Range(0, note="(0 = off)"))
     # --- run ---
-    seed: int = field(0, "seed for weights, shuffling and augmentation")
+    seed: int = field(0, "seed for weights, shuffling and augmentation", allowed=Range(0, 2**63, high_open=True))
     max_batches: int = field(0, "stop every epoch (and evaluation) after N batches: seconds-long smoke runs; "
-                             "0 = full epochs")
+                             "0 = full epochs", allowed=Range(0, note="(0 = full epochs)"))
     device: Device = field("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'")
     amp: bool = field(True, "mixed precision on a GPU: bf16 from compute capability 8.0, fp16 with a gradient "
                       "scaler below (core.speed.choose_precision); off = float32; the CPU trains in float32")
@@ -176,11 +167,12 @@ class TrainConfig:
     progress: bool = field(True, "per-epoch progress bar on a terminal")
 
     threads: int = field(0, "CPU threads for torch (0 = torch's default; on a CPU machine set cores / processes "
-                         "running at once, e.g. cores / trialConcurrency)")
+                         "running at once, e.g. cores / trialConcurrency)", allowed=Range(0, note="(0 = torch's default)"))
 
     def validate(self) -> None:
         """Raise :class:`UserError` naming the first bad field: each numeric field against its
-        :data:`RANGES` entry, then the relations between fields (choices are checked on parsing)."""
+        declared range (:func:`check_ranges`), then the relations between fields (choices are
+        checked on parsing)."""
         check_ranges(self)
         check_data(self.data)
         cores = os.cpu_count() or 1
@@ -336,12 +328,26 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     text = read_text(p, "config file")
     try:
-        values = yaml.safe_load(text) or {}
+        values = yaml.load(text, Loader=UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"config file {str(p)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(values, dict):
         raise UserError(f"config file {str(p)!r} must hold a mapping of field: value")
     return values
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key repeated in a mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} appears more than once in one "
+                                                        "mapping (which value is meant?); keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 class DuplicateKeyError(ValueError):
@@ -357,11 +363,17 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def parse_json(text: str) -> Any:
+    """``json.loads`` that raises :class:`DuplicateKeyError` (a ``ValueError``) for a key repeated
+    in an object; for readers that treat malformed text themselves. Others: :func:`loads_json`."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
 def loads_json(text: str, what: str) -> Any:
     """Parse JSON text that ``what`` (a file, say) holds: the one JSON reader of the project. A key
     repeated in an object, malformed text, or nesting too deep is a :class:`UserError` naming ``what``."""
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
+        return parse_json(text)
     except DuplicateKeyError as exc:
         raise UserError(f"{what}: the key {exc.args[0]!r} appears more than once in one object (which value is "
                         "meant?); keep one") from None

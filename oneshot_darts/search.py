@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from core.checkpoint import atomic_write_text
-from core.config import TrainConfig, check_resume_only, config_from_args, field, read_yaml
+from core.config import Range, TrainConfig, check_resume_only, config_from_args, field, read_yaml
 from core.data import Splits
 from core.errors import UserError, cli_main
 from core.nni_trial import NniTrial, final_metrics, quiet_nni_imports
@@ -74,10 +74,10 @@ class SearchConfig(TrainConfig):
     stem_multiplier: int = field(3, "stem output channels / C")
     # --- optimisers ---
     lr_min: float = field(0.001, "final learning rate of the cosine schedule of the network weights")
-    arch_lr: float = field(3e-4, "Adam learning rate of the architecture weights")
-    arch_beta1: float = field(0.5, "Adam beta1 of the architecture weights")
-    arch_beta2: float = field(0.999, "Adam beta2 of the architecture weights")
-    arch_weight_decay: float = field(1e-3, "weight decay of the architecture weights")
+    arch_lr: float = field(3e-4, "Adam learning rate of the architecture weights", allowed=Range(0, low_open=True))
+    arch_beta1: float = field(0.5, "Adam beta1 of the architecture weights", allowed=Range(0, 1, high_open=True))
+    arch_beta2: float = field(0.999, "Adam beta2 of the architecture weights", allowed=Range(0, 1, high_open=True))
+    arch_weight_decay: float = field(1e-3, "weight decay of the architecture weights", allowed=Range(0))
     # --- the variants of the step ---
     order: int = field(1, "architecture gradient: 1 = first order (the weights as they are), 2 = second order "
                           "(the paper's unrolled objective: one virtual SGD step, a finite-difference Hessian-vector "
@@ -101,11 +101,6 @@ class SearchConfig(TrainConfig):
         if self.compile == "on":
             raise UserError("compile: not supported by the search, whose own step runs the supernet (NNI's mixed "
                             "operations over every candidate) for two optimizers; compile the retrain instead")
-        if not self.arch_lr > 0 or self.arch_weight_decay < 0:
-            raise UserError("arch_lr must be positive and arch_weight_decay 0 or more")
-        for name in ("arch_beta1", "arch_beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise UserError(f"{name}: {getattr(self, name)} is not in [0, 1)")
         if self.order not in ORDERS:
             raise UserError(f"order: {self.order} is not allowed; allowed: 1 (first order), 2 (second order)")
         if self.order == 2 and self.optimizer != "SGD":
