@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.checkpoint import atomic_write_text
+from core.config import parse_json
 from core.errors import cli_main
 
 #: The file the nnictl configs of this stage name as ``searchSpaceFile``.
@@ -48,8 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     if args.check:
         try:
-            current = json.loads(out.read_text()) if out.is_file() else None
-        except (ValueError, RecursionError):  # not JSON, not text: certainly not the generated space
+            current = parse_json(out.read_text()) if out.is_file() else None
+        except (ValueError, RecursionError):  # not JSON, not text, a repeated key: certainly not the generated space
             current = None
         if current != json.loads(text):
             print(f"{out} is out of date: run python -m classic_nas.export_space", file=sys.stderr)

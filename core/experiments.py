@@ -27,7 +27,6 @@ project also repeat their parameters in the final result (which keys: the caller
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import sqlite3
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from core.config import DuplicateKeyError, loads_json, parse_json, read_text
 from core.errors import UserError
 
 FINISHED = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
@@ -72,11 +72,15 @@ class Trial:
 # --- decoding NNI's values ---------------------------------------------------------------------
 
 def _loads_deep(value: Any) -> Any:
-    """NNI stores metrics as JSON strings of JSON strings ('"0.5"', '"{\\"default\\": 0.5}"')."""
+    """NNI stores metrics as JSON strings of JSON strings ('"0.5"', '"{\\"default\\": 0.5}"'); a
+    string that is not JSON stays a string; an object repeating a key is an error."""
     while isinstance(value, str):
         try:
-            value = json.loads(value)
-        except ValueError:
+            value = parse_json(value)
+        except DuplicateKeyError as exc:
+            raise UserError(f"an experiment record repeats the key {exc.args[0]!r} in one object: {value[:200]}") \
+                from None
+        except (ValueError, RecursionError):
             return value
     return value
 
@@ -220,10 +224,7 @@ def trials_from_export(path: str | os.PathLike, param_keys: Sequence[str] = ()) 
         raise UserError(f"export file {str(path)!r} does not exist")
     if path.suffix.lower() == ".csv":
         return _trials_from_csv(path)
-    try:
-        records = json.loads(path.read_text())
-    except ValueError as exc:
-        raise UserError(f"export file {str(path)!r} is not JSON ({exc}); pass a .csv for --type csv") from None
+    records = loads_json(read_text(path, "export file"), f"export file {str(path)!r} (pass a .csv for --type csv)")
     if not isinstance(records, list) or not all(isinstance(r, dict) and "parameter" in r for r in records):
         raise UserError(f"export file {str(path)!r} is not an `nnictl experiment export` list of "
                         "{parameter, value, trialJobId} records")
@@ -244,8 +245,10 @@ def trials_from_export(path: str | os.PathLike, param_keys: Sequence[str] = ()) 
 
 def _csv_value(text: str) -> Any:
     try:
-        return json.loads(text)
-    except ValueError:
+        return parse_json(text)
+    except DuplicateKeyError as exc:
+        raise UserError(f"an export table cell repeats the key {exc.args[0]!r} in one object: {text[:200]}") from None
+    except (ValueError, RecursionError):
         return text
 
 
@@ -288,9 +291,12 @@ def experiment_dir(exp_id: str, experiments_dir: str | os.PathLike | None = None
         registry = home / ".experiment"
         if registry.is_file():
             try:
-                entry = json.loads(registry.read_text()).get(exp_id) or {}
-            except ValueError:
-                entry = {}
+                listed = parse_json(read_text(registry, "nnictl's experiment list"))
+            except DuplicateKeyError as exc:
+                raise UserError(f"nnictl's experiment list {str(registry)!r} repeats the key {exc.args[0]!r}") from None
+            except ValueError:   # being rewritten by nnictl: look in the default place
+                listed = {}
+            entry = (listed.get(exp_id) if isinstance(listed, dict) else None) or {}
             if entry.get("logDir"):
                 log_dir = Path(entry["logDir"])
                 candidates += [log_dir / exp_id, log_dir]

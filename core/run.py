@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from core.checkpoint import atomic_write_text
-from core.config import to_dict, write_yaml
+from core.config import parse_json, to_dict, write_yaml
 from core.errors import UserError
 
 CONFIG_FILE = "config.yaml"
@@ -84,7 +84,7 @@ class Run:
             if not line.strip():
                 continue
             try:
-                out.append(json.loads(line))
+                out.append(parse_json(line))
             except ValueError:
                 if i == len(lines) and not line.endswith("\n"):
                     break            # the line a killed run was writing
