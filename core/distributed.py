@@ -77,14 +77,26 @@ def setup(device: torch.device) -> torch.device:
 
 def _silence_print() -> None:
     """Only rank 0 talks: the other ranks' ``print`` goes nowhere unless called with ``force=True``
-    (the DeiT / MAE ``setup_for_distributed`` convention)."""
+    (the DeiT / MAE ``setup_for_distributed`` convention). Once per process."""
     original = builtins.print
+    if getattr(original, "silenced", False):
+        return
 
     def print_(*args: Any, force: bool = False, **kwargs: Any) -> None:
         if force:
             original(*args, **kwargs)
 
+    print_.silenced = True  # type: ignore[attr-defined]
     builtins.print = print_
+
+
+def quiet_other_ranks() -> None:
+    """Under ``torchrun``, rank 0 alone prints from the start of a command (every command calls
+    this through :func:`core.errors.cli_main`), not only once the process group is joined: a
+    command that never joins one (``hpo/results.py``) or prints before (``--top K``) says each
+    line once."""
+    if launched() and not is_main():
+        _silence_print()
 
 
 def check_batch(batch_size: int) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Callable, TypeVar
 
@@ -49,6 +50,10 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
             raise KeyboardInterrupt
 
         previous = _set_sigint(on_sigint)
+        if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"):   # one of several torchrun processes
+            from core.distributed import quiet_other_ranks
+
+            quiet_other_ranks()
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
