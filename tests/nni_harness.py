@@ -33,6 +33,9 @@ import psutil
 import pytest
 import yaml
 
+from core.errors import UserError
+from core.nni_config import check_experiment_config
+
 BIN = Path(sys.executable).parent           # the venv's bin: nnictl, and the python3 trials run
 FINAL_STATES = ("DONE", "STOPPED", "ERROR")
 #: experiment-config keys that hold paths, resolved against the config file's folder by NNI
@@ -210,6 +213,10 @@ def nni_experiment(config_path: str | os.PathLike, tmp_path: Path, *, timeout: f
     """
     tmp_path = Path(tmp_path)
     config = hermetic_config(config_path, tmp_path, overrides)
+    try:   # NNI's own check of e.g. trialConcurrency: 0 is a bare AssertionError: say what is wrong first
+        check_experiment_config(config)
+    except UserError as exc:
+        pytest.fail(str(exc))
     environ = _environment(tmp_path, env)
     exp = Experiment(port or free_port(), environ, tmp_path / "nni-experiments")
     created = _nnictl(["create", "--config", str(config), "--port", str(exp.port)], environ, timeout)
