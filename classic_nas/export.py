@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
     out = Path(args.out)
     if out.is_dir():
         raise UserError(f"--out: {str(out)!r} is a folder; give the file to write, e.g. {str(out / 'best_arch.json')!r}")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):   # said before the experiment is read
+        raise UserError(f"--out: cannot write {str(out)!r} ({str(parent)!r} is not writable)")
     trials = load_experiment(args.source, experiments_dir=args.experiments_dir)
     good = ranked(trials)
     if not good:
@@ -71,7 +74,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
     best = good[0]
     arch = trial_arch(best)
     print(format_table(good))
-    atomic_write_text(out, json.dumps(arch, indent=2) + "\n")
+    try:
+        atomic_write_text(out, json.dumps(arch, indent=2) + "\n")
+    except OSError as exc:
+        raise UserError(f"--out: cannot write {str(out)!r} ({exc.strerror or exc}); nothing was written") from None
     print(f"best: trial {best.trial_id} val_acc {best.final:.4f} -> {out}")
     return arch
 

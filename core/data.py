@@ -331,15 +331,17 @@ def _listing(path: Path, members: Iterable[tuple[str, bool, int]]) -> _Listing:
 def _walk(path: Path) -> Iterable[tuple[str, bool, Path]]:
     """Every folder and file below ``path`` as ``(relative name, is_dir, path)``, in sorted order;
     symbolic links to folders are followed as ImageFolder follows them (``os.walk(followlinks=True)``),
-    each real folder once (a link loop ends there)."""
-    seen: set[str] = set()
+    except a link back to a folder it is in (a loop, where ImageFolder would never end)."""
+    above: dict[str, frozenset[str]] = {str(path): frozenset({os.path.realpath(path)})}
     for root, dirs, files in os.walk(path, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
         dirs.sort()
+        chain = above.pop(root, frozenset())
+        for name in list(dirs):
+            real = os.path.realpath(os.path.join(root, name))
+            if real in chain:
+                dirs.remove(name)
+            else:
+                above[os.path.join(root, name)] = chain | {real}
         base = Path(root)
         for name in dirs:
             yield (base / name).relative_to(path).as_posix(), True, base / name

@@ -143,7 +143,9 @@ def _folder_for(asked: dict[str, Any], out_dir: str | os.PathLike, stage: str, e
         diff = config_differences(_normal(recorded), asked) if recorded is not None else []
         if not diff:
             return run_dir
-        differ, copy = (run_dir, diff), copy + 1
+        if differ is None or len(diff) < len(differ[1]):    # name the closest one
+            differ = (run_dir, diff)
+        copy += 1
 
 
 @dataclass

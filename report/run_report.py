@@ -129,8 +129,9 @@ def _final(run: RunData) -> list[str]:
     for key, name in (("test_acc", "test accuracy"), ("val_acc", "validation accuracy")):
         if key in res:
             value = res[key]
-            shown = f"{value:.4f}" if isinstance(valid(value), (int, float)) else f"{fmt(value)} (see Invalid numbers)"
-            headline = f"**Final {name}: {shown}** after {fmt(res.get('epoch', last['epoch']))} epochs."
+            ok = isinstance(valid(value), (int, float))
+            headline = (f"**Final {name}: {f'{value:.4f}' if ok else value}** after "
+                        f"{fmt(res.get('epoch', last['epoch']))} epochs." + ("" if ok else " (See Invalid numbers.)"))
             break
     return [headline, "", table(("metric", "value"), rows)]
 
