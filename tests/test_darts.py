@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -868,6 +869,23 @@ def test_retrain_interrupted_after_first_epoch_resumes_exactly(tmp_path, one_thr
     assert metrics == untimed(Run(tmp_path / "straight").read_metrics())
     assert [m["epoch"] for m in metrics] == [1, 2, 3] and all("test_acc" in m for m in metrics)
     assert resumed["test_acc"] == straight["test_acc"] == metrics[-1]["test_acc"]
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+
+@pytest.mark.e2e   # four benchmark processes (each imports torch and NNI): about a minute on two shared cores
+def test_bench_darts_prints_order_and_partial_channel_ratios():
+    """benchmarks/bench_darts.py at a smoke size: order 2 vs order 1 and K 2 vs K 1, each variant in
+    its own process, one table row each with its ratio to the baseline."""
+    res = subprocess.run([sys.executable, "benchmarks/bench_darts.py", "--compare", "order", "partial", "--channels", "4",
+                          "--layers", "3", "--nodes", "2", "--batch-size", "8", "--steps", "1", "--warmup", "1",
+                          "--repeats", "1", "--partial-channels", "2", "--device", "cpu", "--threads", "1"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600, env=subprocess_env())
+    assert res.returncode == 0, res.stderr[-3000:]
+    row = r"\s+[\d.]+\s+[\d.]+x\s+[\d.]+\s+[\d.]+x\s+[\d.]+$"
+    for label in ("order 1", "order 2", "K 1", "K 2"):
+        assert re.search(rf"^{label}{row}", res.stdout, re.M), res.stdout
+    assert re.search(rf"^order 1\s+[\d.]+\s+1.00x", res.stdout, re.M)
 
 
 # --- data-parallel drop path (issue 18, point 3) -----------------------------------------------
