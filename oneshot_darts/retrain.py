@@ -5,8 +5,8 @@ exported dict, NNI 1.x's DARTS export, or a published ``Genotype(...)`` text; se
 :mod:`oneshot_darts.arch` and ``oneshot_darts/archs/``) and trains it with the
 core's loop and the paper's recipe by default (Liu et al. 2019, section 3.3): 36 channels, 20
 cells, auxiliary head weighted 0.4, drop path 0.2 increased linearly from 0, cutout 16, SGD lr
-0.025 cosine to 0, momentum 0.9, weight decay 3e-4, batch 96, 600 epochs, gradient clipping 5,
-bf16 mixed precision on CUDA. It trains on the whole training split and logs the test accuracy
+0.025 cosine to 0, momentum 0.9, weight decay 3e-4, batch 96, 600 epochs, gradient clipping 5;
+mixed precision on CUDA (chosen per GPU, see core/speed.py; ``--no-amp`` is the paper's fp32). It trains on the whole training split and logs the test accuracy
 after every epoch; the result is the last epoch's (no epoch is picked on test).
 """
 from __future__ import annotations
