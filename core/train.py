@@ -169,7 +169,10 @@ class Trainer:
     resume): :meth:`parameters` (what :attr:`optimizer` steps), :meth:`batches` (what one epoch
     iterates), :meth:`train_step` (one step on one batch), :meth:`extra_state` /
     :meth:`load_extra_state` (more checkpoint entries), :meth:`epoch_end` (more per-epoch metrics
-    and files) and :meth:`finish` (more of the final result). The DARTS search is one.
+    and files) and :meth:`finish` (more of the final result). The DARTS search is one. A specialised
+    step computes under ``autocast(self.device, self.precision)`` and, to be allowed fp16 on GPUs
+    without bf16, scales its losses with :attr:`scaler` and sets :attr:`uses_grad_scaler`; it makes
+    more loaders with :meth:`make_loader` (the trainer's memory format and data placement).
     """
 
     #: Whether a specialised :meth:`train_step` scales its loss with :attr:`scaler` (as the engine's
@@ -234,7 +237,11 @@ class Trainer:
         if self.device.type != "cuda":
             return 0
         per_rank = self.cfg.batch_size // distributed.world_size()
-        need = speed.training_bytes(model, per_rank, self.cfg.image_size, self.precision)
+        try:
+            need = speed.training_bytes(model, per_rank, self.cfg.image_size, self.precision)
+        except Exception as exc:  # a network the meta device cannot run: train without the estimate
+            self.choices.append(f"memory: no estimate ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+            return 0
         free, total = free_memory(self.device)
         line = (f"memory: training needs about {need / GiB:.1f} GiB (batch {per_rank}, {self.precision.name}); "
                 f"{free / GiB:.1f} of {total / GiB:.1f} GiB free; {speed.trials_that_fit(need, total)} such trial(s) "
