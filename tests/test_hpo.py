@@ -106,6 +106,31 @@ def test_bad_parameter_as_a_process_exits_2_without_traceback(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_wide_space_and_the_nni_example_recipe_are_the_issue_s():
+    wide = yaml.safe_load((REPO / "configs/hpo_wide.yml").read_text())
+    space = wide["searchSpace"]
+    assert space["lr"] == {"_type": "loguniform", "_value": [0.0001, 1.0]}
+    assert space["optimizer"]["_value"] == ["SGD", "Adadelta", "Adagrad", "Adam", "Adamax"]
+    assert space["model"] == json.loads((REPO / "hpo/search_space.json").read_text())["model"]
+    tuner = FixedTpe(optimize_mode="maximize", seed=0, include_intermediate_results=False)
+    tuner.update_search_space(space)
+    drawn = [tuner.generate_parameters(i) for i in range(30)]
+    lrs = [p["lr"] for p in drawn]
+    assert all(1e-4 <= lr <= 1.0 for lr in lrs) and min(lrs) < 1e-3 and max(lrs) > 0.1   # log-uniform spread
+    for params in drawn[:5]:                        # every drawn set is a valid trial configuration
+        cfg = _config(["--data", "fake"], params)
+        assert (cfg.optimizer, cfg.lr) == (params["optimizer"], params["lr"])
+    # NNI's example recipe: what its nnictl config's trials resolve to
+    command = yaml.safe_load((REPO / "configs/hpo_nni_example.yml").read_text())["trialCommand"]
+    assert "--config ../configs/recipe_nni_example.yml" in command
+    nni_cfg = _config(["--config", str(REPO / "configs/recipe_nni_example.yml"), "--data", "fake"])
+    default = _config(["--data", "fake"])
+    assert (nni_cfg.weight_decay, nni_cfg.scheduler) == (0.0, "none")
+    assert (default.weight_decay, default.scheduler) == (5e-4, "cosine")
+    same = ("batch_size", "crop_padding", "flip", "cutout", "momentum", "epochs", "val_fraction", "lr_min")
+    assert {k: getattr(nni_cfg, k) for k in same} == {k: getattr(default, k) for k in same}   # only the two differ
+
+
 # --- running trials -----------------------------------------------------------------------------
 
 def test_trial_standalone_from_repo_root_and_from_hpo(tmp_path):
@@ -311,7 +336,7 @@ SPACE = json.loads((REPO / "hpo/search_space.json").read_text())
 
 
 def test_fixed_tpe_accepts_a_result_whose_parameters_were_ended_under_another_trial():
-    tuner = FixedTpe(optimize_mode="maximize", seed=0)
+    tuner = FixedTpe(optimize_mode="maximize", seed=0, include_intermediate_results=False)   # no global switch
     tuner.update_search_space(SPACE)
     p0, p1 = tuner.generate_parameters(0), tuner.generate_parameters(1)
     tuner.trial_end(0, False)                 # NNI ends trial "0" (which really ran parameters 1)...
