@@ -60,9 +60,11 @@ from models import MODELS, create_model
 #: The trial recipe every side trains with (NNI's example trial with Adam 1e-3).
 RECIPE = {"optimizer": "Adam", "lr": 1e-3, "weight_decay": 0.0, "scheduler": "none"}
 TRIAL_EPOCH_IMAGES = 45_000  # one epoch of an HPO trial (CIFAR-10's training split less 10% validation)
-#: The two values ``--ab FIELD`` compares, in the order measured (off first).
+#: The two config values ``--ab FIELD`` compares, "off" then "on".
 AB_VALUES: dict[str, tuple[Any, Any]] = {"channels_last": ("off", "on"), "compile": ("off", "on"),
                                          "amp": (False, True)}
+#: Fewer interleaved pairs than this state no decision (a single pair cannot tell a 1.3x gain from noise).
+AB_MIN_PAIRS = 3
 
 
 def parse_variant(text: str) -> dict[str, Any]:
@@ -242,9 +244,9 @@ def compare_ab(args: argparse.Namespace, splits: Splits, field: str, base: dict[
     median on/off speed ratio, its range over the pairs, and the decision it supports."""
     off, on = AB_VALUES[field]
     measure = run_limit if args.ab_on == "limit" else None
-    print(f"A/B of {field} ({off} vs {on}) on the {args.ab_on}, {args.repeats} interleaved pair(s) per model; "
-          f"ratio = {on} speed / {off} speed (above 1: {on} is faster)")
-    print(f"{'model':<13}{f'{off} img/s':>12}{f'{on} img/s':>12}{'ratio':>8}  {'range over pairs':<18}decision")
+    print(f"A/B of {field} (off = {off}, on = {on}) on the {args.ab_on}, {args.repeats} interleaved pair(s) per "
+          "model; ratio = on speed / off speed (above 1: on is faster)")
+    print(f"{'model':<13}{'off img/s':>12}{'on img/s':>12}{'ratio':>8}  {'range over pairs':<18}decision")
     for model in args.models:
         pairs: list[tuple[dict, dict]] = []
         for _ in range(args.repeats):
@@ -256,10 +258,14 @@ def compare_ab(args: argparse.Namespace, splits: Splits, field: str, base: dict[
             pairs.append((pair[0], pair[1]))
         ratios = [rate(b) / rate(a) for a, b in pairs]
         low, high, mid = min(ratios), max(ratios), statistics.median(ratios)
-        if low > 1:
-            decision = f"{on}: faster in every pair"
+        if pairs[0][0]["format"] == pairs[0][1]["format"]:
+            decision = f"no difference to decide: both run {pairs[0][0]['format']} here"
+        elif len(pairs) < AB_MIN_PAIRS:
+            decision = f"none: fewer than {AB_MIN_PAIRS} pairs (--repeats)"
+        elif low > 1:
+            decision = "on: faster in every pair"
         elif high < 1:
-            decision = f"{off}: slower in every pair"
+            decision = "off: on was slower in every pair"
         else:
             decision = "within the noise: no pair-consistent difference"
         print(f"{model:<13}{median_rate([a for a, _ in pairs]):>12,.1f}{median_rate([b for _, b in pairs]):>12,.1f}"
