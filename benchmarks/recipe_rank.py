@@ -15,12 +15,13 @@ command again to continue a killed measurement (finished trials are not redone);
 holds the table and the taus at the end.
 
     python benchmarks/recipe_rank.py --data /abs/path/cifar10-jpeg.tar.gz          # the measurement
-    python benchmarks/recipe_rank.py --data fake --max-batches 1 --epochs 1 --limit 3   # seconds: smoke
+    python benchmarks/recipe_rank.py --data fake --subset 200 --val-subset 100 --batch-size 8 \
+        --max-batches 1 --epochs 1 --limit 3 --out /tmp/recipe_rank_smoke                  # seconds: smoke
 
-One trial of the default size (2,000 training images, 2 epochs, 1,000 validation images, mobilenet
-or shufflenetg2) takes about half a minute on a 2-core CPU, so the default measurement (16
-configurations x 2 recipes + the 16-trial seed control) takes about 25 minutes there; see
-docs/hpo.md for the command the figures there came from.
+The default measurement is 48 trials (16 configurations x 2 recipes + the 16-trial seed control) of
+2,000 training images x 2 epochs and 1,000 validation images, the size of configs/hpo_quick.yml's
+trials; expected, from those trials' measured 30-40 s each: 20-30 minutes on a quiet 2-core CPU
+(docs/hpo.md).
 """
 from __future__ import annotations
 
