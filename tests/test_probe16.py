@@ -1,0 +1,613 @@
+"""Nothing lost, nothing mixed, no image misread: one test (or a few) per point of issue 16.
+
+``test_16_<point>_...``: the point each test checks. Where a point is about a command, the real
+command runs as a subprocess (``cli``) and the test asserts exit status 2, one ``error:`` line,
+no traceback, and that nothing was written or changed; checks that need many cases call the
+command in this process (``run`` of test_bad_input.py), which is much faster.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from core.config import TrainConfig, from_dict, read_yaml
+from core.data import load_source
+from core.errors import UserError
+from tests.conftest import REPO
+from tests.test_bad_input import FAST, image_folder, one_error_line, run
+from tests.test_report import HPO_TRIALS, _fake_experiment
+
+RETRAIN = ["--data", "fake", "--epochs", "1", "--max-batches", "1", "--batch-size", "16", "--eval-batch-size", "100",
+           "--no-progress", "--device", "cpu"]
+
+
+def cli(args: list[str], cwd: Path = REPO, env: dict[str, str] | None = None, timeout: float = 300):
+    """The real command, as a user runs it: ``python ARGS`` in ``cwd``."""
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})})
+
+
+def report(args: list, cwd: Path | None = None):
+    """``python -m report ARGS`` called in this process (as test_bad_input's ``run`` calls the
+    other commands: seconds faster than a new interpreter); returns what ``subprocess.run`` would."""
+    import contextlib
+
+    from report.cli import main
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    old = os.getcwd()
+    try:
+        os.chdir(cwd or old)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main([str(a) for a in args])
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.chdir(old)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def state(root: Path) -> dict[str, tuple]:
+    """Every file and folder under ``root`` (and ``root`` itself): mode and content; links as links."""
+    out = {}
+    for p in [root, *sorted(root.rglob("*"))]:
+        st = p.lstat()
+        kind = "link" if p.is_symlink() else "dir" if p.is_dir() else "file"
+        content = os.readlink(p) if kind == "link" else p.read_bytes() if kind == "file" else None
+        out[str(p.relative_to(root))] = (kind, stat.S_IMODE(st.st_mode), content)
+    return out
+
+
+def fake_run(folder: Path, metrics: list[str] | None = None, result: dict | None = None, **files) -> Path:
+    """A run folder as the training core writes one (metrics lines given as raw text)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text("data: fake\nepochs: 2\nmodel: mobilenet\n")
+    lines = metrics if metrics is not None else [
+        json.dumps({"epoch": e, "train_loss": 2.0 / e, "train_acc": 0.2 * e, "test_acc": 0.1 * e,
+                    "train_seconds": 1.5}) for e in (1, 2)]
+    (folder / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    if result is not None:
+        (folder / "result.json").write_text(json.dumps(result))
+    for name, text in files.items():
+        (folder / name.replace("__", ".")).write_text(text)
+    return folder
+
+
+# --- 1. -o replaces only a report this command wrote ------------------------------------------------
+
+@pytest.mark.parametrize("case", ["project folder", "runs folder", "a run folder", "own files", "a file"])
+def test_16_1_report_never_replaces_what_it_did_not_write(tmp_path, case):
+    source = fake_run(tmp_path / "runs" / "run-1", result={"test_acc": 0.5, "epoch": 2})
+    if case == "project folder":                     # `-o .` in a project folder
+        out, cwd = Path("."), tmp_path / "project"
+        (cwd / "pkg").mkdir(parents=True)
+        (cwd / "pkg" / "main.py").write_text("print('my code')\n")
+    elif case == "runs folder":
+        out, cwd = tmp_path / "runs", tmp_path
+    elif case == "a run folder":
+        out, cwd = source, tmp_path
+    elif case == "own files":
+        out, cwd = tmp_path / "mine", tmp_path
+        out.mkdir()
+        (out / "notes.txt").write_text("mine\n")
+        (out / "report.md").write_text("my own report.md\n")
+    else:
+        out, cwd = tmp_path / "file.md", tmp_path
+        out.write_text("x\n")
+    target = (cwd / out).resolve()
+    before = state(tmp_path)
+    command = cli if case == "project folder" else lambda args, cwd: report(args[2:], cwd)   # one as a real process
+    proc = command(["-m", "report", source, "-o", out], cwd=cwd)
+    one_error_line(proc, "-o:", "it is left as it is" if case != "a file" else "is not a folder")
+    assert state(tmp_path) == before, f"{target} changed"
+
+
+def test_16_1_report_replaces_only_its_own_report_and_never_through_a_link(tmp_path):
+    source = fake_run(tmp_path / "run-1", result={"test_acc": 0.5, "epoch": 2})
+    out = tmp_path / "reports" / "r1"
+    old_umask = os.umask(0o022)
+    try:
+        first = cli(["-m", "report", source, "-o", out])
+        assert first.returncode == 0, first.stderr
+        marker = json.loads((out / ".report.json").read_text())
+        assert marker["kind"] == "python -m report" and "report.md" in marker["files"]
+        assert stat.S_IMODE(out.stat().st_mode) == 0o755, "the report folder must get the usual mode, not 0700"
+        (out / "report.md").write_text("stale\n")
+        second = report([source, "-o", out])                    # its own report: replaced
+        assert second.returncode == 0 and "stale" not in (out / "report.md").read_text()
+        (out / "notes.txt").write_text("added by the user\n")   # now it holds a file the report did not write
+        before = state(tmp_path)
+        one_error_line(report([source, "-o", out]), "holds files the report did not write (notes.txt)")
+        assert state(tmp_path) == before
+        # a link as OUT: refused, the folder it points to untouched
+        target = tmp_path / "elsewhere"
+        target.mkdir()
+        (target / "keep.txt").write_text("keep\n")
+        link = tmp_path / "link"
+        link.symlink_to(target)
+        before = state(tmp_path)
+        one_error_line(report([source, "-o", link]), "is a symbolic link")
+        assert state(tmp_path) == before
+        # an empty folder is taken
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        assert report([source, "-o", empty]).returncode == 0 and (empty / "report.md").is_file()
+    finally:
+        os.umask(old_umask)
+    assert not list(tmp_path.rglob(".*.tmp-*")) and not list(tmp_path.rglob(".*.old-*"))
+
+
+# --- 2. one process per retrain folder ----------------------------------------------------------------
+
+def test_16_2_a_retrain_folder_held_by_another_process_is_left_to_it(tmp_path):
+    from filelock import FileLock
+
+    exp = _fake_experiment(tmp_path / "exp0lock", "hpo", HPO_TRIALS)
+    runs = tmp_path / "runs"
+    folder = runs / "hpo_retrain-exp0lock-aaaaa"
+    folder.mkdir(parents=True)
+    lock = FileLock(str(folder / ".lock"))
+    lock.acquire()                               # another --top K is training trial aaaaa right now
+    try:
+        proc = cli(["hpo/retrain.py", "--experiment", exp, "--top", "1", *RETRAIN, "--out-dir", runs])
+    finally:
+        lock.release()
+    assert proc.returncode == 0, proc.stderr
+    assert "trial aaaaa: another process is retraining it" in proc.stdout and "skipped here" in proc.stdout
+    assert json.loads(proc.stdout.splitlines()[-2])[0]["action"] == "busy"
+    assert sorted(p.name for p in folder.iterdir()) == [".lock"], "it wrote into the other process's folder"
+
+
+def test_16_2_two_top_k_started_together_never_mix_a_folder(tmp_path):
+    exp = _fake_experiment(tmp_path / "exp0twice", "hpo", HPO_TRIALS)
+    runs = tmp_path / "runs"
+    args = [sys.executable, "hpo/retrain.py", "--experiment", str(exp), "--top", "2", *RETRAIN, "--epochs", "2",
+            "--out-dir", str(runs)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    for trial in ("aaaaa", "ddddd"):
+        folder = runs / f"hpo_retrain-exp0twice-{trial}"
+        epochs = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == [1, 2], f"{folder}: epochs {epochs} (two processes trained into it)"
+        assert (folder / "train.log").read_text().count("run folder") == 1
+    trained = [line for out, _ in outs for line in out.splitlines() if "retraining in" in line]
+    assert len(trained) == 2, trained          # each trial trained once, by one of the two
+
+
+# --- 3. a retrain is reused only with the options it was trained with ----------------------------------
+
+def test_16_3_rerun_with_other_options_is_an_error_naming_them_or_a_new_folder(tmp_path):
+    from hpo import retrain
+
+    exp = _fake_experiment(tmp_path / "exp0opts", "hpo", HPO_TRIALS)
+    runs = tmp_path / "runs"
+    base = ["--experiment", str(exp), "--top", "1", *RETRAIN, "--out-dir", str(runs)]
+    assert retrain.main(base)[0]["action"] == "started"
+    folder = runs / "hpo_retrain-exp0opts-aaaaa"
+    before = state(runs)
+    proc = cli(["hpo/retrain.py", *base, "--epochs", "2", "--lr", "0.05"])
+    one_error_line(proc, "trial aaaaa was retrained in", "epochs 1 there, 2 now", "lr 0.001 there, 0.05 now",
+                   "--new-folder")
+    assert state(runs) == before
+    # the same options: reused; options that say only how it runs (device, threads, progress): reused too
+    assert retrain.main([*base, "--threads", "1"])[0]["action"] == "skipped"
+    # --new-folder: a second folder with the new options, and each is reused with its own options
+    rows = retrain.main([*base, "--epochs", "2", "--new-folder"])
+    assert rows[0]["action"] == "started" and rows[0]["run_dir"] == str(folder) + "-2"
+    assert retrain.main([*base, "--epochs", "2"])[0]["run_dir"] == str(folder) + "-2"
+    assert retrain.main(base)[0]["run_dir"] == str(folder)
+    # a killed retrain is resumed only with its own options, never silently with other ones
+    (folder / "result.json").unlink()
+    before = state(runs)
+    one_error_line(run(["hpo/retrain.py", *base, "--weight-decay", "0.01"]), "weight_decay 0.0005 there, 0.01 now")
+    assert state(runs) == before
+    assert retrain.main(base)[0]["action"] == "resumed"
+
+
+# --- 4. the report keeps only retrains of the experiment's own trials -------------------------------
+
+def _retrain_folder(runs: Path, name: str, exp: str, trial: str, params: dict, test_acc: float, **origin) -> Path:
+    folder = runs / name
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"data": "fake", "epochs": 2, **params}))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "train_loss": 1.0, "test_acc": test_acc})
+                                                  + "\n" for e in (1, 2)))
+    (folder / "result.json").write_text(json.dumps({"test_acc": test_acc, "epoch": 2}))
+    (folder / "origin.json").write_text(json.dumps({"experiment_id": exp, "stage": "hpo_retrain", "trial_id": trial,
+                                                    "rank": 1, "params": params, **origin}))
+    return folder
+
+
+def test_16_4_report_matches_retrains_to_real_trials_and_lists_what_it_left_out(tmp_path):
+    exp = _fake_experiment(tmp_path / "exp0match", "hpo", HPO_TRIALS)
+    runs = tmp_path / "runs"
+    p = {t["id"]: t["params"] for t in HPO_TRIALS}
+    good_a = _retrain_folder(runs, "a", "exp0match", "aaaaa", p["aaaaa"], 0.6)
+    _retrain_folder(runs, "d", "exp0match", "ddddd", p["ddddd"], 0.7)
+    shutil.copytree(good_a, runs / "copy-of-a")                                        # counted once
+    _retrain_folder(runs, "nas", "exp0match", "ccccc", p["ccccc"], 0.9, stage="classic_nas_retrain")
+    _retrain_folder(runs, "ghost", "exp0match", "zzzzz", p["aaaaa"], 0.9)               # no such trial
+    _retrain_folder(runs, "other-lr", "exp0match", "ccccc", {**p["ccccc"], "lr": 0.1}, 0.9)  # not what ccccc ran
+    _retrain_folder(runs, "bad-rank", "exp0match", "ccccc", p["ccccc"], 0.2, rank="x")  # a rank that is no number
+    (runs / "dup").mkdir()
+    (runs / "dup" / "origin.json").write_text('{"experiment_id": "exp0match", "trial_id": "aaaaa", "trial_id": "x"}')
+    _retrain_folder(runs, "other-exp", "exp9other", "aaaaa", p["aaaaa"], 0.1)           # another experiment's
+    proc = cli(["-m", "report", exp, "--retrains", runs, "-o", tmp_path / "out"])
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "3 finished with a valid test accuracy" in text                             # a, d, and bad-rank (ccccc)
+    assert "Kendall's tau = " in text and "Left out of the comparison (5):" in text
+    for folder, reason in [("copy-of-a", "a second retrain of trial aaaaa (counted once"),
+                           ("nas", "its stage is 'classic_nas_retrain', not 'hpo_retrain'"),
+                           ("ghost", "trial 'zzzzz' is not a trial of this experiment"),
+                           ("other-lr", "it trained lr 0.1, but trial ccccc ran lr 1e-09"),
+                           ("dup", "the key 'trial_id' appears more than once")]:
+        assert any(f"/{folder}`: " in line and reason in line for line in text.splitlines()), (folder, reason)
+    assert "other-exp" not in text
+
+
+# --- 5. invalid numbers -----------------------------------------------------------------------------
+
+def test_16_5_non_finite_and_absurd_numbers_are_shown_as_invalid(tmp_path):
+    source = fake_run(tmp_path / "run", metrics=[
+        '{"epoch": 1, "train_loss": NaN, "train_acc": 0.2, "train_seconds": 1.0}',
+        '{"epoch": 2, "train_loss": 1.0, "train_acc": 1e300, "train_seconds": Infinity}'],
+        result={"test_acc": float("inf"), "epoch": 2})
+    proc = cli(["-m", "report", source, "-o", tmp_path / "out"])
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "**Final test accuracy: invalid (inf)** after 2 epochs. (See Invalid numbers.)" in text
+    assert "test accuracy: inf" not in text
+    assert "## Invalid numbers" in text
+    for needle in ("metrics.jsonl line 1: train_loss = nan is invalid (not a finite number)",
+                   "metrics.jsonl line 2: train_acc = 1e+300 is invalid (an accuracy lies in [0, 1])",
+                   "metrics.jsonl line 2: train_seconds = inf is invalid",
+                   "result.json: test_acc = inf is invalid"):
+        assert needle in text, needle
+
+
+def test_16_5_invalid_trial_results_are_left_out_of_the_ranking(tmp_path):
+    trials = [dict(t) for t in HPO_TRIALS[:4]]
+    trials[2]["final"] = 1e300                      # would be "the best trial"
+    exp = _fake_experiment(tmp_path / "exp0absurd", "hpo", trials)
+    proc = report([exp, "-o", tmp_path / "out"])
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "Trial **aaaaa**" in text and "trial ccccc: final validation accuracy 1e+300 is invalid" in text
+    assert "**invalid (1e+300)**" in text
+
+
+# --- 6. images: every mode by its value range, EXIF orientation, ImageFolder's rules ----------------
+
+def _save(img: Image.Image, path: Path, **kw) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **kw)
+
+
+def test_16_6_every_image_mode_is_read_by_its_value_range(tmp_path):
+    folder = image_folder(tmp_path / "d", n=1)
+    a, b = folder / "train" / "a", folder / "train" / "b"
+    _save(Image.fromarray(np.full((32, 32), 32768, dtype=np.uint16)), a / "grey16.png")       # mode I;16
+    _save(Image.fromarray(np.full((32, 32), 0.5, dtype=np.float32)), a / "float.tif")          # mode F
+    _save(Image.fromarray(np.full((32, 32), 32768, dtype=np.int32)), a / "int32.tif")          # mode I
+    _save(Image.new("LA", (32, 32), (100, 0)), a / "la.png")                                  # fully transparent
+    pal = Image.new("P", (32, 32), 0)
+    pal.putpalette([0, 0, 0] * 256)
+    _save(pal, a / "pal.png", transparency=0)                                                 # P, colour 0 transparent
+    _save(Image.new("CMYK", (32, 32), (0, 255, 255, 0)), b / "cmyk.jpg", quality=100)         # red
+    exif = Image.Exif()
+    exif[0x0112] = 6                                                                         # rotate 90 degrees to show
+    sideways = Image.new("RGB", (64, 32), (0, 0, 255))
+    sideways.paste((255, 0, 0), (0, 0, 32, 32))                                              # left half red
+    _save(sideways, b / "photo.jpg", exif=exif, quality=95)
+    _save(Image.new("RGB", (32, 32), (0, 255, 0)), b / "nested" / "deeper" / "green.png")   # in a subfolder
+    train, _, classes = load_source(str(folder), str(tmp_path / "root"))
+    assert classes == ["a", "b"] and len(train) == 2 + 5 + 3     # one random image per class + the new ones
+    files = sorted(str(p.relative_to(folder / "train")) for p in (folder / "train").rglob("*") if p.is_file())
+    pixel = {name: train.images[i, :, 16, 16].tolist() for i, name in enumerate(files)}
+    assert pixel["a/grey16.png"] == [128, 128, 128], "16-bit mid grey must stay mid grey"
+    assert pixel["a/float.tif"] == [128, 128, 128], "a float image in [0, 1] must not turn black"
+    assert pixel["a/int32.tif"] == [128, 128, 128]
+    assert pixel["a/la.png"] == [255, 255, 255] and pixel["a/pal.png"] == [255, 255, 255], "transparency: white"
+    red, green, blue = pixel["b/cmyk.jpg"]
+    assert red > 200 and green < 60 and blue < 60
+    assert pixel["b/nested/deeper/green.png"] == [0, 255, 0]
+    top, bottom = train.images[files.index("b/photo.jpg"), :, 4, 16].tolist(), \
+        train.images[files.index("b/photo.jpg"), :, 28, 16].tolist()
+    assert top[0] > 200 and top[2] < 60 and bottom[2] > 200, "EXIF orientation not applied (left half must be on top)"
+
+
+def test_16_6_folder_rules_are_imagefolders(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    folder = image_folder(tmp_path / "d", n=2)
+    _save(Image.new("RGB", (8, 8)), folder / "train" / "a" / "sub" / "x.PPM")     # ImageFolder's extension, any case
+    _save(Image.new("L", (8, 8)), folder / "train" / "b" / "y.pgm")
+    _save(Image.new("RGB", (8, 8)), folder / "train" / "b" / "z.gif")             # not an ImageFolder extension
+    (folder / "train" / "b" / "linked").symlink_to(folder / "test" / "a")         # a link to a folder: followed
+    train, _, classes = load_source(str(folder), str(tmp_path / "root"))
+    ours = sorted(int(x) for x in train.labels)
+    theirs = ImageFolder(str(folder / "train"))
+    assert classes == theirs.classes and ours == sorted(t for _, t in theirs.samples)
+
+
+@pytest.mark.parametrize("mode", ["F", "I"])
+def test_16_6_an_image_without_a_certain_reading_is_one_line_naming_file_and_mode(tmp_path, mode):
+    folder = image_folder(tmp_path / "d", n=1)
+    values = np.full((32, 32), 7.5, dtype=np.float32) if mode == "F" else np.full((32, 32), -5, dtype=np.int32)
+    _save(Image.fromarray(values), folder / "train" / "a" / "odd.tif")
+    command = cli if mode == "F" else run                  # once as a real process
+    proc = command(["-m", "core.train_model", "--data", str(folder), "--data-root", str(tmp_path / "root"),
+                    "--out-dir", str(tmp_path / "runs"), "--epochs", "1", "--device", "cpu"])
+    one_error_line(proc, "cannot use image 'train/a/odd.tif'", f"mode {mode}")
+    assert not (tmp_path / "runs").exists()
+
+
+# --- 7. one class ----------------------------------------------------------------------------------
+
+def test_16_7_fewer_than_two_classes_is_an_error(tmp_path):
+    folder = image_folder(tmp_path / "d", classes=("only",))
+    proc = cli(["-m", "core.train_model", "--data", folder, "--data-root", tmp_path / "root", "--out-dir",
+                tmp_path / "runs", "--epochs", "1", "--device", "cpu"])
+    one_error_line(proc, "has 1 class (only)", "at least two")
+    assert not (tmp_path / "runs").exists()
+
+
+# --- 8. ranges and relations ----------------------------------------------------------------------
+
+def _config_classes():
+    import classic_nas.retrain
+    import classic_nas.trial
+    import hpo.retrain
+    import hpo.trial
+    import oneshot_darts.retrain
+    import oneshot_darts.search
+    from core.config import ModelConfig, SearchTrialConfig
+
+    return [TrainConfig, ModelConfig, SearchTrialConfig, hpo.retrain.RetrainConfig, hpo.trial.HpoTrialConfig,
+            classic_nas.retrain.RetrainConfig, classic_nas.trial.TrialConfig, oneshot_darts.search.SearchConfig,
+            oneshot_darts.retrain.RetrainConfig]
+
+
+def test_16_8_every_numeric_field_of_every_config_has_its_range_checked():
+    import dataclasses
+    import typing
+
+    checked = 0
+    for cls in _config_classes():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if hints[f.name] in (int, float):
+                with pytest.raises(UserError, match=f"^{f.name}: "):
+                    from_dict(cls, {"data": "fake", f.name: hints[f.name](-10**9)})
+                checked += 1
+    assert checked > 60
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--lr", "0.01", "--lr-min", "0.75"], "lr_min: 0.75 is not allowed with lr 0.01"),
+    (["--momentum", "5"], "momentum: 5.0 is not allowed; it must be in [0, 1)"),
+    (["--momentum", "1"], "momentum: 1.0 is not allowed"),
+    (["--val-fraction", "0", "--val-subset", "10"], "val_subset: 10 is not allowed with val_fraction 0"),
+])
+def test_16_8_options_that_contradict_each_other_are_one_line(tmp_path, flags, needle):
+    one_error_line(run(["-m", "core.train_model", *FAST, *flags, "--out-dir", str(tmp_path / "runs")]), needle)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_16_8_lr_min_above_lr_as_the_real_command(tmp_path):
+    one_error_line(cli(["-m", "core.train_model", *FAST, "--lr", "0.01", "--lr-min", "0.75", "--out-dir",
+                        tmp_path / "runs"]), "lr_min: 0.75 is not allowed with lr 0.01")
+    assert not (tmp_path / "runs").exists()
+    assert from_dict(TrainConfig, {"data": "fake", "lr": 0.01, "lr_min": 0.75, "scheduler": "none"}).lr_min == 0.75
+
+
+# --- 9. repeated JSON keys -------------------------------------------------------------------------
+
+def test_16_9_an_architecture_file_with_a_repeated_key_is_refused(tmp_path):
+    arc = tmp_path / "arch.json"
+    arc.write_text('{"skip1": 1, "skip1": 0, "skip2": 0, "skip3": 0, "skip4": 0, "skip5": 0, "skip6": 0}')
+    proc = cli(["classic_nas/retrain.py", "--arc", arc, *RETRAIN, "--out-dir", tmp_path / "runs"])
+    one_error_line(proc, "the key 'skip1' appears more than once")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_16_9_every_json_and_yaml_reader_refuses_repeated_keys(tmp_path):
+    from core.config import loads_json
+    from core.experiments import trials_from_export
+
+    with pytest.raises(UserError, match="'lr' appears more than once"):
+        loads_json('{"a": {"lr": 1, "lr": 2}}', "x")
+    export = tmp_path / "e.json"
+    export.write_text('[{"parameter": {"lr": 0.1, "lr": 0.2}, "value": 0.5, "trialJobId": "a"}]')
+    with pytest.raises(UserError, match="'lr' appears more than once"):
+        trials_from_export(export)
+    config = tmp_path / "c.yml"
+    config.write_text("lr: 0.1\nepochs: 2\nlr: 0.5\n")
+    with pytest.raises(UserError, match="'lr' appears more than once"):
+        read_yaml(config)
+    darts = tmp_path / "darts.json"
+    darts.write_text('{"normal/op_2_0": "sep_conv_3x3", "normal/op_2_0": "skip_connect"}')
+    one_error_line(run(["oneshot_darts/retrain.py", "--arc", str(darts), "--out-dir", str(tmp_path / "runs")]),
+                   "appears more than once")
+
+
+# --- 10. never through a symlink -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory) -> Path:
+    """A finished 2-epoch run folder (trained once for the module's tests; each copies it)."""
+    out = tmp_path_factory.mktemp("two_epochs")
+    proc = run(["-m", "core.train_model", "--model", "shufflenetg2", *FAST, "--epochs", "2", "--out-dir", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    return next(out.iterdir())
+
+
+@pytest.mark.parametrize("name", ["train.log", "metrics.jsonl", "checkpoint.pt"])
+def test_16_10_a_run_folder_file_that_is_a_symlink_is_never_written_through(tmp_path, two_epoch_run, name):
+    from core.checkpoint import load_checkpoint, save_checkpoint
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(two_epoch_run, run_dir)
+    checkpoint = run_dir / "checkpoint.pt"
+    saved = load_checkpoint(checkpoint)            # back to after epoch 1, so the resume writes every file
+    saved["epoch"] = 1
+    save_checkpoint(checkpoint, saved)
+    victim = tmp_path / "someone_elses_file"       # another user's file in a shared folder
+    victim.write_bytes((run_dir / name).read_bytes())
+    (run_dir / name).unlink()
+    (run_dir / name).symlink_to(victim)
+    before = victim.read_bytes()
+    if name == "checkpoint.pt":
+        resume = run_dir / "elsewhere.pt"           # resume from a copy: the run's checkpoint.pt is the link
+        shutil.copy(victim, resume)
+    else:
+        resume = checkpoint
+    command = cli if name == "train.log" else run   # once as a real process
+    proc = command(["-m", "core.train_model", "--resume", str(resume)])
+    one_error_line(proc, f"{str(run_dir / name)!r} is a symbolic link")
+    assert victim.read_bytes() == before and (run_dir / name).is_symlink()
+
+
+# --- 11. tracebacks that become one line -----------------------------------------------------------
+
+def test_16_11_report_into_an_unwritable_place_or_a_link_loop(tmp_path):
+    source = fake_run(tmp_path / "run", result={"test_acc": 0.5, "epoch": 2})
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    before = state(tmp_path)
+    one_error_line(cli(["-m", "report", source, "-o", "/proc/cifar-automl/report"]), "-o: cannot write the report")
+    one_error_line(report([source, "-o", tmp_path / "loop" / "report"]), "-o:")
+    assert state(tmp_path) == before
+
+
+@pytest.mark.parametrize("case", ["random bytes", "non-number epoch", "cell input", "cell op", "epochs mixed"])
+def test_16_11_damaged_run_folders_are_one_line(tmp_path, case):
+    weights = {"normal/2_0": {"sep_conv_3x3": 0.6, "none": 0.4}, "reduce/2_0": {"max_pool_3x3": 1.0}}
+    cell = {"normal": [[["sep_conv_3x3", 0], ["sep_conv_3x3", 1]]], "reduce": [[["max_pool_3x3", 0], ["max_pool_3x3", 1]]]}
+    lines = None
+    if case == "random bytes":
+        folder = tmp_path / "run"
+        folder.mkdir()
+        (folder / "metrics.jsonl").write_bytes(os.urandom(2000) + b"\xff\xfe")
+    elif case == "non-number epoch":
+        lines = ['{"epoch": "one", "train_loss": 1.0}']
+    elif case == "epochs mixed":                   # what two processes writing one folder leave
+        lines = ['{"epoch": 1, "train_loss": 1.0}', '{"epoch": 1, "train_loss": 1.1}']
+    else:
+        bad = json.loads(json.dumps(cell))
+        if case == "cell input":
+            bad["normal"][0][1][1] = 7             # node 0 has inputs 0 and 1 only
+        else:
+            bad["reduce"][0][0][0] = "teleport_5x5"
+        lines = [json.dumps({"epoch": 1, "train_loss": 1.0, "edge_weights": weights, "arch": bad})]
+    if lines is not None:
+        folder = fake_run(tmp_path / "run", metrics=lines)
+    before = state(tmp_path)
+    proc = (cli(["-m", "report", folder]) if case == "random bytes" else report([folder]))   # once as a real process
+    one_error_line(proc, {"random bytes": "is not text", "non-number epoch": "epoch 'one' is not a whole number",
+                          "epochs mixed": "epoch 1 follows epoch 1; two runs wrote into this folder",
+                          "cell input": "node 0 of the derived normal cell takes input 7, which does not exist",
+                          "cell op": "uses the operation 'teleport_5x5', which the search does not have"}[case])
+    assert state(tmp_path) == before
+
+
+def test_16_11_run_name_longer_than_the_file_system_allows(tmp_path):
+    proc = cli(["-m", "core.train_model", *FAST, "--run-name", "x" * 300, "--out-dir", tmp_path / "runs"])
+    one_error_line(proc, "run_name: 300 bytes is too long")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_16_11_export_into_an_unwritable_place(tmp_path):
+    trials = [{"id": f"t{i}xyz", "params": {f"skip{k}": (i >> (k - 1)) & 1 for k in range(1, 7)},
+               "curve": [0.1 * (i + 1)], "final": 0.1 * (i + 1), "status": "SUCCEEDED"} for i in range(2)]
+    exp = _fake_experiment(tmp_path / "nasexp", "classic_nas", trials)
+    one_error_line(cli(["-m", "classic_nas.export", exp, "--out", "/proc/cifar-automl/best_arch.json"]),
+                   "--out: cannot write '/proc/cifar-automl/best_arch.json'")
+
+
+def test_16_11_trial_concurrency_0_is_one_line_before_nnictl_create(tmp_path):
+    from tests.nni_harness import nni_experiment
+
+    (tmp_path / "exp").mkdir()
+    config = tmp_path / "hpo_smoke.yml"
+    smoke = yaml.safe_load((REPO / "configs" / "hpo_smoke.yml").read_text())
+    smoke["searchSpaceFile"] = str((REPO / "configs" / smoke["searchSpaceFile"]).resolve())
+    smoke["trialCodeDirectory"] = str((REPO / "configs" / smoke["trialCodeDirectory"]).resolve())
+    config.write_text(yaml.safe_dump({**smoke, "trialConcurrency": 0}))
+    one_error_line(cli(["-m", "core.nni_config", config]), "trialConcurrency: 0 is not allowed")
+    with pytest.raises(pytest.fail.Exception, match="trialConcurrency: 0 is not allowed"):
+        with nni_experiment(config, tmp_path / "exp"):     # the harness checks before `nnictl create`
+            pass
+    assert not (tmp_path / "exp" / "nni-experiments").exists()
+
+
+def test_16_11_every_nnictl_config_of_the_project_passes_the_check():
+    configs = sorted(p for p in [*REPO.glob("configs/*.yml"), *REPO.glob("*/config*.yml")]
+                     if "trialCommand" in p.read_text() and "remote" not in p.name)   # remote: need a key file
+    assert len(configs) >= 8
+    proc = cli(["-m", "core.nni_config", *configs])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count(": ok") == len(configs)
+
+
+# --- 12. --threads, --print-config, torchrun -------------------------------------------------------
+
+def test_16_12_the_classic_nas_trial_takes_threads(tmp_path):
+    arc = tmp_path / "arch.json"
+    arc.write_text(json.dumps({f"skip{k}": 1 for k in range(1, 7)}))
+    proc = cli(["classic_nas/trial.py", "--arc", arc, "--threads", "1", "--print-config"])
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout)["threads"] == 1
+    one_error_line(run(["hpo/trial.py", *FAST, "--threads", "100000"]), "threads: 100000 is not allowed")
+
+
+def test_16_12_print_config_checks_data(tmp_path):
+    proc = cli(["hpo/trial.py", "--data", tmp_path / "nowhere", "--print-config"])
+    one_error_line(proc, f"data: {str(tmp_path / 'nowhere')!r} is neither one of cifar10, fake nor an existing path")
+    assert proc.stdout == ""
+
+
+def test_16_12_results_print_each_line_once_under_torchrun(tmp_path):
+    exp = _fake_experiment(tmp_path / "exp0ranks", "hpo", HPO_TRIALS)
+    outputs = [cli(["hpo/results.py", exp], env={"WORLD_SIZE": "2", "RANK": str(r), "LOCAL_RANK": str(r)})
+               for r in (0, 1)]                    # the two processes torchrun --nproc_per_node 2 starts
+    assert outputs[0].returncode == outputs[1].returncode == 0
+    assert "best: trial aaaaa" in outputs[0].stdout and outputs[1].stdout == "" and outputs[1].stderr == ""
+
+
+def check_top_k_under_torchrun(exp_dir: Path, out_dir: Path, k: int = 1) -> None:
+    """``--top K`` of the experiment ``exp_dir`` under real ``torchrun`` with two processes: every
+    line once, one folder per trial, its epochs once each."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "hpo/retrain.py", "--experiment",
+                           str(exp_dir), "--top", str(k), *RETRAIN, "--epochs", "2", "--out-dir", str(out_dir)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == len(set(lines)), f"lines printed twice:\n{proc.stdout}"
+    for folder in out_dir.iterdir():
+        epochs = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == [1, 2], (folder, epochs)
+
+
+@pytest.mark.e2e
+def test_16_12_top_k_under_torchrun_prints_each_line_once(tmp_path):
+    check_top_k_under_torchrun(_fake_experiment(tmp_path / "exp0torchrun", "hpo", HPO_TRIALS), tmp_path / "runs")
