@@ -215,14 +215,16 @@ def retrain_top(trials: Sequence[Trial], k: int, *, out_dir: str | os.PathLike, 
                 experiment_id: str, experiment_dir: str | os.PathLike, origin_extra: Callable[[Trial], dict[str, Any]],
                 config_for: Callable[[Trial], Any],
                 train_one: Callable[[Any, Trial, Path, Path | None], dict[str, Any]],
-                new_folder: bool = False, log: Callable[[str], None] = print) -> list[TopRetrain]:
+                new_folder: bool = False, log: Callable[[str], None] | None = None) -> list[TopRetrain]:
     """Retrain the ``k`` best of ``trials`` (see the module docstring), one after the other.
 
     ``config_for(trial)`` is the config asked for that trial (checked before anything is written);
     ``train_one(cfg, trial, run_dir, resume)`` trains it (``resume``: the checkpoint to continue,
     or None) and returns the run's result; ``origin_extra(trial)`` adds stage fields (the
-    parameters or architecture, checked first too) to ``origin.json``.
+    parameters or architecture, checked first too) to ``origin.json``. ``log``: where progress lines
+    go (default ``print``, looked up when called: under torchrun other ranks' print is silenced).
     """
+    log = log or (lambda message: print(message, flush=True))
     if k < 1:
         raise UserError(f"--top: {k} is not allowed; it must be 1 or more")
     best = ranked(trials)
