@@ -49,8 +49,6 @@ from oneshot_darts.derive import NO_GUARD, collapse_counts, derive_genotype, edg
 
 FINAL_ARCH_FILE = "final_arch.json"
 WEIGHTS_FILE = "arch_weights.json"
-#: The architecture-gradient rules of ``--order`` (oneshot_darts.architect).
-ORDERS = (1, 2)
 #: The per-epoch numbers that show a collapse (oneshot_darts.derive.collapse_counts), also sent to NNI.
 COLLAPSE_KEYS = ("normal_param_free", "normal_skip_connect")
 
@@ -81,15 +79,16 @@ class SearchConfig(TrainConfig):
     # --- the variants of the step ---
     order: int = field(1, "architecture gradient: 1 = first order (the weights as they are), 2 = second order "
                           "(the paper's unrolled objective: one virtual SGD step, a finite-difference Hessian-vector "
-                          "product; several times the step's time, float32)")
+                          "product; several times the step's time, float32)",
+                       allowed=Range(1, 2, note="(1 = first order, 2 = second order)"))
     partial_channels: int = field(1, "PC-DARTS's K: 1/K of each edge's channels go through its operations, the rest "
                                      "bypass them (channel shuffle), and edge-normalisation weights choose each "
-                                     "node's inputs; 1 = plain DARTS")
+                                     "node's inputs; 1 = plain DARTS", allowed=Range(1))
     arch_warmup_epochs: int = field(0, "the first N epochs train the network weights only (the architecture frozen; "
-                                       "PC-DARTS: 15)")
+                                       "PC-DARTS: 15)", allowed=Range(0, note="(and less than epochs)"))
     max_skip_connect: int = field(NO_GUARD, "collapse guard (P-DARTS): the derived normal cell keeps at most this "
                                             "many skip_connects, the weakest replaced by their edges' next-best "
-                                            "choice (P-DARTS: 2); -1 = off")
+                                            "choice (P-DARTS: 2); -1 = off", allowed=Range(NO_GUARD, note="(-1 = off)"))
 
     def validate(self) -> None:
         super().validate()
@@ -101,17 +100,12 @@ class SearchConfig(TrainConfig):
         if self.compile == "on":
             raise UserError("compile: not supported by the search, whose own step runs the supernet (NNI's mixed "
                             "operations over every candidate) for two optimizers; compile the retrain instead")
-        if self.order not in ORDERS:
-            raise UserError(f"order: {self.order} is not allowed; allowed: 1 (first order), 2 (second order)")
         if self.order == 2 and self.optimizer != "SGD":
             raise UserError(f"order: 2 needs optimizer SGD (its virtual step is the weights' next SGD step, as in the "
                             f"paper); the optimizer is {self.optimizer}")
-        if not 0 <= self.arch_warmup_epochs < self.epochs:
-            raise UserError(f"arch_warmup_epochs: {self.arch_warmup_epochs} is not allowed; it must be in [0, epochs) "
-                            f"= [0, {self.epochs}), or the architecture would never train")
-        if self.max_skip_connect < NO_GUARD:
-            raise UserError(f"max_skip_connect: {self.max_skip_connect} is not allowed; -1 (off) or a number of "
-                            "skip_connects, 0 or more")
+        if self.arch_warmup_epochs >= self.epochs:
+            raise UserError(f"arch_warmup_epochs: {self.arch_warmup_epochs} is not allowed with epochs {self.epochs}; "
+                            "it must be less, or the architecture would never train")
 
 
 # --- the search ----------------------------------------------------------------------------------

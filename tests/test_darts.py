@@ -642,12 +642,13 @@ def test_search_built_to_collapse_is_seen_and_guarded(tmp_path, one_thread, monk
 
 
 BAD_SEARCH_FLAGS = {
-    "order": (["--order", "3"], "order: 3 is not allowed; allowed: 1 (first order), 2 (second order)"),
+    "order": (["--order", "3"], "order: 3 is not allowed; it must be in [1, 2] (1 = first order, 2 = second order)"),
     "order_adam": (["--order", "2", "--optimizer", "Adam"], "order: 2 needs optimizer SGD"),
     "partial": (["--partial-channels", "3"], "partial_channels: 3 is not allowed with channels 4"),
     "partial_zero": (["--partial-channels", "0"], "partial_channels: 0 is not allowed; it must be at least 1"),
-    "warmup": (["--arch-warmup-epochs", "2", "--epochs", "2"], "arch_warmup_epochs: 2 is not allowed"),
-    "guard": (["--max-skip-connect", "-2"], "max_skip_connect: -2 is not allowed"),
+    "warmup": (["--arch-warmup-epochs", "2", "--epochs", "2"], "arch_warmup_epochs: 2 is not allowed with epochs 2"),
+    "warmup_negative": (["--arch-warmup-epochs", "-1"], "arch_warmup_epochs: -1 is not allowed; it must be 0 or more"),
+    "guard": (["--max-skip-connect", "-2"], "max_skip_connect: -2 is not allowed; it must be at least -1 (-1 = off)"),
 }
 
 
