@@ -720,13 +720,11 @@ def test_search_killed_after_first_epoch_resumes_exactly(tmp_path, one_thread):
 
 #: The protocol at the tiny sizes: two seeds, 3-epoch searches, 3-epoch short retrains of tiny networks.
 TINY_PROTOCOL = [*TINY_SEARCH, "--epochs", "3", "--seeds", "0", "1", "--select-epochs", "3"]
-TINY_SELECT = "channels: 4\nlayers: 3\nbatch_size: 8\n"
 
 
 def _protocol_args(tmp_path: Path, out: str) -> list[str]:
-    select = tmp_path / "select.yaml"
-    select.write_text(TINY_SELECT)
-    return [*TINY_PROTOCOL, "--select-config", str(select), "--out-dir", str(tmp_path / out)]
+    return [*TINY_PROTOCOL, "--select-config", str(REPO / "configs" / "darts_select_smoke.yaml"),
+            "--out-dir", str(tmp_path / out)]
 
 
 def _run_until(args: list[str], stop_at: Path) -> None:
