@@ -1,5 +1,9 @@
-"""One-shot DARTS: the three architecture formats, bad files, the DARTS-V2 parameter count, the
-supernet NNI's strategy builds, a search on fake data whose final_arch.json retrains, and resume."""
+"""One-shot DARTS: the architecture formats (published Genotype texts too), bad files, the published
+cells' parameter counts, cutout against the reference, the supernet NNI's strategy builds and PC-DARTS's
+cell, the derivation and P-DARTS's guard, the second-order gradient against the exact one, the search
+variants and their collapse counts, a search whose final_arch.json retrains, resume, the paper's
+protocol (its kill-and-resume, its test split never read, its report), the benchmark, and per-rank
+drop-path masks under torchrun."""
 from __future__ import annotations
 
 import copy
@@ -380,6 +384,38 @@ def test_supernet_is_nni_darts_mutation_with_shared_alphas(one_thread):
     assert cells[0]._arch_alpha["normal/3_1"] is cells[3]._arch_alpha["normal/3_1"]
     assert set(edge_alphas(net)["reduce"]) == {"2_0", "2_1", "3_0", "3_1", "3_2", "4_0", "4_1", "4_2", "4_3"}
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_pc_darts_cell_is_partial_shuffled_and_edge_normalised(one_thread):
+    """PC-DARTS's supernet: every cell a PartialChannelCell whose operations see C/K channels, one
+    set of alphas and betas per cell type (shared by its cells), betas one per input of each node; a
+    node whose betas and alphas pick one input through skip_connect outputs that input shuffled (its
+    partial part through the operation, the rest bypassing it)."""
+    from oneshot_darts.space import PartialChannelCell, arch_parameters, build_supernet, channel_shuffle, node_betas
+
+    net = build_supernet(channels=4, layers=4, n_nodes=3, partial_channels=2)
+    cells = list(net.cells)
+    assert all(isinstance(c, PartialChannelCell) for c in cells)
+    sep = cells[0].ops[0][0]["sep_conv_3x3"]
+    assert sep[0][1].in_channels == 4 // 2                      # the normal cell's C=4, K=2
+    assert cells[0]._arch_beta["normal/4"] is cells[3]._arch_beta["normal/4"]
+    betas = node_betas(net)
+    assert {k: v.shape[0] for k, v in betas["reduce"].items()} == {"2": 2, "3": 3, "4": 4}
+    assert len(arch_parameters(net)) == 2 * (9 + 3)             # alphas per edge and betas per node, per type
+    x = torch.arange(2 * 8 * 4 * 4, dtype=torch.float32).view(2, 8, 4, 4)
+    assert sorted(channel_shuffle(x, 2)[0, :, 0, 0].tolist()) == sorted(x[0, :, 0, 0].tolist())
+    assert torch.equal(channel_shuffle(x, 2)[:, 1], x[:, 4])   # groups interleave: 0, 4, 1, 5, ...
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # node 2 with its input 0 chosen (beta) through skip_connect (alpha): the input's channels shuffled
+    cell = cells[0]
+    with torch.no_grad():
+        cell._arch_beta["normal/2"].copy_(torch.tensor([50.0, 0.0]))
+        cell._arch_alpha["normal/2_0"].zero_()[OP_NAMES.index("skip_connect")] = 50.0
+    s0, s1 = torch.randn(2, 12, 8, 8), torch.randn(2, 12, 8, 8)
+    cell.eval()
+    with torch.no_grad():
+        expected = channel_shuffle(cell.preprocessor([s0, s1])[0], 2)
+        assert torch.allclose(cell([s0, s1])[:, :4], expected, atol=1e-5)
 
 
 def test_derivation_follows_the_paper():
