@@ -28,6 +28,7 @@ import io
 import os
 import sys
 import tarfile
+import time
 from zlib import error as zlib_error
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,8 +207,11 @@ def _download_cifar10(root: Path) -> None:
         try:
             CIFAR10(str(partial), train=True, download=True)  # download, md5 of archive and files
             final = root / CIFAR10.base_folder
-            if final.exists():  # an incomplete copy (not ours): out of the way first
-                final.rename(partial / "replaced")
+            if final.exists() or final.is_symlink():  # an incomplete copy, maybe not ours: kept, out of the way
+                kept = root / f"{CIFAR10.base_folder}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+                final.rename(kept)
+                print(f"an incomplete CIFAR-10 copy {str(final)!r} was moved to {str(kept)!r} (not deleted: "
+                      "remove it when you no longer need it)", file=sys.stderr, flush=True)
             (partial / CIFAR10.base_folder).rename(final)
         except Exception as exc:  # no network, a dropped connection, a bad md5, a full disk...
             raise UserError(f"data: could not download CIFAR-10 into {str(root)!r} ({_one_line(exc)}); "

@@ -140,6 +140,11 @@ def _folder_for(asked: dict[str, Any], out_dir: str | os.PathLike, stage: str, e
                             "pass the options it was trained with to reuse it, or --new-folder to retrain it in a "
                             "new folder")
         recorded = recorded_config(run_dir)
+        if recorded is None:      # a start of ours killed before its config leaves at most these
+            foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in (LOCK_FILE, ORIGIN_FILE))
+            if foreign:
+                raise UserError(f"{str(run_dir)!r} holds {', '.join(foreign[:3])} but no {CONFIG_FILE}: not a retrain "
+                                "folder (nothing there is touched); move it away")
         diff = config_differences(_normal(recorded), asked) if recorded is not None else []
         if not diff:
             return run_dir

@@ -28,6 +28,7 @@ from core.data import load_source
 from core.errors import UserError
 from tests.conftest import REPO
 from tests.test_bad_input import FAST, image_folder, one_error_line, run
+from tests.test_download import archive, load_here, server, spec  # noqa: F401  (fixtures of the download test)
 from tests.test_report import HPO_TRIALS, _fake_experiment
 
 RETRAIN = ["--data", "fake", "--epochs", "1", "--max-batches", "1", "--batch-size", "16", "--eval-batch-size", "100",
@@ -149,6 +150,32 @@ def test_16_1_report_replaces_only_its_own_report_and_never_through_a_link(tmp_p
     finally:
         os.umask(old_umask)
     assert not list(tmp_path.rglob(".*.tmp-*")) and not list(tmp_path.rglob(".*.old-*"))
+
+
+def test_16_1_a_download_keeps_an_incomplete_copy_it_did_not_make(tmp_path, load_here, archive):
+    """The class of point 1 beyond the report: the CIFAR-10 download used to delete an incomplete
+    cifar-10-batches-py it found (maybe the user's) after downloading a complete one."""
+    root = tmp_path / "data"
+    mine = root / "cifar-10-batches-py"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("the user's\n")
+    (mine / "data_batch_1").write_bytes(b"half")
+    rc, out, err = load_here(root)
+    assert rc == 0, err
+    kept = list(root.glob("cifar-10-batches-py.incomplete-*"))
+    assert len(kept) == 1 and (kept[0] / "notes.txt").read_text() == "the user's\n", "the incomplete copy was deleted"
+    assert f"was moved to {str(kept[0])!r}" in err
+
+
+def test_16_1_top_k_removes_nothing_it_did_not_write(tmp_path):
+    exp = _fake_experiment(tmp_path / "exp0mine", "hpo", HPO_TRIALS)
+    folder = tmp_path / "runs" / "hpo_retrain-exp0mine-aaaaa"     # the retrain's name, but someone else's files
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("mine\n")
+    before = state(tmp_path / "runs")
+    one_error_line(run(["hpo/retrain.py", "--experiment", str(exp), "--top", "1", *RETRAIN, "--out-dir",
+                        str(tmp_path / "runs")]), "holds metrics.jsonl but no config.yaml: not a retrain folder")
+    assert state(tmp_path / "runs") == before
 
 
 # --- 2. one process per retrain folder ----------------------------------------------------------------
