@@ -7,8 +7,8 @@ kernel of that environment with its offline parameters, its own install cell inc
 then the project's test tools (``.[test]``) are installed there too. Neither install may replace a
 package the runtime has, except the two that NNI 3.0 pins below Colab's versions.
 
-The environment must be fresh (the project not yet installed in it): it takes a 3 GB download of
-torch, so the test does not build it. Build it and run the test (``.ci/run`` does both, the build in
+The environment must be fresh (the project not yet installed in it); building it downloads about
+2 GB (torch's CUDA wheel and libraries), so the test does not build it. Build it and run the test (``.ci/run`` does both, the build in
 the background while the 3.11 suite runs):
 
     PY313 -m venv DIR && DIR/bin/pip install -r tests/colab_runtime.txt
@@ -75,7 +75,7 @@ def colab_python() -> Path:
     venv = os.environ.get(COLAB_ENV)
     if not venv:
         pytest.skip(f"needs {COLAB_ENV}: a fresh Python 3.13 environment built from tests/colab_runtime.txt "
-                    "(3 GB; see this file's docstring)")
+                    "(about 2 GB of downloads; see this file's docstring)")
     python = Path(venv).resolve() / "bin" / "python"
     assert python.is_file(), f"{COLAB_ENV}={venv} has no bin/python"
     return python
