@@ -8,8 +8,8 @@ then the project's test tools (``.[test]``) are installed there too. Neither ins
 package the runtime has, except the two that NNI 3.0 pins below Colab's versions.
 
 The environment must be fresh (the project not yet installed in it); building it downloads about
-2 GB (torch's CUDA wheel and libraries), so the test does not build it. Build it and run the test (``.ci/run`` does both, the build in
-the background while the 3.11 suite runs):
+2 GB (torch's CUDA wheel and libraries), so the test does not build it. Build it and run the test
+(``.ci/run`` does both, the build in the background while the 3.11 suite runs):
 
     PY313 -m venv DIR && DIR/bin/pip install -r tests/colab_runtime.txt
     CIFAR_AUTOML_COLAB_VENV=DIR python -m pytest -q tests/test_colab_env.py
