@@ -3,6 +3,7 @@
     python classic_nas/retrain.py --arc best_arch.json --config configs/classic_nas_retrain.yml
     python classic_nas/retrain.py --resume runs/classic_nas_retrain-.../checkpoint.pt
     python classic_nas/retrain.py --experiment ID --top 3      # the 3 best architectures of a search
+    python classic_nas/retrain.py --experiment ID --top 3 --seeds 0 1 2   # each with three seeds
 
 The architecture file is ``{"skip1": 0 or 1, ..., "skip6": 0 or 1}`` (what
 ``python -m classic_nas.export`` writes). Training, the run folder (config.yaml, train.log,
@@ -16,7 +17,9 @@ whole training split and logs the test accuracy after every epoch; the result is
 each in its own run folder ``<out_dir>/classic_nas_retrain-<experiment>-<trial>/`` with an
 ``origin.json`` (see :mod:`core.retrains`); the same command again skips finished ones and
 continues a killed one from its checkpoint, when the options are the same (other options: an error
-naming them, or a new folder with ``--new-folder``); ``python -m report ID`` compares the rankings.
+naming them, or a new folder with ``--new-folder``); ``--seeds S1 S2 ...`` retrains each once per seed,
+each in its own folder ``...-<trial>-seed<S>/``; ``python -m report ID`` compares the rankings (mean
++- std over seeds, Kendall's tau with its p-value).
 
 ``--from-hpo EXPERIMENT`` trains with the optimizer and learning rate of that HPO experiment's best
 trial (:mod:`core.from_hpo`), as a search started with it did.
@@ -33,7 +36,7 @@ from core.config import TrainConfig, add_config_arguments, check_resume_only, co
 from core.errors import UserError, cli_main
 from core.experiments import Trial
 from core.from_hpo import add_from_hpo_argument, winner_from_args
-from core.retrains import add_new_folder_argument, retrain_top_of
+from core.retrains import add_new_folder_argument, add_seeds_argument, check_seeds, retrain_top_of
 from core.runner import config_from_checkpoint, train
 
 STAGE = "classic_nas_retrain"
@@ -62,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top", type=int, metavar="K", help="with --experiment: how many of the best to retrain, "
                         "each in its own run folder (default 1; rerun the command to continue)")
     add_new_folder_argument(parser)
+    add_seeds_argument(parser)
     add_config_arguments(parser, RetrainConfig)
     return parser
 
@@ -73,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise UserError("--top needs --experiment ID_OR_DIR (a classic-NAS experiment)")
     if args.new_folder and not args.experiment:
         raise UserError("--new-folder: only with --experiment ID --top K")
+    if args.seeds is not None and not args.experiment:
+        raise UserError("--seeds: only with --experiment ID --top K (a single retrain takes --seed)")
     if args.experiment:
         return retrain_top_archs(args)
     from classic_nas.space import read_arch, validate_arch
@@ -111,6 +117,7 @@ def retrain_top_archs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """``--experiment ID --top K``: the K best architectures, each in its own resumable run folder."""
     from classic_nas.export import load_experiment, trial_arch
 
+    seeds = check_seeds(args)
     first = _config(args)   # bad flags: an error before anything is written
 
     def train_one(cfg: RetrainConfig, trial: Trial, run_dir: Path, resume: Path | None) -> dict[str, Any]:
@@ -118,7 +125,7 @@ def retrain_top_archs(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     return retrain_top_of(args.experiment, args.experiments_dir, args.top or 1, load=load_experiment, base=first,
                           stage=STAGE, origin_extra=lambda t: {"params": trial_arch(t)}, config_for=lambda t: first,
-                          train_one=train_one, new_folder=args.new_folder)
+                          train_one=train_one, new_folder=args.new_folder, seeds=seeds)
 
 
 if __name__ == "__main__":

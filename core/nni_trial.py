@@ -26,7 +26,9 @@ def quiet_nni_imports() -> None:
 
 
 #: Numbers copied from a run's metrics into NNI's final-result dict, beside ``default``.
-REPORTED = ("val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss", "epoch", "params")
+#: (``val_images``, ``test_images``: how many images an accuracy was measured on, for its standard error)
+REPORTED = ("val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss", "epoch", "params",
+            "val_images", "test_images")
 
 
 class NniTrial:

@@ -6,7 +6,9 @@ the folder names, the reuse and resume rules, the lock and the ``origin.json`` t
 retrain came from live here.
 
 A retrain of trial ``T`` of experiment ``E`` lives in ``<out_dir>/<stage>-E-T/`` (and, for the same
-trial retrained with other options under ``--new-folder``, ``<stage>-E-T-2/``, ``-3/`` ...):
+trial retrained with other options under ``--new-folder``, ``<stage>-E-T-2/``, ``-3/`` ...). With
+``--seeds S1 S2 ...`` each seed is a retrain of its own, in ``<stage>-E-T-seed<S>/`` (``-2/`` ...
+likewise), so a configuration's accuracy is a mean over seeds rather than one draw:
 
 * a folder is reused only when the config it recorded (``config.yaml``) equals the one asked for
   now, field by field, except the fields that say how a run ran rather than what it trained
@@ -21,7 +23,7 @@ second ``--top`` command started meanwhile says so, leaves that trial to the fir
 the next one (under ``torchrun``, rank 0 takes the lock and decides for every rank).
 
 ``origin.json`` (written before training starts) holds the experiment id and folder, the trial,
-its rank in the search, its parameters and its search metric. :func:`match_retrains` finds the
+its rank in the search, its parameters, its search metric and the retrain's seed. :func:`match_retrains` finds the
 retrains of an experiment again and keeps only those that belong to it (module function doc).
 """
 from __future__ import annotations
@@ -38,7 +40,7 @@ import yaml
 
 from core import distributed
 from core.checkpoint import atomic_write_text, load_checkpoint
-from core.config import read_json, to_dict
+from core.config import from_dict, read_json, to_dict
 from core.errors import UserError
 from core.experiments import Trial, find_experiment, ranked, read_profile
 from core.run import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE
@@ -61,9 +63,11 @@ def read_json_file(path: str | os.PathLike, what: str | None = None) -> Any:
     return read_json(path, what or path.name)
 
 
-def top_run_dir(out_dir: str | os.PathLike, stage: str, experiment_id: str, trial_id: str, copy: int = 1) -> Path:
-    """The run folder of a retrain of that trial: ``copy`` 1 is the first, 2, 3... those made by ``--new-folder``."""
-    name = f"{stage}-{experiment_id}-{trial_id}"
+def top_run_dir(out_dir: str | os.PathLike, stage: str, experiment_id: str, trial_id: str, copy: int = 1,
+                seed: int | None = None) -> Path:
+    """The run folder of a retrain of that trial: ``copy`` 1 is the first, 2, 3... those made by
+    ``--new-folder``; ``seed``: one of ``--seeds`` (None: the config's seed, no ``--seeds``)."""
+    name = f"{stage}-{experiment_id}-{trial_id}" + (f"-seed{seed}" if seed is not None else "")
     return Path(out_dir) / (name if copy == 1 else f"{name}-{copy}")
 
 
@@ -73,6 +77,31 @@ def add_new_folder_argument(parser: argparse.ArgumentParser) -> None:
                         help="with --top: a trial retrained before with other options is retrained again in a new "
                         "folder <stage>-<experiment>-<trial>-2 (-3, ...); without it that is an error naming the "
                         "options that differ (a retrain is reused only with the options it was trained with)")
+
+
+def add_seeds_argument(parser: argparse.ArgumentParser) -> None:
+    """``--seeds S1 S2 ...`` of the retrain commands' ``--top K``."""
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                        help="with --top: retrain each configuration once per seed, each in its own run folder "
+                        "<stage>-<experiment>-<trial>-seed<S>; the report gives mean +- std per configuration")
+
+
+def check_seeds(args: argparse.Namespace) -> list[int] | None:
+    """The ``--seeds`` given (None without), checked: distinct, and not beside ``--seed``."""
+    seeds = getattr(args, "seeds", None)
+    if seeds is None:
+        return None
+    if "seed" in vars(args):
+        raise UserError("--seed: not allowed with --seeds, which sets each retrain's seed")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise UserError(f"--seeds: seed {repeated[0]} is given twice; give each seed once")
+    return list(seeds)
+
+
+def with_seed(cfg: Any, seed: int) -> Any:
+    """``cfg`` (a config dataclass) with another ``seed``, checked as every config is."""
+    return from_dict(type(cfg), {**to_dict(cfg), "seed": seed}, source="--seeds")
 
 
 # --- which folder, and is it the same retrain? --------------------------------------------------
@@ -122,13 +151,13 @@ def config_differences(recorded: dict[str, Any], asked: dict[str, Any],
 
 
 def _folder_for(asked: dict[str, Any], out_dir: str | os.PathLike, stage: str, experiment_id: str, trial: Trial,
-                new_folder: bool) -> Path:
+                new_folder: bool, seed: int | None = None) -> Path:
     """The folder a retrain of ``trial`` with config ``asked`` uses: the first existing one whose
     recorded config equals ``asked`` (or that holds none yet), else a new one under ``new_folder``;
     otherwise a :class:`UserError` naming the fields that differ."""
     copy, differ = 1, None
     while True:
-        run_dir = top_run_dir(out_dir, stage, experiment_id, trial.trial_id, copy)
+        run_dir = top_run_dir(out_dir, stage, experiment_id, trial.trial_id, copy, seed)
         if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
             raise UserError(f"{str(run_dir)!r} is a symbolic link or a file, not a retrain folder; move it away")
         if not run_dir.exists():
@@ -136,7 +165,8 @@ def _folder_for(asked: dict[str, Any], out_dir: str | os.PathLike, stage: str, e
                 return run_dir
             where, diff = differ
             shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
-            raise UserError(f"--top: trial {trial.trial_id} was retrained in {str(where)!r} with other options ({shown}); "
+            raise UserError(f"--top: trial {trial.trial_id}{'' if seed is None else f' (seed {seed})'} was retrained in "
+                            f"{str(where)!r} with other options ({shown}); "
                             "pass the options it was trained with to reuse it, or --new-folder to retrain it in a "
                             "new folder")
         recorded = recorded_config(run_dir)
@@ -162,6 +192,7 @@ class TopRetrain:
     run_dir: Path
     action: str                 # 'skipped' (finished before), 'resumed', 'started', 'busy' (another process has it)
     result: dict[str, Any] | None = None
+    seed: int | None = None     # one of --seeds (None: no --seeds)
 
 
 def _lock(run_dir: Path):
@@ -181,17 +212,17 @@ def _lock(run_dir: Path):
 
 
 def _claim(asked: dict[str, Any], trial: Trial, *, out_dir: str | os.PathLike, stage: str, experiment_id: str,
-           new_folder: bool) -> tuple[str, Path, Any, bool]:
+           new_folder: bool, seed: int | None = None) -> tuple[str, Path, Any, bool]:
     """On the process that writes: the folder, locked, and what to do there: ``(action, run_dir,
     lock, created)`` with action 'skipped', 'resumed', 'started' or 'busy' (lock None)."""
     for _ in range(3):   # another process may record its config between the look and the lock
-        run_dir = _folder_for(asked, out_dir, stage, experiment_id, trial, new_folder)
+        run_dir = _folder_for(asked, out_dir, stage, experiment_id, trial, new_folder, seed)
         created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = _lock(run_dir)
         if lock is None:
             return "busy", run_dir, None, False
-        if _folder_for(asked, out_dir, stage, experiment_id, trial, new_folder) == run_dir:
+        if _folder_for(asked, out_dir, stage, experiment_id, trial, new_folder, seed) == run_dir:
             break
         lock.release()
     else:
@@ -220,8 +251,11 @@ def retrain_top(trials: Sequence[Trial], k: int, *, out_dir: str | os.PathLike, 
                 experiment_id: str, experiment_dir: str | os.PathLike, origin_extra: Callable[[Trial], dict[str, Any]],
                 config_for: Callable[[Trial], Any],
                 train_one: Callable[[Any, Trial, Path, Path | None], dict[str, Any]],
-                new_folder: bool = False, log: Callable[[str], None] | None = None) -> list[TopRetrain]:
-    """Retrain the ``k`` best of ``trials`` (see the module docstring), one after the other.
+                new_folder: bool = False, log: Callable[[str], None] | None = None,
+                seeds: Sequence[int] | None = None) -> list[TopRetrain]:
+    """Retrain the ``k`` best of ``trials`` (see the module docstring), one after the other; with
+    ``seeds``, each once per seed, seed by seed (all K with the first seed, then all K with the
+    next: a partial run already ranks every configuration).
 
     ``config_for(trial)`` is the config asked for that trial (checked before anything is written);
     ``train_one(cfg, trial, run_dir, resume)`` trains it (``resume``: the checkpoint to continue,
@@ -240,21 +274,27 @@ def retrain_top(trials: Sequence[Trial], k: int, *, out_dir: str | os.PathLike, 
     if len(chosen) < k:
         log(f"--top {k}: only {len(chosen)} trials have a final result; retraining those")
     plans = []
+    configs = {}
     for rank, trial in enumerate(chosen, 1):                # every input checked before anything is written
-        cfg = config_for(trial)
-        asked = _normal(cfg)
-        extra = origin_extra(trial)
-        if distributed.is_main():
-            _folder_for(asked, out_dir, stage, experiment_id, trial, new_folder)
-        plans.append((rank, trial, cfg, asked, extra))
+        configs[rank] = (config_for(trial), origin_extra(trial))
+    for seed in (seeds if seeds else [None]):
+        for rank, trial in enumerate(chosen, 1):
+            cfg, extra = configs[rank]
+            cfg = cfg if seed is None else with_seed(cfg, seed)
+            asked = _normal(cfg)
+            if distributed.is_main():
+                _folder_for(asked, out_dir, stage, experiment_id, trial, new_folder, seed)
+            plans.append((rank, trial, cfg, asked, extra, seed))
     done: list[TopRetrain] = []
-    for rank, trial, cfg, asked, extra in plans:
-        head = f"[{rank}/{len(chosen)}] trial {trial.trial_id}"
+    for i, (rank, trial, cfg, asked, extra, seed) in enumerate(plans, 1):
+        head = (f"[{rank}/{len(chosen)}] trial {trial.trial_id}" if seed is None else
+                f"[{i}/{len(plans)}] trial {trial.trial_id} (rank {rank}), seed {seed}")
         lock, created = None, False
         if distributed.is_main():
             try:
                 action, run_dir, lock, created = _claim(asked, trial, out_dir=out_dir, stage=stage,
-                                                        experiment_id=experiment_id, new_folder=new_folder)
+                                                        experiment_id=experiment_id, new_folder=new_folder,
+                                                        seed=seed)
                 decision: tuple[str, str] = (action, str(run_dir))
             except UserError as exc:
                 decision = ("error", str(exc))
@@ -269,21 +309,21 @@ def retrain_top(trials: Sequence[Trial], k: int, *, out_dir: str | os.PathLike, 
             if action == "busy":
                 log(f"{head}: another process is retraining it in {run_dir} (it holds {LOCK_FILE} there); left "
                     "to that process, skipped here")
-                done.append(TopRetrain(rank, trial, run_dir, "busy"))
+                done.append(TopRetrain(rank, trial, run_dir, "busy", seed=seed))
             elif action == "skipped":
                 log(f"{head}: finished before with the same options ({run_dir}), skipped")
-                done.append(TopRetrain(rank, trial, run_dir, "skipped", read_json_file(run_dir / RESULT_FILE)))
+                done.append(TopRetrain(rank, trial, run_dir, "skipped", read_json_file(run_dir / RESULT_FILE), seed))
             else:
                 resume = run_dir / CHECKPOINT_FILE if action == "resumed" else None
                 origin = {"experiment_id": experiment_id, "experiment_dir": str(experiment_dir), "stage": stage,
                           "trial_id": trial.trial_id, "rank": rank, "search_metric": trial.final,
-                          "search_epochs": trial.epochs_run, **extra}
+                          "search_epochs": trial.epochs_run, "seed": asked.get("seed"), **extra}
                 if distributed.is_main():  # under torchrun, rank 0 alone writes (as for every run folder)
                     atomic_write_text(run_dir / ORIGIN_FILE, json.dumps(origin, indent=2) + "\n")
                 log(f"{head} (search metric {trial.final:.4f}): "
                     + (f"resuming {resume}" if resume else f"retraining in {run_dir}"))
                 result = train_one(cfg, trial, run_dir, resume)
-                done.append(TopRetrain(rank, trial, run_dir, action, result))
+                done.append(TopRetrain(rank, trial, run_dir, action, result, seed))
             failed = False
         finally:
             if distributed.is_main():
@@ -294,7 +334,7 @@ def retrain_top(trials: Sequence[Trial], k: int, *, out_dir: str | os.PathLike, 
 def retrain_top_of(source: str, experiments_dir: str | None, k: int, *, load: Callable[[Path], list[Trial]],
                    base: Any, stage: str, origin_extra: Callable[[Trial], dict[str, Any]],
                    config_for: Callable[[Trial], Any], train_one: Callable[[Any, Trial, Path, Path | None], dict[str, Any]],
-                   new_folder: bool = False) -> list[dict[str, Any]]:
+                   new_folder: bool = False, seeds: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """A retrain command's ``--top K``: find the experiment, read its trials with the stage's
     ``load``, retrain the best (:func:`retrain_top`) under ``base.out_dir``, print one JSON row per
     retrain and the command that compares them with the search; returns the rows. ``base``: the
@@ -307,9 +347,10 @@ def retrain_top_of(source: str, experiments_dir: str | None, k: int, *, load: Ca
     exp_id = read_profile(exp_dir).experiment_id
     done = retrain_top(load(exp_dir), k, out_dir=base.out_dir, stage=stage, experiment_id=exp_id,
                        experiment_dir=exp_dir, origin_extra=origin_extra, config_for=config_for, train_one=train_one,
-                       new_folder=new_folder)
-    rows = [{"rank": d.rank, "trial_id": d.trial.trial_id, "search_metric": d.trial.final, "action": d.action,
-             "run_dir": str(d.run_dir), "test_acc": (d.result or {}).get("test_acc")} for d in done]
+                       new_folder=new_folder, seeds=seeds)
+    rows = [{"rank": d.rank, "trial_id": d.trial.trial_id, **({} if d.seed is None else {"seed": d.seed}),
+             "search_metric": d.trial.final, "action": d.action, "run_dir": str(d.run_dir),
+             "test_acc": (d.result or {}).get("test_acc")} for d in done]
     print(json.dumps(rows), flush=True)
     print(f"compare the search with these retrains: python -m report {exp_dir}", flush=True)
     return rows
@@ -359,8 +400,10 @@ def match_retrains(folders: Sequence[str | os.PathLike], experiment_id: str, sea
     Kept: a folder whose ``origin.json`` names this experiment, a retrain stage of its search stage
     and a trial the experiment has, and which really trained that trial's parameters ``keys`` (its
     config, or its architecture file, holds the values the trial ran with). Of several retrains of
-    one trial one is kept (a finished one first); and only retrains trained with the same options
-    (the recipe most of them share) are compared. Everything else is listed with its reason.
+    one trial with one seed one is kept (a finished one first; retrains with other seeds are kept
+    beside it, ``seed`` set from the config they trained with); and only retrains trained with the
+    same options besides the seed (the recipe most of them share) are compared. Everything else is
+    listed with its reason.
     """
     found = FoundRetrains()
     by_id = {t.trial_id: t for t in trials}
@@ -400,11 +443,11 @@ def match_retrains(folders: Sequence[str | os.PathLike], experiment_id: str, sea
             found.ignored.append((str(run_dir), reason))
             continue
         kept.append({**origin, "run_dir": str(run_dir), "config": config, "trial": trial,
-                     "result": result if isinstance(result, dict) else None})
-    # one recipe: the options besides the searched parameters and how it ran
+                     "result": result if isinstance(result, dict) else None, "seed": config.get("seed")})
+    # one recipe: the options besides the searched parameters, the seed and how it ran
     def recipe(r: dict[str, Any]) -> str:
-        return json.dumps({k: v for k, v in r["config"].items() if k not in keys and k not in HOW_IT_RAN},
-                          sort_keys=True, default=str)
+        return json.dumps({k: v for k, v in r["config"].items() if k not in keys and k not in HOW_IT_RAN
+                           and k != "seed"}, sort_keys=True, default=str)
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in kept:
         groups.setdefault(recipe(r), []).append(r)
@@ -416,14 +459,14 @@ def match_retrains(folders: Sequence[str | os.PathLike], experiment_id: str, sea
                     diff = config_differences(main[0]["config"], r["config"], ("in the compared ones", "here"))
                     found.ignored.append((r["run_dir"], "trained with other options than the compared retrains ("
                                           + "; ".join(diff[:3]) + ")"))
-        per_trial: dict[str, dict[str, Any]] = {}
+        per_run: dict[tuple[str, str], dict[str, Any]] = {}
         for r in sorted(main, key=lambda r: (r["result"] is None, r["run_dir"])):
-            first = per_trial.setdefault(r["trial"].trial_id, r)
+            first = per_run.setdefault((r["trial"].trial_id, json.dumps(r["seed"])), r)
             if first is not r:
                 found.ignored.append((r["run_dir"], f"a second retrain of trial {r['trial'].trial_id} (counted once: "
-                                                    f"{first['run_dir']})"))
-        found.matched = list(per_trial.values())
+                                                    f"{first['run_dir']}, trained with the same seed {r['seed']})"))
+        found.matched = list(per_run.values())
     rank = {t.trial_id: i for i, t in enumerate(ranked(trials), 1)}
-    found.matched.sort(key=lambda r: (rank.get(r["trial"].trial_id, len(rank) + 1), r["run_dir"]))
+    found.matched.sort(key=lambda r: (rank.get(r["trial"].trial_id, len(rank) + 1), str(r["seed"]), r["run_dir"]))
     found.ignored.sort()
     return found

@@ -126,7 +126,7 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
     result.update(trainer.finish())
     if final_test:
         test = trainer.evaluate("test")
-        result["test_acc"], result["test_loss"] = test["acc"], test["loss"]
+        result["test_acc"], result["test_loss"], result["test_images"] = test["acc"], test["loss"], test["images"]
         log(f"final test accuracy {test['acc']:.4f}")
     if run:
         atomic_write_text(run.dir / RESULT_FILE, to_json(result, indent=2) + "\n")

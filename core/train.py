@@ -131,8 +131,9 @@ def autocast(device: torch.device, precision: Precision | bool) -> contextlib.Ab
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: BatchLoader, precision: Precision | bool = False) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` over ``loader`` in ``precision`` (data-parallel:
-    this rank's share of every batch, the sums over all ranks)."""
+    """Accuracy and mean cross-entropy of ``model`` over ``loader`` in ``precision``, and how many
+    images they were measured on (``images``: what a reader needs for the accuracy's standard error;
+    data-parallel: this rank's share of every batch, the sums over all ranks)."""
     model.eval()
     loss = torch.zeros((), device=loader.device)
     correct = torch.zeros((), device=loader.device, dtype=torch.int64)
@@ -147,7 +148,7 @@ def evaluate(model: nn.Module, loader: BatchLoader, precision: Precision | bool 
         seen += len(y)
     loss, correct, seen_t = distributed.all_sum(loss, correct, seen)
     seen = int(seen_t.item())
-    return {"acc": correct.item() / max(seen, 1), "loss": loss.item() / max(seen, 1)}
+    return {"acc": correct.item() / max(seen, 1), "loss": loss.item() / max(seen, 1), "images": seen}
 
 
 class OutOfMemory(UserError):
@@ -381,7 +382,7 @@ class Trainer:
                    "train_acc": correct.item() / max(seen, 1)}
         metrics.update(means)  # what a specialised step adds, under the names it gave
         metrics.update({"train_seconds": round(seconds, 3), "step_seconds": round(seconds / max(steps, 1), 4),
-                        "images_per_s": round(seen / max(seconds, 1e-9), 1)})
+                        "images_per_s": round(seen / max(seconds, 1e-9), 1), "train_images": seen})
         return metrics
 
     def evaluate(self, name: str) -> dict[str, float]:
@@ -409,6 +410,7 @@ class Trainer:
                 for name in self.eval_loaders:
                     result = self.evaluate(name)
                     metrics[f"{name}_acc"], metrics[f"{name}_loss"] = result["acc"], result["loss"]
+                    metrics[f"{name}_images"] = result["images"]
             self.epoch_end(metrics)
             self.history.append(metrics)
             rngs = distributed.gather(rng_state(self.device))  # every rank's generators, on rank 0

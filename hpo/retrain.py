@@ -4,6 +4,7 @@
     python hpo/retrain.py --experiment ~/nni-experiments/k3x9w2ab --epochs 200
     python hpo/retrain.py --export best.json                    # `nnictl experiment export` data
     python hpo/retrain.py --experiment k3x9w2ab --top 3         # the 3 best, one run folder each
+    python hpo/retrain.py --experiment k3x9w2ab --top 3 --seeds 0 1 2   # each with three seeds
 
 The best trial (highest final validation accuracy) is read with :mod:`hpo.results`, without the
 web UI; its ``model``, ``optimizer`` and ``lr`` are trained with the shared core on the whole
@@ -18,8 +19,9 @@ The run folder holds the resolved config, log, metrics, checkpoint, ``result.jso
 :mod:`core.retrains`); running the same command again skips the finished ones and continues a
 killed one from its checkpoint, when the options are the same: other options are an error naming
 them, or, with ``--new-folder``, a retrain in a new folder. A second ``--top`` started meanwhile
-leaves each trial being retrained to the first. ``python -m report <experiment>`` then compares the
-search's ranking with the retrains'.
+leaves each trial being retrained to the first. ``--seeds S1 S2 ...`` retrains each of the K once per
+seed, each in its own folder ``...-<trial>-seed<S>/``. ``python -m report <experiment>`` then compares
+the search's ranking with the retrains' (mean +- std over seeds, Kendall's tau with its p-value).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from core.checkpoint import atomic_write_text
 from core.config import ModelConfig, add_config_arguments, check_resume_only, config_from_args, field
 from core.errors import UserError, cli_main
 from core.experiments import Trial, trials_from_export
-from core.retrains import add_new_folder_argument, retrain_top_of
+from core.retrains import add_new_folder_argument, add_seeds_argument, check_seeds, retrain_top_of
 from core.runner import config_from_checkpoint, train
 from hpo import PARAM_KEYS
 from hpo.results import best_trial, load_experiment, searched_params
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top", type=int, metavar="K", help="retrain the K best trials of --experiment, each in "
                         "its own run folder (rerun the command to continue; finished ones are skipped)")
     add_new_folder_argument(parser)
+    add_seeds_argument(parser)
     add_config_arguments(parser, RetrainConfig)
     return parser
 
@@ -85,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return retrain_top_trials(args)
     if args.new_folder:
         raise UserError("--new-folder: only with --top K")
+    if args.seeds is not None:
+        raise UserError("--seeds: only with --top K (a single retrain takes --seed)")
     origin: dict[str, Any] | None = None
     if args.resume:
         check_resume_only(RetrainConfig, args, extra=("experiments_dir",))
@@ -119,6 +124,7 @@ def retrain_top_trials(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     if not args.experiment:
         raise UserError("--top needs --experiment ID_OR_DIR (the retrains are filed under the experiment's id)")
+    seeds = check_seeds(args)
     first = config_from_args(RetrainConfig, args)   # bad flags: an error before anything is written
 
     def config_for(trial: Trial) -> RetrainConfig:
@@ -131,7 +137,7 @@ def retrain_top_trials(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     return retrain_top_of(args.experiment, args.experiments_dir, args.top, load=load_experiment, base=first,
                           stage="hpo_retrain", origin_extra=lambda t: {"params": trial_params(t)},
-                          config_for=config_for, train_one=train_one, new_folder=args.new_folder)
+                          config_for=config_for, train_one=train_one, new_folder=args.new_folder, seeds=seeds)
 
 
 if __name__ == "__main__":

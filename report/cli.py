@@ -1,6 +1,8 @@
 """Turn an NNI experiment or a run folder into a Markdown report with plots, offline.
 
     python -m report EXPERIMENT_ID_OR_FOLDER [-o OUT/] [--retrains DIR ...]
+    python -m report A B [C ...] -o OUT/                   # experiments of one stage, compared
+    python -m report --study HPO_EXP NAS_EXP DARTS_RUN RETRAIN_RUN [-o OUT/]   # any subset, any order
 
 The source is an experiment id (found as ``hpo/results.py`` finds it), an experiment folder (or its
 ``db/nni.sqlite``), a run folder (a retrain of any stage, ``python -m core.train_model``, a
@@ -12,7 +14,12 @@ which is then replaced as a whole: a failed report leaves the old one, and a bad
 nothing. Any other OUT (a folder of other files, a run folder, a symbolic link) is refused and left
 as it is. An experiment's report looks for retrains of its trials (``--top K`` of the retrain
 commands) in the runs folder (``CIFAR_AUTOML_RUNS``, default the repository's ``runs/``) and in every
-``--retrains`` folder.
+``--retrains`` folder. An experiment's report folder also holds ``trials.csv`` and ``trials.json``
+(every trial; :mod:`report.trials`).
+
+Several experiments compare them (:mod:`report.compare`; ``-o`` is then required); ``--study``
+writes the study report of up to four sources of one study, one of each kind
+(:mod:`report.study`; default folder ``<runs folder>/study-<sources>``).
 """
 from __future__ import annotations
 
@@ -28,7 +35,8 @@ from core.checkpoint import atomic_write_text
 from core.config import loads_json
 from core.errors import UserError, cli_main
 from core.paths import default_out_dir
-from core.run import CONFIG_FILE, METRICS_FILE
+from core.run import METRICS_FILE
+from report.common import is_run_folder
 
 REPORT_FILE = "report.md"
 #: Written into every report folder: says this command wrote it, and which files are its own.
@@ -38,19 +46,17 @@ MARKER_KIND = "python -m report"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m report", description=__doc__.splitlines()[0])
-    parser.add_argument("source", help="experiment id, experiment folder, its db/nni.sqlite, or a run folder")
+    parser.add_argument("sources", nargs="+", metavar="source", help="experiment id, experiment folder, its "
+                        "db/nni.sqlite, or a run folder; several experiments of one stage: a comparison")
     parser.add_argument("-o", "--out", help="report folder (default: <experiment or run folder>/report); it must be "
                         "new, empty, or a report written by this command, which is replaced")
+    parser.add_argument("--study", action="store_true", help="the study report of the sources: an HPO experiment, a "
+                        "classic-NAS experiment, a DARTS search and a retrain run (any subset, any order)")
     parser.add_argument("--experiments-dir", help="folder holding <id>/ (default: found via ~/nni-experiments)")
     parser.add_argument("--retrains", action="append", default=[], metavar="DIR",
                         help="also look for the experiment's retrains in DIR (a run folder or a folder of them); "
                         "repeatable")
     return parser
-
-
-def is_run_folder(path: Path) -> bool:
-    return path.is_dir() and not (path / "db" / "nni.sqlite").is_file() and \
-        any((path / name).exists() for name in (METRICS_FILE, CONFIG_FILE, "result.json", "checkpoint.pt"))
 
 
 def _own_files(out: Path) -> set[str] | None:
@@ -137,13 +143,27 @@ def _publish(tmp: Path, out: Path) -> None:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
-    from report import darts_report, experiment_report, run_report
+    from report import compare, darts_report, experiment_report, run_report, study
 
-    source = Path(args.source).expanduser()
     out = Path(os.path.abspath(Path(args.out).expanduser())) if args.out else None   # links in OUT itself kept
     if out is not None:
         check_out(out)                  # before reading anything: a wrong -o fails at once
-    if darts_report.is_protocol_folder(source):   # a DARTS protocol (search.py --seeds ...)
+    retrain_dirs = [default_out_dir(), *args.retrains]
+    source = Path(args.sources[0]).expanduser()
+    if args.study:
+        data = study.load(args.sources, args.experiments_dir, retrain_dirs)
+        default_out = Path(default_out_dir()) / study.default_name(data)
+        render = study.render
+    elif len(args.sources) > 1:
+        if out is None:
+            raise UserError("comparing experiments: give the report folder with -o OUT")
+        for s in args.sources:
+            if is_run_folder(Path(s).expanduser()) or darts_report.is_protocol_folder(Path(s).expanduser()):
+                raise UserError(f"comparing: {s!r} is a run folder; a comparison takes experiments (ids or folders) "
+                                "of one stage; for a study's stages side by side use --study")
+        data = compare.load(args.sources, args.experiments_dir, retrain_dirs)
+        default_out, render = out, compare.render
+    elif darts_report.is_protocol_folder(source):   # a DARTS protocol (search.py --seeds ...)
         data = darts_report.load_protocol(source)
         default_out = source / "report"
         render = darts_report.render_protocol
@@ -155,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         if source.is_dir() and not (source / "db" / "nni.sqlite").is_file():
             raise UserError(f"{str(source)!r} is neither an NNI experiment folder (no db/nni.sqlite) nor a run "
                             f"folder (no {METRICS_FILE})")
-        data = experiment_report.load(args.source, args.experiments_dir, [default_out_dir(), *args.retrains])
+        data = experiment_report.load(args.sources[0], args.experiments_dir, retrain_dirs)
         default_out = data.exp_dir / "report"
         render = experiment_report.render
     out = out or Path(os.path.abspath(default_out))
@@ -169,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         os.chmod(tmp, 0o777 & ~_umask())   # a folder's usual mode, not mkdtemp's 0700
         atomic_write_text(tmp / REPORT_FILE, render(data, tmp))
         files = sorted(p.name for p in tmp.iterdir())
-        atomic_write_text(tmp / MARKER_FILE, json.dumps({"kind": MARKER_KIND, "source": str(args.source),
+        shown = args.sources[0] if len(args.sources) == 1 and not args.study else list(args.sources)
+        atomic_write_text(tmp / MARKER_FILE, json.dumps({"kind": MARKER_KIND, "source": shown, "study": args.study,
                                                          "files": files}, indent=2) + "\n")
         _publish(tmp, out)
     except BaseException as exc:

@@ -14,6 +14,12 @@ from core.errors import UserError
 from core.retrains import read_json_file
 from core.run import CONFIG_FILE, METRICS_FILE
 
+def is_run_folder(path: Path) -> bool:
+    """A run folder (a retrain, a DARTS search, ``python -m core.train_model``), not an experiment's."""
+    return path.is_dir() and not (path / "db" / "nni.sqlite").is_file() and \
+        any((path / name).exists() for name in (METRICS_FILE, CONFIG_FILE, "result.json", "checkpoint.pt"))
+
+
 #: The longest an epoch can plausibly take (seconds): 100 days.
 MAX_SECONDS = 100 * 24 * 3600.0
 

@@ -18,7 +18,7 @@ from typing import Any
 from core.errors import UserError
 from report import plots
 from report.common import checked, figure, fmt, read_dict, table, valid
-from report.stats import kendall_tau
+from report.stats import kendall
 
 #: The files a protocol folder holds (written by oneshot_darts/protocol.py).
 PROTOCOL_FILE = "protocol.json"
@@ -127,12 +127,14 @@ def _cell_text(arch: dict[str, Any], cell: str) -> str:
                     for n, node in enumerate(arch.get(cell) or [], start=2))
 
 
-def render_protocol(data: ProtocolData, out: Path) -> str:
-    """The Markdown of a protocol folder's report; figures are written into ``out``."""
+def render_protocol(data: ProtocolData, out: Path, prefix: str = "", level: int = 1, title: str | None = None) -> str:
+    """The Markdown of a protocol folder's report (its title at ``level``); figures are written
+    into ``out``, their names starting with ``prefix``."""
+    h = "#" * level
     settings, search = data.settings, data.settings.get("search") or {}
     select = data.settings.get("select") or {}
     seeds = settings["seeds"]
-    lines = [f"# Report: DARTS protocol `{data.folder.name}`", "", "## What ran", "",
+    lines = [f"{h} {title or f'Report: DARTS protocol `{data.folder.name}`'}", "", f"{h}# What ran", "",
              f"- folder: `{data.folder}`",
              f"- the DARTS paper's selection (Liu et al. 2019, section 3.2): {len(seeds)} searches (seeds "
              f"{', '.join(map(str, seeds))}), each derived cell trained from scratch for "
@@ -144,7 +146,7 @@ def render_protocol(data: ProtocolData, out: Path) -> str:
              f"- short retrains: C={select.get('channels')}, {select.get('layers')} cells, batch "
              f"{select.get('batch_size')}, validation split {select.get('val_fraction')}, seed {select.get('seed')} "
              "for every cell", ""]
-    lines += ["## Selection", ""]
+    lines += [f"{h}# Selection", ""]
     sel = data.selection
     if sel is None:
         searched = sum(f"search-seed{s}" in data.steps for s in seeds)
@@ -175,45 +177,45 @@ def render_protocol(data: ProtocolData, out: Path) -> str:
     done = [(s, valid(r[1]), valid(r[2])) for s, r in zip(seeds, rows)]
     done = [d for d in done if d[1] is not None and d[2] is not None]
     if done:
-        name = "selection.png"
+        name = f"{prefix}selection.png"
         plots.bars([f"seed {s}" for s, _, _ in done], [v for _, _, v in done], out / name,
                    title="Validation accuracy after the short retrain, per seed's cell", xlabel="search seed",
                    ylabel="validation accuracy (fraction)")
         lines += [figure(name, "Short-retrain validation accuracy of every seed's cell"), ""]
     if len(done) >= 2:
-        tau = kendall_tau([d[1] for d in done], [d[2] for d in done])
-        name = "search_vs_select.png"
+        k = kendall([d[1] for d in done], [d[2] for d in done])
+        name = f"{prefix}search_vs_select.png"
         plots.search_vs_retrain([(f"seed {s}", a, b) for s, a, b in done], out / name,
                                 search_metric="validation accuracy (architecture half)",
-                                retrain_metric="short-retrain validation accuracy", tau=tau)
+                                retrain_metric="short-retrain validation accuracy", tau=k.tau if k else None)
         lines += [figure(name, "Search accuracy against short-retrain accuracy per seed"
-                          + (f" (Kendall's tau {tau:.2f})" if tau is not None else "")), ""]
+                          + (f" ({k.text()})" if k else "")), ""]
     curves = {f"seed {s}": ([int(m["epoch"]) for m in run.metrics if valid(m.get("normal_skip_connect")) is not None],
                             [m["normal_skip_connect"] for m in run.metrics if valid(m.get("normal_skip_connect"))
                              is not None]) for s, run in data.searches.items()}
     curves = {k: v for k, v in curves.items() if v[0]}
     if curves:
         n_nodes = search.get("n_nodes")
-        name = "collapse.png"
+        name = f"{prefix}collapse.png"
         plots.counts(curves, out / name, title="Collapse watch: skip_connects in each seed's derived normal cell",
                      ylabel="skip_connect edges", ymax=2 * n_nodes if isinstance(n_nodes, int) else None)
-        lines += ["## Collapse watch across seeds", "",
+        lines += [f"{h}# Collapse watch across seeds", "",
                   figure(name, "Skip_connects in the derived normal cell per search epoch, one line per seed"), ""]
-    lines += ["## Every seed's cell", ""]
+    lines += [f"{h}# Every seed's cell", ""]
     for s in seeds:
         arch = rows_by_seed.get(s, {}).get("genotype")
-        lines += [f"### Seed {s}" + (" (selected)" if s == winner else ""), ""]
+        lines += [f"{h}## Seed {s}" + (" (selected)" if s == winner else ""), ""]
         if not isinstance(arch, dict):
             lines += ["Its search has not finished yet.", ""]
             continue
         for cell in CELLS:
             nodes = arch.get(cell)
             if nodes:
-                name = f"seed{s}_cell_{cell}.png"
+                name = f"{prefix}seed{s}_cell_{cell}.png"
                 plots.cell_graph([[(op, int(src)) for op, src in node] for node in nodes], out / name, cell)
                 lines += [figure(name, f"Seed {s}: {cell} cell"), "", f"`{cell}: {_cell_text(arch, cell)}`", ""]
         lines += [f"Its search: `{data.folder / f'search-seed{s}'}` (`python -m report` on it shows its curves and "
                   "edge weights).", ""]
     if data.problems:
-        lines += ["## Invalid numbers", "", *(f"- {p}" for p in data.problems), ""]
+        lines += [f"{h}# Invalid numbers", "", *(f"- {p}" for p in data.problems), ""]
     return "\n".join(lines) + "\n"

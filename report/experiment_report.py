@@ -1,8 +1,15 @@
-"""The report of an NNI experiment of any stage, and of the retrains of its best trials."""
+"""The report of an NNI experiment of any stage, and of the retrains of its best trials.
+
+Every section reads the one table of trials (:mod:`report.trials`) built in :func:`load`, and is a
+function of its own (``level``: the heading depth, ``prefix``: the figures' and exports' file name
+prefix), so that a comparison of experiments (:mod:`report.compare`) and the study report
+(:mod:`report.study`) compose the same sections rather than drawing their own.
+"""
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,10 +18,12 @@ from typing import Any, Sequence
 from core.errors import UserError
 from core.experiments import Profile, Trial, find_experiment, load_experiment, ranked, read_profile
 from core.retrains import match_retrains
-from report import plots
+from report import plots, trials as table_of
 from report.common import Invalid, checked, figure, number_problem, read_config, read_metrics, seconds, table, valid
 from report.run_report import load_run, render_run
-from report.stats import kendall_tau
+from report.stats import (MIN_TRIALS_FOR_IMPORTANCE, TIE_SE, binomial_se, importance, kendall, mean_std, tied_with,
+                          with_se)
+from report.trials import TrialRow
 
 METRIC = "validation accuracy"
 STAGES = {"hpo": "HPO (hyper-parameters)", "classic_nas": "classic NAS (skip connections)",
@@ -28,7 +37,8 @@ class ExperimentData:
     exp_dir: Path
     profile: Profile
     trials: list[Trial]
-    retrains: list[dict[str, Any]] = field(default_factory=list)    # one per trial, compared with the search
+    rows: list[TrialRow] = field(default_factory=list)               # the one table (report.trials), start order
+    retrains: list[dict[str, Any]] = field(default_factory=list)    # one per trial and seed, compared with the search
     retrain_dirs: list[str] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)     # retrain folders left out, and why
     problems: list[str] = field(default_factory=list)                # invalid numbers, and where they are
@@ -46,10 +56,22 @@ class ExperimentData:
             keys += [k for k in t.params if k not in keys]
         return keys
 
+    @property
+    def best(self) -> TrialRow:
+        return table_of.best_row(self.rows)
+
+    def label(self, row: TrialRow) -> str:
+        """A trial's configuration in a few characters: ``mobilenet Adam 0.001``, or ``010011`` (classic NAS)."""
+        params = row.trial.params
+        if self.stage == "classic_nas":
+            return "".join(str(params.get(k, "?")) for k in self.keys)
+        return " ".join(_value(params.get(k)) for k in self.keys if k in params)
+
 
 def load(source: str | os.PathLike, experiments_dir: str | os.PathLike | None,
          retrain_dirs: Sequence[str | os.PathLike]) -> ExperimentData:
-    """Read the experiment and find its retrains; an error when no trial has a final result yet."""
+    """Read the experiment, build its table of trials and find its retrains; an error when no trial
+    has a final result yet."""
     exp_dir = find_experiment(source, experiments_dir)
     profile = read_profile(exp_dir)
     trials = load_experiment(exp_dir, param_keys=tuple(profile.search_space))
@@ -60,8 +82,8 @@ def load(source: str | os.PathLike, experiments_dir: str | os.PathLike | None,
     problems: list[str] = []
     invalid_finals = _check_trials(trials, problems)
     dirs = [str(Path(d).expanduser()) for d in retrain_dirs]
-    data = ExperimentData(exp_dir, profile, trials, retrain_dirs=dirs, problems=problems,
-                          invalid_finals=invalid_finals)
+    data = ExperimentData(exp_dir, profile, trials, rows=table_of.build(trials, invalid_finals), retrain_dirs=dirs,
+                          problems=problems, invalid_finals=invalid_finals)
     found = match_retrains(dirs, profile.experiment_id, data.stage, trials, list(profile.search_space))
     data.retrains, data.ignored = found.matched, found.ignored
     return data
@@ -89,31 +111,44 @@ def _check_trials(trials: Sequence[Trial], problems: list[str]) -> dict[str, Any
     return invalid
 
 
+def heading(level: int, text: str) -> str:
+    return "#" * level + " " + text
+
+
 def _value(v: Any) -> str:
     return json.dumps(v) if not isinstance(v, str) else v
 
 
-def _duration(t: Trial) -> float | None:
-    return (t.end_ms - t.start_ms) / 1000 if t.start_ms and t.end_ms else None
+def _final_cell(row: TrialRow) -> Any:
+    """A final result as a table shows it: the accuracy with its standard error, or why it is invalid."""
+    if isinstance(row.final, Invalid):
+        return row.final
+    return with_se(row.valid_final, row.se) if row.valid_final is not None else None
 
 
-def _arch_label(t: Trial, keys: Sequence[str]) -> str:
-    return "".join(str(t.params.get(k, "?")) for k in keys)
+def trial_data(exp: ExperimentData) -> str:
+    """Which data and how much training the best trial had (its config), in one line."""
+    best = exp.best.trial
+    cfg = read_config(Path(best.log_dir)) if best.log_dir else {}
+    unset = {"subset": 0, "val_subset": 0, "max_batches": 0}          # 0: all of them
+    return ", ".join(f"{k} {cfg[k]}" for k in DATA_FIELDS
+                     if cfg.get(k) is not None and cfg.get(k) != unset.get(k, None)) or "not recorded"
 
 
-def _what_ran(exp: ExperimentData) -> list[str]:
+def epochs_spent(exp: ExperimentData) -> int:
+    """Every trial's epochs together (failed and early-stopped ones included)."""
+    return sum(t.epochs_run for t in exp.trials)
+
+
+def what_ran(exp: ExperimentData) -> list[str]:
+    """The experiment's space, algorithms, budget and data, as bullets."""
     p = exp.profile
     space = "; ".join(f"`{k}` {v.get('_type')} {json.dumps(v.get('_value'))}" for k, v in p.search_space.items()) \
         or "none given to NNI (the trial holds its own space)"
     algos = ", ".join(f"{role} {p.algorithm(role)}" for role in ("tuner", "assessor", "advisor") if p.algorithm(role))
-    best = ranked(exp.trials)[0]
-    cfg = read_config(Path(best.log_dir)) if best.log_dir else {}
-    unset = {"subset": 0, "val_subset": 0, "max_batches": 0}          # 0: all of them
-    data = ", ".join(f"{k} {cfg[k]}" for k in DATA_FIELDS
-                     if cfg.get(k) is not None and cfg.get(k) != unset.get(k, None)) or "not recorded"
-    counts = defaultdict(int)
-    for t in exp.trials:
-        counts[t.status] += 1
+    counts: dict[str, int] = defaultdict(int)
+    for row in exp.rows:
+        counts[row.status] += 1
     return [f"- experiment: `{p.experiment_id}` ({p.params.get('experimentName') or 'no name'}), folder `{exp.exp_dir}`",
             f"- stage: {STAGES.get(exp.stage, exp.stage)} (trial code `{p.trial_code_dir}`)",
             f"- trial command: `{p.trial_command}`",
@@ -121,121 +156,343 @@ def _what_ran(exp: ExperimentData) -> list[str]:
             f"- algorithms: {algos or 'none recorded'}",
             f"- trial budget: {p.max_trials or 'unlimited'} trials, concurrency {p.params.get('trialConcurrency', 1)}, "
             f"max duration {p.params.get('maxExperimentDuration', 'unlimited')}",
-            f"- data (the best trial's config): {data}",
+            f"- spent: {epochs_spent(exp)} trial-epochs (every trial's epochs, failed and early-stopped ones included)",
+            f"- data (the best trial's config): {trial_data(exp)}",
             f"- trials so far: {len(exp.trials)} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})"]
 
 
-def _trial_table(exp: ExperimentData, keys: Sequence[str]) -> tuple[str, list[Trial]]:
-    good = ranked(exp.trials)
-    rest = [t for t in exp.trials if t not in good]
-    order = good + rest
+def best_section(exp: ExperimentData, level: int) -> list[str]:
+    row = exp.best
+    best = row.trial
+    test = (f" Its test accuracy (recorded, never searched on): {best.final_metrics['test_acc']:.4f}."
+            if isinstance(best.final_metrics.get("test_acc"), float) else "")
+    return [heading(level, "Best trial"), "",
+            f"Trial **{best.trial_id}** (No. {best.sequence_id}): final {METRIC} **{row.valid_final:.4f}**"
+            + (f" ± {row.se:.4f}" if row.se is not None else "") + f" after {best.epochs_run} "
+            f"epoch{'s' if best.epochs_run != 1 else ''}; parameters "
+            f"`{json.dumps(best.params, sort_keys=True)}`; run folder `{best.log_dir}`." + test, "",
+            table_of.tie_text(exp.rows, lambda r: f"{r.trial.trial_id} ({exp.label(r)})"), ""]
+
+
+def trial_table(exp: ExperimentData, limit: int | None = None) -> str:
+    """Every trial (or the ``limit`` best), best first, then the unranked ones in start order."""
+    keys = exp.keys
+    order = table_of.by_rank(exp.rows) + [r for r in exp.rows if r.rank is None]
     rows = []
-    for i, t in enumerate(order, 1):
-        final = Invalid(exp.invalid_finals[t.trial_id]) if t.trial_id in exp.invalid_finals else t.final
-        rows.append([i if t in good else "-", t.trial_id, t.sequence_id, *(_value(t.params.get(k, "-")) for k in keys),
-                     final, t.epochs_run, seconds(_duration(t)), t.status,
-                     "yes" if t.early_stopped else "no"])
-    header = ("rank", "trial", "No.", *keys, f"final {METRIC}", "epochs", "duration", "status", "early-stopped")
-    return table(header, rows), order
+    for r in order[:limit] if limit else order:
+        t = r.trial
+        rows.append([r.rank or "-", t.trial_id, t.sequence_id, *(_value(t.params.get(k, "-")) for k in keys),
+                     _final_cell(r), {True: "yes", False: "", None: "?"}[r.tied] if r.rank else "-",
+                     t.epochs_run, seconds(r.duration), r.status])
+    header = ("rank", "trial", "No.", *keys, f"final {METRIC} ± SE", f"tied with best (≤ {TIE_SE:g} SE)", "epochs",
+              "duration", "status")
+    return table(header, rows)
 
 
-def _effects(exp: ExperimentData, keys: Sequence[str], out: Path) -> list[str]:
-    good = ranked(exp.trials)
+def trials_section(exp: ExperimentData, level: int) -> list[str]:
+    lines = [heading(level, "All trials, best first"), "",
+             f"SE: the binomial standard error of each final result, sqrt(p (1 - p) / n) over its n validation images. "
+             f"EARLY_STOPPED: stopped by the assessor (NNI records USER_CANCELED).", "", trial_table(exp), ""]
+    lines += [f"- trial {r.trial.trial_id} failed: `{r.trial.error}`" for r in exp.rows if r.trial.error]
+    return lines + [""]
+
+
+def per_trial_figures(exp: ExperimentData, out: Path, prefix: str, level: int) -> list[str]:
+    lines = [heading(level, "Results per trial"), ""]
+    numbers = [t.sequence_id if t.sequence_id is not None else i for i, t in enumerate(exp.trials)]
+    finals = [r.valid_final for r in exp.rows]
+    stopped = [t.intermediates[-1] if t.early_stopped else None for t in exp.trials]
+    best = exp.best
+    band = (best.valid_final - TIE_SE * best.se, best.valid_final) if best.se is not None else None
+    name = f"{prefix}trials.png"
+    plots.final_per_trial(numbers, finals, stopped, out / name, METRIC, tie_band=band)
+    lines += [figure(name, f"Final {METRIC} of each trial in start order, and the best so far"
+                     + ("; shaded: tied with the best" if band else "")), ""]
+    curves = [(t.trial_id, t.intermediates, t.early_stopped) for t in exp.trials if t.intermediates]
+    if curves:
+        name = f"{prefix}curves.png"
+        plots.intermediate_curves(curves, out / name, METRIC)
+        lines += [figure(name, f"Per-epoch {METRIC} of every trial; early-stopped ones dashed, ending in x"), ""]
+    else:
+        lines += ["No trial reported an intermediate result yet.", ""]
+    return lines
+
+
+def budget_section(exps: Sequence[ExperimentData], out: Path, name: str, level: int) -> list[str]:
+    """Best result so far against trial-epochs spent, one line per experiment: the fair axis when an
+    assessor stops some trials early (a stopped trial costs the epochs it ran, not a whole trial)."""
+    series = {}
+    for exp in exps:
+        xs, best = table_of.spent(exp.rows)
+        series[f"{exp.profile.experiment_id} ({exp.profile.algorithm('tuner') or '?'}"
+               f"{' + ' + exp.profile.algorithm('assessor') if exp.profile.algorithm('assessor') else ''})"] = \
+            (xs, [b.valid_final if b else None for b in best])
+    plots.best_so_far(series, out / name, METRIC)
+    return [heading(level, "Best result against the training spent"), "",
+            figure(name, f"Best final {METRIC} so far against trial-epochs spent (each trial's epochs, early-stopped "
+                   "and failed ones included, counted when it ended)"), ""]
+
+
+def effects_section(exp: ExperimentData, out: Path, prefix: str, level: int) -> list[str]:
     lines = []
     on_off = exp.stage == "classic_nas"
-    for key in keys:
+    ranked_rows = table_of.by_rank(exp.rows)
+    for key in exp.keys:
         groups: dict[str, list[float]] = defaultdict(list)
-        for t in good:
-            if key in t.params:
-                groups[_value(t.params[key])].append(t.final)
+        for r in ranked_rows:
+            if key in r.trial.params:
+                groups[_value(r.trial.params[key])].append(r.valid_final)
         if not groups:
             continue
         labelled = sorted(groups.items(), key=lambda kv: kv[0])
         if on_off:
             labelled = [(("on" if k == "1" else "off" if k == "0" else k), v) for k, v in labelled]
-        name = f"effect_{key}.png"
+        name = f"{prefix}effect_{key}.png"
         plots.effect(key, labelled, out / name, METRIC)
         lines += [figure(name, f"Final {METRIC} per value of {key} (dots: trials; bars: mean)"), ""]
-    return lines
+    return [heading(level, "Effect of each searched parameter"), "", *lines] if lines else []
 
 
-def _model_optimizer(exp: ExperimentData) -> list[str]:
-    good = ranked(exp.trials)
-    if not good or not all("model" in t.params and "optimizer" in t.params for t in good):
+def _varying(exp: ExperimentData, rows: Sequence[TrialRow]) -> list[str]:
+    """The searched parameters that take more than one value among ``rows``."""
+    return [k for k in exp.keys if len({json.dumps(r.trial.params.get(k), sort_keys=True) for r in rows}) > 1]
+
+
+def _kind(values: Sequence[Any]) -> str:
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return "log" if all(v > 0 for v in values) and max(values) / min(values) >= 100 else "linear"
+    return "category"
+
+
+def parallel_section(exp: ExperimentData, out: Path, prefix: str, level: int) -> list[str]:
+    rows = table_of.by_rank(exp.rows)
+    keys = _varying(exp, rows)
+    lines = [heading(level, "Parallel coordinates"), ""]
+    if len(rows) < 2 or not keys:
+        return lines + ["Fewer than two finished trials, or no parameter that differs between them: nothing to "
+                        "draw.", ""]
+    axes = []
+    for k in keys:
+        column = [r.trial.params.get(k) for r in rows]
+        kind = _kind(column)
+        axes.append((k, column if kind != "category" else [plots.json_label(v) for v in column], kind))
+    name = f"{prefix}parallel.png"
+    plots.parallel_coordinates(axes, [r.valid_final for r in rows], [bool(r.tied) for r in rows], out / name, METRIC)
+    return lines + [figure(name, f"Every finished trial's parameters and final {METRIC}, coloured by the result "
+                           f"(thick: tied with the best); numeric axes spanning two decades or more are logarithmic"),
+                    ""]
+
+
+def importance_section(exp: ExperimentData, out: Path, prefix: str, level: int) -> list[str]:
+    rows = table_of.by_rank(exp.rows)
+    keys = _varying(exp, rows)
+    lines = [heading(level, "Parameter importance"), ""]
+    if len(rows) < MIN_TRIALS_FOR_IMPORTANCE:
+        return lines + [f"Importance cannot be estimated from {len(rows)} finished trial(s): it takes at least "
+                        f"{MIN_TRIALS_FOR_IMPORTANCE}, or the figure would draw noise.", ""]
+    if not keys:
+        return lines + ["Every finished trial ran the same parameters: there is no importance to estimate.", ""]
+    y = [r.valid_final for r in rows]
+    if max(y) == min(y):
+        return lines + [f"Every finished trial has the same final {METRIC}: no parameter explains a difference.", ""]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # scikit-learn's notes on few out-of-bag samples
+        imp = importance({k: [r.trial.params.get(k) for r in rows] for k in keys}, y)
+    method = (f"a random forest (scikit-learn, {len(rows)} finished trials) predicting the final {METRIC} from "
+              f"{', '.join(keys)}; importance is each parameter's share of the forest's decrease in impurity, as "
+              f"optuna's mean-decrease-impurity evaluator computes it")
+    if imp.oob_r2 <= 0:
+        return lines + [f"Not shown: {method}, but the forest predicts held-out trials no better than their mean "
+                        f"(out-of-bag R² = {imp.oob_r2:.2f}), so its importances would be noise.", ""]
+    name = f"{prefix}importance.png"
+    plots.importance(imp.names, imp.shares, imp.spread, out / name,
+                     f"Parameter importance ({imp.n} trials; out-of-bag R² {imp.oob_r2:.2f})")
+    rows_md = sorted(zip(imp.names, imp.shares, imp.spread), key=lambda r: -r[1])
+    return lines + [f"From {method}. The forest explains {imp.oob_r2:.0%} of the variance of held-out trials "
+                    "(out-of-bag R²); the bars' spread is over its trees.", "",
+                    figure(name, "Share of each parameter in the forest's impurity decrease"), "",
+                    table(("parameter", "importance", "spread over trees"), rows_md), ""]
+
+
+def model_optimizer_section(exp: ExperimentData, level: int) -> list[str]:
+    good = table_of.by_rank(exp.rows)
+    if not good or not all("model" in r.trial.params and "optimizer" in r.trial.params for r in good):
         return []
-    best: dict[tuple[str, str], Trial] = {}
-    for t in good:       # best first: the first seen per cell is the cell's best
-        best.setdefault((t.params["model"], t.params["optimizer"]), t)
+    best: dict[tuple[str, str], TrialRow] = {}
+    for r in good:       # best first: the first seen per cell is the cell's best
+        best.setdefault((r.trial.params["model"], r.trial.params["optimizer"]), r)
     models = sorted({m for m, _ in best})
     optims = sorted({o for _, o in best})
     rows = []
     for m in models:
         cells = []
         for o in optims:
-            t = best.get((m, o))
-            cells.append(f"{t.final:.4f} (lr {t.params.get('lr')})" if t else "-")
+            r = best.get((m, o))
+            cells.append(f"{with_se(r.valid_final, r.se)} (lr {r.trial.params.get('lr')})" if r else "-")
         rows.append([m, *cells])
-    return ["## Model x optimizer", "",
-            f"Best final {METRIC} of each model with each optimizer (its learning rate in brackets; "
+    return [heading(level, "Model x optimizer"), "",
+            f"Best final {METRIC} ± SE of each model with each optimizer (its learning rate in brackets; "
             "`-`: not tried or no trial finished).", "", table(("model", *optims), rows), ""]
 
 
-def _architectures(exp: ExperimentData, keys: Sequence[str], out: Path) -> list[str]:
+def architectures_section(exp: ExperimentData, out: Path, prefix: str, level: int) -> list[str]:
+    keys = exp.keys
     if exp.stage != "classic_nas" or not keys:
         return []
-    good = ranked(exp.trials)
-    best: dict[str, float] = {}
-    for t in good:
-        best.setdefault(_arch_label(t, keys), t.final)
-    name = "architectures.png"
-    plots.bars(list(best), list(best.values()), out / name, title="Final validation accuracy per architecture",
+    best: dict[str, TrialRow] = {}
+    for r in table_of.by_rank(exp.rows):
+        best.setdefault(exp.label(r), r)
+    name = f"{prefix}architectures.png"
+    plots.bars(list(best), [r.valid_final for r in best.values()], out / name,
+               title="Final validation accuracy per architecture",
                xlabel=f"architecture ({', '.join(keys)}: 1 = skip on)", ylabel=f"final {METRIC} (fraction)")
-    return ["## Architectures", "", figure(name, "Best final validation accuracy of each architecture tried, best first"),
-            "", table((f"architecture ({''.join(k[-1] for k in keys)} = {', '.join(keys)})", f"best final {METRIC}"),
-                      list(best.items())), ""]
+    rows = [[arch, with_se(r.valid_final, r.se), {True: "yes", False: "", None: "?"}[r.tied]]
+            for arch, r in best.items()]
+    return [heading(level, "Architectures"), "",
+            figure(name, "Best final validation accuracy of each architecture tried, best first"), "",
+            table((f"architecture ({''.join(k[-1] for k in keys)} = {', '.join(keys)})", f"best final {METRIC} ± SE",
+                   "tied with best"), rows), ""]
 
 
-def _retrains(exp: ExperimentData, keys: Sequence[str], out: Path) -> list[str]:
+@dataclass(frozen=True)
+class HpoProvenance:
+    """Which HPO winner a classic-NAS experiment's trials trained with (``--from-hpo`` /
+    CIFAR_AUTOML_FROM_HPO), as their final results repeat it."""
+
+    source: str | None          # the HPO experiment as the trials were given it (None: no --from-hpo)
+    trial: str | None           # its best trial
+    optimizer: Any
+    lr: Any
+    trials: int                 # how many finished trials trained with it
+    of: int                     # of how many finished trials
+
+    def names(self, exp_id: str, exp_dir: Path) -> bool:
+        """Whether ``source`` names that experiment (its id, its folder or its database)."""
+        if not self.source:
+            return False
+        path = Path(self.source)
+        return self.source == exp_id or path.name == exp_id or (path.name == "nni.sqlite"
+                                                                 and path.parent.parent.name == exp_id) \
+            or os.path.realpath(path) == os.path.realpath(exp_dir)
+
+
+def hpo_provenance(exp: ExperimentData) -> HpoProvenance | None:
+    """The HPO winner the experiment's finished trials trained with (the most common one), or None
+    for an experiment of another stage."""
+    if exp.stage != "classic_nas":
+        return None
+    finished = [r.trial for r in exp.rows if r.trial.final_metrics]
+    seen: dict[tuple, int] = defaultdict(int)
+    for t in finished:
+        fm = t.final_metrics
+        seen[(fm.get("from_hpo"), fm.get("hpo_trial"), json.dumps(fm.get("optimizer")), json.dumps(fm.get("lr")))] += 1
+    if not seen:
+        return None
+    (source, trial, optimizer, lr), count = max(seen.items(), key=lambda kv: (kv[0][0] is not None, kv[1]))
+    if source is None:
+        cfg = read_config(Path(exp.best.trial.log_dir)) if exp.best.trial.log_dir else {}
+        optimizer, lr = json.dumps(cfg.get("optimizer")), json.dumps(cfg.get("lr"))
+    return HpoProvenance(source, trial, json.loads(optimizer), json.loads(lr), count, len(finished))
+
+
+def hpo_winner_note(exp: ExperimentData) -> list[str]:
+    """A classic-NAS experiment: whether its trials trained with an HPO experiment's winner."""
+    p = hpo_provenance(exp)
+    if p is None:
+        return []
+    if p.source is None:
+        own = (f" (the best trial's optimizer {p.optimizer}, lr {p.lr})" if p.optimizer is not None and p.lr is not None
+               else "")
+        return [f"- HPO winner: not taken; the trials trained with the stage's own recipe{own}, not with an HPO "
+                "experiment's winner (no --from-hpo / CIFAR_AUTOML_FROM_HPO)."]
+    share = "every finished trial" if p.trials == p.of else f"{p.trials} of {p.of} finished trials"
+    return [f"- HPO winner: taken; {share} trained with optimizer {p.optimizer}, lr {p.lr}, the winner (trial "
+            f"{p.trial}) of HPO experiment `{p.source}` (--from-hpo / CIFAR_AUTOML_FROM_HPO)."]
+
+
+# --- retrains --------------------------------------------------------------------------------------
+
+def _retrain_acc(r: dict[str, Any], problems: list[str]) -> tuple[Any, int | None, str]:
+    """A retrain's test accuracy (a number, :class:`Invalid` or None), its image count and its state."""
+    result = checked(r["result"], f"`{r['run_dir']}/result.json`", problems) if r["result"] else None
+    try:
+        last: Any = read_last_epoch(r["run_dir"])
+        state = "finished" if result else f"running/stopped after epoch {last}"
+    except UserError as exc:
+        state = f"metrics unreadable: {exc}"
+    if not result:
+        return None, None, state
+    n = result.get("test_images")
+    return result.get("test_acc"), n if isinstance(n, int) and n > 0 else None, state
+
+
+def retrains_section(exp: ExperimentData, out: Path, prefix: str, level: int) -> list[str]:
     where = ", ".join(f"`{d}`" for d in exp.retrain_dirs)
-    lines = ["## Does the ranking survive a long retrain?", ""]
+    lines = [heading(level, "Does the ranking survive a long retrain?"), ""]
     ignored = _ignored(exp)
     if not exp.retrains:
         stage_cmd = {"hpo": "python hpo/retrain.py", "classic_nas": "python classic_nas/retrain.py"}.get(exp.stage)
-        hint = f" Retrain the K best with `{stage_cmd} --experiment {exp.profile.experiment_id} --top K`." if stage_cmd else ""
+        hint = (f" Retrain the K best with `{stage_cmd} --experiment {exp.profile.experiment_id} --top K "
+                "[--seeds S1 S2 ...]`." if stage_cmd else "")
         return lines + [f"No retrain of this experiment's trials found (looked in {where}).{hint}", "", *ignored]
-    rank = {t.trial_id: i for i, t in enumerate(ranked(exp.trials), 1)}
-    rows, points = [], []
+    row_of = {r.trial.trial_id: r for r in exp.rows}
+    groups: dict[str, list[dict[str, Any]]] = {}
     for r in exp.retrains:
-        t: Trial = r["trial"]
-        result = checked(r["result"], f"`{r['run_dir']}/result.json`", exp.problems) if r["result"] else None
-        label = " ".join(_value(t.params.get(k)) for k in keys) if exp.stage != "classic_nas" else \
-            "".join(str(t.params.get(k, "?")) for k in keys)
-        retrain_acc = result.get("test_acc") if result else None
-        try:
-            last: Any = read_last_epoch(r["run_dir"])
-            state = "finished" if result else f"running/stopped after epoch {last}"
-        except UserError as exc:
-            last, state = "-", f"metrics unreadable: {exc}"
-        rows.append([rank.get(t.trial_id, "-"), t.trial_id, label, t.final, retrain_acc,
-                     result.get("epoch") if result else last, state, f"`{r['run_dir']}`"])
-        if t.final is not None and valid(retrain_acc) is not None:
-            points.append((f"{t.trial_id} {label}", float(t.final), float(retrain_acc)))
-    lines += [f"Retrains found in {where}: {len(exp.retrains)} ({len(points)} finished with a valid test accuracy).",
-              "", table(("search rank", "trial", "configuration", f"search {METRIC}", "retrain test accuracy",
-                         "retrain epochs", "state", "run folder"), rows), "", *ignored]
+        groups.setdefault(r["trial"].trial_id, []).append(r)
+    entries, points, n_runs = [], [], 0
+    for trial_id, runs in groups.items():
+        row = row_of[trial_id]
+        accs, states, ses = [], [], []
+        for r in runs:
+            acc, n, state = _retrain_acc(r, exp.problems)
+            states.append(state if len(runs) == 1 else f"seed {r['seed']}: {state}")
+            if valid(acc) is not None:
+                accs.append(float(acc))
+                ses.append(binomial_se(float(acc), n))
+            elif isinstance(acc, Invalid):
+                states[-1] += f" ({acc})"
+        n_runs += len(accs)
+        mean = std = spread = None
+        if accs:
+            mean, std = mean_std(accs)
+            # the noise of the mean: over seeds when there are several, else the one run's binomial error
+            spread = std / len(accs) ** 0.5 if std is not None else ses[0]
+            if row.valid_final is not None:
+                points.append((f"{trial_id} {exp.label(row)}", row.valid_final, mean, row.se, std, spread))
+        entries.append((row, runs, accs, states, mean, std, spread, ses))
+    top = max((e for e in entries if e[4] is not None), key=lambda e: e[4], default=None)
+    rows = []
+    for row, runs, accs, states, mean, std, spread, ses in entries:
+        shown = None if mean is None else \
+            f"{mean:.4f} ± {std:.4f} (n={len(accs)})" if std is not None else with_se(mean, ses[0])
+        tied = "-" if mean is None else {True: "yes", False: "", None: "?"}[tied_with(top[4], top[6], mean)]
+        rows.append([row.rank or "-", row.trial.trial_id, exp.label(row), _final_cell(row),
+                     ", ".join(str(r["seed"]) for r in runs), shown, ", ".join(f"{a:.4f}" for a in accs) or "-", tied,
+                     "; ".join(states), ", ".join(f"`{r['run_dir']}`" for r in runs)])
+    lines += [f"Retrains found in {where}: {len(exp.retrains)} run(s) of {len(groups)} configuration(s) ({n_runs} "
+              "finished with a valid test accuracy). Per configuration: the test accuracy's mean ± standard deviation "
+              f"over its seeds (one seed: ± its binomial standard error); tied: within {TIE_SE:g} standard errors of "
+              "the best mean (the standard error of a mean over seeds: its std / sqrt(n)).", "",
+              table(("search rank", "trial", "configuration", f"search {METRIC} ± SE", "seeds",
+                     "retrain test accuracy", "per seed", "tied with best", "state", "run folders"), rows), "",
+              *ignored]
     if len(points) < 2:
-        return lines + ["Fewer than two retrains finished: no ranking to compare yet.", ""]
-    tau = kendall_tau([p[1] for p in points], [p[2] for p in points])
-    name = "search_vs_retrain.png"
-    plots.search_vs_retrain(points, out / name, search_metric=METRIC, retrain_metric="test accuracy", tau=tau)
+        return lines + ["Fewer than two configurations have a finished retrain: no ranking to compare yet.", ""]
+    k = kendall([p[1] for p in points], [p[2] for p in points])
+    name = f"{prefix}search_vs_retrain.png"
+    plots.search_vs_retrain([p[:3] for p in points], out / name, search_metric=METRIC,
+                            retrain_metric="test accuracy (mean over seeds)", tau=k.tau if k else None,
+                            xerr=[p[3] for p in points], yerr=[p[4] for p in points])
+    tau_text = (f"**Kendall's tau = {k.tau:.3f}** (p = {k.p:.3g}, n = {k.n}; the probability of a tau at least this "
+                "far from 0 if the two rankings were unrelated)" if k else
+                "**Kendall's tau is undefined** (all search or all retrain results tied)")
+    lines += [figure(name, "Search metric against retrain test accuracy (mean over seeds), per configuration; bars: "
+                     "search standard error, standard deviation over seeds"), "",
+              f"{tau_text} between the search's and the retrains' ranking (mean over seeds) of these {len(points)} "
+              "configurations (1: same order, -1: reversed, 0: unrelated).", ""]
     search_best = max(points, key=lambda p: p[1])
     top = max(p[2] for p in points)
     retrain_best = [p for p in points if p[2] == top]
-    tau_text = (f"**Kendall's tau = {tau:.3f}**" if tau is not None
-                else "**Kendall's tau is undefined** (all search or all retrain results tied)")
-    lines += [figure(name, "Search metric against retrain test accuracy, per retrained configuration"), "",
-              f"{tau_text} between the search's and the retrain's ranking of these {len(points)} configurations "
-              "(1: same order, -1: reversed, 0: unrelated).", ""]
     others = [p for p in retrain_best if p is not search_best]
     if search_best in retrain_best and not others:
         lines += [f"The search's winner ({search_best[0]}) is also the retrain's winner.", ""]
@@ -243,9 +500,14 @@ def _retrains(exp: ExperimentData, keys: Sequence[str], out: Path) -> list[str]:
         lines += [f"The search's winner ({search_best[0]}) ties for the retrain's best ({top:.4f}) with "
                   f"{', '.join(p[0] for p in others)}.", ""]
     else:
+        leader = retrain_best[0]
+        tie = tied_with(top, leader[5], search_best[2])
         lines += [f"**The search's winner ({search_best[0]}, search {search_best[1]:.4f}, retrain {search_best[2]:.4f}) "
                   f"is not the retrain's winner ({', '.join(p[0] for p in retrain_best)}: retrain {top:.4f}, search "
-                  f"{', '.join(f'{p[1]:.4f}' for p in retrain_best)}).**", ""]
+                  f"{', '.join(f'{p[1]:.4f}' for p in retrain_best)}).**"
+                  + ("" if tie is None else f" Within the noise it is {'tied with it' if tie else 'behind it'}: "
+                     f"{top - search_best[2]:.4f} apart, {TIE_SE:g} standard errors of the retrain's best being "
+                     f"{TIE_SE * leader[5]:.4f}."), ""]
     return lines
 
 
@@ -262,54 +524,53 @@ def read_last_epoch(run_dir: str) -> int:
     return int(metrics[-1]["epoch"]) if metrics else 0
 
 
-def render(exp: ExperimentData, out: Path) -> str:
-    """The Markdown of the experiment's report; figures are written into ``out``."""
-    keys = exp.keys
-    table_md, order = _trial_table(exp, keys)
-    best = ranked(exp.trials)[0]
-    lines = [f"# Report: experiment {exp.profile.experiment_id} ({STAGES.get(exp.stage, exp.stage)})", "",
-             "## What ran", "", *_what_ran(exp), "",
-             "## Best trial", "",
-             f"Trial **{best.trial_id}** (No. {best.sequence_id}): final {METRIC} **{best.final:.4f}** after "
-             f"{best.epochs_run} epochs; parameters `{json.dumps(best.params, sort_keys=True)}`; run folder "
-             f"`{best.log_dir}`." + (f" Its test accuracy (recorded, never searched on): "
-                                     f"{best.final_metrics['test_acc']:.4f}." if "test_acc" in best.final_metrics else ""),
-             "", "## All trials, best first", "", table_md, ""]
-    for t in order:
-        if t.error:
-            lines.append(f"- trial {t.trial_id} failed: `{t.error}`")
-    lines += ["", "## Results per trial", ""]
-    numbers = [t.sequence_id if t.sequence_id is not None else i for i, t in enumerate(exp.trials)]
-    good = set(id(t) for t in ranked(exp.trials))
-    finals = [t.final if id(t) in good else None for t in exp.trials]
-    stopped = [t.intermediates[-1] if t.early_stopped else None for t in exp.trials]
-    plots.final_per_trial(numbers, finals, stopped, out / "trials.png", METRIC)
-    lines += [figure("trials.png", f"Final {METRIC} of each trial in start order, and the best so far"), ""]
-    curves = [(t.trial_id, t.intermediates, t.early_stopped) for t in exp.trials if t.intermediates]
-    if curves:
-        plots.intermediate_curves(curves, out / "curves.png", METRIC)
-        lines += [figure("curves.png", f"Per-epoch {METRIC} of every trial; early-stopped ones dashed, ending in x"), ""]
-    else:
-        lines += ["No trial reported an intermediate result yet.", ""]
-    effects = _effects(exp, keys, out)
-    if effects:
-        lines += ["## Effect of each searched parameter", "", *effects]
-    lines += _model_optimizer(exp)
-    lines += _architectures(exp, keys, out)
+def exports_section(exp: ExperimentData, out: Path, prefix: str, level: int) -> list[str]:
+    about = {"experiment_id": exp.profile.experiment_id, "experiment_dir": str(exp.exp_dir), "stage": exp.stage,
+             "metric": METRIC, "search_space": exp.profile.search_space}
+    csv_name, json_name = table_of.write_exports(exp.rows, exp.keys, out, about, prefix)
+    return [heading(level, "Exports"), "",
+            f"Every trial ({len(exp.rows)}, failed and early-stopped ones included) with its sequence id, trial id, "
+            "status, the parameters it really ran, final result with standard error, best intermediate result, "
+            f"epochs and duration: [`{csv_name}`]({csv_name}) (a column `params_<name>` per parameter) and "
+            f"[`{json_name}`]({json_name}) (with every intermediate result).", ""]
+
+
+def problems_section(exp: ExperimentData, level: int) -> list[str]:
+    if not exp.problems:
+        return []
+    return [heading(level, "Invalid numbers"), "",
+            "These values are not valid for what they measure; they are shown as invalid and left out of the "
+            "figures, the ranking and every comparison:", "", *(f"- {p}" for p in exp.problems), ""]
+
+
+def render(exp: ExperimentData, out: Path, prefix: str = "", level: int = 1, tensorboard: bool = True,
+           title: str | None = None, intro: Sequence[str] = ()) -> str:
+    """The Markdown of the experiment's report (a title at ``level``, then the lines ``intro``, its
+    sections one deeper); figures and exports are written into ``out``, their names starting with
+    ``prefix``."""
+    sub = level + 1
+    title = title or f"Report: experiment {exp.profile.experiment_id} ({STAGES.get(exp.stage, exp.stage)})"
+    lines = [heading(level, title), "", *intro,
+             heading(sub, "What ran"), "", *what_ran(exp), *hpo_winner_note(exp), "",
+             *best_section(exp, sub), *trials_section(exp, sub), *per_trial_figures(exp, out, prefix, sub),
+             *budget_section([exp], out, f"{prefix}budget.png", sub), *effects_section(exp, out, prefix, sub),
+             *parallel_section(exp, out, prefix, sub), *importance_section(exp, out, prefix, sub),
+             *model_optimizer_section(exp, sub), *architectures_section(exp, out, prefix, sub)]
+    best = exp.best.trial
     if exp.stage == "oneshot_darts" and best.log_dir:
         try:
             run = load_run(best.log_dir)
         except UserError as exc:
             lines += [f"The best trial's run folder cannot be shown: {exc}", ""]
         else:
-            lines += ["## The best trial's run", "", render_run(run, out, prefix="best_trial_", heading="##")]
-    lines += _retrains(exp, keys, out)
-    if exp.problems:
-        lines += ["## Invalid numbers", "",
-                  "These values are not valid for what they measure; they are shown as invalid and left out of the "
-                  "figures, the ranking and every comparison:", "", *(f"- {p}" for p in exp.problems), ""]
-    lines += ["## TensorBoard", "",
-              "Trials write their per-epoch numbers as TensorBoard scalars into `<trial folder>/tensorboard/`: select "
-              "trials in the web UI's trial list and press TensorBoard, or run "
-              f"`tensorboard --logdir {exp.exp_dir}/environments`.", ""]
+            lines += [heading(sub, "The best trial's run"), "",
+                      render_run(run, out, prefix=f"{prefix}best_trial_", heading="#" * sub)]
+    lines += retrains_section(exp, out, prefix, sub)
+    lines += problems_section(exp, sub)
+    lines += exports_section(exp, out, prefix, sub)
+    if tensorboard:
+        lines += [heading(sub, "TensorBoard"), "",
+                  "Trials write their per-epoch numbers as TensorBoard scalars into `<trial folder>/tensorboard/`: "
+                  "select trials in the web UI's trial list and press TensorBoard, or run "
+                  f"`tensorboard --logdir {exp.exp_dir}/environments`.", ""]
     return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ figure without data (the report says "no trials finished yet" instead).
 from __future__ import annotations
 
 import io
+import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,10 +32,14 @@ def _save(fig: Any, path: Path, rect: tuple[float, float, float, float] = (0, 0,
 
 
 def final_per_trial(numbers: Sequence[int], finals: Sequence[float | None], stopped: Sequence[float | None],
-                    path: Path, metric: str) -> Path:
+                    path: Path, metric: str, tie_band: tuple[float, float] | None = None) -> Path:
     """Final metric of each trial in start order, the best so far, and early-stopped trials' last
-    intermediate result (hollow markers)."""
+    intermediate result (hollow markers); ``tie_band``: the range of results tied with the best
+    (shaded)."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    if tie_band is not None:
+        ax.axhspan(tie_band[0], tie_band[1], color="tab:orange", alpha=0.15, lw=0,
+                   label="tied with the best (within 2 standard errors)")
     xs = [n for n, f in zip(numbers, finals) if f is not None]
     ys = [f for f in finals if f is not None]
     ax.plot(xs, ys, "o", color="tab:blue", label=f"final {metric}")
@@ -114,10 +119,15 @@ def bars(labels: Sequence[str], values: Sequence[float], path: Path, *, title: s
 
 
 def search_vs_retrain(points: Sequence[tuple[str, float, float]], path: Path, *, search_metric: str,
-                      retrain_metric: str, tau: float | None) -> Path:
-    """Search metric against retrain metric per configuration, labelled."""
+                      retrain_metric: str, tau: float | None, xerr: Sequence[float | None] | None = None,
+                      yerr: Sequence[float | None] | None = None) -> Path:
+    """Search metric against retrain metric per configuration, labelled; ``xerr``/``yerr``: error
+    bars (a standard error, a standard deviation over seeds; None: none)."""
     fig, ax = plt.subplots(figsize=(6.5, 5.0))
     xs, ys = [p[1] for p in points], [p[2] for p in points]
+    if xerr is not None or yerr is not None:
+        bars = lambda e: None if e is None else [v or 0.0 for v in e]   # noqa: E731
+        ax.errorbar(xs, ys, xerr=bars(xerr), yerr=bars(yerr), fmt="none", ecolor="0.5", capsize=3, lw=1)
     ax.plot(xs, ys, "o", color="tab:blue", ms=8, label="one configuration")
     right = max(xs)
     for label, x, y in points:    # labels of the right-most points go to their left, inside the axes
@@ -264,4 +274,102 @@ def cell_graph(nodes: Sequence[Sequence[tuple[str, int]]], path: Path, cell: str
     ax.axis("off")
     ax.set_title(f"Derived {cell} cell: {n} nodes, two operation-labelled inputs each "
                  "(dashed: concatenated into the output)", fontsize=10)
+    return _save(fig, path)
+
+
+def best_so_far(series: dict[str, tuple[Sequence[float], Sequence[float | None]]], path: Path, metric: str) -> Path:
+    """Best result so far against trial-epochs spent, one step line per experiment (``label: (xs,
+    best)``, ``best`` None until a first result)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for label, (xs, ys) in series.items():
+        pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
+        if not pts:
+            continue
+        px, py = [p[0] for p in pts], [p[1] for p in pts]
+        if xs and xs[-1] > px[-1]:                # carry the line to the last epoch spent
+            px.append(xs[-1])
+            py.append(py[-1])
+        line, = ax.step(px, py, where="post", lw=2, label=label)
+        ax.plot([px[-1]], [py[-1]], "o", color=line.get_color())
+    ax.set_xlabel("trial-epochs spent (every trial's epochs, in the order trials ended)")
+    ax.set_ylabel(f"best final {metric} so far (fraction)")
+    ax.set_title("Best result against the training spent")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
+
+
+def parallel_coordinates(axes: Sequence[tuple[str, Sequence[Any], str]], values: Sequence[float],
+                         emphasised: Sequence[bool], path: Path, metric: str) -> Path:
+    """One polyline per trial across one vertical axis per parameter and a last one for the result,
+    coloured by the result; ``axes``: ``(name, each trial's value, kind)`` with kind 'log', 'linear'
+    or 'category'; ``emphasised``: the trials drawn thick (those tied with the best).
+
+    Written here rather than with ``pandas.plotting.parallel_coordinates``, which puts every axis on
+    one shared scale and has neither log nor categorical axes."""
+    n_axes = len(axes) + 1
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.6 * n_axes + 1.5), 4.8))
+    scaled: list[list[float]] = []
+    ticks: list[tuple[list[float], list[str]]] = []
+    for name, column, kind in axes:
+        if kind == "category":
+            levels = sorted({json_label(v) for v in column})
+            pos = {lab: (i + 0.5) / len(levels) for i, lab in enumerate(levels)}
+            scaled.append([pos[json_label(v)] for v in column])
+            ticks.append(([pos[lab] for lab in levels], levels))
+        else:
+            nums = [math.log10(v) if kind == "log" else float(v) for v in column]
+            lo, hi = min(nums), max(nums)
+            span = (hi - lo) or 1.0
+            scaled.append([0.05 + 0.9 * (v - lo) / span for v in nums])
+            marks = sorted(set(column), key=float)
+            if len(marks) > 6:
+                marks = [marks[round(i * (len(marks) - 1) / 5)] for i in range(6)]
+            ticks.append(([0.05 + 0.9 * ((math.log10(m) if kind == "log" else float(m)) - lo) / span for m in marks],
+                          [f"{float(m):.3g}" for m in marks]))
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    scaled.append([0.05 + 0.9 * (v - lo) / span for v in values])
+    ticks.append(([0.05 + 0.9 * i / 4 for i in range(5)], [f"{lo + span * i / 4:.3f}" for i in range(5)]
+                  if hi > lo else [f"{lo:.3f}"] * 5))
+    cmap = plt.get_cmap("viridis")
+    order = sorted(range(len(values)), key=lambda i: (emphasised[i], values[i]))   # the best drawn last, on top
+    for i in order:
+        ys = [column[i] for column in scaled]
+        ax.plot(range(n_axes), ys, color=cmap((values[i] - lo) / span if hi > lo else 0.5),
+                lw=2.6 if emphasised[i] else 1.0, alpha=0.95 if emphasised[i] else 0.6)
+    for j, (positions, labels) in enumerate(ticks):
+        ax.axvline(j, color="0.3", lw=1)
+        for y, label in zip(positions, labels):
+            ax.text(j + 0.03, y, label, fontsize=7, va="center", ha="left",
+                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.7))
+    ax.set_xticks(range(n_axes), [name for name, _, _ in axes] + [f"final {metric}"], fontsize=8)
+    ax.set_xlim(-0.2, n_axes - 0.6)
+    ax.set_ylim(0, 1)
+    ax.set_yticks([])
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(lo, hi if hi > lo else lo + 1e-9))
+    fig.colorbar(sm, ax=ax, pad=0.01, label=f"final {metric}")
+    ax.set_title("Parallel coordinates: every finished trial (thick: tied with the best)")
+    return _save(fig, path)
+
+
+def json_label(value: Any) -> str:
+    """A parameter value as an axis label."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def importance(names: Sequence[str], shares: Sequence[float], spread: Sequence[float], path: Path,
+               title: str) -> Path:
+    """Horizontal bars of each parameter's importance (largest on top), its spread over the trees as error bars."""
+    order = sorted(range(len(names)), key=lambda i: shares[i])
+    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.55 * len(names)))
+    ax.barh(range(len(order)), [shares[i] for i in order], xerr=[spread[i] for i in order], color="tab:blue",
+            ecolor="0.4", capsize=3)
+    ax.set_yticks(range(len(order)), [names[i] for i in order], fontsize=9)
+    ax.set_xlim(0, max(1.0, max(shares[i] + spread[i] for i in order)))
+    ax.set_xlabel("share of the forest's impurity decrease (sums to 1; bars: spread over its trees)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)

@@ -11,6 +11,7 @@ from core.retrains import ORIGIN_FILE, RESULT_FILE
 from core.run import METRICS_FILE
 from report import plots
 from report.common import figure, fmt, read_config, read_dict, read_metrics, number_problem, seconds, table, valid
+from report.stats import binomial_se
 
 #: config fields worth naming in "what ran", in this order
 SHOWN = ("model", "optimizer", "lr", "scheduler", "epochs", "batch_size", "weight_decay", "data", "subset",
@@ -104,6 +105,7 @@ def _what_ran(run: RunData) -> list[str]:
         o = run.origin
         src = o.get("experiment_id") or o.get("source")
         rank = f", rank {o['rank']} of the search" if o.get("rank") else ""
+        rank += f", seed {o['seed']}" if o.get("seed") is not None else ""
         metric = o.get("search_metric", o.get("val_acc"))
         lines.append(f"- came from: trial {o.get('trial_id')} of experiment {src}{rank} "
                      f"(search metric {fmt(metric)}; parameters {o.get('params')})")
@@ -132,13 +134,18 @@ def _final(run: RunData) -> list[str]:
             ok = isinstance(valid(value), (int, float))
             headline = (f"**Final {name}: {f'{value:.4f}' if ok else value}** after "
                         f"{fmt(res.get('epoch', last['epoch']))} epochs." + ("" if ok else " (See Invalid numbers.)"))
+            n = res.get(key.replace("_acc", "_images"))
+            se = binomial_se(float(value), n) if ok and isinstance(n, int) else None
+            if se is not None:
+                headline += f" Standard error {se:.4f} ({n:,} {name.split()[0]} images; binomial)."
             break
     return [headline, "", table(("metric", "value"), rows)]
 
 
-def render_run(run: RunData, out: Path, prefix: str = "", heading: str = "#") -> str:
+def render_run(run: RunData, out: Path, prefix: str = "", heading: str = "#", title: str | None = None) -> str:
     """The Markdown of the run's report; figures are written into ``out`` (names start with ``prefix``)."""
-    title = f"{heading} Report: {run.kind} `{run.run_dir.name}`" if heading == "#" else f"{heading} Run `{run.run_dir.name}`"
+    title = f"{heading} {title}" if title else f"{heading} Report: {run.kind} `{run.run_dir.name}`" if heading == "#" \
+        else f"{heading} Run `{run.run_dir.name}`"
     lines = [title, "", f"{heading}# What ran", "", *_what_ran(run), "", f"{heading}# Final", "", *_final(run), ""]
     epochs = [int(m["epoch"]) for m in run.metrics]
     series = {k: [valid(m.get(k)) for m in run.metrics] for k in SERIES if any(k in m for m in run.metrics)}

@@ -19,7 +19,7 @@ import pytest
 
 from core import checkpoint as core_checkpoint
 from report.cli import main as report_main
-from report.stats import kendall_tau
+from report.stats import kendall
 
 REPO = Path(__file__).resolve().parents[1]
 MIN_PIXELS = 200 * 150
@@ -54,25 +54,50 @@ def tau_in(text: str) -> float:
 
 # --- Kendall's tau -------------------------------------------------------------------------------
 
-def test_kendall_tau_matches_the_definition_and_scipy():
-    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
-    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
-    assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
-    assert kendall_tau([1, 2], [5, 5]) is None and kendall_tau([1], [1]) is None
-    scipy_stats = pytest.importorskip("scipy.stats")
+def test_kendall_tau_matches_the_definition_with_a_p_value():
+    assert kendall([1, 2, 3, 4], [10, 20, 30, 40]).tau == 1.0
+    assert kendall([1, 2, 3, 4], [4, 3, 2, 1]).tau == -1.0
+    assert kendall([1, 2, 3], [1, 3, 2]).tau == pytest.approx(1 / 3)
+    assert kendall([1, 2], [5, 5]) is None and kendall([1], [1]) is None
+    # tau-b by its definition: (concordant - discordant) / sqrt((pairs - ties x) (pairs - ties y))
     rng = np.random.default_rng(0)
     for _ in range(20):
         x, y = rng.integers(0, 4, 7).tolist(), rng.integers(0, 4, 7).tolist()
-        expected = scipy_stats.kendalltau(x, y).statistic
-        got = kendall_tau(x, y)
-        assert (got is None and np.isnan(expected)) or got == pytest.approx(expected)
+        pairs = [(i, j) for i in range(7) for j in range(i + 1, 7)]
+        s = [np.sign(x[i] - x[j]) * np.sign(y[i] - y[j]) for i, j in pairs]
+        tx, ty = sum(x[i] == x[j] for i, j in pairs), sum(y[i] == y[j] for i, j in pairs)
+        denominator = np.sqrt((len(pairs) - tx) * (len(pairs) - ty))
+        got = kendall(x, y)
+        assert (got is None and denominator == 0) or got.tau == pytest.approx(sum(s) / denominator)
+    # the exact two-sided p-value of a perfect ranking of n = 5 without ties: 2 / 5!
+    assert kendall([1, 2, 3, 4, 5], [1, 2, 3, 4, 5]).p == pytest.approx(2 / 120)
+
+
+def test_importance_finds_the_parameter_that_matters_and_not_noise():
+    """report.stats.importance alone (scikit-learn's forest; this file also runs in the Colab-shaped
+    environment, at the floors pyproject.toml names: scikit-learn 1.6.1, scipy 1.16.3)."""
+    from report.stats import importance
+
+    rng = np.random.default_rng(1)
+    columns = {"model": rng.choice(["a", "b"], 30).tolist(), "optimizer": rng.choice(["Adam", "SGD", "Adagrad"], 30)
+               .tolist(), "lr": rng.choice([0.1, 0.01, 0.001, 0.0001], 30).tolist()}
+    y = [0.5 + 0.3 * (o == "Adam") + rng.uniform(-0.02, 0.02) for o in columns["optimizer"]]
+    imp = importance(columns, y)
+    assert imp.names == ("model", "optimizer", "lr") and imp.n == 30
+    assert max(zip(imp.shares, imp.names))[1] == "optimizer" and imp.shares[1] > 0.9 and imp.oob_r2 > 0.8
+    assert sum(imp.shares) == pytest.approx(1.0) and len(imp.spread) == 3
+    noise = importance(columns, rng.uniform(0.4, 0.6, 30).tolist())
+    assert noise.oob_r2 < 0          # the forest predicts held-out trials worse than their mean
 
 
 # --- an experiment database, as NNI 3.0 writes it -----------------------------------------------
 
-def _fake_experiment(exp_dir: Path, stage: str, trials: list[dict]) -> Path:
-    """``exp_dir/db/nni.sqlite`` with a profile and ``trials`` ({id, params, curve, final, status}),
-    each with a run folder holding a metrics.jsonl and config.yaml."""
+def _fake_experiment(exp_dir: Path, stage: str, trials: list[dict], images: int | None = None) -> Path:
+    """``exp_dir/db/nni.sqlite`` with a profile and ``trials`` ({id, params, curve, final, status},
+    optionally ``error``: the ``error:`` line a failed trial left in its trial.stderr, ``extra``: more
+    fields of its final result), each with a
+    run folder holding a metrics.jsonl and config.yaml; ``images``: the validation images each
+    trial reports it was scored on (``val_images``; None: not reported, as before it was)."""
     (exp_dir / "db").mkdir(parents=True)
     con = sqlite3.connect(exp_dir / "db" / "nni.sqlite")
     con.execute("CREATE TABLE TrialJobEvent (timestamp integer, trialJobId text, event text, data text, "
@@ -94,9 +119,12 @@ def _fake_experiment(exp_dir: Path, stage: str, trials: list[dict]) -> Path:
         run = exp_dir / "environments" / "local-env" / "trials" / t["id"]
         run.mkdir(parents=True)
         run.joinpath("config.yaml").write_text("data: fake\nepochs: 3\nbatch_size: 8\n")
+        counted = {"val_images": images} if images else {}
         run.joinpath("metrics.jsonl").write_text("".join(
-            json.dumps({"epoch": e, "val_acc": v, "train_loss": 2.0 - v, "train_seconds": 1.5}) + "\n"
+            json.dumps({"epoch": e, "val_acc": v, "train_loss": 2.0 - v, "train_seconds": 1.5, **counted}) + "\n"
             for e, v in enumerate(t["curve"], 1)))
+        if t.get("error"):
+            run.joinpath("trial.stderr").write_text(f"some warning\n{t['error']}\n")
         data = json.dumps({"parameter_id": seq, "parameter_source": "algorithm", "parameters": t["params"],
                            "parameter_index": 0})
         con.execute("INSERT INTO TrialJobEvent VALUES (?,?,?,?,?,?,NULL,'local-env')",
@@ -106,7 +134,8 @@ def _fake_experiment(exp_dir: Path, stage: str, trials: list[dict]) -> Path:
                         (ts + 10 + e, t["id"], str(seq), "PERIODICAL", e, metric(v)))
         if t.get("final") is not None:
             con.execute("INSERT INTO MetricData VALUES (?,?,?,?,?,?)", (ts + 50, t["id"], str(seq), "FINAL", 0,
-                        metric({"default": t["final"], "val_acc": t["final"], **t["params"]})))
+                        metric({"default": t["final"], "val_acc": t["final"], **counted, **t["params"],
+                                **t.get("extra", {})})))
         if t["status"] != "RUNNING":
             con.execute("INSERT INTO TrialJobEvent VALUES (?,?,?,NULL,NULL,?,NULL,'local-env')",
                         (ts + 60_000, t["id"], t["status"], seq))
@@ -174,7 +203,7 @@ def test_experiment_report_and_top_k_retrains_resume_and_rank(tmp_path, monkeypa
     tau = tau_in(text)
     test_accs = [json.loads((runs / f"hpo_retrain-exp0report-{t}" / "result.json").read_text())["test_acc"]
                  for t in ("aaaaa", "ddddd", "ccccc")]
-    assert tau == pytest.approx(kendall_tau([0.5, 0.4, 0.3], test_accs), abs=1e-3)
+    assert tau == pytest.approx(kendall([0.5, 0.4, 0.3], test_accs).tau, abs=1e-3)
     if test_accs[0] < max(test_accs):
         assert "**The search's winner (aaaaa" in text and "is not the retrain's winner" in text
     elif test_accs.count(max(test_accs)) > 1:

@@ -1,0 +1,423 @@
+"""Results a researcher can trust and compare (issue 21, part B), on synthetic experiment databases
+(written the way NNI 3.0 writes them, tests/test_report.py) and run folders: each accuracy with its
+standard error and the trials tied with the best; ``--top K --seeds``; ``trials.csv``/``trials.json``;
+parallel coordinates and parameter importance; comparisons of experiments; the study report.
+
+:func:`check_trials_csv` and :func:`check_study_report` take real experiment and run folders too:
+tests/test_study_e2e.py calls them on real nnictl experiments, a DARTS search and a retrain.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import random
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from report.cli import main as report_main
+from report.stats import MIN_TRIALS_FOR_IMPORTANCE, binomial_se, kendall, tied_with
+from tests.test_report import HPO_TRIALS, REPO, RETRAIN, _fake_experiment, check_report, tau_in
+
+
+def _decode(value):
+    while isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _strict_json(text: str):
+    def refuse(name):
+        raise AssertionError(f"{name} in a JSON export")
+    return json.loads(text, parse_constant=refuse)
+
+
+def _cell(text: str):
+    """A trials.csv cell as a value (numbers and JSON decoded, other text as it is)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def one_error_line(code: int, stderr: str, needle: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], stderr
+    assert "Traceback" not in stderr
+
+
+def run_report(argv: list[str], capsys) -> tuple[int, str]:
+    """``python -m report`` in this process: its exit status and standard error."""
+    try:
+        report_main([str(a) for a in argv])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+# --- checks that also run on real experiments (tests/test_study_e2e.py) --------------------------
+
+def check_trials_csv(exp_dir: Path, out: Path, require: tuple[str, ...] = ()) -> list[dict]:
+    """``python -m report EXP -o OUT`` writes trials.csv and trials.json holding every trial of the
+    experiment's database (read here directly with sqlite, not through core.experiments): its
+    sequence id, NNI status (EARLY_STOPPED for a trial the assessor stopped: NNI's USER_CANCELED with
+    intermediate results and no final one), final result, best intermediate result, epochs, and the
+    parameters its final result repeats. ``require``: statuses that must be among them. Returns the
+    CSV rows."""
+    report_main([str(exp_dir), "-o", str(out)])
+    con = sqlite3.connect(f"file:{Path(exp_dir) / 'db' / 'nni.sqlite'}?mode=ro", uri=True)
+    events = con.execute("SELECT trialJobId, event, sequenceId FROM TrialJobEvent ORDER BY timestamp").fetchall()
+    metrics = con.execute("SELECT trialJobId, type, sequence, data FROM MetricData").fetchall()
+    space = _decode(con.execute("SELECT params FROM ExperimentProfile ORDER BY revision DESC LIMIT 1").fetchone()[0])
+    con.close()
+    status, seq = {}, {}
+    for tid, event, sequence in events:
+        status[tid] = event
+        if sequence is not None:
+            seq[tid] = sequence
+    periodical: dict[str, list[float]] = {tid: [] for tid in status}
+    final: dict[str, dict] = {}
+    for tid, kind, _, data in metrics:
+        value = _decode(data)
+        if kind == "PERIODICAL":
+            periodical[tid].append(value["default"] if isinstance(value, dict) else value)
+        elif kind == "FINAL":
+            final[tid] = value if isinstance(value, dict) else {"default": value}
+    with open(out / "trials.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    data = _strict_json((out / "trials.json").read_text())
+    marker = json.loads((out / ".report.json").read_text())
+    assert {"trials.csv", "trials.json"} <= set(marker["files"]), marker
+    assert sorted(r["trial_id"] for r in rows) == sorted(status), "every trial once, and no other"
+    assert [t["trial_id"] for t in data["trials"]] == [r["trial_id"] for r in rows]
+    keys = list(space.get("searchSpace") or {})
+    for row, record in zip(rows, data["trials"]):
+        tid = row["trial_id"]
+        early = status[tid] in ("USER_CANCELED", "EARLY_STOPPED") and tid not in final and bool(periodical[tid])
+        assert row["nni_status"] == status[tid] and row["status"] == ("EARLY_STOPPED" if early else status[tid]), row
+        assert record["early_stopped"] is early and record["status"] == row["status"]
+        assert row["sequence_id"] == str(seq.get(tid, "")), row
+        assert int(row["epochs"]) == len(periodical[tid]) == len(record["intermediates"])
+        assert (float(row["best_intermediate"]) == max(periodical[tid])) if periodical[tid] else \
+            row["best_intermediate"] == ""
+        if tid in final and 0 <= final[tid]["default"] <= 1:
+            assert float(row["final"]) == final[tid]["default"] and record["final"] == final[tid]["default"]
+            for k in keys:
+                if k in final[tid]:       # the parameters the trial really ran (its final result repeats them)
+                    assert _cell(row[f"params_{k}"]) == final[tid][k] == record["params"][k], (tid, k)
+        else:
+            assert row["final"] == "" and record["final"] is None and row["rank"] == ""
+        if row["status"] == "FAILED":
+            assert row["final"] == "" and row["rank"] == ""
+    for needed in require:
+        assert any(r["status"] == needed for r in rows), f"no {needed} trial in {[r['status'] for r in rows]}"
+    return rows
+
+
+def check_study_report(hpo_exp: Path, nas_exp: Path, darts_run: Path, retrain_run: Path, tmp_path: Path,
+                       from_hpo: bool = True) -> str:
+    """``python -m report --study`` (sources in a shuffled order) writes one report: the four stages in
+    the lab report's order, each with its own figures (every one a valid, non-blank image), whether the
+    classic-NAS experiment took this study's HPO winner, and the closing table beside the lab's and
+    the DARTS paper's numbers; its marker lists every file. Returns the Markdown."""
+    out = tmp_path / "study_report"
+    report_main([str(retrain_run), str(nas_exp), str(hpo_exp), str(darts_run), "--study", "-o", str(out)])
+    text = check_report(out / "report.md", ["# Study report", "HPO experiment", "classic-NAS experiment",
+                                            "one-shot DARTS search", "retrain"])
+    heads = [line for line in text.splitlines() if line.startswith("## ")]
+    order = [next(i for i, h in enumerate(heads) if h.startswith(f"## {n}. {kind}"))
+             for n, kind in enumerate(("HPO experiment", "classic-NAS experiment", "one-shot DARTS search", "retrain"),
+                                      1)]
+    assert order == sorted(order) and heads[-1] == "## This study beside the lab's and the DARTS paper's", heads
+    for prefix in ("hpo_", "nas_", "darts_", "retrain_"):
+        assert f"]({prefix}" in text, f"no figure of {prefix}"
+    for name in ("hpo_trials.png", "hpo_parallel.png", "hpo_budget.png", "nas_architectures.png",
+                 "darts_edge_weights_normal.png", "darts_cell_normal.png", "retrain_curves.png"):
+        assert f"({name})" in text, name
+    closing = text.split("## This study beside", 1)[1]
+    for needle in ("96.66 % after 200 epochs", "97.25 % after 600 epochs", "97.24 ± 0.09 % after 600 epochs",
+                   "| HPO best configuration", "| classic-NAS best architecture", "| DARTS search",
+                   "| retrain (a DARTS cell retrained): test accuracy"):
+        assert needle in closing, needle
+    assert "**This study's budget is smaller than the lab's**" in closing
+    assert "**This study's budget is smaller than the DARTS paper's**" in closing
+    taken = "**The classic-NAS experiment took this study's HPO winner** (--from-hpo)"
+    assert (taken in text) is from_hpo
+    marker = json.loads((out / ".report.json").read_text())
+    assert marker["study"] is True and set(marker["files"]) == {p.name for p in out.iterdir()} - {".report.json"}
+    assert {"hpo_trials.csv", "hpo_trials.json", "nas_trials.csv", "nas_trials.json"} <= set(marker["files"])
+    return text
+
+
+# --- noise: standard errors and ties -------------------------------------------------------------
+
+def test_each_accuracy_has_its_standard_error_and_the_tied_trials_are_marked(tmp_path):
+    assert binomial_se(0.9, 5000) == pytest.approx(0.0042426, abs=1e-6)      # the issue's 0.4 points at 90 %
+    assert binomial_se(0.5, None) is None and binomial_se(None, 100) is None
+    assert tied_with(0.5, 0.0158, 0.47) is True and tied_with(0.5, 0.0158, 0.46) is False
+    assert tied_with(0.5, None, 0.49) is None
+    trials = [dict(t) for t in HPO_TRIALS]
+    trials[3] = {**trials[3], "final": 0.49, "curve": [0.3, 0.4, 0.49]}   # 0.01 behind the best: within 2 SE at n 1000
+    exp = _fake_experiment(tmp_path / "exp0noise", "hpo", trials, images=1000)
+    text = check_report(report_main([str(exp), "-o", str(tmp_path / "out")]), ["aaaaa", "ddddd"])
+    se = binomial_se(0.5, 1000)
+    assert f"**0.5000** ± {se:.4f}" in text and f"| 0.5000 ± {se:.4f} | yes |" in text
+    assert f"| 0.4900 ± {binomial_se(0.49, 1000):.4f} | yes |" in text                 # tied
+    assert f"| 0.3000 ± {binomial_se(0.3, 1000):.4f} |  |" in text                      # not tied
+    assert "(1,000 validation images; binomial)" in text and "are tied with it: 1 (ddddd" in text
+    assert f"| mobilenet | 0.5000 ± {se:.4f} (lr 0.001) |" in text                      # model x optimizer too
+    assert "shaded: tied with the best" in text
+
+    # trials that did not record how many images they were scored on: said so, no tie claimed
+    old = _fake_experiment(tmp_path / "exp0old", "hpo", HPO_TRIALS)
+    text = check_report(report_main([str(old), "-o", str(tmp_path / "out_old")]), ["aaaaa"])
+    assert "standard error is unknown" in text and "| 0.5000 | yes |" in text and "| 0.4000 | ? |" in text
+
+
+# --- exports -------------------------------------------------------------------------------------
+
+def test_trials_csv_and_json_hold_every_trial_including_failed_and_early_stopped(tmp_path):
+    trials = [*HPO_TRIALS,
+              {"id": "fffff", "params": {"model": "vgg", "optimizer": "Adam", "lr": -1.0}, "curve": [],
+               "status": "FAILED", "error": "error: lr: -1.0 is not allowed; a learning rate must be positive"},
+              {"id": "iiiii", "params": {"model": "vgg", "optimizer": "Adam", "lr": 0.1}, "curve": [0.2, 0.2],
+               "final": 1e300, "status": "SUCCEEDED"}]                       # an invalid final result
+    exp = _fake_experiment(tmp_path / "exp0export", "hpo", trials, images=5000)
+    rows = check_trials_csv(exp, tmp_path / "out", require=("SUCCEEDED", "FAILED", "EARLY_STOPPED", "RUNNING"))
+    by_id = {r["trial_id"]: r for r in rows}
+    assert by_id["bbbbb"]["status"] == "EARLY_STOPPED" and by_id["bbbbb"]["nni_status"] == "USER_CANCELED"
+    assert by_id["fffff"]["error"].startswith("error: lr: -1.0 is not allowed") and by_id["fffff"]["epochs"] == "0"
+    assert by_id["iiiii"]["final"] == "" and by_id["iiiii"]["final_invalid"] == "1e+300"
+    assert by_id["aaaaa"]["rank"] == "1" and by_id["aaaaa"]["tied"] == "true" and by_id["aaaaa"]["val_images"] == "5000"
+    assert float(by_id["aaaaa"]["final_se"]) == pytest.approx(binomial_se(0.5, 5000))
+    assert by_id["aaaaa"]["params_source"] == "result" and by_id["aaaaa"]["duration_s"] == "60.0"
+    assert by_id["aaaaa"]["start_time"].startswith("1970-01-01T00:00:01")
+    assert list(rows[0])[:4] == ["sequence_id", "trial_id", "status", "nni_status"]
+    assert [r["sequence_id"] for r in rows] == [str(i) for i in range(len(trials))]
+    data = json.loads((tmp_path / "out" / "trials.json").read_text())
+    assert data["experiment_id"] == "exp0export" and data["stage"] == "hpo" and "within 2 standard errors" in \
+        data["tie_rule"] and data["trials"][0]["intermediates"] == [0.2, 0.4, 0.5]
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "[`trials.csv`](trials.csv)" in text and "Every trial (7, failed and early-stopped ones included)" in text
+    # the exports are part of the report folder: -o replaces it as a whole
+    report_main([str(exp), "-o", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "trials.csv").is_file()
+
+
+# --- parameter importance and parallel coordinates -----------------------------------------------
+
+def _random_hpo(exp_dir: Path, n: int, seed: int, signal: bool = True, stage: str = "hpo") -> Path:
+    rng = random.Random(seed)
+    trials = []
+    for i in range(n):
+        params = {"model": rng.choice(["mobilenet", "resnet18"]), "optimizer": rng.choice(["Adam", "SGD", "Adagrad"]),
+                  "lr": rng.choice([0.1, 0.01, 0.001, 0.0001])}
+        acc = (0.5 + (0.3 if params["optimizer"] == "Adam" else 0.0) + rng.uniform(-0.02, 0.02) if signal
+               else rng.uniform(0.4, 0.6))
+        trials.append({"id": f"{exp_dir.name[-3:]}{i:02d}", "params": params, "curve": [acc - 0.1, acc], "final": acc,
+                       "status": "SUCCEEDED"})
+    return _fake_experiment(exp_dir, stage, trials, images=5000)
+
+
+def test_parameter_importance_from_enough_trials_and_said_impossible_below(tmp_path):
+    exp = _random_hpo(tmp_path / "exp0imp", 30, seed=1)
+    text = check_report(report_main([str(exp), "-o", str(tmp_path / "out")]), ["## Parameter importance"])
+    assert "(importance.png)" in text and "(parallel.png)" in text
+    section = text.split("## Parameter importance", 1)[1].split("\n## ", 1)[0]
+    shares = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in section.splitlines()
+              if line.startswith(("| optimizer |", "| lr |", "| model |"))}
+    assert max(shares, key=shares.get) == "optimizer" and shares["optimizer"] > 0.6, shares
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
+
+    few = _random_hpo(tmp_path / "exp0few", MIN_TRIALS_FOR_IMPORTANCE - 1, seed=2)
+    text = check_report(report_main([str(few), "-o", str(tmp_path / "out_few")]), ["## Parameter importance"])
+    assert (f"Importance cannot be estimated from {MIN_TRIALS_FOR_IMPORTANCE - 1} finished trial(s): it takes at "
+            f"least {MIN_TRIALS_FOR_IMPORTANCE}") in text
+    assert not (tmp_path / "out_few" / "importance.png").exists() and "(parallel.png)" in text
+
+    noise = _random_hpo(tmp_path / "exp0noi", 30, seed=3, signal=False)   # accuracy unrelated to the parameters
+    text = check_report(report_main([str(noise), "-o", str(tmp_path / "out_noise")]), ["## Parameter importance"])
+    assert "Not shown:" in text and "no better than their mean" in text
+    assert not (tmp_path / "out_noise" / "importance.png").exists()
+
+
+# --- comparisons ---------------------------------------------------------------------------------
+
+def test_comparison_of_two_experiments_of_one_stage(tmp_path, capsys):
+    a = _random_hpo(tmp_path / "exp0cma", 12, seed=4)
+    b = _random_hpo(tmp_path / "exp0cmb", 6, seed=5)
+    out = tmp_path / "cmp"
+    text = check_report(report_main([str(a), str(b), "-o", str(out)]), ["# Comparison: `exp0cma`, `exp0cmb`"])
+    assert "## Side by side" in text and "| trial-epochs spent | 24 | 12 |" in text
+    assert "(budget.png)" in text and "(exp0cma_trials.png)" in text and "(exp0cmb_trials.png)" in text
+    assert "- Each within its whole budget (exp0cma 24 trial-epochs, exp0cmb 12 trial-epochs): " in text
+    assert "- Within the smallest budget any of them spent (12 trial-epochs" in text
+    assert {"exp0cma_trials.csv", "exp0cmb_trials.json", "budget.png"} <= set(
+        json.loads((out / ".report.json").read_text())["files"])
+    whole = text.split("- Each within its whole budget", 1)[1].splitlines()[0]
+    assert "**tied**" in whole or "found the better configuration" in whole or "is ahead, tied with" in whole
+
+    # the verdict with the noise, by construction: 0.80 vs 0.79 at n 5000 is tied; vs 0.70 it is not
+    def one(name, acc):
+        return _fake_experiment(tmp_path / name, "hpo", [{"id": f"{name[-3:]}01", "params": HPO_TRIALS[0]["params"],
+                                                          "curve": [acc], "final": acc, "status": "SUCCEEDED"}],
+                                images=5000)
+    text = check_report(report_main([str(one("exp0hi", 0.80)), str(one("exp0lo", 0.79)), "-o", str(tmp_path / "c2")]),
+                        [])
+    assert "**tied** (exp0hi: 0.8000 ± 0.0057" in text and "these experiments cannot be told apart" in text
+    text = check_report(report_main([str(tmp_path / "exp0hi"), str(one("exp0wo", 0.70)), "-o", str(tmp_path / "c3")]),
+                        [])
+    assert "**exp0hi found the better configuration**" in text
+
+    # mistakes: one line, exit 2, nothing written
+    nas = _fake_experiment(tmp_path / "exp0nas", "classic_nas", [
+        {"id": "n0000", "params": {f"skip{k}": 1 for k in range(1, 7)}, "curve": [0.3], "final": 0.3,
+         "status": "SUCCEEDED"}])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 1.0}\n')
+    for argv, needle in [([a, nas, "-o", tmp_path / "bad1"], "experiments of one stage only"),
+                         ([a, run, "-o", tmp_path / "bad2"], "is a run folder; a comparison takes experiments"),
+                         ([a, b], "give the report folder with -o OUT"),
+                         ([a, tmp_path / "exp0cma" / "db" / "nni.sqlite", "-o", tmp_path / "bad3"],
+                          "are the same experiment")]:
+        one_error_line(*run_report(argv, capsys), needle)
+    assert not any((tmp_path / f"bad{i}").exists() for i in (1, 2, 3))
+
+
+# --- the study report ----------------------------------------------------------------------------
+
+def fake_darts_search(folder: Path) -> Path:
+    """A DARTS search's run folder as oneshot_darts/search.py writes one (two epochs, 2 nodes)."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("data: fake\nepochs: 2\nn_nodes: 2\nchannels: 4\nlayers: 3\nbatch_size: 8\n")
+    ops = ["sep_conv_3x3", "skip_connect", "max_pool_3x3", "none"]
+    arch = {c: [[["sep_conv_3x3", 0], ["skip_connect", 1]], [["sep_conv_3x3", 0], ["max_pool_3x3", 2]]]
+            for c in ("normal", "reduce")}
+    lines = []
+    for e in (1, 2):
+        weights = {f"{c}/{n}_{s}": {op: 0.25 + 0.05 * e * ((op == "sep_conv_3x3") - (op == "none")) for op in ops}
+                   for c in ("normal", "reduce") for n in (2, 3) for s in range(n)}
+        lines.append(json.dumps({"epoch": e, "train_loss": 2.0 / e, "val_acc": 0.2 * e, "val_images": 100,
+                                 "train_images": 16, "edge_weights": weights, "arch": arch, "normal_skip_connect": 1,
+                                 "normal_param_free": 2, "train_seconds": 1.0}))
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "result.json").write_text(json.dumps({"val_acc": 0.4, "epoch": 2, "val_images": 100, "arch": arch}))
+    return folder
+
+
+def fake_darts_retrain(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("data: fake\nepochs: 2\nchannels: 4\nlayers: 3\nauxiliary_weight: 0.4\n"
+                                        "arc: final_arch.json\n")
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(
+        {"epoch": e, "train_loss": 1.0 / e, "test_acc": 0.3 * e, "test_images": 200, "train_images": 16,
+         "train_seconds": 1.0}) + "\n" for e in (1, 2)))
+    (folder / "result.json").write_text(json.dumps({"test_acc": 0.6, "epoch": 2, "test_images": 200}))
+    return folder
+
+
+def _nas_from(hpo: Path, tmp_path: Path, name: str, winner: str | None) -> Path:
+    extra = {"optimizer": "Adam", "lr": 0.001, "from_hpo": str(hpo), "hpo_trial": winner} if winner else {}
+    trials = [{"id": f"n{i}xyz", "params": {f"skip{k}": (i >> (k - 1)) & 1 for k in range(1, 7)},
+               "curve": [0.1, 0.1 + 0.05 * i], "final": 0.1 + 0.05 * i, "status": "SUCCEEDED", "extra": extra}
+              for i in range(4)]
+    return _fake_experiment(tmp_path / name, "classic_nas", trials, images=5000)
+
+
+def test_study_report_of_the_four_stages(tmp_path, capsys, monkeypatch):
+    hpo = _fake_experiment(tmp_path / "hpoexp1", "hpo", HPO_TRIALS, images=5000)
+    nas = _nas_from(hpo, tmp_path, "nasexp1", winner="aaaaa")
+    darts, retrain = fake_darts_search(tmp_path / "darts_search"), fake_darts_retrain(tmp_path / "darts_retrain")
+    text = check_study_report(hpo, nas, darts, retrain, tmp_path)
+    assert "in 4 of its 4 finished trials" in text and "| HPO best configuration: trial aaaaa" in text
+
+    # any subset; the classic-NAS experiment without --from-hpo says so; the default folder is in the runs folder
+    monkeypatch.setenv("CIFAR_AUTOML_RUNS", str(tmp_path / "runs"))
+    own = _nas_from(hpo, tmp_path, "nasexp2", winner=None)
+    path = report_main(["--study", str(own), str(retrain)])
+    assert path == tmp_path / "runs" / "study-nasexp2-darts_retrain" / "report.md"
+    text = check_report(path, ["## 1. classic-NAS experiment `nasexp2`", "## 2. retrain: a DARTS cell retrained"])
+    assert "**The classic-NAS experiment did not take the HPO winner**" in text
+    assert "Not part of it: HPO experiment, one-shot DARTS search." in text
+    another = _nas_from(tmp_path / "elsewhere", tmp_path, "nasexp3", winner="zzzzz")
+    text = check_report(report_main(["--study", str(hpo), str(another), "-o", str(tmp_path / "s3")]), [])
+    assert "**The classic-NAS experiment took another HPO winner** than this study's" in text
+
+    # each source's kind checked: one line, exit 2, nothing written
+    hpo2 = _fake_experiment(tmp_path / "hpoexp2", "hpo", HPO_TRIALS[:1])
+    dnni = _fake_experiment(tmp_path / "dartsexp", "oneshot_darts", HPO_TRIALS[:1])   # its best trial: no search
+    for argv, needle in [([hpo, hpo2], "are both of kind 'HPO experiment'"),
+                         ([darts, fake_darts_search(tmp_path / "darts2")], "are both of kind 'one-shot DARTS search'"),
+                         ([dnni], "is an experiment of stage 'oneshot_darts', which the study does not take"),
+                         ([tmp_path / "plain"], "no such file or folder")]:
+        one_error_line(*run_report(["--study", *argv, "-o", tmp_path / "bad"], capsys), needle)
+    assert not (tmp_path / "bad").exists()
+
+
+# --- --top K --seeds -----------------------------------------------------------------------------
+
+def test_top_k_retrains_with_seeds_give_mean_and_std_per_configuration(tmp_path, capsys):
+    from hpo import retrain
+
+    exp = _fake_experiment(tmp_path / "exp0seeds", "hpo", HPO_TRIALS, images=1000)
+    runs = tmp_path / "runs"
+    argv = ["--experiment", str(exp), "--top", "2", "--seeds", "3", "7", *RETRAIN, "--epochs", "1",
+            "--out-dir", str(runs)]
+    rows = retrain.main(argv)
+    assert [(r["trial_id"], r["seed"], r["action"]) for r in rows] == [
+        ("aaaaa", 3, "started"), ("ddddd", 3, "started"), ("aaaaa", 7, "started"), ("ddddd", 7, "started")]
+    for t in ("aaaaa", "ddddd"):
+        for s in (3, 7):
+            run = runs / f"hpo_retrain-exp0seeds-{t}-seed{s}"
+            assert json.loads((run / "origin.json").read_text())["seed"] == s
+            assert f"seed: {s}\n" in (run / "config.yaml").read_text()
+            assert json.loads((run / "result.json").read_text())["test_images"] > 0
+    # the same command again: all four finished, skipped; other options: one line naming the field
+    assert {r["action"] for r in retrain.main(argv)} == {"skipped"}
+    capsys.readouterr()
+    one_error_line(*_main_code(retrain.main, [*argv[:-2], "--lr", "0.5", "--out-dir", str(runs)], capsys),
+                   "(seed 3) was retrained in")
+    for bad, needle in [(["--seed", "1"], "--seed: not allowed with --seeds"),
+                        (["--seeds", "1", "1"], "--seeds: seed 1 is given twice")]:
+        one_error_line(*_main_code(retrain.main, [*argv, *bad], capsys), needle)
+    one_error_line(*_main_code(retrain.main, ["--experiment", str(exp), "--seeds", "1", "2"], capsys),
+                   "--seeds: only with --top K")
+
+    text = check_report(report_main([str(exp), "--retrains", str(runs), "-o", str(tmp_path / "out")]),
+                        ["hpo_retrain-exp0seeds-aaaaa-seed3", "hpo_retrain-exp0seeds-ddddd-seed7"])
+    accs = {t: [json.loads((runs / f"hpo_retrain-exp0seeds-{t}-seed{s}" / "result.json").read_text())["test_acc"]
+                for s in (3, 7)] for t in ("aaaaa", "ddddd")}
+    mean = {t: sum(v) / 2 for t, v in accs.items()}
+    std = {t: abs(v[0] - v[1]) / 2 ** 0.5 for t, v in accs.items()}
+    assert "4 run(s) of 2 configuration(s) (4 finished with a valid test accuracy)" in text
+    assert f"| 3, 7 | {mean['aaaaa']:.4f} ± {std['aaaaa']:.4f} (n=2) |" in text
+    k = kendall([0.5, 0.4], [mean["aaaaa"], mean["ddddd"]])
+    if k is None:
+        assert "Kendall's tau is undefined" in text
+    else:
+        assert tau_in(text) == pytest.approx(k.tau, abs=1e-3) and f"(p = {k.p:.3g}, n = 2;" in text
+
+
+def _main_code(main, argv, capsys) -> tuple[int, str]:
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def test_classic_nas_retrain_takes_seeds_only_with_an_experiment(tmp_path):
+    arc = tmp_path / "arch.json"
+    arc.write_text(json.dumps({f"skip{k}": 1 for k in range(1, 7)}))
+    proc = subprocess.run([sys.executable, "classic_nas/retrain.py", "--arc", str(arc), "--seeds", "1", "2"],
+                          capture_output=True, text=True, cwd=REPO)
+    one_error_line(proc.returncode, proc.stderr, "--seeds: only with --experiment ID --top K")
