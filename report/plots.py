@@ -291,6 +291,8 @@ def best_so_far(series: dict[str, tuple[Sequence[float], Sequence[float | None]]
             py.append(py[-1])
         line, = ax.step(px, py, where="post", lw=2, label=label)
         ax.plot([px[-1]], [py[-1]], "o", color=line.get_color())
+    ax.set_xlim(left=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial-epochs spent (every trial's epochs, in the order trials ended)")
     ax.set_ylabel(f"best final {metric} so far (fraction)")
     ax.set_title("Best result against the training spent")

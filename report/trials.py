@@ -115,6 +115,8 @@ def tie_text(rows: Sequence[TrialRow], label=lambda r: r.trial.trial_id) -> str:
     if best.se is None:
         return ("Its standard error is unknown (the trial did not record how many validation images it was scored "
                 "on), so no trial can be called tied with it.")
+    if len(by_rank(rows)) == 1:
+        return f"Standard error {best.se:.4f} ({best.images:,} validation images; binomial). No other trial finished."
     others = [r for r in by_rank(rows) if r is not best and r.tied]
     base = (f"Standard error {best.se:.4f} ({best.images:,} validation images; binomial). Trials within "
             f"{TIE_SE:g} standard errors of it ({best.valid_final - TIE_SE * best.se:.4f} or more) are tied with it: ")

@@ -138,9 +138,11 @@ def check_study_report(hpo_exp: Path, nas_exp: Path, darts_run: Path, retrain_ru
     assert order == sorted(order) and heads[-1] == "## This study beside the lab's and the DARTS paper's", heads
     for prefix in ("hpo_", "nas_", "darts_", "retrain_"):
         assert f"]({prefix}" in text, f"no figure of {prefix}"
-    for name in ("hpo_trials.png", "hpo_parallel.png", "hpo_budget.png", "nas_architectures.png",
+    for name in ("hpo_trials.png", "hpo_budget.png", "nas_architectures.png", "nas_parallel.png",
                  "darts_edge_weights_normal.png", "darts_cell_normal.png", "retrain_curves.png"):
         assert f"({name})" in text, name
+    hpo_part = text.split("## 2. ", 1)[0]
+    assert "(hpo_parallel.png)" in hpo_part or "Fewer than two finished trials" in hpo_part
     closing = text.split("## This study beside", 1)[1]
     for needle in ("96.66 % after 200 epochs", "97.25 % after 600 epochs", "97.24 ± 0.09 % after 600 epochs",
                    "| HPO best configuration", "| classic-NAS best architecture", "| DARTS search",
