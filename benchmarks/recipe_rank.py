@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,6 +42,7 @@ from core.paths import REPO_ROOT, default_data, default_data_root, default_out_d
 from core.runner import load_splits
 from hpo import PARAM_KEYS
 from hpo import trial as hpo_trial
+from report import stats
 
 DEFAULT_SPACE = REPO_ROOT / "configs" / "hpo_quick.yml"
 DEFAULT_RECIPES = ("default", str(REPO_ROOT / "configs" / "recipe_nni_example.yml"))
@@ -102,13 +102,10 @@ def trial_argv(args: argparse.Namespace, recipe: str, seed: int, runs: Path) -> 
 
 
 def kendall(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
-    """Kendall's tau-b and its two-sided p-value (scipy); ``None`` when undefined (a ranking all tied)."""
-    from scipy.stats import kendalltau
-
-    res = kendalltau(x, y)
-    tau, p = float(res.statistic), float(res.pvalue)
-    return {"tau": None if math.isnan(tau) else round(tau, 4), "p": None if math.isnan(p) else round(p, 6),
-            "n": len(x)}
+    """Kendall's tau-b and its two-sided p-value (scipy, through the reports' ``report.stats.kendall``);
+    ``None`` when undefined (a ranking all tied)."""
+    k = stats.kendall(x, y)
+    return {"tau": None if k is None else round(k.tau, 4), "p": None if k is None else round(k.p, 6), "n": len(x)}
 
 
 def format_tau(label: str, k: dict[str, Any]) -> str:
@@ -231,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if len(columns) > 2:
         result["seeds"] = kendall(acc[a], acc[columns[2]])
     n_val = args.val_subset
-    se = max(math.sqrt(v * (1 - v) / n_val) for v in acc[a]) if n_val else None
+    se = max(stats.binomial_se(v, n_val) or 0.0 for v in acc[a]) if n_val else None
     result["table"] = [{"config": config_name(p), **{f"{c[0]} seed {c[1]}": acc[c][j] for c in columns}}
                        for j, p in enumerate(configs)]
     result["best"] = {f"{c[0]} seed {c[1]}": config_name(configs[max(range(len(configs)), key=lambda j: acc[c][j])])
