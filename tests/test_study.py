@@ -417,9 +417,27 @@ def _main_code(main, argv, capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def test_classic_nas_retrain_takes_seeds_only_with_an_experiment(tmp_path):
+def test_classic_nas_top_k_retrains_with_seeds(tmp_path, capsys):
+    from classic_nas import retrain
+
     arc = tmp_path / "arch.json"
     arc.write_text(json.dumps({f"skip{k}": 1 for k in range(1, 7)}))
     proc = subprocess.run([sys.executable, "classic_nas/retrain.py", "--arc", str(arc), "--seeds", "1", "2"],
                           capture_output=True, text=True, cwd=REPO)
     one_error_line(proc.returncode, proc.stderr, "--seeds: only with --experiment ID --top K")
+
+    nas = _nas_from(tmp_path / "nohpo", tmp_path, "nasexp9", winner=None)
+    runs = tmp_path / "runs"
+    rows = retrain.main(["--experiment", str(nas), "--top", "1", "--seeds", "1", "2", *RETRAIN, "--epochs", "1",
+                         "--out-dir", str(runs)])
+    assert [(r["trial_id"], r["seed"], r["action"]) for r in rows] == [("n3xyz", 1, "started"), ("n3xyz", 2, "started")]
+    for s in (1, 2):
+        run = runs / f"classic_nas_retrain-nasexp9-n3xyz-seed{s}"
+        assert json.loads((run / "arch.json").read_text()) == {f"skip{k}": (3 >> (k - 1)) & 1 for k in range(1, 7)}
+        assert json.loads((run / "origin.json").read_text())["seed"] == s and f"seed: {s}\n" in \
+            (run / "config.yaml").read_text()
+    capsys.readouterr()
+    one_error_line(*_main_code(retrain.main, ["--experiment", str(nas), "--top", "1", "--seeds", "1", "--seed", "4"],
+                               capsys), "--seed: not allowed with --seeds")
+    text = check_report(report_main([str(nas), "--retrains", str(runs), "-o", str(tmp_path / "out")]), ["| 1, 2 |"])
+    assert "2 run(s) of 1 configuration(s) (2 finished with a valid test accuracy)" in text
