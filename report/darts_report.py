@@ -18,7 +18,7 @@ from typing import Any
 from core.errors import UserError
 from report import plots
 from report.common import checked, figure, fmt, read_dict, table, valid
-from report.stats import kendall
+from report.stats import TIE_SE, binomial_se, kendall, tied_with, with_se
 
 #: The files a protocol folder holds (written by oneshot_darts/protocol.py).
 PROTOCOL_FILE = "protocol.json"
@@ -122,6 +122,14 @@ def load_protocol(folder: str | Path) -> ProtocolData:
     return data
 
 
+def _with_se(acc: Any, result: dict[str, Any]) -> Any:
+    """``acc`` with its binomial standard error, from the image count the run's ``result`` records."""
+    value = valid(acc)
+    if value is None:
+        return acc
+    return with_se(value, binomial_se(float(value), result.get("val_images")))
+
+
 def _cell_text(arch: dict[str, Any], cell: str) -> str:
     return " ".join(f"{n}<-" + "+".join(f"{op}({src})" for op, src in node)
                     for n, node in enumerate(arch.get(cell) or [], start=2))
@@ -165,15 +173,29 @@ def render_protocol(data: ProtocolData, out: Path, prefix: str = "", level: int 
                   f"its {sel.get('select_epochs')}-epoch retrain (the rule: {sel.get('rule')}). Its cell is "
                   f"`final_arch.json`; retrain it with `python oneshot_darts/retrain.py --arc "
                   f"{data.folder / 'final_arch.json'}`.", ""]
-    rows = []
+    rows, shown = [], []
     for s in seeds:
         r = rows_by_seed.get(s, {})
         run = data.searches.get(s)
         last = run.metrics[-1] if run else {}
         rows.append([s, r.get("search_val_acc"), r.get("select_val_acc"), r.get("params"),
                      last.get("normal_skip_connect"), "yes" if s == winner else ""])
-    lines += [table(("seed", "search val_acc (architecture half)", "short-retrain val_acc", "parameters",
-                     "normal skip_connect", "selected"), rows), ""]
+        # each accuracy with its binomial standard error (the runs record how many images they scored)
+        select = read_dict(data.folder / f"select-seed{s}" / "result.json") or {}
+        shown.append([s, _with_se(r.get("search_val_acc"), (run.result or {}) if run else {}),
+                      _with_se(r.get("select_val_acc"), select), *rows[-1][3:]])
+    lines += [table(("seed", "search val_acc ± SE (architecture half)", "short-retrain val_acc ± SE", "parameters",
+                     "normal skip_connect", "selected"), shown), ""]
+    select_se = {s: binomial_se(valid(r[2]), (read_dict(data.folder / f"select-seed{s}" / "result.json") or {})
+                                .get("val_images")) for s, r in zip(seeds, rows)}
+    if winner is not None and valid(rows_by_seed.get(winner, {}).get("select_val_acc")) is not None:
+        top, top_se = float(rows_by_seed[winner]["select_val_acc"]), select_se.get(winner)
+        tied = [s for s, r in zip(seeds, rows) if s != winner and valid(r[2]) is not None
+                and tied_with(top, top_se, float(r[2]))]
+        lines += [("The selected cell's standard error is unknown (its short retrain did not record how many "
+                   "validation images it was scored on)." if top_se is None else
+                   f"Cells within {TIE_SE:g} standard errors of the selected one's short-retrain accuracy (tied with "
+                   f"it): {', '.join(f'seed {s}' for s in tied) if tied else 'none'}."), ""]
     done = [(s, valid(r[1]), valid(r[2])) for s, r in zip(seeds, rows)]
     done = [d for d in done if d[1] is not None and d[2] is not None]
     if done:

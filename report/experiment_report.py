@@ -191,8 +191,8 @@ def trial_table(exp: ExperimentData, limit: int | None = None) -> str:
 
 def trials_section(exp: ExperimentData, level: int) -> list[str]:
     lines = [heading(level, "All trials, best first"), "",
-             f"SE: the binomial standard error of each final result, sqrt(p (1 - p) / n) over its n validation images. "
-             f"EARLY_STOPPED: stopped by the assessor (NNI records USER_CANCELED).", "", trial_table(exp), ""]
+             "SE: the binomial standard error of each final result, sqrt(p (1 - p) / n) over its n validation images. "
+             "EARLY_STOPPED: stopped by the assessor (NNI records USER_CANCELED).", "", trial_table(exp), ""]
     lines += [f"- trial {r.trial.trial_id} failed: `{r.trial.error}`" for r in exp.rows if r.trial.error]
     return lines + [""]
 

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from core.errors import UserError
 from report import darts_report, experiment_report as er, run_report
-from report.common import fmt, is_run_folder, read_config, read_metrics, table, valid
+from report.common import is_run_folder, read_config, read_dict, read_metrics, table, valid
 from report.stats import binomial_se
 
 #: The kinds of source, in the lab report's order, and what each is called.
@@ -205,8 +205,10 @@ def measured(study: Study) -> list[Measured]:
             sel = src.data.selection
             winner = (sel or {}).get("winner") or {}
             search = src.data.settings.get("search") or {}
+            acc = valid(winner.get("select_val_acc"))
+            select = read_dict(src.data.folder / f"select-seed{winner.get('seed')}" / "result.json") or {}
             out.append(Measured(f"DARTS protocol: seed {winner.get('seed', '?')}'s cell, short-retrain validation "
-                                "accuracy", valid(winner.get("select_val_acc")), None,
+                                "accuracy", acc, binomial_se(acc, select.get("val_images")),
                                 f"{search.get('epochs')} search + {src.data.settings.get('select_epochs')} short "
                                 "retrain", search, [], "darts"))
         elif kind == "darts":

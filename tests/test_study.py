@@ -364,6 +364,39 @@ def test_study_report_of_the_four_stages(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "bad").exists()
 
 
+def fake_protocol(folder: Path, accs: dict[int, float], images: int = 1000) -> Path:
+    """A finished DARTS protocol folder as oneshot_darts/protocol.py writes one: a search per seed,
+    a short retrain per cell (its result with the validation images it was scored on), the selection."""
+    rows = []
+    for s, acc in accs.items():
+        fake_darts_search(folder / f"search-seed{s}")
+        (folder / f"select-seed{s}").mkdir()
+        (folder / f"select-seed{s}" / "result.json").write_text(json.dumps({"val_acc": acc, "val_images": images}))
+        arch = json.loads((folder / f"search-seed{s}" / "result.json").read_text())["arch"]
+        rows.append({"seed": s, "search_val_acc": 0.4, "select_val_acc": acc, "genotype": arch, "cell": "-",
+                     "params": 1000 + s})
+    winner = max(rows, key=lambda r: r["select_val_acc"])
+    (folder / "protocol.json").write_text(json.dumps({"settings": {
+        "seeds": list(accs), "select_epochs": 3, "search": {"data": "fake", "epochs": 2, "n_nodes": 2, "channels": 4,
+                                                            "layers": 3, "batch_size": 8},
+        "select": {"channels": 4, "layers": 3, "batch_size": 8, "val_fraction": 0.5, "seed": 0}}, "steps": {}}))
+    (folder / "selection.json").write_text(json.dumps({"rule": "best short-retrain val_acc", "select_epochs": 3,
+                                                       "seeds": rows, "winner": winner}))
+    return folder
+
+
+def test_study_report_takes_a_darts_protocol_and_shows_its_noise(tmp_path):
+    hpo = _fake_experiment(tmp_path / "hpoexp4", "hpo", HPO_TRIALS, images=5000)
+    protocol = fake_protocol(tmp_path / "darts-protocol", {0: 0.62, 1: 0.60, 2: 0.50})
+    text = check_report(report_main(["--study", str(protocol), str(hpo), "-o", str(tmp_path / "out")]),
+                        ["## 2. one-shot DARTS search: protocol `darts-protocol`", "(darts_selection.png)",
+                         "(darts_seed0_cell_normal.png)"])
+    se = binomial_se(0.62, 1000)
+    assert f"| 0 | 0.4000 ± {binomial_se(0.4, 100):.4f} | 0.6200 ± {se:.4f} |" in text
+    assert "(tied with it): seed 1." in text                    # 0.60 within 2 x 0.0153 of 0.62; 0.50 is not
+    assert f"| DARTS protocol: seed 0's cell, short-retrain validation accuracy | 62.00 ± {100 * se:.2f} % |" in text
+
+
 # --- --top K --seeds -----------------------------------------------------------------------------
 
 def test_top_k_retrains_with_seeds_give_mean_and_std_per_configuration(tmp_path, capsys):
