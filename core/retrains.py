@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from core import distributed
-from core.checkpoint import atomic_write_text, load_checkpoint
+from core.checkpoint import atomic_write_text, load_checkpoint, temp_files
 from core.config import from_dict, read_json, to_dict
 from core.errors import UserError
 from core.experiments import Trial, find_experiment, ranked, read_profile
@@ -170,8 +170,10 @@ def _folder_for(asked: dict[str, Any], out_dir: str | os.PathLike, stage: str, e
                             "pass the options it was trained with to reuse it, or --new-folder to retrain it in a "
                             "new folder")
         recorded = recorded_config(run_dir)
-        if recorded is None:      # a start of ours killed before its config leaves at most these
-            foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in (LOCK_FILE, ORIGIN_FILE))
+        if recorded is None:      # a start of ours (running, or killed) before its config leaves at most these
+            ours = {LOCK_FILE, ORIGIN_FILE, *(t.name for name in (CONFIG_FILE, ORIGIN_FILE)
+                                              for t in temp_files(run_dir / name))}
+            foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in ours)
             if foreign:
                 raise UserError(f"{str(run_dir)!r} holds {', '.join(foreign[:3])} but no {CONFIG_FILE}: not a retrain "
                                 "folder (nothing there is touched); move it away")

@@ -180,13 +180,16 @@ def test_16_1_top_k_removes_nothing_it_did_not_write(tmp_path):
 
 # --- 2. one process per retrain folder ----------------------------------------------------------------
 
-def test_16_2_a_retrain_folder_held_by_another_process_is_left_to_it(tmp_path):
+@pytest.mark.parametrize("writing", ["", ".config.yaml.x1y2z3.tmp"], ids=["locked", "writing its config"])
+def test_16_2_a_retrain_folder_held_by_another_process_is_left_to_it(tmp_path, writing):
     from filelock import FileLock
 
     exp = _fake_experiment(tmp_path / "exp0lock", "hpo", HPO_TRIALS)
     runs = tmp_path / "runs"
     folder = runs / "hpo_retrain-exp0lock-aaaaa"
     folder.mkdir(parents=True)
+    if writing:    # the other process is caught between its lock and its config.yaml (its atomic write's file)
+        (folder / writing).write_text("seed: 0\n")
     lock = FileLock(str(folder / ".lock"))
     lock.acquire()                               # another --top K is training trial aaaaa right now
     try:
@@ -196,7 +199,8 @@ def test_16_2_a_retrain_folder_held_by_another_process_is_left_to_it(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "trial aaaaa: another process is retraining it" in proc.stdout and "skipped here" in proc.stdout
     assert json.loads(proc.stdout.splitlines()[-2])[0]["action"] == "busy"
-    assert sorted(p.name for p in folder.iterdir()) == [".lock"], "it wrote into the other process's folder"
+    assert sorted(p.name for p in folder.iterdir()) == sorted({".lock", writing} - {""}), \
+        "it wrote into the other process's folder"
 
 
 def test_16_2_two_top_k_started_together_never_mix_a_folder(tmp_path):
