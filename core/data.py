@@ -23,6 +23,7 @@ split is used only for final reports.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -37,17 +38,24 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from torchvision.datasets.folder import IMG_EXTENSIONS
-
 from core.checkpoint import save_checkpoint
 from core.config import check_data
 from core.errors import UserError, first_line
 
-IMAGE_SUFFIXES = IMG_EXTENSIONS     # ImageFolder's: .jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp
 SPLIT_SEED = 20240601          # fixed: the validation split never moves with --seed
 FAKE_SIZES = {"train": 2000, "test": 500}
 FAKE_CLASSES = 10
 CACHE_VERSION = 2             # 2: images read by to_rgb8 (16-bit, float, alpha, EXIF), nested folders
+
+
+@functools.cache
+def image_suffixes() -> tuple[str, ...]:
+    """ImageFolder's image extensions (.jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp), read from
+    torchvision when first needed: importing torchvision costs every command about a second
+    (it pulls in torch._dynamo), which those that never read an image folder need not pay."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return tuple(IMG_EXTENSIONS)
 
 
 @dataclass
@@ -282,7 +290,7 @@ def _image_key(parts: list[str]) -> tuple[str, str, str] | None:
     """('prefix', split, class) of an image member's path parts (``prefix/split/class/[sub/...]image``,
     as ImageFolder takes every image below a class folder), or None for anything else."""
     i = _split_at(parts)
-    if i is None or len(parts) < i + 3 or not parts[-1].lower().endswith(IMAGE_SUFFIXES):
+    if i is None or len(parts) < i + 3 or not parts[-1].lower().endswith(image_suffixes()):
         return None
     return "/".join(parts[:i]), parts[i], parts[i + 1]
 
