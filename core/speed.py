@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +168,18 @@ def planned_images(cfg: Any, train_images: int) -> int:
     return cfg.epochs * per_epoch
 
 
+def inductor_cxx() -> str:
+    """The C++ compiler inductor builds CPU kernels with (its ``cpp.cxx`` default: ``$CXX``, else
+    clang++ on macOS and g++ elsewhere), read without importing inductor (seconds)."""
+    return os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+
+
+def cpu_compiler() -> str | None:
+    """The path of :func:`inductor_cxx`, or ``None`` where it is not installed (a laptop without a
+    compiler: there ``compile: auto`` stays off instead of failing at the first step)."""
+    return shutil.which(inductor_cxx())
+
+
 def choose_compile(setting: str, device: torch.device, key: str, planned: int, *, drop_path: float = 0.0) -> Choice:
     """The config's ``compile`` ('auto', 'on', 'off'): ``auto`` compiles where ``planned`` training
     images reach the device's break-even and the network compiles once (no supernet, no drop-path
@@ -176,6 +190,8 @@ def choose_compile(setting: str, device: torch.device, key: str, planned: int, *
         return Choice(False, f"auto: not for {key} ({COMPILE_UNSUPPORTED[key]})")
     if drop_path:
         return Choice(False, "auto: not with drop path (its probability changes every epoch and would recompile)")
+    if device.type == "cpu" and cpu_compiler() is None:
+        return Choice(False, f"auto: no C++ compiler ({inductor_cxx()}) on the PATH for inductor's CPU kernels")
     break_even = COMPILE_BREAK_EVEN_IMAGES.get(device.type)
     if break_even is None:
         return Choice(False, f"auto: compiling is not yet measured on {device.type} (docs/speed.md)")

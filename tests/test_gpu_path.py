@@ -338,6 +338,15 @@ def test_compile_auto_pays_only_past_the_break_even():
     assert "break-even" in speed.choose_compile("auto", CPU, "resnet18", quick).reason
 
 
+def test_compile_auto_stays_off_on_a_cpu_without_a_compiler(monkeypatch):
+    full = speed.planned_images(from_dict(TrainConfig, {"epochs": 30, "batch_size": 128}), 45_000)
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    choice = speed.choose_compile("auto", CPU, "resnet18", full)
+    assert not choice.value and "no C++ compiler (no-such-compiler-here)" in choice.reason
+    assert speed.choose_compile("on", CPU, "resnet18", full).value   # asked for: inductor says what is missing
+    assert not speed.choose_compile("auto", CUDA, "resnet18", full).value
+
+
 def test_the_log_says_what_was_chosen_and_why(tmp_path):
     cfg = tiny_cfg(epochs=1)
     trainer = Trainer(create_model("mobilenet", num_classes=10), cfg, load_splits(cfg), Run(tmp_path))
