@@ -392,7 +392,7 @@ class Trainer:
             data = getattr(self.splits, name)
             if data is None:
                 raise UserError(f"cannot evaluate on the {name!r} split: it is empty")
-            loader = make_loader(data, self.cfg, self.device, self.splits, train=False)
+            loader = self.make_loader(data, train=False)
         distributed.sync_buffers(self.model)  # every rank evaluates rank 0's network
         return evaluate(distributed.unwrap(self.net), loader, self.precision)
 
