@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from core.checkpoint import atomic_write_text
+from core.files import atomic_write_text
 from core.config import read_json, read_text
 from core.errors import UserError, cli_main
 from core.nni_trial import NniTrial

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.checkpoint import atomic_write_text
+from core.files import atomic_write_text
 from core.errors import UserError, cli_main
 from core.experiments import Trial, ranked
 from core.experiments import load_experiment as _load_experiment

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.checkpoint import atomic_write_text
+from core.files import atomic_write_text
 from core.config import parse_json
 from core.errors import cli_main
 

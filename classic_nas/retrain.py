@@ -37,7 +37,6 @@ from core.errors import UserError, cli_main
 from core.experiments import Trial
 from core.from_hpo import add_from_hpo_argument, winner_from_args
 from core.retrains import add_new_folder_argument, add_seeds_argument, check_seeds, retrain_top_of
-from core.runner import config_from_checkpoint, train
 
 STAGE = "classic_nas_retrain"
 
@@ -81,14 +80,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise UserError("--seeds: only with --experiment ID --top K (a single retrain takes --seed)")
     if args.experiment:
         return retrain_top_archs(args)
-    from classic_nas.space import read_arch, validate_arch
     if args.resume:
         check_resume_only(RetrainConfig, args, extra=("experiments_dir", "from_hpo"))
+        from classic_nas.space import validate_arch
+        from core.runner import config_from_checkpoint
+
         cfg, state = config_from_checkpoint(RetrainConfig, args.resume)
         arch = validate_arch(state.get("arch"), source=f"checkpoint {args.resume!r} architecture")
     else:
+        cfg = _config(args)   # bad flags and --print-config end here, before torch and NNI load (seconds)
+        from classic_nas.space import read_arch
+
         arch = read_arch(args.arc)
-        cfg = _config(args)
     result = _train_arch(cfg, arch, resume=args.resume)
     print(json.dumps({"arch": arch, **result}), flush=True)
     return result
@@ -104,6 +107,7 @@ def _config(args: argparse.Namespace) -> RetrainConfig:
 
 def _train_arch(cfg: RetrainConfig, arch: dict[str, int], **kwargs: Any) -> dict[str, Any]:
     from classic_nas.space import arch_name, build_model
+    from core.runner import train
 
     # Nothing is selected here, so with no validation split the test split is logged every epoch
     # (monitoring only; the result is the last epoch's).

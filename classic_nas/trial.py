@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from core.config import SearchTrialConfig, add_config_arguments, config_from_args, field
 from core.errors import UserError, cli_main
 from core.from_hpo import add_from_hpo_argument, winner_from_args
-from core.nni_trial import NniTrial, run_search_trial
+from core.nni_trial import NniTrial
 
 STAGE = "classic_nas"
 
@@ -57,9 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    from classic_nas.space import arch_name, build_model, read_arch, validate_arch
     winner = winner_from_args(args, env=True)   # --from-hpo, else $CIFAR_AUTOML_FROM_HPO
     cfg = config_from_args(TrialConfig, args, overrides=winner and winner.fields(), overrides_source="--from-hpo")
+    # torch and NNI's NAS API (seconds) once the flags are known good: --help, --print-config and a bad
+    # flag end before it
+    from classic_nas.space import arch_name, build_model, read_arch, validate_arch
+    from core.nni_trial import run_search_trial
+
     trial = NniTrial.from_environment()
     if trial.active:
         if args.arc:

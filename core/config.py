@@ -464,6 +464,6 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: s
 
 def write_yaml(path: str | os.PathLike, values: dict[str, Any]) -> None:
     """Write a mapping as YAML, atomically."""
-    from core.checkpoint import atomic_write_text
+    from core.files import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(values, sort_keys=False))

@@ -3,7 +3,8 @@ folder, per-epoch and final reports, and what a diverged trial reports.
 
 Outside NNI (no ``NNI_PLATFORM`` in the environment) a trial is inert: no parameters, no output
 folder (the run gets its own under ``out_dir``) and reports go nowhere, so the same script also
-runs on its own.
+runs on its own. The training engine (torch) is imported by :func:`run_search_trial` alone, so a
+trial checks its flags and parameters (``--help``, ``--print-config``, a bad value) before that.
 """
 from __future__ import annotations
 
@@ -12,11 +13,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from core.checkpoint import atomic_write_text
+from core.files import atomic_write_text
 from core.errors import UserError
-from core.run import CHECKPOINT_FILE, to_json
-from core.runner import RESULT_FILE, train
-from core.train import TrainingDiverged
+from core.run import CHECKPOINT_FILE, RESULT_FILE, to_json
 
 def quiet_nni_imports() -> None:
     """NNI 3.0 wraps every torch.nn class at import and warns about the few newer torch versions
@@ -112,6 +111,9 @@ def run_search_trial(cfg: Any, build_model: Callable[[int], Any], trial: NniTria
     candidate is a result of the search, not a crash. The checkpoint is deleted at the end
     unless ``keep_checkpoint`` (retraining starts from scratch).
     """
+    from core.runner import train
+    from core.train import TrainingDiverged
+
     try:
         result = train(cfg, build_model, name=name, run_dir=trial.run_dir, arch=arch, final_test=final_test,
                        on_epoch=trial.epoch_reporter("val_acc"))

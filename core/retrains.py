@@ -25,6 +25,9 @@ the next one (under ``torchrun``, rank 0 takes the lock and decides for every ra
 ``origin.json`` (written before training starts) holds the experiment id and folder, the trial,
 its rank in the search, its parameters, its search metric and the retrain's seed. :func:`match_retrains` finds the
 retrains of an experiment again and keeps only those that belong to it (module function doc).
+
+torch (checkpoints, :mod:`core.distributed`) is imported by the functions that need it, so that the
+retrain commands build their parsers and check their flags before paying for that import.
 """
 from __future__ import annotations
 
@@ -38,13 +41,11 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from core import distributed
-from core.checkpoint import atomic_write_text, load_checkpoint, temp_files
+from core.files import atomic_write_text, temp_files
 from core.config import from_dict, read_json, to_dict
 from core.errors import UserError
 from core.experiments import Trial, find_experiment, ranked, read_profile
-from core.run import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE
-from core.runner import RESULT_FILE
+from core.run import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RESULT_FILE
 
 ORIGIN_FILE = "origin.json"
 LOCK_FILE = ".lock"
@@ -120,6 +121,8 @@ def recorded_config(run_dir: Path) -> dict[str, Any] | None:
             raise UserError(f"{str(path)!r} is not a config (a mapping of field: value); the run folder is damaged")
         return data
     if (run_dir / CHECKPOINT_FILE).is_file():
+        from core.checkpoint import load_checkpoint
+
         config = load_checkpoint(run_dir / CHECKPOINT_FILE).get("config")
         return config if isinstance(config, dict) else None
     return None
@@ -265,6 +268,8 @@ def retrain_top(trials: Sequence[Trial], k: int, *, out_dir: str | os.PathLike, 
     parameters or architecture, checked first too) to ``origin.json``. ``log``: where progress lines
     go (default ``print``, looked up when called: under torchrun other ranks' print is silenced).
     """
+    from core import distributed
+
     log = log or (lambda message: print(message, flush=True))
     if k < 1:
         raise UserError(f"--top: {k} is not allowed; it must be 1 or more")
@@ -341,6 +346,8 @@ def retrain_top_of(source: str, experiments_dir: str | None, k: int, *, load: Ca
     ``load``, retrain the best (:func:`retrain_top`) under ``base.out_dir``, print one JSON row per
     retrain and the command that compares them with the search; returns the rows. ``base``: the
     command's config (its flags), already checked."""
+    from core import distributed
+
     if distributed.launched():   # rank 0 decides about each folder and tells the others: join the group now
         from core.train import resolve_device
 

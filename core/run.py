@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.checkpoint import atomic_write_text
+from core.files import atomic_write_text
 from core.config import parse_json, to_dict, write_yaml
 from core.errors import UserError
 
@@ -17,6 +17,7 @@ CONFIG_FILE = "config.yaml"
 LOG_FILE = "train.log"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
+RESULT_FILE = "result.json"
 
 
 class Run:

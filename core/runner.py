@@ -15,14 +15,14 @@ import torch
 from torch import nn
 
 from core import distributed
-from core.checkpoint import atomic_write_text, load_checkpoint
+from core.checkpoint import load_checkpoint
+from core.files import atomic_write_text
 from core.config import TrainConfig, from_dict
 from core.data import Splits, make_splits
 from core.errors import Interrupted, UserError
-from core.run import Run, to_json
+from core.run import RESULT_FILE, Run, to_json
 from core.train import EpochCallback, LossFn, Trainer, config_id, cross_entropy, seed_everything
 
-RESULT_FILE = "result.json"
 
 
 def load_splits(cfg: TrainConfig) -> Splits:

@@ -11,7 +11,6 @@ from typing import Sequence
 
 from core.config import ModelConfig, add_config_arguments, add_resume_argument, check_resume_only, config_from_args
 from core.errors import cli_main
-from core.runner import config_from_checkpoint, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,14 +22,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict:
-    from models import create_model
-
     args = build_parser().parse_args(argv)
     if args.resume:
         check_resume_only(ModelConfig, args)
-        cfg, _ = config_from_checkpoint(ModelConfig, args.resume)
     else:
-        cfg = config_from_args(ModelConfig, args)
+        cfg = config_from_args(ModelConfig, args)   # bad flags and --print-config end here, before torch loads
+    from core.runner import config_from_checkpoint, train
+    from models import create_model
+
+    if args.resume:
+        cfg, _ = config_from_checkpoint(ModelConfig, args.resume)
     result = train(cfg, lambda n: create_model(cfg.model, num_classes=n), name=cfg.model, resume=args.resume)
     print(json.dumps(result))
     return result

@@ -31,13 +31,11 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from core import distributed
-from core.checkpoint import atomic_write_text
+from core.files import atomic_write_text
 from core.config import ModelConfig, add_config_arguments, check_resume_only, config_from_args, field
 from core.errors import UserError, cli_main
 from core.experiments import Trial, trials_from_export
 from core.retrains import add_new_folder_argument, add_seeds_argument, check_seeds, retrain_top_of
-from core.runner import config_from_checkpoint, train
 from hpo import PARAM_KEYS
 from hpo.results import best_trial, load_experiment, searched_params
 
@@ -81,8 +79,6 @@ def best_parameters(source: str, experiments_dir: str | None = None, *,
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from models import create_model
-
     args = build_parser().parse_args(argv)
     if args.top is not None:
         return retrain_top_trials(args)
@@ -93,11 +89,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     origin: dict[str, Any] | None = None
     if args.resume:
         check_resume_only(RetrainConfig, args, extra=("experiments_dir",))
-        cfg, _ = config_from_checkpoint(RetrainConfig, args.resume)
     else:
         params, origin = best_parameters(args.experiment or args.export, args.experiments_dir,
                                          export=bool(args.export))
-        cfg = config_from_args(RetrainConfig, args, base=params)
+        cfg = config_from_args(RetrainConfig, args, base=params)   # bad flags, --print-config: before torch
+    from core import distributed
+    from core.runner import config_from_checkpoint, train
+    from models import create_model
+
+    if args.resume:
+        cfg, _ = config_from_checkpoint(RetrainConfig, args.resume)
+    else:
         print(f"best trial {origin['trial_id']} of {origin['source']}: {json.dumps(params, sort_keys=True)} "
               f"(validation accuracy {origin['val_acc']:.4f}); retraining for {cfg.epochs} epochs", flush=True)
     result = train(cfg, lambda n: create_model(cfg.model, num_classes=n), name=f"hpo_retrain-{cfg.model}",
@@ -120,12 +122,12 @@ def trial_params(trial: Trial) -> dict[str, Any]:
 
 def retrain_top_trials(args: argparse.Namespace) -> list[dict[str, Any]]:
     """``--top K``: the K best trials, each retrained in its own resumable run folder."""
-    from models import create_model
-
     if not args.experiment:
         raise UserError("--top needs --experiment ID_OR_DIR (the retrains are filed under the experiment's id)")
     seeds = check_seeds(args)
     first = config_from_args(RetrainConfig, args)   # bad flags: an error before anything is written
+    from core.runner import train
+    from models import create_model
 
     def config_for(trial: Trial) -> RetrainConfig:
         return config_from_args(RetrainConfig, args, base=trial_params(trial))

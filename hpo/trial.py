@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 from core.config import ModelConfig, Optimizer, SearchTrialConfig, add_config_arguments, config_from_args, field
 from core.errors import UserError, cli_main
-from core.nni_trial import NniTrial, run_search_trial
+from core.nni_trial import NniTrial
 from hpo import BUDGET_KEY, PARAM_KEYS
 
 
@@ -68,6 +68,7 @@ def resolve_config(args: argparse.Namespace, params: dict[str, Any]) -> HpoTrial
 def run_trial(cfg: HpoTrialConfig, trial: NniTrial,
               build_model: Callable[[int], Any] | None = None) -> dict[str, Any]:
     """Train one configuration and report it; returns the final dict that was reported."""
+    from core.nni_trial import run_search_trial
     from models import create_model
 
     final, _ = run_search_trial(cfg, build_model or (lambda n: create_model(cfg.model, num_classes=n)), trial,

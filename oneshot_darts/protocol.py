@@ -34,13 +34,12 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from core.checkpoint import atomic_write_text
+from core.files import atomic_write_text
 from core.config import from_dict, to_dict
 from core.errors import UserError
 from core.paths import absolute_paths
 from core.retrains import config_differences, read_json_file
-from core.run import CHECKPOINT_FILE, METRICS_FILE
-from core.runner import RESULT_FILE
+from core.run import CHECKPOINT_FILE, METRICS_FILE, RESULT_FILE
 from oneshot_darts.arch import parse_arch
 
 PROTOCOL_FILE = "protocol.json"

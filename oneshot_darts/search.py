@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from core.checkpoint import atomic_write_text
+from core.files import atomic_write_text
 from core.config import Range, TrainConfig, check_resume_only, config_from_args, field, read_yaml
 from core.data import Splits
 from core.errors import UserError, cli_main

@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from core.checkpoint import atomic_write_text
+from core.files import atomic_write_text
 from core.config import loads_json
 from core.errors import UserError, cli_main
 from core.paths import default_out_dir

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from core.checkpoint import atomic_write_bytes  # noqa: E402
+from core.files import atomic_write_bytes  # noqa: E402
 
 DPI = 110
 

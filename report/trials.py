@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.checkpoint import atomic_write_text
+from core.files import atomic_write_text
 from core.errors import UserError
 from core.experiments import Trial, ranked
 from report.common import Invalid, read_metrics

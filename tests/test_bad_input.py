@@ -227,7 +227,7 @@ def test_8_written_files_get_the_usual_mode(tmp_path):
     try:
         import importlib
 
-        import core.checkpoint as ck
+        import core.files as ck
         importlib.reload(ck)
         ck.atomic_write_text(tmp_path / "f.txt", "x")
         assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644

@@ -18,7 +18,6 @@ from classic_nas.space import (SEARCH_PLAN, SKIP_LABELS, MobileNetSkipSpace, all
                                from_nni_sample, search_space_json, skip_blocks, space_choices, to_nni_sample,
                                validate_arch)
 from core.config import from_dict, read_yaml
-from core import nni_trial
 from core.errors import UserError
 from core.nni_trial import final_metrics
 from models.mobilenet import DepthwiseSeparable
@@ -287,7 +286,7 @@ def test_a_diverged_trial_reports_zero_flagged_and_exits_cleanly(tmp_path, monke
     def diverge(*args, **kwargs):
         raise TrainingDiverged(0, 20, math.nan, TrainConfig())
 
-    monkeypatch.setattr(nni_trial, "train", diverge)
+    monkeypatch.setattr("core.runner.train", diverge)     # what run_search_trial calls
     arch_file = tmp_path / "arch.json"
     arch_file.write_text(json.dumps(ALL_ON))
     result = trial.main(["--arch", str(arch_file), "--data", "fake"])

@@ -41,3 +41,38 @@ def test_darts_retrain_runs_from_inside_its_folder(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads(res.stdout.strip().splitlines()[-1])
     assert result["epoch"] == 1 and 0.0 <= result["test_acc"] <= 1.0
+
+
+#: Commands whose --help, --print-config and flag errors come before torch and NNI are imported
+#: (seconds each): what they print then must not wait for the training engine. A ModelConfig command
+#: (hpo/, core.train_model) imports torch for --print-config only, to check --model against the registry.
+LIGHT = {"hpo/trial.py": ["--help"], "hpo/retrain.py": ["--help"], "hpo/results.py": ["--help"],
+         "classic_nas/trial.py": ["--data", "fake", "--print-config"],
+         "classic_nas/retrain.py": ["--arc", "best_arch.json", "--data", "fake", "--print-config"],
+         "classic_nas/export.py": ["--help"], "classic_nas/export_space.py": ["--help"], "-m report": ["--help"],
+         "-m core.train_model": ["--help"], "-m core.nni_config": ["--help"]}
+_PROBE = """\
+import runpy, sys
+script, *argv = sys.argv[1:]
+sys.argv = [script, *argv]
+try:
+    if script.startswith("-m "):
+        runpy.run_module(script[3:], run_name="__main__", alter_sys=True)
+    else:
+        runpy.run_path(script, run_name="__main__")
+except SystemExit:
+    pass
+print("HEAVY:", sorted({m.split(".")[0] for m in sys.modules} & {"torch", "torchvision", "nni"}))
+"""
+
+
+@pytest.mark.parametrize("command", sorted(LIGHT))
+def test_help_and_flag_checks_come_before_torch_and_nni(command):
+    res = run(["-c", _PROBE, command, *LIGHT[command]], REPO)
+    assert "usage:" in res.stdout or "data: fake" in res.stdout, res.stdout + res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "HEAVY: []", res.stdout[-500:]
+
+
+def test_a_bad_flag_of_a_trial_is_reported_before_torch_loads():
+    res = run(["-c", _PROBE, "classic_nas/trial.py", "--data", "fake", "--lr", "-1"], REPO)
+    assert "error: lr" in res.stderr and res.stdout.strip().splitlines()[-1] == "HEAVY: []", res.stdout + res.stderr

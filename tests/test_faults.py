@@ -24,7 +24,7 @@ KILLED = "USER_CANCELED"     # what NNI 3.0 shows for a trial killed by a signal
 
 # Test only: ``python -m core.train_model`` with a small CNN, whose process kills itself (SIGKILL)
 # inside the KILL_AT-th checkpoint write: after the temporary file is written and fsynced, before
-# the rename that would replace checkpoint.pt (core.checkpoint.atomic_write_bytes).
+# the rename that would replace checkpoint.pt (core.files.atomic_write_bytes).
 LAUNCHER = '''\
 import os, runpy, signal, sys
 from torch import nn
