@@ -87,32 +87,22 @@ def test_random_search_with_nnictl_then_export_and_retrain(tmp_path):
     check_report(report_main([str(run)]), [run.name, "Final test accuracy"])
 
 
-def test_nnictl_trials_train_with_the_hpo_winner_named_in_the_environment(tmp_path):
+def test_nnictl_trials_train_with_the_hpo_winner_named_in_the_environment(nas_from_hpo_exp, hpo_study_exp):
     """CIFAR_AUTOML_FROM_HPO in the shell that runs `nnictl create`: every classic-NAS trial trains
-    with that HPO experiment's best optimizer and lr (here a synthetic HPO experiment database)."""
-    from core.paths import FROM_HPO_ENV
-    from tests.test_report import _fake_experiment
+    with that HPO experiment's best optimizer and lr (the session's shared experiments,
+    tests/conftest.py: the HPO experiment's one finished trial ran Adam at lr 0.01)."""
+    from core import experiments as results
 
-    hpo = _fake_experiment(tmp_path / "hpoexp9", "hpo", [
-        {"id": "hhhhh", "params": {"model": "mobilenet", "optimizer": "Adagrad", "lr": 0.01}, "curve": [0.5, 0.6],
-         "final": 0.6, "status": "SUCCEEDED"},
-        {"id": "iiiii", "params": {"model": "vgg", "optimizer": "Adam", "lr": 0.001}, "curve": [0.4, 0.5],
-         "final": 0.5, "status": "SUCCEEDED"}])
-    config = STAGE / "config.yml"
-    shipped = (config.read_text().split("trialCommand: ", 1)[1].splitlines()[0]).strip()
-    overrides = {"maxTrialNumber": 2, "trialConcurrency": 2,
-                 "trialCommand": f"{shipped} {TRIAL_FLAGS.replace('--epochs 2', '--epochs 1')} --threads 1"}
-    with nni_experiment(config, tmp_path, timeout=120, overrides=overrides, env={FROM_HPO_ENV: str(hpo)}) as exp:
-        assert exp.wait_done(timeout=420)["status"] == "DONE", exp.logs()
-        trials, metrics = exp.trials(), exp.metrics()
-        assert len(trials) == 2 and all(t["status"] == "SUCCEEDED" for t in trials), exp.logs()
-        for t in trials:
-            (final,) = [_decode(m["data"]) for m in metrics
-                        if m["trialJobId"] == t["trialJobId"] and m["type"] == "FINAL"]
-            assert {k: final[k] for k in ("optimizer", "lr", "from_hpo", "hpo_trial")} == {
-                "optimizer": "Adagrad", "lr": 0.01, "from_hpo": str(hpo), "hpo_trial": "hhhhh"}
-            run = Path(t["logPath"])
-            config_yaml = (run / "config.yaml").read_text()
-            assert "optimizer: Adagrad" in config_yaml and "lr: 0.01" in config_yaml
-            assert "momentum: 0.9" in config_yaml and "scheduler: cosine" in config_yaml   # the rest: this stage's
-            assert "training with optimizer Adagrad, lr 0.01 from HPO experiment" in (run / "trial.log").read_text()
+    winner = results.best_trial(results.load_experiment(hpo_study_exp.exp_dir))
+    assert (winner.params["optimizer"], winner.params["lr"]) == ("Adam", 0.01)
+    trials = results.load_experiment(nas_from_hpo_exp)
+    assert len(trials) == 2 and all(t.status == "SUCCEEDED" for t in trials), trials
+    for t in trials:
+        final = t.final_metrics
+        assert {k: final[k] for k in ("optimizer", "lr", "from_hpo", "hpo_trial")} == {
+            "optimizer": "Adam", "lr": 0.01, "from_hpo": str(hpo_study_exp.exp_dir), "hpo_trial": winner.trial_id}
+        run = Path(t.log_dir)
+        config_yaml = (run / "config.yaml").read_text()
+        assert "optimizer: Adam" in config_yaml and "lr: 0.01" in config_yaml
+        assert "momentum: 0.9" in config_yaml and "scheduler: cosine" in config_yaml   # the rest: this stage's
+        assert "training with optimizer Adam, lr 0.01 from HPO experiment" in (run / "trial.log").read_text()

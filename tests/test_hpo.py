@@ -20,7 +20,6 @@ from hpo import results, retrain, trial
 from hpo.nni_fixes import RECEIVED_TAG, FixedHyperband, FixedTpe
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
 FAKE_FLAGS = ["--data", "fake", "--epochs", "1", "--max-batches", "2", "--batch-size", "8",
               "--eval-batch-size", "16", "--threads", "1"]
 
@@ -181,10 +180,8 @@ def test_diverging_trial_reports_a_minimal_result_and_returns(tmp_path):
     assert saved["default"] == 0.0 and "became nan" in saved["reason"]
 
 
-def test_trial_on_real_jpeg_subset(tmp_path, data_root):
-    if not SHARED_CIFAR.exists():
-        pytest.skip(f"real-data check: {SHARED_CIFAR} is absent")
-    proc = subprocess.run([sys.executable, str(REPO / "hpo/trial.py"), "--data", str(SHARED_CIFAR), "--data-root",
+def test_trial_on_real_jpeg_subset(tmp_path, cifar_jpeg, data_root):
+    proc = subprocess.run([sys.executable, str(REPO / "hpo/trial.py"), "--data", str(cifar_jpeg), "--data-root",
                            str(data_root), "--subset", "256", "--val-subset", "256", "--epochs", "1", "--batch-size", "32",
                            "--max-batches", "4", "--model", "mobilenet", "--no-final-test", "--out-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=600)

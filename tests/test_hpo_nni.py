@@ -88,38 +88,22 @@ def check_tuner_learned_from_every_trial(exp_dir: Path) -> list[dict]:
     return from_stops
 
 
-def test_tuner_learns_from_an_early_stopped_trial(tmp_path):
-    """A real experiment with the shipped tuner and assessor (Medianstop from epoch 2) in which one
-    trial is sure to be stopped: a configuration that learns (lr 0.01) runs first, then one that
-    cannot (lr 1e-7). The tuner must receive the stopped trial's last validation accuracy, with
-    nothing set in the shell (the harness passes the test's own environment, no NNI_* variable)."""
-    space = {"model": {"_type": "choice", "_value": ["shufflenetg2"]},
-             "optimizer": {"_type": "choice", "_value": ["Adam"]},
-             "lr": {"_type": "choice", "_value": [0.01, 1e-7]}}
-    for seed in range(100):       # a tuner seed whose first proposal is the configuration that learns
-        probe = FixedTpe(optimize_mode="maximize", seed=seed, include_intermediate_results=False)
-        probe.update_search_space(space)
-        if probe.generate_parameters(0)["lr"] == 0.01:
-            break
-    smoke = yaml.safe_load(SMOKE.read_text())
-    command = (smoke["trialCommand"].replace("--epochs 3", "--epochs 6").replace("--max-batches 2", "--max-batches 20")
-               .replace("--batch-size 8", "--batch-size 16").replace("--eval-batch-size 16", "--eval-batch-size 50"))
-    overrides = {"searchSpace": space, "searchSpaceFile": None, "maxTrialNumber": 2, "trialConcurrency": 1,
-                 "trialCommand": command,
-                 "tuner": {**smoke["tuner"], "classArgs": {**smoke["tuner"]["classArgs"], "seed": seed}},
-                 "assessor": {**smoke["assessor"], "classArgs": {**smoke["assessor"]["classArgs"], "start_step": 2}}}
-    assert "NNI_INCLUDE_INTERMEDIATE_RESULTS" not in os.environ      # nothing set in the shell
-    with nni_experiment(SMOKE, tmp_path, timeout=60, overrides=overrides) as exp:
-        assert exp.wait_done(timeout=400)["status"] == "DONE", exp.logs()
-        # NNI 3.0's manager starts its dispatcher with the switch off, whatever the shell says
-        dispatcher = [p for p in exp.processes() if "--exp_params" in " ".join(p.cmdline())]   # (and its shell)
-        assert dispatcher and {p.environ().get("NNI_INCLUDE_INTERMEDIATE_RESULTS") for p in dispatcher} == {"false"}
-        first, second = results.load_experiment(exp.exp_dir)
-        assert first.params["lr"] == 0.01 and first.status == "SUCCEEDED", exp.logs()
-        assert second.params["lr"] == 1e-7 and second.early_stopped, (second, exp.logs())
-        (got,) = check_tuner_learned_from_every_trial(exp.exp_dir)
-        assert got["trial_job_id"] == second.trial_id and got["value"] == second.intermediates[1]
-        print("tuner received:", json.dumps(tuner_received(exp.exp_dir), indent=1))
+def test_tuner_learns_from_an_early_stopped_trial(hpo_study_exp):
+    """The session's real experiment with the shipped tuner and assessor (Medianstop from epoch 2,
+    tests/conftest.py) in which one trial is sure to be stopped: a configuration that learns (lr 0.01)
+    runs first, then one that cannot (lr 1e-7), then one that fails (lr -1). The tuner must receive the
+    stopped trial's last validation accuracy, with nothing set in the shell (the harness passes the
+    test's own environment, no NNI_* variable)."""
+    # NNI 3.0's manager started its dispatcher with the switch off, whatever the shell says
+    assert hpo_study_exp.dispatcher_switch == {"false"}
+    first, second, third = results.load_experiment(hpo_study_exp.exp_dir)
+    log = hpo_study_exp.exp_dir / "log" / "dispatcher.log"
+    assert first.params["lr"] == 0.01 and first.status == "SUCCEEDED", log.read_text()[-4000:]
+    assert second.params["lr"] == 1e-7 and second.early_stopped, (second, log.read_text()[-4000:])
+    assert third.params["lr"] == -1.0 and third.status == "FAILED" and not third.early_stopped, third
+    (got,) = check_tuner_learned_from_every_trial(hpo_study_exp.exp_dir)
+    assert got["trial_job_id"] == second.trial_id and got["value"] == second.intermediates[1]
+    print("tuner received:", json.dumps(tuner_received(hpo_study_exp.exp_dir), indent=1))
 
 
 def test_smoke_experiment_web_ui_and_best_trial(tmp_path):
