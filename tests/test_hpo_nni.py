@@ -4,7 +4,6 @@ Chromium, reading the best trial back, and no NNI process left after `nnictl sto
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ import yaml
 
 from core import experiments
 from hpo import results, retrain
-from hpo.nni_fixes import RECEIVED_TAG, FixedTpe
+from hpo.nni_fixes import RECEIVED_TAG
 from report.cli import main as report_main
 from tests.nni_harness import nni_experiment
 from tests.test_report import check_report, tau_in
