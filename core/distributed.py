@@ -184,6 +184,17 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    """Leave the process group (at the end of a command)."""
+    """Leave the process group at once (at exit, on every path: an error leaves without waiting, since
+    a barrier there could pair with another rank's pending collective)."""
     if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def leave() -> None:
+    """Leave the process group at the successful end of a command, all ranks together: a barrier
+    first, so that no rank tears its connections down while another still uses them (a rank that
+    left alone was seen to abort at exit with gloo, "terminate called without an active exception",
+    after the run had finished). A rank that failed instead makes torchrun stop the others."""
+    if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

@@ -50,12 +50,18 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
             raise KeyboardInterrupt
 
         previous = _set_sigint(on_sigint)
-        if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"):   # one of several torchrun processes
+        several = os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")   # one of several torchrun processes
+        if several:
             from core.distributed import quiet_other_ranks
 
             quiet_other_ranks()
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            if several:
+                from core.distributed import leave
+
+                leave()
+            return result
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             if isinstance(exc, Interrupted) and signalled:
