@@ -195,6 +195,5 @@ def leave() -> None:
     first, so that no rank tears its connections down while another still uses them (a rank that
     left alone was seen to abort at exit with gloo, "terminate called without an active exception",
     after the run had finished). A rank that failed instead makes torchrun stop the others."""
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    barrier()
+    shutdown()
