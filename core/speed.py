@@ -104,9 +104,19 @@ def choose_precision(device: torch.device, amp: bool, *, capability: tuple[int, 
 #: (device type, model key) -> (channels_last?, the measurement behind it). Filled from interleaved
 #: A/B runs (``bench_trial.py --ab channels_last --repeats N``, docs/speed.md); a model not listed
 #: takes its device's rule (:func:`_channels_last_rule`).
+#: CPU rows: ``--ab channels_last --repeats 5 --steps 5`` on the quiet 2-core test machine
+#: (2026-12-02, load average 1.0 -> 2.0; batch 128, fp32, the pure train step): on/off speed, median
+#: of 5 interleaved pairs, and its range over the pairs.
+_CPU_AB = "on/off speed {median}x, {low}-{high}x over 5 interleaved pairs (pure train step, batch 128, quiet 2-core CPU)"
 CHANNELS_LAST: dict[tuple[str, str], tuple[bool, str]] = {
-    ("cpu", "mobilenet"): (True, "measured 1.2-1.6x faster (pure train step, three interleaved pairs, quiet 2-core "
-                                 "CPU: 274/191/187 vs 171/157/138 img/s; whole trial epoch 20-21 s vs 25-33 s)"),
+    ("cpu", "vgg"): (True, "faster in every pair: " + _CPU_AB.format(median=1.09, low=1.08, high=1.25)),
+    ("cpu", "resnet18"): (True, "faster in every pair: " + _CPU_AB.format(median=1.25, low=1.21, high=1.32)),
+    ("cpu", "googlenet"): (True, "faster in every pair: " + _CPU_AB.format(median=1.54, low=1.51, high=1.67)),
+    ("cpu", "densenet121"): (True, "faster in every pair: " + _CPU_AB.format(median=1.18, low=1.11, high=1.33)),
+    ("cpu", "mobilenet"): (True, "faster in every pair: " + _CPU_AB.format(median=1.49, low=1.42, high=1.53)),
+    ("cpu", "dpn92"): (False, "within the noise, so the default: " + _CPU_AB.format(median=0.98, low=0.88, high=1.30)),
+    ("cpu", "shufflenetg2"): (True, "faster in every pair: " + _CPU_AB.format(median=1.18, low=1.00, high=1.26)),
+    ("cpu", "senet18"): (True, "faster in every pair: " + _CPU_AB.format(median=1.12, low=1.11, high=1.22)),
     ("cpu", DARTS_SUPERNET): (False, "NNI's mixed edges stack op outputs with torch.stack, which returns "
                                      "contiguous tensors: every edge would convert back"),
     ("cuda", DARTS_SUPERNET): (False, "NNI's mixed edges stack op outputs with torch.stack, which returns "

@@ -306,8 +306,10 @@ def dataclasses_replace(cfg, **kw):
 def test_memory_format_per_device_and_model():
     bf16 = speed.choose_precision(CUDA, True, capability=(8, 0))
     fp32 = speed.choose_precision(CUDA, False)
-    assert speed.choose_channels_last("auto", CPU, "mobilenet").value           # measured 1.2-1.6x
-    assert not speed.choose_channels_last("auto", CPU, "resnet18").value        # not measured: contiguous
+    assert speed.choose_channels_last("auto", CPU, "mobilenet").value           # measured faster in every pair
+    assert not speed.choose_channels_last("auto", CPU, "dpn92").value           # measured: within the noise
+    assert not speed.choose_channels_last("auto", CPU, "SomeNet").value         # not measured: contiguous
+    assert "not measured" in speed.choose_channels_last("auto", CPU, "SomeNet").reason
     assert speed.choose_channels_last("auto", CUDA, "resnet18", bf16).value     # tensor cores: NHWC
     assert not speed.choose_channels_last("auto", CUDA, "resnet18", fp32).value  # not forced in fp32
     assert not speed.choose_channels_last("auto", CUDA, speed.DARTS_SUPERNET, bf16).value
@@ -353,7 +355,7 @@ def test_the_log_says_what_was_chosen_and_why(tmp_path):
     trainer.fit()
     log = (tmp_path / "train.log").read_text()
     assert "precision: fp32: mixed precision is for GPUs" in log
-    assert "memory format: channels_last (auto on cpu for mobilenet: measured 1.2-1.6x" in log
+    assert "memory format: channels_last (auto on cpu for mobilenet: faster in every pair: on/off speed" in log
     assert "compile: off (auto: 96 planned training images are below the cpu break-even" in log
 
 

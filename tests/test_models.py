@@ -90,9 +90,12 @@ def test_depthwise_separable_shape() -> None:
     assert block(torch.randn(1, 32, 32, 32)).shape == (1, 64, 16, 16)
 
 
-def test_mobilenet_channels_last_matches_contiguous() -> None:
+# channels_last is the CPU's choice for most registry models (core.speed.CHANNELS_LAST): the same
+# weights must give the same outputs in either memory format.
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_channels_last_matches_contiguous(name: str) -> None:
     torch.manual_seed(0)
-    model = create_model("mobilenet").eval()
+    model = create_model(name).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = model(x)
