@@ -159,7 +159,8 @@ class TrainConfig:
     channels_last: ChannelsLast = field("auto", "channels_last memory format: 'auto' (where it was measured "
                                         "faster, per device and model: core.speed.CHANNELS_LAST), 'on' or 'off'")
     compile: Compile = field("auto", "torch.compile the network: 'auto' (where the planned training images pass the "
-                             "measured break-even: core.speed.COMPILE_BREAK_EVEN_IMAGES), 'on' or 'off'; "
+                             "measured break-even, core.speed.COMPILE_BREAK_EVEN_IMAGES, for models not measured "
+                             "to gain nothing), 'on' or 'off'; "
                              "compiled kernels are cached in the data root for every later trial and run")
     out_dir: str = field(help="parent folder of the run folders (env CIFAR_AUTOML_RUNS; default: the "
                          "repository's runs/)", factory=default_out_dir)

@@ -7,7 +7,8 @@ table, with the reason the run's log prints (figures and how to re-measure them:
 - memory format (:func:`choose_channels_last`): ``channels_last: auto`` per device *and* model
   from :data:`CHANNELS_LAST`, else the device's rule;
 - ``torch.compile`` (:func:`choose_compile`): ``compile: auto`` where the planned training images
-  pass the measured break-even :data:`COMPILE_BREAK_EVEN_IMAGES`, with one compile cache shared by
+  pass the measured break-even :data:`COMPILE_BREAK_EVEN_IMAGES` (not for models measured to
+  gain nothing, :data:`COMPILE_NO_GAIN`), with one compile cache shared by
   every trial and run (:func:`compile_cache_dir`);
 - the memory a trial needs on a GPU (:func:`training_bytes`), which the engine compares with the
   GPU's free memory (``core.device``).
@@ -154,11 +155,20 @@ def use_channels_last(setting: str, device: torch.device, key: str | None = None
 # --- torch.compile ---------------------------------------------------------------------------------
 
 #: Training images from which ``compile: auto`` compiles, per device type: the one-time compile
-#: seconds over the seconds compiling saves per image. CPU: 422 s of compiling for a 5.3 -> 6.6 img/s
-#: step (mobilenet, batch 128, one run on the loaded 2-core machine, docs/speed.md):
-#: 422 / (1/5.3 - 1/6.6) = 11,400 images. Re-measure with ``bench_trial.py --compile-cache``.
+#: seconds over the seconds compiling saves per image. CPU: resnet18 (batch 128, quiet 2-core machine,
+#: 2026-12-02, docs/speed.md) compiled in 32.1 s with an empty cache (1.9 s for a later trial reading
+#: the shared cache) for a train step 1.14x faster (84.1 -> 99.6 img/s, median of 5 interleaved
+#: pairs, range 1.10-1.21x): 32.1 / (1/84.1 - 1/99.6) = 17,400 images. Re-measure with
+#: ``bench_trial.py --ab compile --repeats 5`` and ``--compile-cache``.
 #: CUDA: not measured, so ``auto`` does not compile there.
-COMPILE_BREAK_EVEN_IMAGES: dict[str, int] = {"cpu": 11_400}
+COMPILE_BREAK_EVEN_IMAGES: dict[str, int] = {"cpu": 17_400}
+
+#: (device type, model key) -> why ``auto`` never compiles it there: the same A/B found no gain it
+#: could tell from noise (the compile would cost seconds and a C++ build for nothing).
+COMPILE_NO_GAIN: dict[tuple[str, str], str] = {
+    ("cpu", "vgg"): "compiled/eager train step 1.00x, 0.96-1.10x over 5 interleaved pairs: no measured gain",
+    ("cpu", "mobilenet"): "compiled/eager train step 0.94x, 0.88-1.06x over 5 interleaved pairs: no measured gain",
+}
 
 #: Model keys that are never compiled by ``auto``, and why.
 COMPILE_UNSUPPORTED: dict[str, str] = {
@@ -192,8 +202,9 @@ def cpu_compiler() -> str | None:
 
 def choose_compile(setting: str, device: torch.device, key: str, planned: int, *, drop_path: float = 0.0) -> Choice:
     """The config's ``compile`` ('auto', 'on', 'off'): ``auto`` compiles where ``planned`` training
-    images reach the device's break-even and the network compiles once (no supernet, no drop-path
-    probability that changes every epoch and would recompile it)."""
+    images reach the device's break-even, the model was not measured to gain nothing
+    (:data:`COMPILE_NO_GAIN`) and the network compiles once (no supernet, no drop-path probability
+    that changes every epoch and would recompile it)."""
     if setting != "auto":
         return Choice(setting == "on", f"--compile {setting}")
     if key in COMPILE_UNSUPPORTED:
@@ -208,6 +219,8 @@ def choose_compile(setting: str, device: torch.device, key: str, planned: int, *
     if planned < break_even:
         return Choice(False, f"auto: {planned:,} planned training images are below the {device.type} break-even of "
                              f"{break_even:,}")
+    if (device.type, key) in COMPILE_NO_GAIN:
+        return Choice(False, f"auto: not for {key} on the {device.type} ({COMPILE_NO_GAIN[device.type, key]})")
     return Choice(True, f"auto: {planned:,} planned training images pass the {device.type} break-even of "
                         f"{break_even:,}")
 

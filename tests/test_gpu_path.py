@@ -334,6 +334,8 @@ def test_compile_auto_pays_only_past_the_break_even():
     assert not speed.choose_compile("auto", CPU, "resnet18", quick).value
     assert not speed.choose_compile("auto", CPU, "resnet18", smoke).value
     assert not speed.choose_compile("auto", CPU, speed.DARTS_SUPERNET, full).value
+    no_gain = speed.choose_compile("auto", CPU, "mobilenet", full)  # measured: no gain from compiling
+    assert not no_gain.value and "no measured gain" in no_gain.reason
     assert not speed.choose_compile("auto", CPU, "DartsSpace", full, drop_path=0.2).value
     assert not speed.choose_compile("auto", CUDA, "resnet18", full).value  # not measured on a GPU
     assert speed.choose_compile("on", CPU, "resnet18", smoke).value
