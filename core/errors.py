@@ -52,14 +52,12 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
         previous = _set_sigint(on_sigint)
         several = os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")   # one of several torchrun processes
         if several:
-            from core.distributed import quiet_other_ranks
+            from core.distributed import leave, quiet_other_ranks
 
             quiet_other_ranks()
         try:
             result = fn(*args, **kwargs)
             if several:
-                from core.distributed import leave
-
                 leave()
             return result
         except UserError as exc:
