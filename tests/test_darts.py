@@ -151,6 +151,21 @@ def test_genotype_text_in_every_published_spelling(tmp_path):
         assert load_arch(tmp_path / name) == own, name
 
 
+@pytest.mark.parametrize("text", ["genotypes.Genotype(normal={n}, reduce={n})",
+                                  "DARTS = x.Genotype(normal={n}, reduce={n})",
+                                  "Genotype(normal={n}, reduce={n})(normal={n}, reduce={n})"],
+                         ids=["attribute", "assigned-attribute", "called-result"])
+def test_genotype_text_is_only_a_bare_genotype_call(tmp_path, text):
+    """docs/darts.md documents a bare Genotype(...) call (optionally assigned to a name): any other
+    callee is refused with one line, even with cells that would be valid."""
+    cell = "[('sep_conv_3x3', 0), ('skip_connect', 1)]"
+    (tmp_path / "g.txt").write_text(text.format(n=cell))
+    with pytest.raises(ArchError, match="is not allowed; only a bare Genotype\\(...\\) call"):
+        load_arch(tmp_path / "g.txt")
+    (tmp_path / "g.txt").write_text(f"DARTS = Genotype(normal={cell}, reduce={cell})")
+    assert load_arch(tmp_path / "g.txt").normal == ((("sep_conv_3x3", 0), ("skip_connect", 1)),)
+
+
 def _published_table() -> list[tuple[str, int, int]]:
     rows = []
     for line in (REPO / "oneshot_darts" / "archs" / "README.md").read_text().splitlines():
