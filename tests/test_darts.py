@@ -210,6 +210,39 @@ def test_a_node_may_take_one_input_on_both_edges(tmp_path, one_thread):
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+#: A hand-written cell pair: the normal cell never reads its input 0 (the cell before the previous
+#: one), the reduction cell never its input 1 (the previous cell).
+ONE_INPUT_CELLS = {"normal": [[["sep_conv_3x3", 1], ["skip_connect", 1]], [["sep_conv_3x3", 2], ["max_pool_3x3", 1]]],
+                   "reduce": [[["sep_conv_3x3", 0], ["max_pool_3x3", 0]], [["skip_connect", 2], ["dil_conv_3x3", 0]]]}
+
+
+@pytest.mark.parametrize("layers", [3, 5, 6])
+def test_a_cell_that_never_reads_an_input_leaves_no_parameter_without_gradient(one_thread, layers):
+    """The fixed network has only what its output depends on: no preprocessing of an input its cell
+    never reads, no cell whose output nothing reads (here the normal cell's input 0 and the reduction
+    cell's input 1; at 5 cells the first and the third are read by no one). So one training step
+    gives every parameter a gradient, as DistributedDataParallel requires; a cell that reads both
+    inputs keeps both preprocessings."""
+    from oneshot_darts.space import DartsSpace, UnusedCell
+
+    torch.manual_seed(0)
+    net = DartsSpace.fixed_network(parse_arch(ONE_INPUT_CELLS), channels=4, layers=layers, auxiliary=True)
+    logits, aux = net(torch.randn(4, 3, 32, 32))
+    (logits.sum() + aux.sum()).backward()
+    assert [name for name, p in net.named_parameters() if p.grad is None] == []
+    kinds = ["unused" if isinstance(c, UnusedCell) else c.label for c in net.cells]
+    assert kinds == {3: ["normal", "unused", "reduce"], 5: ["unused", "reduce", "unused", "reduce", "normal"],
+                     6: ["normal", "unused", "reduce", "unused", "reduce", "normal"]}[layers]
+    for cell in net.cells:
+        if not isinstance(cell, UnusedCell):
+            pre = cell.preprocessor
+            assert (pre.pre0 is None, pre.pre1 is None) == ((True, False) if cell.label == "normal" else (False, True))
+    net.eval()
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    full = DartsSpace.fixed_network(load_arch(DARTS_V2_FILE), channels=4, layers=layers)
+    assert all(c.preprocessor.pre0 is not None and c.preprocessor.pre1 is not None for c in full.cells)
+
+
 def test_nni_hub_builds_the_same_darts_v2():
     """NNI's own DARTS-V2 (hub) and ours: the same parameter count, 3,349,342 without the
     auxiliary head, the paper's 3.3M (quark0/darts prints 3.349342 MB for it)."""
