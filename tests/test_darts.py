@@ -926,6 +926,57 @@ def test_protocol_never_reads_the_test_split_and_continues_only_itself(tmp_path,
                                                                  "## Collapse watch", "collapse.png"])
 
 
+def test_protocol_rerun_cleans_its_temporary_files_and_checks_the_cell_each_short_retrain_trained(
+        tmp_path, one_thread, capsys):
+    """Run again, the protocol removes the temporary files a killed write of its own files left
+    (``.<name>.*.tmp`` of protocol.json, selection.json, final_arch.json and in its step folders),
+    nothing else; a search result edited by hand so that it names another cell than its short
+    retrain trained (select-seed0/arch.json, or its checkpoint) is one line naming both files, and
+    nothing is written or trained; with that retrain removed, the edited cell is retrained and selected."""
+    from oneshot_darts.search import main as search
+
+    args = [*_protocol_args(tmp_path, "runs"), "--seeds", "0", "--epochs", "1", "--select-epochs", "1",
+            "--max-batches", "1"]
+    folder = Path(search(args)["folder"])
+    ours = [folder / ".selection.json.k1.tmp", folder / ".protocol.json.k2.tmp", folder / ".final_arch.json.k3.tmp",
+            folder / "select-seed0" / ".result.json.k4.tmp", folder / "search-seed0" / ".arch_weights.json.k5.tmp"]
+    foreign = [folder / ".notes.txt.k6.tmp", folder / ".selection.json.tmp", folder / "selection.json.k7.tmp"]
+    for path in ours + foreign:
+        path.write_text("{")
+    capsys.readouterr()
+    search(args)
+    assert [p for p in ours if p.exists()] == [] and all(p.exists() for p in foreign)
+    assert "removed 3 temporary file(s) a killed protocol left" in capsys.readouterr().out
+
+    result_file, trained_file = folder / "search-seed0" / "result.json", folder / "select-seed0" / "arch.json"
+    searched = json.loads(result_file.read_text())
+    node = searched["arch"]["normal"][0]
+    edited = [["avg_pool_3x3", 0], ["avg_pool_3x3", 1]]
+    searched["arch"]["normal"][0] = edited if sorted(map(tuple, node)) != sorted(map(tuple, edited)) else \
+        [["max_pool_3x3", 0], ["max_pool_3x3", 1]]
+    result_file.write_text(json.dumps(searched))
+    kept = {p: p.read_bytes() for p in (folder / "selection.json", folder / "protocol.json", folder / "final_arch.json",
+                                        folder / "select-seed0" / "checkpoint.pt")}
+    for removed in ([], ["result.json", "arch.json"]):      # skipped, then resumed from its checkpoint
+        for name in removed:
+            (folder / "select-seed0" / name).unlink()
+        with pytest.raises(SystemExit) as exc:
+            search(args)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        named = trained_file if not removed else folder / "select-seed0" / "checkpoint.pt"
+        assert len(err) == 1 and f"{str(named)!r} and {str(result_file)!r} name different cells (normal node 2:" in err[0]
+        assert "never trained the cell its search names" in err[0], err
+        assert {p: p.read_bytes() for p in kept} == kept               # nothing written, nothing trained
+
+    import shutil
+
+    shutil.rmtree(folder / "select-seed0")                            # as the line says: retrain the edited cell
+    again = search(args)
+    assert again["winner"]["genotype"] == parse_arch(searched["arch"]).to_json()
+    assert parse_arch(json.loads(trained_file.read_text())) == parse_arch(searched["arch"])
+
+
 def test_retrain_interrupted_after_first_epoch_resumes_exactly(tmp_path, one_thread):
     """Drop path (random), the auxiliary head and cutout on: an interrupted-then-resumed retrain
     equals an uninterrupted one bit for bit, and logs the test accuracy of every epoch."""
@@ -1007,3 +1058,29 @@ def test_data_parallel_ranks_draw_their_share_of_the_one_process_drop_path_masks
     assert rank0 != rank1                                                  # per-rank masks
     assert [a + b for a, b in zip(rank0, rank1)] == one                    # = the one-process masks
     assert 0 < sum(map(sum, one)) < 4 * 16                                 # some dropped, some kept
+
+
+def _torchrun(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2`` (gloo on the CPU) of a project command."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    return subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**subprocess_env(), "PYTHONPATH": str(REPO)}, **kwargs)
+
+
+@pytest.mark.e2e   # real torchrun process groups (gloo)
+def test_under_torchrun_the_protocol_and_the_search_are_one_line_and_leave_nothing(tmp_path):
+    """The DARTS search trains in one process only: under torchrun the protocol (``--seeds``) is
+    refused on every rank before anything is written, and so is a plain search (by its trainer):
+    rank 0 alone prints the one ``error:`` line, no rank prints a traceback, no folder is left."""
+    cases = {"protocol": ([*_protocol_args(tmp_path, "protocol"), "--epochs", "1", "--select-epochs", "1"],
+                          "error: --seeds: the protocol does not run under torchrun: its searches train in one process"),
+             "search": ([*TINY_SEARCH, "--epochs", "1", "--out-dir", str(tmp_path / "search")],
+                        "error: DartsSearch trains in one process only")}
+    for name, (args, expected) in cases.items():
+        res = _torchrun(["oneshot_darts/search.py", *args])
+        assert res.returncode != 0 and res.stdout == "", (name, res.stdout[-2000:])
+        errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith(expected), (name, res.stderr[-3000:])
+        assert not any(line.startswith("[rank") for line in res.stderr.splitlines()), (name, res.stderr[-3000:])
+        assert not (tmp_path / name).exists(), name
+
