@@ -1084,3 +1084,17 @@ def test_under_torchrun_the_protocol_and_the_search_are_one_line_and_leave_nothi
         assert not any(line.startswith("[rank") for line in res.stderr.splitlines()), (name, res.stderr[-3000:])
         assert not (tmp_path / name).exists(), name
 
+
+@pytest.mark.e2e   # a real torchrun process group (gloo)
+def test_a_cell_that_never_reads_an_input_retrains_under_torchrun(tmp_path):
+    """DistributedDataParallel (find_unused_parameters off) needs a gradient for every parameter in
+    every step: a hand-written cell that never reads one of its inputs retrains under a 2-process
+    torchrun, two steps an epoch, to its result."""
+    arc = tmp_path / "one_input.json"
+    arc.write_text(json.dumps(ONE_INPUT_CELLS))
+    res = _torchrun(["oneshot_darts/retrain.py", "--arc", str(arc), *TINY_RETRAIN, "--epochs", "2",
+                     "--out-dir", str(tmp_path / "runs")])
+    assert res.returncode == 0, res.stderr[-3000:]
+    [run] = list((tmp_path / "runs").iterdir())
+    assert [m["epoch"] for m in Run(run).read_metrics()] == [1, 2] and (run / "result.json").is_file()
+    assert "2 processes (data-parallel)" in (run / "train.log").read_text()
