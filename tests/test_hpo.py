@@ -180,6 +180,32 @@ def test_diverging_trial_reports_a_minimal_result_and_returns(tmp_path):
     assert saved["default"] == 0.0 and "became nan" in saved["reason"]
 
 
+def test_a_trial_whose_evaluation_no_longer_computes_is_diverged_from_that_epoch(tmp_path):
+    """BatchNorm can keep the training loss finite while the evaluated network is NaN (vgg, SGD, lr
+    1e10): that epoch is not a result; the trial ends diverged as for a NaN training loss."""
+    class NanOnceEvaluatedTwice(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.fc = nn.Linear(3 * 32 * 32, n)
+            self.evaluations = 0
+
+        def train(self, mode=True):
+            self.evaluations += not mode
+            return super().train(mode)
+
+        def forward(self, x):
+            out = self.fc(x.flatten(1))
+            return out * float("nan") if not self.training and self.evaluations >= 2 else out
+
+    cfg = _config([*FAKE_FLAGS, "--epochs", "3"])
+    reporter = Recorder(tmp_path / "trial")
+    final = trial.run_trial(cfg, reporter, build_model=NanOnceEvaluatedTwice)
+    assert final["default"] == 0.0 and final["diverged"] == 1
+    assert len(reporter.intermediates) == 1 and reporter.finals == [final]      # epoch 1 only
+    saved = json.loads((tmp_path / "trial" / "result.json").read_text())
+    assert "no longer computes on the validation split in epoch 2" in saved["reason"]
+
+
 def test_trial_on_real_jpeg_subset(tmp_path, cifar_jpeg, data_root):
     proc = subprocess.run([sys.executable, str(REPO / "hpo/trial.py"), "--data", str(cifar_jpeg), "--data-root",
                            str(data_root), "--subset", "256", "--val-subset", "256", "--epochs", "1", "--batch-size", "32",
