@@ -290,6 +290,39 @@ def test_reader_finds_an_experiment_by_id(tmp_path, monkeypatch):
         results.load_experiment("zzzz9999")
 
 
+def test_every_reader_ranks_only_valid_accuracies_of_trials_that_did_not_diverge(tmp_path, capsys, monkeypatch):
+    """One rule (core.experiments.rank_problem): a final edited to 1.5, or a trial that diverged, is
+    never best for hpo/results.py, retrain --experiment, --top K or --from-hpo."""
+    from core.experiments import rank_problem
+    from core.from_hpo import hpo_winner
+    from tests.test_report import HPO_TRIALS, RETRAIN, _fake_experiment
+
+    exp = _fake_experiment(tmp_path / "exp0edited", "hpo", [*HPO_TRIALS, {
+        "id": "zzzzz", "params": {"model": "vgg", "optimizer": "Adagrad", "lr": 0.01}, "curve": [0.6], "final": 1.5,
+        "status": "SUCCEEDED"}, {
+        "id": "yyyyy", "params": {"model": "vgg", "optimizer": "Adamax", "lr": 0.001}, "curve": [0.9], "final": 0.9,
+        "status": "SUCCEEDED", "extra": {"diverged": 1}}])
+    trials = results.load_experiment(exp)
+    assert [t.trial_id for t in results.ranked(trials)] == ["aaaaa", "ddddd", "ccccc"]
+    why = {t.trial_id: rank_problem(t) for t in trials}
+    assert why["zzzzz"] == "final result 1.5 is invalid (an accuracy lies in [0, 1])" and why["yyyyy"] == "diverged"
+    assert results.main([str(exp), "--json"]).trial_id == "aaaaa"
+    capsys.readouterr()
+    results.main([str(exp), "--top", "1"])
+    out = capsys.readouterr().out
+    assert "best: trial aaaaa" in out and "zzzzz" not in out
+    results.main([str(exp)])
+    assert "[not ranked: final result 1.5 is invalid" in capsys.readouterr().out
+    assert hpo_winner(exp).lr == 0.001                                        # --from-hpo
+    with pytest.raises(SystemExit) as exit_:                                  # retrain --experiment
+        retrain.main(["--experiment", str(exp), "--print-config"])
+    assert exit_.value.code == 0 and yaml.safe_load(capsys.readouterr().out)["model"] == "mobilenet"
+    trained = []
+    monkeypatch.setattr("core.runner.train", lambda cfg, *a, **k: trained.append(cfg.model) or {"test_acc": 0.1})
+    rows = retrain.main(["--experiment", str(exp), "--top", "1", *RETRAIN, "--out-dir", str(tmp_path / "runs")])
+    assert [r["trial_id"] for r in rows] == ["aaaaa"] and trained == ["mobilenet"]
+
+
 def test_reader_reads_nnictl_exports(tmp_path):
     # nnictl's export pairs NNI's recorded parameters (maybe another trial's) with the value;
     # our trials repeat theirs in the value, and the reader prefers those.
