@@ -49,6 +49,7 @@ class Trial:
     params: dict[str, Any]                       # the parameters it ran with (see params_source)
     final: float | None = None                   # the final result's ``default`` (None: no final result)
     intermediates: list[float] = field(default_factory=list)  # per-epoch results, in order
+    invalid_intermediates: int = 0               # per-epoch results left out as not a (valid) number
     final_metrics: dict[str, Any] = field(default_factory=dict)  # the whole final-result dict
     parameter_id: Any = None                     # NNI's id of ``params``
     params_source: str = "recorded"              # 'result', 'metrics', 'inferred' or 'recorded' (module doc)
@@ -60,8 +61,9 @@ class Trial:
 
     @property
     def epochs_run(self) -> int:
-        """How many epochs the trial completed (one intermediate result per epoch)."""
-        return len(self.intermediates)
+        """How many epochs the trial completed (one intermediate result per epoch, those left out as
+        invalid included)."""
+        return len(self.intermediates) + self.invalid_intermediates
 
     @property
     def early_stopped(self) -> bool:
@@ -186,6 +188,8 @@ def _assemble(events: Iterable[Sequence[Any]], metrics: Iterable[Sequence[Any]],
             value = _number(data)
             if value is not None:
                 periodical.setdefault(trial_id, []).append((seq, value))
+            else:   # an epoch all the same
+                trial.invalid_intermediates += 1
         elif kind == "FINAL":
             trial.final_metrics = _result_dict(data)
             trial.final = _number(data)

@@ -105,8 +105,9 @@ def _check_trials(trials: Sequence[Trial], problems: list[str]) -> dict[str, Any
         for i, v in bad:
             problems.append(f"trial {t.trial_id}: intermediate result {i} = {v!r} is invalid (from the experiment "
                             "database); left out of the curves")
-        if bad:
+        if bad:   # still epochs the trial ran (Trial.epochs_run)
             t.intermediates = [v for v in t.intermediates if number_problem("default", v) is None]
+            t.invalid_intermediates += len(bad)
     if not ranked(trials):
         diverged = sum(rank_problem(t) == "diverged" for t in trials)
         raise UserError("no trial of the experiment has a valid final result (" + "; ".join(
