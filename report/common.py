@@ -11,6 +11,7 @@ import yaml
 
 from core.config import loads_json
 from core.errors import UserError
+from core.experiments import accuracy_problem
 from core.retrains import read_json_file
 from core.run import CONFIG_FILE, METRICS_FILE
 
@@ -37,16 +38,17 @@ class Invalid:
 
 def number_problem(key: str, value: Any) -> str | None:
     """Why ``value`` is not a valid ``key`` (``test_acc``, ``val_loss``, ``train_seconds``, ...), or
-    None when it is: every number must be finite; accuracies lie in [0, 1], losses, times and
-    counts are 0 or more (an epoch's time at most :data:`MAX_SECONDS`)."""
+    None when it is: every number must be finite; accuracies lie in [0, 1] (the rule that decides
+    which trials may be ranked: :func:`core.experiments.accuracy_problem`), losses, times and counts
+    are 0 or more (an epoch's time at most :data:`MAX_SECONDS`)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"{value!r} is not a number"
     if not math.isfinite(value):
         return "not a finite number"
-    if (key.endswith("_acc") or key in ("default", "search_metric")) and not 0 <= value <= 1:
-        return "an accuracy lies in [0, 1]"
+    if key.endswith("_acc") or key in ("default", "search_metric"):
+        return accuracy_problem(value)
     if (key.endswith("_loss") or key in ("params", "epoch")) and value < 0:
         return "it cannot be negative"
     if key.endswith("seconds") and not 0 <= value <= MAX_SECONDS:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.errors import UserError
-from core.experiments import Profile, Trial, find_experiment, load_experiment, ranked, read_profile
+from core.experiments import (Profile, Trial, accuracy_problem, find_experiment, load_experiment, rank_problem,
+                              ranked, read_profile)
 from core.retrains import match_retrains
 from report import plots, trials as table_of
 from report.common import Invalid, checked, figure, number_problem, read_config, read_metrics, seconds, table, valid
@@ -75,7 +76,7 @@ def load(source: str | os.PathLike, experiments_dir: str | os.PathLike | None,
     exp_dir = find_experiment(source, experiments_dir)
     profile = read_profile(exp_dir)
     trials = load_experiment(exp_dir, param_keys=tuple(profile.search_space))
-    if not ranked(trials):
+    if all(t.final is None for t in trials):
         running = sum(t.status in ("RUNNING", "WAITING") for t in trials)
         raise UserError(f"experiment {profile.experiment_id}: no trial finished yet (none of its {len(trials)} trials "
                         f"has a final result{f'; {running} running' if running else ''}); nothing to report")
@@ -90,11 +91,12 @@ def load(source: str | os.PathLike, experiments_dir: str | os.PathLike | None,
 
 
 def _check_trials(trials: Sequence[Trial], problems: list[str]) -> dict[str, Any]:
-    """Trials' results that are not valid accuracies (NaN, infinite, outside [0, 1]) are taken out of
-    the ranking and said where they are; returns the invalid final results by trial id."""
+    """Trials' results that are not valid accuracies (NaN, infinite, outside [0, 1]: the rule of
+    :func:`core.experiments.rank_problem`, which leaves them out of the ranking) are said where they
+    are; returns the invalid final results by trial id. An error when no trial can be ranked."""
     invalid = {}
     for t in trials:
-        why = number_problem("default", t.final)
+        why = None if t.final is None else accuracy_problem(t.final)
         if why is not None:
             problems.append(f"trial {t.trial_id}: final {METRIC} {t.final!r} is invalid ({why}; from the "
                             "experiment database); the trial is left out of the ranking")
@@ -103,11 +105,14 @@ def _check_trials(trials: Sequence[Trial], problems: list[str]) -> dict[str, Any
         for i, v in bad:
             problems.append(f"trial {t.trial_id}: intermediate result {i} = {v!r} is invalid (from the experiment "
                             "database); left out of the curves")
-        if bad:
+        if bad:   # still epochs the trial ran (Trial.epochs_run)
             t.intermediates = [v for v in t.intermediates if number_problem("default", v) is None]
-    if not ranked(trials) and invalid:
-        raise UserError(f"no trial of the experiment has a valid final result ({len(invalid)} invalid: "
-                        f"{problems[0]})")
+            t.invalid_intermediates += len(bad)
+    if not ranked(trials):
+        diverged = sum(rank_problem(t) == "diverged" for t in trials)
+        raise UserError("no trial of the experiment has a valid final result (" + "; ".join(
+            ([f"{len(invalid)} invalid: {problems[0]}"] if invalid else [])
+            + ([f"{diverged} diverged"] if diverged else [])) + ")")
     return invalid
 
 

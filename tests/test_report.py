@@ -214,6 +214,16 @@ def test_experiment_report_and_top_k_retrains_resume_and_rank(tmp_path, monkeypa
     check_report(report_main([str(second)]), ["hpo_retrain-exp0report-ddddd", "exp0report", "Final test accuracy"])
 
 
+def test_an_invalid_intermediate_result_is_still_an_epoch_the_trial_ran(tmp_path):
+    exp = _fake_experiment(tmp_path / "exp0oneinvalid", "hpo", [
+        {"id": "aaaaa", "params": {"model": "mobilenet", "optimizer": "Adam", "lr": 0.001}, "curve": [1.5],
+         "final": 0.5, "status": "SUCCEEDED"}])
+    text = report_main([str(exp), "-o", str(tmp_path / "out")]).read_text()
+    assert "intermediate result 1 = 1.5 is invalid" in text
+    assert "**0.5000** after 1 epoch;" in text and "after 0 epochs" not in text
+    assert "1 trial-epochs" in text
+
+
 def test_classic_nas_experiment_report_shows_architectures_and_skips(tmp_path):
     trials = [{"id": f"t{i}xyz", "params": {f"skip{k}": (i >> (k - 1)) & 1 for k in range(1, 7)},
                "curve": [0.1, 0.1 + 0.05 * i], "final": 0.1 + 0.05 * i, "status": "SUCCEEDED"} for i in range(4)]
