@@ -145,7 +145,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     from report import compare, darts_report, experiment_report, run_report, study
 
-    out = Path(os.path.abspath(Path(args.out).expanduser())) if args.out else None   # links in OUT itself kept
+    if args.out is not None and not args.out:
+        raise UserError("-o: the folder's name is empty; give the report folder, or leave -o out for the default one")
+    out = Path(os.path.abspath(Path(args.out).expanduser())) if args.out is not None else None   # links in OUT kept
     if out is not None:
         check_out(out)                  # before reading anything: a wrong -o fails at once
     retrain_dirs = [default_out_dir(), *args.retrains]

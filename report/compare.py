@@ -39,11 +39,13 @@ def load(sources: Sequence[str], experiments_dir: str | os.PathLike | None,
          retrain_dirs: Sequence[str | os.PathLike]) -> Comparison:
     """Read every experiment; experiments of different stages, or one given twice, are an error."""
     exps = [er.load(s, experiments_dir, retrain_dirs) for s in sources]
-    seen: dict[str, str] = {}
-    for source, exp in zip(sources, exps):
-        first = seen.setdefault(os.path.realpath(exp.exp_dir), source)
-        if first != source:
-            raise UserError(f"comparing: {first!r} and {source!r} are the same experiment ({exp.profile.experiment_id})")
+    seen: dict[tuple[int, int], int] = {}
+    for i, (source, exp) in enumerate(zip(sources, exps)):
+        st = os.stat(exp.exp_dir)       # one folder however it is spelled: twice, an id, a link, its database
+        first = seen.setdefault((st.st_dev, st.st_ino), i)
+        if first != i:
+            raise UserError(f"comparing: {sources[first]!r} and {source!r} are the same experiment "
+                            f"({exp.profile.experiment_id}); an experiment compared with itself is always tied")
     stages = {exp.stage for exp in exps}
     if len(stages) > 1:
         named = ", ".join(f"{s!r} is {er.STAGES.get(e.stage, e.stage)}" for s, e in zip(sources, exps))

@@ -285,13 +285,23 @@ def test_comparison_of_two_experiments_of_one_stage(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 1.0}\n')
+    (tmp_path / "link-to-a").symlink_to(a)
     for argv, needle in [([a, nas, "-o", tmp_path / "bad1"], "experiments of one stage only"),
                          ([a, run, "-o", tmp_path / "bad2"], "is a run folder; a comparison takes experiments"),
                          ([a, b], "give the report folder with -o OUT"),
                          ([a, tmp_path / "exp0cma" / "db" / "nni.sqlite", "-o", tmp_path / "bad3"],
-                          "are the same experiment")]:
+                          "are the same experiment"),
+                         ([a, a, "-o", tmp_path / "bad4"], "are the same experiment"),            # one spelling twice
+                         ([b, a, f"{tmp_path}/run/../exp0cma/", "-o", tmp_path / "bad5"], "are the same experiment"),
+                         ([tmp_path / "link-to-a", b, a, "-o", tmp_path / "bad6"], "are the same experiment"),
+                         ([a, b, "-o", ""], "-o: the folder's name is empty")]:
         one_error_line(*run_report(argv, capsys), needle)
-    assert not any((tmp_path / f"bad{i}").exists() for i in (1, 2, 3))
+    assert not any((tmp_path / f"bad{i}").exists() for i in range(1, 7))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["exp0cma", "exp0cmb", "exp0hi", "exp0lo", "exp0wo", "exp0nas", "run", "link-to-a", "cmp", "c2", "c3"])
+    for source in (a, run):     # -o "" is no folder for one source either (not the default folder)
+        one_error_line(*run_report([source, "-o", ""], capsys), "-o: the folder's name is empty")
+        assert not (source / "report").exists()
 
 
 # --- the study report ----------------------------------------------------------------------------
