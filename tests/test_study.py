@@ -39,7 +39,10 @@ def _strict_json(text: str):
 
 
 def _cell(text: str):
-    """A trials.csv cell as a value (numbers and JSON decoded, other text as it is)."""
+    """A trials.csv cell as a value (numbers and JSON decoded, other text as it is, less the ``'``
+    that keeps a spreadsheet from running it)."""
+    if text.startswith("'") and text[1:].startswith(("=", "+", "-", "@", "\t", "\r")):
+        return text[1:]
     try:
         return json.loads(text)
     except ValueError:
@@ -211,6 +214,33 @@ def test_trials_csv_and_json_hold_every_trial_including_failed_and_early_stopped
     # the exports are part of the report folder: -o replaces it as a whole
     report_main([str(exp), "-o", str(tmp_path / "out")])
     assert (tmp_path / "out" / "trials.csv").is_file()
+
+
+def test_trials_csv_cells_a_spreadsheet_would_run_are_text(tmp_path):
+    """Every cell of trials.csv that a spreadsheet would take for a formula (starting with =, +, -,
+    @, a tab or a carriage return, and not a number) starts with ' (OWASP); numbers stay numbers,
+    and trials.json keeps the values as they are."""
+    hostile = ['=HYPERLINK("http://x.example/","click")', "+1+1", "@SUM(A1:A2)", "-2+3", "\t=1+1", "\r=1+1"]
+    trials = [{"id": f"t{i}abc", "params": {"model": m, "optimizer": "Adam", "lr": 0.001}, "curve": [0.3],
+               "final": 0.3 + i / 100, "status": "SUCCEEDED"} for i, m in enumerate(hostile)]
+    trials += [{"id": "@t9abc", "params": {"model": "-0.5", "optimizer": "=1+2", "lr": -1.0}, "curve": [0.1],
+                "final": 0.1, "status": "SUCCEEDED"}]                  # numbers, and a trial id as a formula
+    exp = _fake_experiment(tmp_path / "exp0csv", "hpo", trials)
+    report_main([str(exp), "-o", str(tmp_path / "out")])
+    with open(tmp_path / "out" / "trials.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    for row in rows:
+        for cell in row:
+            if cell.startswith(("=", "+", "-", "@", "\t", "\r")):
+                float(cell)               # only a number may start as a formula does
+    by_id = {r["trial_id"]: r for r in csv.DictReader(open(tmp_path / "out" / "trials.csv", newline=""))}
+    for i, value in enumerate(hostile):
+        assert by_id[f"t{i}abc"]["params_model"] == "'" + value
+    assert "'@t9abc" in by_id and by_id["'@t9abc"]["params_optimizer"] == "'=1+2"
+    assert by_id["'@t9abc"]["params_model"] == "-0.5" and by_id["'@t9abc"]["params_lr"] == "-1.0"
+    data = json.loads((tmp_path / "out" / "trials.json").read_text())
+    assert [t["params"]["model"] for t in data["trials"]] == [*hostile, "-0.5"] and data["trials"][-1]["trial_id"] == \
+        "@t9abc"
 
 
 # --- parameter importance and parallel coordinates -----------------------------------------------
