@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from core.files import atomic_write_text
 from core.errors import UserError
 from core.experiments import Trial, ranked
-from report.common import Invalid, read_metrics
+from report.common import Invalid, md, read_metrics
 from report.stats import TIE_SE, binomial_se, tied_with
 
 #: The final-result and metrics key holding how many validation images a trial was scored on.
@@ -108,7 +108,7 @@ def by_rank(rows: Sequence[TrialRow]) -> list[TrialRow]:
     return sorted((r for r in rows if r.rank is not None), key=lambda r: r.rank)
 
 
-def tie_text(rows: Sequence[TrialRow], label=lambda r: r.trial.trial_id) -> str:
+def tie_text(rows: Sequence[TrialRow], label=lambda r: md(r.trial.trial_id)) -> str:
     """One sentence: which trials are tied with the best, or why that cannot be said."""
     best = best_row(rows)
     if best is None:
