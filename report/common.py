@@ -95,9 +95,9 @@ def md(value: Any, code: bool = False) -> Md:
     """``value`` (anything that comes from data: a parameter, a name, a path, a message) as Markdown
     that shows it as it is, on one line, in a table cell, a heading, a list or a sentence: every
     character with a meaning in Markdown escaped (``<``, ``>``, ``&`` as entities, ``](`` as
-    ``\\](``: no HTML, no link, no image), a line break shown as ↵. ``code``: as a code span (`` `value` ``) where that
-    shows it as it is (no backtick, ``|`` or line break in it), else escaped text.
-    :class:`Md` (the report's own Markdown) is returned as it is."""
+    ``\\](``: no HTML, no link, no image), a line break shown as ↵. ``code``: as a code span
+    (`` `value` ``) where that shows it as it is (no backtick, ``|`` or line break in it), else
+    escaped text. :class:`Md` (the report's own Markdown) is returned as it is."""
     if isinstance(value, Md):
         return value
     text = value if isinstance(value, str) else str(value)
