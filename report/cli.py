@@ -10,8 +10,8 @@ DARTS search), or a DARTS protocol folder (``oneshot_darts/search.py --seeds ...
 ``OUT/report.md`` and the PNG figures it links go to ``OUT`` (default: ``report/`` inside the
 experiment's or run's folder). OUT must not exist yet, be an empty folder, or be a report this
 command wrote before (it leaves the file ``.report.json`` there, listing its files),
-which is then replaced as a whole: a failed report leaves the old one, and a bad source leaves
-nothing. Any other OUT (a folder of other files, a run folder, a symbolic link) is refused and left
+which is then replaced as a whole, in one step: a failed report leaves the old one, a bad source
+leaves nothing, and what a killed one left beside OUT is put back or removed by the next run. Any other OUT (a folder of other files, a run folder, a symbolic link) is refused and left
 as it is. An experiment's report looks for retrains of its trials (``--top K`` of the retrain
 commands) in the runs folder (``CIFAR_AUTOML_RUNS``, default the repository's ``runs/``) and in every
 ``--retrains`` folder. An experiment's report folder also holds ``trials.csv`` and ``trials.json``
