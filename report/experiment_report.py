@@ -14,13 +14,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import quote
 
 from core.errors import UserError
 from core.experiments import (Profile, Trial, accuracy_problem, find_experiment, load_experiment, rank_problem,
                               ranked, read_profile)
 from core.retrains import match_retrains
 from report import plots, trials as table_of
-from report.common import Invalid, checked, figure, number_problem, read_config, read_metrics, seconds, table, valid
+from report.common import (Invalid, Md, checked, figure, md, number_problem, read_config, read_metrics, seconds, table,
+                           valid)
 from report.run_report import load_run, render_run
 from report.stats import (MIN_TRIALS_FOR_IMPORTANCE, TIE_SE, binomial_se, importance, kendall, mean_std, tied_with,
                           with_se)
@@ -148,22 +150,25 @@ def epochs_spent(exp: ExperimentData) -> int:
 def what_ran(exp: ExperimentData) -> list[str]:
     """The experiment's space, algorithms, budget and data, as bullets."""
     p = exp.profile
-    space = "; ".join(f"`{k}` {v.get('_type')} {json.dumps(v.get('_value'))}" for k, v in p.search_space.items()) \
-        or "none given to NNI (the trial holds its own space)"
-    algos = ", ".join(f"{role} {p.algorithm(role)}" for role in ("tuner", "assessor", "advisor") if p.algorithm(role))
+    space = "; ".join(f"{md(k, code=True)} {md(v.get('_type'))} {md(json.dumps(v.get('_value')))}"
+                      for k, v in p.search_space.items()) or "none given to NNI (the trial holds its own space)"
+    algos = ", ".join(f"{role} {md(p.algorithm(role))}" for role in ("tuner", "assessor", "advisor")
+                      if p.algorithm(role))
     counts: dict[str, int] = defaultdict(int)
     for row in exp.rows:
         counts[row.status] += 1
-    return [f"- experiment: `{p.experiment_id}` ({p.params.get('experimentName') or 'no name'}), folder `{exp.exp_dir}`",
-            f"- stage: {STAGES.get(exp.stage, exp.stage)} (trial code `{p.trial_code_dir}`)",
-            f"- trial command: `{p.trial_command}`",
+    return [f"- experiment: {md(p.experiment_id, code=True)} ({md(p.params.get('experimentName') or 'no name')}), "
+            f"folder {md(exp.exp_dir, code=True)}",
+            f"- stage: {md(STAGES.get(exp.stage, exp.stage))} (trial code {md(p.trial_code_dir, code=True)})",
+            f"- trial command: {md(p.trial_command, code=True)}",
             f"- search space: {space}",
             f"- algorithms: {algos or 'none recorded'}",
-            f"- trial budget: {p.max_trials or 'unlimited'} trials, concurrency {p.params.get('trialConcurrency', 1)}, "
-            f"max duration {p.params.get('maxExperimentDuration', 'unlimited')}",
+            f"- trial budget: {md(p.max_trials or 'unlimited')} trials, concurrency "
+            f"{md(p.params.get('trialConcurrency', 1))}, max duration "
+            f"{md(p.params.get('maxExperimentDuration', 'unlimited'))}",
             f"- spent: {epochs_spent(exp)} trial-epochs (every trial's epochs, failed and early-stopped ones included)",
-            f"- data (the best trial's config): {trial_data(exp)}",
-            f"- trials so far: {len(exp.trials)} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})"]
+            f"- data (the best trial's config): {md(trial_data(exp))}",
+            f"- trials so far: {len(exp.trials)} ({', '.join(f'{n} {md(s)}' for s, n in sorted(counts.items()))})"]
 
 
 def best_section(exp: ExperimentData, level: int) -> list[str]:
@@ -172,11 +177,11 @@ def best_section(exp: ExperimentData, level: int) -> list[str]:
     test = (f" Its test accuracy (recorded, never searched on): {best.final_metrics['test_acc']:.4f}."
             if isinstance(best.final_metrics.get("test_acc"), float) else "")
     return [heading(level, "Best trial"), "",
-            f"Trial **{best.trial_id}** (No. {best.sequence_id}): final {METRIC} **{row.valid_final:.4f}**"
+            f"Trial **{md(best.trial_id)}** (No. {md(best.sequence_id)}): final {METRIC} **{row.valid_final:.4f}**"
             + (f" ± {row.se:.4f}" if row.se is not None else "") + f" after {best.epochs_run} "
             f"epoch{'s' if best.epochs_run != 1 else ''}; parameters "
-            f"`{json.dumps(best.params, sort_keys=True)}`; run folder `{best.log_dir}`." + test, "",
-            table_of.tie_text(exp.rows, lambda r: f"{r.trial.trial_id} ({exp.label(r)})"), ""]
+            f"{md(json.dumps(best.params, sort_keys=True), code=True)}; run folder {md(best.log_dir, code=True)}."
+            + test, "", table_of.tie_text(exp.rows, lambda r: f"{md(r.trial.trial_id)} ({md(exp.label(r))})"), ""]
 
 
 def trial_table(exp: ExperimentData, limit: int | None = None) -> str:
@@ -198,7 +203,8 @@ def trials_section(exp: ExperimentData, level: int) -> list[str]:
     lines = [heading(level, "All trials, best first"), "",
              "SE: the binomial standard error of each final result, sqrt(p (1 - p) / n) over its n validation images. "
              "EARLY_STOPPED: stopped by the assessor (NNI records USER_CANCELED).", "", trial_table(exp), ""]
-    lines += [f"- trial {r.trial.trial_id} failed: `{r.trial.error}`" for r in exp.rows if r.trial.error]
+    lines += [f"- trial {md(r.trial.trial_id)} failed: {md(r.trial.error, code=True)}" for r in exp.rows
+              if r.trial.error]
     return lines + [""]
 
 
@@ -304,7 +310,7 @@ def importance_section(exp: ExperimentData, out: Path, prefix: str, level: int) 
         warnings.simplefilter("ignore")          # scikit-learn's notes on few out-of-bag samples
         imp = importance({k: [r.trial.params.get(k) for r in rows] for k in keys}, y)
     method = (f"a random forest (scikit-learn, {len(rows)} finished trials) predicting the final {METRIC} from "
-              f"{', '.join(keys)}; importance is each parameter's share of the forest's decrease in impurity, as "
+              f"{', '.join(md(k) for k in keys)}; importance is each parameter's share of the forest's decrease in impurity, as "
               f"optuna's mean-decrease-impurity evaluator computes it")
     if imp.oob_r2 <= 0:
         return lines + [f"Not shown: {method}, but the forest predicts held-out trials no better than their mean "
@@ -406,20 +412,20 @@ def hpo_winner_note(exp: ExperimentData) -> list[str]:
     if p is None:
         return []
     if p.source is None:
-        own = (f" (the best trial's optimizer {p.optimizer}, lr {p.lr})" if p.optimizer is not None and p.lr is not None
-               else "")
+        own = (f" (the best trial's optimizer {md(p.optimizer)}, lr {md(p.lr)})"
+               if p.optimizer is not None and p.lr is not None else "")
         return [f"- HPO winner: not taken; the trials trained with the stage's own recipe{own}, not with an HPO "
                 "experiment's winner (no --from-hpo / CIFAR_AUTOML_FROM_HPO)."]
     share = "every finished trial" if p.trials == p.of else f"{p.trials} of {p.of} finished trials"
-    return [f"- HPO winner: taken; {share} trained with optimizer {p.optimizer}, lr {p.lr}, the winner (trial "
-            f"{p.trial}) of HPO experiment `{p.source}` (--from-hpo / CIFAR_AUTOML_FROM_HPO)."]
+    return [f"- HPO winner: taken; {share} trained with optimizer {md(p.optimizer)}, lr {md(p.lr)}, the winner (trial "
+            f"{md(p.trial)}) of HPO experiment {md(p.source, code=True)} (--from-hpo / CIFAR_AUTOML_FROM_HPO)."]
 
 
 # --- retrains --------------------------------------------------------------------------------------
 
 def _retrain_acc(r: dict[str, Any], problems: list[str]) -> tuple[Any, int | None, str]:
     """A retrain's test accuracy (a number, :class:`Invalid` or None), its image count and its state."""
-    result = checked(r["result"], f"`{r['run_dir']}/result.json`", problems) if r["result"] else None
+    result = checked(r["result"], f"{r['run_dir']}/result.json", problems) if r["result"] else None
     try:
         last: Any = read_last_epoch(r["run_dir"])
         state = "finished" if result else f"running/stopped after epoch {last}"
@@ -432,13 +438,14 @@ def _retrain_acc(r: dict[str, Any], problems: list[str]) -> tuple[Any, int | Non
 
 
 def retrains_section(exp: ExperimentData, out: Path, prefix: str, level: int) -> list[str]:
-    where = ", ".join(f"`{d}`" for d in exp.retrain_dirs)
+    where = ", ".join(md(d, code=True) for d in exp.retrain_dirs)
     lines = [heading(level, "Does the ranking survive a long retrain?"), ""]
     ignored = _ignored(exp)
     if not exp.retrains:
         stage_cmd = {"hpo": "python hpo/retrain.py", "classic_nas": "python classic_nas/retrain.py"}.get(exp.stage)
-        hint = (f" Retrain the K best with `{stage_cmd} --experiment {exp.profile.experiment_id} --top K "
-                "[--seeds S1 S2 ...]`." if stage_cmd else "")
+        hint = (" Retrain the K best with "
+                + md(f"{stage_cmd} --experiment {exp.profile.experiment_id} --top K [--seeds S1 S2 ...]", code=True)
+                + "." if stage_cmd else "")
         return lines + [f"No retrain of this experiment's trials found (looked in {where}).{hint}", "", *ignored]
     row_of = {r.trial.trial_id: r for r in exp.rows}
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -473,7 +480,7 @@ def retrains_section(exp: ExperimentData, out: Path, prefix: str, level: int) ->
         tied = "-" if mean is None else {True: "yes", False: "", None: "?"}[tied_with(top[4], top[6], mean)]
         rows.append([row.rank or "-", row.trial.trial_id, exp.label(row), _final_cell(row),
                      ", ".join(str(r["seed"]) for r in runs), shown, ", ".join(f"{a:.4f}" for a in accs) or "-", tied,
-                     "; ".join(states), ", ".join(f"`{r['run_dir']}`" for r in runs)])
+                     "; ".join(states), Md(", ".join(md(r["run_dir"], code=True) for r in runs))])
     lines += [f"Retrains found in {where}: {len(exp.retrains)} run(s) of {len(groups)} configuration(s) ({n_runs} "
               "finished with a valid test accuracy). Per configuration: the test accuracy's mean ± standard deviation "
               f"over its seeds (one seed: ± its binomial standard error); tied: within {TIE_SE:g} standard errors of "
@@ -500,15 +507,16 @@ def retrains_section(exp: ExperimentData, out: Path, prefix: str, level: int) ->
     retrain_best = [p for p in points if p[2] == top]
     others = [p for p in retrain_best if p is not search_best]
     if search_best in retrain_best and not others:
-        lines += [f"The search's winner ({search_best[0]}) is also the retrain's winner.", ""]
+        lines += [f"The search's winner ({md(search_best[0])}) is also the retrain's winner.", ""]
     elif search_best in retrain_best:
-        lines += [f"The search's winner ({search_best[0]}) ties for the retrain's best ({top:.4f}) with "
-                  f"{', '.join(p[0] for p in others)}.", ""]
+        lines += [f"The search's winner ({md(search_best[0])}) ties for the retrain's best ({top:.4f}) with "
+                  f"{', '.join(md(p[0]) for p in others)}.", ""]
     else:
         leader = retrain_best[0]
         tie = tied_with(top, leader[5], search_best[2])
-        lines += [f"**The search's winner ({search_best[0]}, search {search_best[1]:.4f}, retrain {search_best[2]:.4f}) "
-                  f"is not the retrain's winner ({', '.join(p[0] for p in retrain_best)}: retrain {top:.4f}, search "
+        lines += [f"**The search's winner ({md(search_best[0])}, search {search_best[1]:.4f}, retrain "
+                  f"{search_best[2]:.4f}) is not the retrain's winner ({', '.join(md(p[0]) for p in retrain_best)}: "
+                  f"retrain {top:.4f}, search "
                   f"{', '.join(f'{p[1]:.4f}' for p in retrain_best)}).**"
                   + ("" if tie is None else f" Within the noise it is {'tied with it' if tie else 'behind it'}: "
                      f"{top - search_best[2]:.4f} apart, {TIE_SE:g} standard errors of the retrain's best being "
@@ -521,7 +529,7 @@ def _ignored(exp: ExperimentData) -> list[str]:
     if not exp.ignored:
         return []
     return [f"Left out of the comparison ({len(exp.ignored)}):", "",
-            *(f"- `{folder}`: {reason}" for folder, reason in exp.ignored), ""]
+            *(f"- {md(folder, code=True)}: {md(reason)}" for folder, reason in exp.ignored), ""]
 
 
 def read_last_epoch(run_dir: str) -> int:
@@ -536,8 +544,8 @@ def exports_section(exp: ExperimentData, out: Path, prefix: str, level: int) -> 
     return [heading(level, "Exports"), "",
             f"Every trial ({len(exp.rows)}, failed and early-stopped ones included) with its sequence id, trial id, "
             "status, the parameters it really ran, final result with standard error, best intermediate result, "
-            f"epochs and duration: [`{csv_name}`]({csv_name}) (a column `params_<name>` per parameter) and "
-            f"[`{json_name}`]({json_name}) (with every intermediate result).", ""]
+            f"epochs and duration: [{md(csv_name, code=True)}]({quote(csv_name)}) (a column `params_<name>` per "
+            f"parameter) and [{md(json_name, code=True)}]({quote(json_name)}) (with every intermediate result).", ""]
 
 
 def problems_section(exp: ExperimentData, level: int) -> list[str]:
@@ -545,7 +553,7 @@ def problems_section(exp: ExperimentData, level: int) -> list[str]:
         return []
     return [heading(level, "Invalid numbers"), "",
             "These values are not valid for what they measure; they are shown as invalid and left out of the "
-            "figures, the ranking and every comparison:", "", *(f"- {p}" for p in exp.problems), ""]
+            "figures, the ranking and every comparison:", "", *(f"- {md(p)}" for p in exp.problems), ""]
 
 
 def render(exp: ExperimentData, out: Path, prefix: str = "", level: int = 1, tensorboard: bool = True,
@@ -554,7 +562,7 @@ def render(exp: ExperimentData, out: Path, prefix: str = "", level: int = 1, ten
     sections one deeper); figures and exports are written into ``out``, their names starting with
     ``prefix``."""
     sub = level + 1
-    title = title or f"Report: experiment {exp.profile.experiment_id} ({STAGES.get(exp.stage, exp.stage)})"
+    title = title or f"Report: experiment {md(exp.profile.experiment_id)} ({md(STAGES.get(exp.stage, exp.stage))})"
     lines = [heading(level, title), "", *intro,
              heading(sub, "What ran"), "", *what_ran(exp), *hpo_winner_note(exp), "",
              *best_section(exp, sub), *trials_section(exp, sub), *per_trial_figures(exp, out, prefix, sub),
@@ -566,7 +574,7 @@ def render(exp: ExperimentData, out: Path, prefix: str = "", level: int = 1, ten
         try:
             run = load_run(best.log_dir)
         except UserError as exc:
-            lines += [f"The best trial's run folder cannot be shown: {exc}", ""]
+            lines += [f"The best trial's run folder cannot be shown: {md(exc)}", ""]
         else:
             lines += [heading(sub, "The best trial's run"), "",
                       render_run(run, out, prefix=f"{prefix}best_trial_", heading="#" * sub)]
@@ -577,5 +585,5 @@ def render(exp: ExperimentData, out: Path, prefix: str = "", level: int = 1, ten
         lines += [heading(sub, "TensorBoard"), "",
                   "Trials write their per-epoch numbers as TensorBoard scalars into `<trial folder>/tensorboard/`: "
                   "select trials in the web UI's trial list and press TensorBoard, or run "
-                  f"`tensorboard --logdir {exp.exp_dir}/environments`.", ""]
+                  f"{md(f'tensorboard --logdir {exp.exp_dir}/environments', code=True)}.", ""]
     return "\n".join(lines) + "\n"
