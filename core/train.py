@@ -18,7 +18,7 @@ from core import speed
 from core.checkpoint import load_checkpoint, rng_of_rank, rng_state, rng_states, save_checkpoint, set_rng_state
 from core.config import OPTIMIZER_NAMES, TrainConfig, to_dict
 from core.data import ImageSet, Splits
-from core.device import GiB, data_fits, free_memory, out_of_memory_message, resolve_device
+from core.device import GiB, cpu_reason, data_fits, free_memory, out_of_memory_message, resolve_device
 from core.errors import UserError
 from core.loader import BatchLoader
 from core.run import Run, format_metrics
@@ -191,7 +191,8 @@ class Trainer:
         distributed.check_batch(cfg.batch_size)
         #: What was chosen for this device and model, and why: logged when training starts.
         self.choices: list[str] = [f"device: {self.device}" + (
-            f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else "")]
+            f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else
+            f" ({cpu_reason(cfg.device)})" if cpu_reason(cfg.device) else "")]
         if self.device.type == "cuda":
             # fixed shapes: cuDNN benchmarks its kernels once and keeps the fastest, some of which are not
             # deterministic, so on a GPU a resumed or repeated run is close to, not bit for bit, the original

@@ -155,6 +155,7 @@ def test_capability_check_against_the_arch_list(capability, archs, supported):
 
 
 def test_resolve_device_refuses_a_gpu_without_kernels(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)   # the GPU is visible
     monkeypatch.setattr(devices, "cuda_unusable_reason", lambda: None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Tesla P100-PCIE-16GB")
@@ -171,6 +172,7 @@ def test_a_driver_too_old_is_an_error_not_a_quiet_cpu_run(monkeypatch):
         warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old (found version 12040).")
         return False
 
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)   # the GPU is visible
     monkeypatch.setattr(devices, "gpu_present", lambda: True)
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setattr(torch.cuda, "is_available", unavailable)
@@ -181,6 +183,41 @@ def test_a_driver_too_old_is_an_error_not_a_quiet_cpu_run(monkeypatch):
     assert "pip install torch==" in message and "--device cpu" in message
     monkeypatch.setattr(devices, "gpu_present", lambda: False)  # no GPU at all: the CPU, as before
     assert devices.resolve_device("auto") == CPU
+
+
+@pytest.mark.parametrize("hidden", ["", "-1", " -1 ", "-1,0"])
+def test_hidden_gpus_mean_the_cpu_said_in_the_log(monkeypatch, hidden):
+    """NNI sets CUDA_VISIBLE_DEVICES to '' for a trial with trialGpuNumber 0 (its local training
+    service to '-1'), and users set it to keep a run on the CPU: the driver is there, torch sees no
+    GPU, and that is the CPU, not a driver to update."""
+    def unavailable() -> bool:
+        warnings.warn("CUDA initialization: CUDA driver initialization failed, you might not have a CUDA gpu.")
+        return False
+
+    monkeypatch.setattr(devices, "gpu_present", lambda: True)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", unavailable)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+    assert devices.resolve_device("auto") == CPU
+    with pytest.raises(UserError, match=r"^device: 'cuda' was asked for but CUDA_VISIBLE_DEVICES=.* hides every GPU"):
+        devices.resolve_device("cuda")
+    cfg = tiny_cfg(device="auto")
+    line = Trainer(small_cnn(), cfg, load_splits(cfg), eval_splits=()).choices[0]
+    assert line == f"device: cpu (auto: CUDA_VISIBLE_DEVICES={hidden!r} hides every GPU (NNI sets it so for trialGpuNumber 0))"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # a visible GPU this torch cannot drive: still the error
+    with pytest.raises(UserError, match="Update the NVIDIA driver"):
+        devices.resolve_device("auto")
+
+
+def test_which_cuda_visible_devices_hide_every_gpu(monkeypatch):
+    for value in ("", "-1", "-1,0", "none", ",0"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+        assert devices.hidden_gpus() == value
+    for value in ("0", "1,0", "0 ", "GPU-5d1f2a3b", "MIG-0a1b"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+        assert devices.hidden_gpus() is None
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert devices.hidden_gpus() is None and devices.cpu_reason("auto") is None
 
 
 # --- points 5 and 6: memory ---------------------------------------------------------------------------
