@@ -163,13 +163,14 @@ def out_of_memory_message(*, model: str, batch_size: int, precision: str, device
             where = f"{torch.cuda.get_device_name(device)} ({total / GiB:.1f} GiB, {free / GiB:.1f} GiB free now)"
         except Exception:  # the GPU may be unusable after the error
             where = "the GPU"
+    evaluating = during in ("evaluation", "the final test")
     tries = [f"--batch-size {max(batch_size // 2, 1)}"]
-    if during == "evaluation" and eval_batch_size:
+    if evaluating and eval_batch_size:
         tries = [f"--eval-batch-size {max(eval_batch_size // 2, 1)}"]
     if precision == "fp32" and device.type == "cuda":
         tries.append("--amp (16-bit activations)")
     tries.append("fewer trials per GPU (maxTrialNumberPerGpu in the nnictl config)")
-    size = f"eval batch size {eval_batch_size}" if during == "evaluation" and eval_batch_size else \
+    size = f"eval batch size {eval_batch_size}" if evaluating and eval_batch_size else \
         f"batch size {batch_size}"
     return (f"out of memory during {during}: model {model} at {size} ({precision}) on {where}; try "
             + ", or ".join(tries))

@@ -211,25 +211,26 @@ class Trainer:
                          f"compile: {'on' if compiled.value else 'off'} ({compiled.reason})"]
         #: Estimated device memory training needs (0 on the CPU): what the data sets leave free.
         self.memory_need = self._check_memory(model)
-        memory_format = torch.channels_last if layout.value else torch.contiguous_format
-        self.model = distributed.prepare_model(model, self.device).to(self.device, memory_format=memory_format)
-        # what runs: DistributedDataParallel under torchrun, compiled around DDP (PyTorch's recommendation:
-        # the compiled graph then overlaps the gradient all-reduce with the backward pass); self.model is saved
-        cache = speed.compile_cache_dir(cfg.data_root) if compiled.value else None
-        if cache is not None:
-            self.choices[-1] += f"; compile cache {cache}"
-        self.net = speed.compile_model(distributed.data_parallel(self.model, self.device), compiled.value, cache)
-        self.loss_fn, self.epoch_start = loss_fn, epoch_start
-        self.optimizer = build_optimizer(cfg.optimizer, self.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
-        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, cfg.epochs, eta_min=cfg.lr_min)
-        self.train_loader = self.make_loader(splits.train, train=True)
-        check_trains(self.train_loader, "training")
-        self.eval_loaders: dict[str, BatchLoader] = {}
-        for name in eval_splits:
-            data = getattr(splits, name)
-            if data is None:
-                raise UserError(f"cannot evaluate on the {name!r} split: it is empty (val_fraction is 0)")
-            self.eval_loaders[name] = self.make_loader(data, train=False)
+        with self.out_of_memory("setup (the model and data on the device)"):
+            memory_format = torch.channels_last if layout.value else torch.contiguous_format
+            self.model = distributed.prepare_model(model, self.device).to(self.device, memory_format=memory_format)
+            # what runs: DistributedDataParallel under torchrun, compiled around DDP (PyTorch's recommendation:
+            # the compiled graph then overlaps the gradient all-reduce with the backward pass); self.model is saved
+            cache = speed.compile_cache_dir(cfg.data_root) if compiled.value else None
+            if cache is not None:
+                self.choices[-1] += f"; compile cache {cache}"
+            self.net = speed.compile_model(distributed.data_parallel(self.model, self.device), compiled.value, cache)
+            self.loss_fn, self.epoch_start = loss_fn, epoch_start
+            self.optimizer = build_optimizer(cfg.optimizer, self.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
+            self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, cfg.epochs, eta_min=cfg.lr_min)
+            self.train_loader = self.make_loader(splits.train, train=True)
+            check_trains(self.train_loader, "training")
+            self.eval_loaders: dict[str, BatchLoader] = {}
+            for name in eval_splits:
+                data = getattr(splits, name)
+                if data is None:
+                    raise UserError(f"cannot evaluate on the {name!r} split: it is empty (val_fraction is 0)")
+                self.eval_loaders[name] = self.make_loader(data, train=False)
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
 
@@ -405,9 +406,9 @@ class Trainer:
         for epoch in range(self.start_epoch, self.cfg.epochs):
             if self.epoch_start is not None:
                 self.epoch_start(epoch)
-            with self._out_of_memory("training"):
+            with self.out_of_memory("training"):
                 metrics = self.train_epoch(epoch)
-            with self._out_of_memory("evaluation"):
+            with self.out_of_memory("evaluation"):
                 for name in self.eval_loaders:
                     result = self.evaluate(name)
                     metrics[f"{name}_acc"], metrics[f"{name}_loss"] = result["acc"], result["loss"]
@@ -425,8 +426,10 @@ class Trainer:
         return self.history
 
     @contextlib.contextmanager
-    def _out_of_memory(self, during: str):
-        """An out-of-memory error as one line (:class:`OutOfMemory`), not a traceback."""
+    def out_of_memory(self, during: str):
+        """An out-of-memory error ``during`` what the block does as one line naming this trainer's
+        model, batch size, precision and device (:class:`OutOfMemory`), not a traceback. One
+        raised where no trainer knows these is still one line (``core.errors.cli_main``)."""
         try:
             yield
         except torch.OutOfMemoryError:

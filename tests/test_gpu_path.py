@@ -275,6 +275,52 @@ def test_out_of_memory_is_one_line_naming_model_batch_and_what_to_try(tmp_path):
     assert "maxTrialNumberPerGpu" in message
 
 
+def out_of_memory(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+                                 "14.74 GiB of which 1.20 GiB is free. Including non-PyTorch memory, ...")
+
+
+@pytest.mark.parametrize("during", ["setup (the model and data on the device)", "resume", "the final test"])
+def test_out_of_memory_anywhere_in_a_training_command_is_one_line(monkeypatch, tmp_path, capsys, during):
+    from core import train as engine, train_model
+
+    args = ["--model", "mobilenet", "--data", "fake", "--subset", "64", "--val-subset", "32", "--batch-size", "16",
+            "--eval-batch-size", "32", "--epochs", "1", "--max-batches", "1", "--device", "cpu", "--no-progress",
+            "--out-dir", str(tmp_path)]
+    if during == "resume":
+        train_model.main(args)
+        args = ["--resume", str(next(tmp_path.iterdir()) / "checkpoint.pt")]
+        monkeypatch.setattr(Trainer, "load_extra_state", out_of_memory)
+    elif during == "the final test":
+        evaluate = Trainer.evaluate
+        monkeypatch.setattr(Trainer, "evaluate", lambda self, name: out_of_memory() if name == "test" else
+                            evaluate(self, name))
+    else:
+        monkeypatch.setattr(engine, "make_loader", out_of_memory)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        train_model.main(args)
+    assert exit_.value.code == 2
+    size = "eval batch size 32" if during == "the final test" else "batch size 16"
+    assert capsys.readouterr().err == (f"error: out of memory during {during}: model mobilenet at {size} (fp32) on "
+                                       f"cpu; try --{'eval-' if 'test' in during else ''}batch-size "
+                                       f"{16 if 'test' in during else 8}, or fewer trials per GPU "
+                                       "(maxTrialNumberPerGpu in the nnictl config)\n")
+
+
+def test_out_of_memory_outside_the_engine_is_one_line(capsys):
+    from core.errors import cli_main
+
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(out_of_memory)()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB); try a "
+                                       "smaller --batch-size or --eval-batch-size, --amp on a GPU, or fewer trials "
+                                       "per GPU (maxTrialNumberPerGpu in the nnictl config)\n")
+    with pytest.raises(RuntimeError, match="^a bug$"):   # any other runtime error stays a traceback
+        cli_main(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))()
+
+
 def test_out_of_memory_message_on_a_gpu(monkeypatch):
     monkeypatch.setattr(devices, "free_memory", lambda d: (0.2 * GiB, 15 * GiB))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Tesla T4")
