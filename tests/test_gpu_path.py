@@ -275,6 +275,27 @@ def test_out_of_memory_is_one_line_naming_model_batch_and_what_to_try(tmp_path):
     assert "maxTrialNumberPerGpu" in message
 
 
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("resident", [True, False])
+def test_each_rank_takes_only_its_share_of_the_global_batch(train, resident):
+    """Data-parallel over 2 ranks: each rank's batches are its half of one process's batches (same
+    draws, augmentation and cutout included), and from host memory each rank copies only its half
+    of the global batch to the device, not the whole batch."""
+    images = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8)
+    data = ImageSet(images, torch.arange(48) % 10)
+    kw = dict(batch_size=16, device=CPU, mean=(0.5,) * 3, std=(0.25,) * 3, train=train, cutout=8, seed=3)
+    whole = list(BatchLoader(data, **kw))
+    for rank in range(2):
+        loader = BatchLoader(data, rank=rank, world_size=2, resident=resident, **kw)
+        copied = []
+        if not resident:
+            copy = loader._staging.copy
+            loader._staging.copy = lambda source, idx: copied.append((source.dim(), len(idx))) or copy(source, idx)
+        for (x, y), (wx, wy) in zip(loader, whole, strict=True):
+            assert torch.equal(x, wx.tensor_split(2)[rank]) and torch.equal(y, wy.tensor_split(2)[rank])
+        assert resident or set(copied) == {(4, 8), (1, 8)}   # images and labels: 8 of each global batch of 16
+
+
 def out_of_memory(*args, **kwargs):
     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
                                  "14.74 GiB of which 1.20 GiB is free. Including non-PyTorch memory, ...")
