@@ -240,18 +240,19 @@ class Trainer:
         if self.device.type != "cuda":
             return 0
         per_rank = self.cfg.batch_size // distributed.world_size()
+        precision = self.activation_precision()
         try:
-            need = speed.training_bytes(model, per_rank, self.cfg.image_size, self.precision)
+            need = speed.training_bytes(model, per_rank, self.cfg.image_size, precision)
         except Exception as exc:  # a network the meta device cannot run: train without the estimate
             self.choices.append(f"memory: no estimate ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
             return 0
         free, total = free_memory(self.device)
-        line = (f"memory: training needs about {need / GiB:.1f} GiB (batch {per_rank}, {self.precision.name}); "
+        line = (f"memory: training needs about {need / GiB:.1f} GiB (batch {per_rank}, {precision.name}); "
                 f"{free / GiB:.1f} of {total / GiB:.1f} GiB free; {speed.trials_that_fit(need, total)} such trial(s) "
                 f"fit on this GPU ({speed.GPU_PLANNED_FRACTION:.0%} of its memory)")
         if need > free:
             line += ("; WARNING: more than is free, it may run out of memory: fewer trials per GPU "
-                     "(maxTrialNumberPerGpu), a smaller --batch-size" + (", or --amp" if not self.precision.half else ""))
+                     "(maxTrialNumberPerGpu), a smaller --batch-size" + (", or --amp" if not precision.half else ""))
         self.choices.append(line)
         return need
 
@@ -266,6 +267,11 @@ class Trainer:
                            channels_last=self.channels_last, resident=resident)
 
     # --- hooks a specialisation may replace ------------------------------------------------------
+    def activation_precision(self) -> Precision:
+        """The precision of the step's largest activations, which the memory estimate counts:
+        :attr:`precision`; a step that computes in float32 whatever was chosen says so here."""
+        return self.precision
+
     def parameters(self) -> list[nn.Parameter]:
         """The parameters :attr:`optimizer` trains."""
         return list(self.model.parameters())
