@@ -4,6 +4,8 @@ memory checks, out-of-memory errors, precision per GPU, memory format and compil
 model, NNI's mixed-edge dtype under autocast. What only a real GPU can check: docs/testing.md."""
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import warnings
@@ -229,15 +231,70 @@ def test_activation_estimate_matches_the_measured_figures():
     assert speed.activation_bytes(create_model("densenet121", 10), 128, 32) / GiB == pytest.approx(4.8, rel=0.05)
 
 
+T4_USABLE = 15 * GiB   # a 16 GB card (T4)
+
+
+def needs_in_16_bit_and_fp32(model: nn.Module, batch_size: int) -> dict[str, float]:
+    """One trial's estimated GPU memory (``core.speed.training_bytes``) in GiB, 16-bit (fp16 on a T4)
+    and fp32, its activations counted once."""
+    counted = speed.activation_bytes(model, batch_size, 32)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(speed, "activation_bytes", lambda *args: counted)
+        return {kind: speed.training_bytes(model, batch_size, 32, precision) / GiB for kind, precision in
+                (("16-bit", speed.choose_precision(CUDA, True, capability=(7, 5))),
+                 ("fp32", speed.choose_precision(CUDA, False)))}
+
+
+def config_comment(name: str) -> tuple[str, dict]:
+    text = (REPO / "configs" / name).read_text()
+    comment = " ".join(line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#"))
+    return comment, yaml.safe_load(text)
+
+
 def test_the_gpu_configs_memory_rule():
-    """What configs/hpo_gpu.yml says: on a 16 GB T4 (15 GiB usable) two dpn92 trials at batch 128 fit
-    in fp16 (the default there) but not in float32 (--no-amp)."""
-    model = create_model("dpn92", 10)
-    fp16 = speed.training_bytes(model, 128, 32, speed.choose_precision(CUDA, True, capability=(7, 5)))
-    fp32 = speed.training_bytes(model, 128, 32, speed.choose_precision(CUDA, False))
-    assert speed.trials_that_fit(fp16, 15 * GiB) == 2 and speed.trials_that_fit(fp32, 15 * GiB) == 1
-    text = (REPO / "configs" / "hpo_gpu.yml").read_text()
-    assert "--no-amp" in text and "dpn92" in text
+    """configs/hpo_gpu.yml's figures are what core.speed estimates for every model of the search
+    space at the trials' batch size, and its rule holds for them: maxTrialNumberPerGpu trials of any
+    model fit on a 16 GB card in 16-bit (the default), and in fp32 exactly the models it names do not."""
+    from hpo.trial import HpoTrialConfig
+
+    comment, config = config_comment("hpo_gpu.yml")
+    per_gpu = config["trainingService"]["maxTrialNumberPerGpu"]
+    assert per_gpu >= 2   # with one GPU, NNI 3.0 starts no trial otherwise
+    assert "--batch-size" not in config["trialCommand"]
+    batch_size = HpoTrialConfig().batch_size
+    models = json.loads((REPO / "hpo" / "search_space.json").read_text())["model"]["_value"]
+    computed = {(kind, name): need for name in models
+                for kind, need in needs_in_16_bit_and_fp32(create_model(name, 10), batch_size).items()}
+    stated = {}
+    for kind, figures in re.findall(r"(16-bit|fp32)(?: \(--no-amp\))?: (.*?) GiB", comment):
+        for names, gib in re.findall(r"([\w /]+?) (\d+\.\d)", figures):
+            stated.update({(kind, name): float(gib) for name in names.strip().split(" / ")})
+    assert stated == {key: round(need, 1) for key, need in computed.items()}
+    assert f"at batch {batch_size}" in comment
+    assert all(speed.trials_that_fit(computed["16-bit", m] * GiB, T4_USABLE) >= per_gpu for m in models)
+    too_big = {m for m in models if speed.trials_that_fit(computed["fp32", m] * GiB, T4_USABLE) < per_gpu}
+    named = re.search(r"but not two fp32 ([\w /]+?) trials", comment).group(1)
+    assert too_big == set(named.split(" / ")) and per_gpu == 2
+
+
+def test_gpu_configs_name_the_memory_rule():
+    """configs/classic_nas_gpu.yml: its trial's figures are core.speed's estimate at the trials' batch
+    size, and maxTrialNumberPerGpu trials fit from the GPU sizes it names (and not below them)."""
+    from classic_nas.space import SKIP_LABELS, build_model
+
+    comment, config = config_comment("classic_nas_gpu.yml")
+    per_gpu = config["trainingService"]["maxTrialNumberPerGpu"]
+    assert per_gpu >= 2   # with one GPU, NNI 3.0 starts no trial otherwise
+    batch_size = yaml.safe_load((REPO / "configs" / "classic_nas.yml").read_text())["batch_size"]
+    need = needs_in_16_bit_and_fp32(build_model({label: 1 for label in SKIP_LABELS}), batch_size)
+    stated = re.search(rf"at batch {batch_size} needs about (\d+\.\d) GiB in 16-bit and (\d+\.\d) GiB in fp32, "
+                       rf"so {per_gpu} trials fit on any GPU of (\d+) GiB or more in 16-bit \((\d+) GiB in fp32\)",
+                       comment)
+    assert stated, comment
+    assert (float(stated[1]), float(stated[2])) == (round(need["16-bit"], 1), round(need["fp32"], 1))
+    for kind, gib in (("16-bit", int(stated[3])), ("fp32", int(stated[4]))):
+        assert speed.trials_that_fit(need[kind] * GiB, gib * GiB) >= per_gpu
+        assert speed.trials_that_fit(need[kind] * GiB, (gib - 1) * GiB) < per_gpu
 
 
 def test_data_set_too_large_for_free_memory_stays_in_host_memory(monkeypatch):
@@ -525,9 +582,3 @@ def test_gpus_are_numbered_in_pci_order_as_nni_numbers_them():
     env["CUDA_DEVICE_ORDER"] = "FASTEST_FIRST"  # the user's own choice wins
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "FASTEST_FIRST"
-
-
-def test_gpu_configs_name_the_memory_rule():
-    for name in ("hpo_gpu.yml", "classic_nas_gpu.yml"):
-        text = (REPO / "configs" / name).read_text()
-        assert "memory" in text.lower() and yaml.safe_load(text)["trainingService"]["maxTrialNumberPerGpu"] >= 2
