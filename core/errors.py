@@ -90,9 +90,9 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
             if not _out_of_memory(exc):   # a bug, shown whole
                 raise
             # the engine says more where it knows the model (core.train.Trainer.out_of_memory)
-            print(f"error: out of memory ({'. '.join(first_line(exc).split('. ')[:2]).rstrip('.')}); try a smaller --batch-size or "
-                  "--eval-batch-size, --amp on a GPU, or fewer trials per GPU (maxTrialNumberPerGpu in the nnictl "
-                  "config)", file=sys.stderr, flush=True)
+            said = ". ".join(first_line(exc).split(". ")[:2]).rstrip(".")   # torch's what and how much
+            print(f"error: out of memory ({said}); try a smaller --batch-size or --eval-batch-size, --amp on a GPU, "
+                  "or fewer trials per GPU (maxTrialNumberPerGpu in the nnictl config)", file=sys.stderr, flush=True)
             raise SystemExit(UserError.exit_code) from None
         finally:
             if previous is not None:
