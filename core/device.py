@@ -148,7 +148,8 @@ def data_fits(nbytes: int, device: torch.device, reserve: int = 0) -> tuple[bool
     room = free - reserve - DEVICE_MARGIN_BYTES
     if nbytes <= room:
         return True, f"on the GPU ({nbytes / GiB:.2f} GiB of {free / GiB:.1f} GiB free)"
-    return False, (f"in pinned host memory, batches copied to the GPU per step: the data ({nbytes / GiB:.2f} GiB) "
+    return False, (f"in host memory, each batch copied to the GPU through a pinned buffer: the data "
+                   f"({nbytes / GiB:.2f} GiB) "
                    f"and training (about {reserve / GiB:.1f} GiB) do not fit in the {free / GiB:.1f} GiB free of "
                    f"{total / GiB:.1f} GiB")
 

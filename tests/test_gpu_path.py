@@ -55,15 +55,36 @@ def test_all_sum_moves_every_value_to_the_communication_device(monkeypatch):
     assert all(t.device.type == "meta" and t.dtype == torch.float64 for t in out)
 
 
-def test_all_sum_sums_over_a_real_gloo_group(monkeypatch, tmp_path):
-    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+COLLECTIVES_OF_ONE_RANK = """
+import json, sys
+import torch, torch.distributed as dist
+from core import distributed
+rank, store = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
+sums = distributed.all_sum(rank + 1, torch.tensor(10 * (rank + 1), dtype=torch.int64), torch.tensor(0.25))
+print(json.dumps({"sums": [t.item() for t in sums], "gathered": distributed.gather({"rank": rank}),
+                  "told": distributed.broadcast(f"rank {rank}'s path")}))
+distributed.leave()
+"""
+
+
+def test_all_sum_sums_over_a_real_gloo_group(tmp_path):
+    """Two processes in one gloo group: sums over both ranks, every rank's object gathered on rank 0
+    (None on the others), rank 0's object broadcast to both."""
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen([sys.executable, "-c", COLLECTIVES_OF_ONE_RANK, str(rank), str(tmp_path / "store")],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in range(2)]
     try:
-        monkeypatch.setattr(distributed, "world_size", lambda: 2)  # take the collective path with one rank
-        a, b, c = distributed.all_sum(5, torch.tensor(2, dtype=torch.int64), torch.tensor(0.25))
-        assert (a.item(), b.item(), c.item()) == (5.0, 2.0, 0.25)
-        assert distributed.gather({"x": 1})[0] == {"x": 1}
+        outs = [proc.communicate(timeout=120) for proc in ranks]
     finally:
-        dist.destroy_process_group()
+        for proc in ranks:
+            proc.kill()
+    assert [proc.returncode for proc in ranks] == [0, 0], [err[-2000:] for _, err in outs]
+    zero, one = (json.loads(out) for out, _ in outs)
+    assert zero["sums"] == one["sums"] == [3.0, 30.0, 0.5]
+    assert zero["gathered"] == [{"rank": 0}, {"rank": 1}] and one["gathered"] is None
+    assert zero["told"] == one["told"] == "rank 0's path"
 
 
 # --- point 2: RNG state per current device, per rank --------------------------------------------------
@@ -95,16 +116,20 @@ class FakeCudaRng(checkpoint.CudaRng):
 
 def test_rng_restore_with_more_saved_states_than_devices(monkeypatch):
     """A checkpoint of the old format holds one CUDA state per GPU of the machine that wrote it (four
-    here); resumed where one GPU is visible, the state of the GPU this process uses is restored."""
+    here); resumed where fewer GPUs are visible, the state of the GPU this process trains on is
+    restored into that GPU, and nothing else."""
     fake = FakeCudaRng(count=1)
     monkeypatch.setattr(checkpoint, "CUDA_RNG", fake)
     saved = [torch.full((16,), i, dtype=torch.uint8) for i in range(4)]
     checkpoint.set_rng_state({"torch": torch.get_rng_state(), "cuda": saved}, torch.device("cuda"))
     assert torch.equal(fake.states[0], saved[0]) and list(fake.states) == [0]
-    # rank 1 of an old two-GPU run resumed alone on the one GPU (cuda:0): it takes state 0, not 1
-    fake.states.clear()
-    checkpoint.set_rng_state({"torch": torch.get_rng_state(), "cuda": saved}, CUDA)
-    assert list(fake.states) == [0]
+    # two GPUs visible and the process trains on the second, named (cuda:1 while the current device
+    # is still 0) or current: GPU 1 takes state 1, GPU 0 keeps its own
+    for device, current in ((torch.device("cuda", 1), 0), (torch.device("cuda"), 1)):
+        fake = FakeCudaRng(count=2, current=current)
+        monkeypatch.setattr(checkpoint, "CUDA_RNG", fake)
+        checkpoint.set_rng_state({"torch": torch.get_rng_state(), "cuda": saved}, device)
+        assert list(fake.states) == [1] and torch.equal(fake.states[1], saved[1])
 
 
 def test_rng_state_saves_the_current_device_and_each_rank_restores_its_own(monkeypatch):
@@ -205,7 +230,8 @@ def test_hidden_gpus_mean_the_cpu_said_in_the_log(monkeypatch, hidden):
         devices.resolve_device("cuda")
     cfg = tiny_cfg(device="auto")
     line = Trainer(small_cnn(), cfg, load_splits(cfg), eval_splits=()).choices[0]
-    assert line == f"device: cpu (auto: CUDA_VISIBLE_DEVICES={hidden!r} hides every GPU (NNI sets it so for trialGpuNumber 0))"
+    assert line == (f"device: cpu (auto: CUDA_VISIBLE_DEVICES={hidden!r} hides every GPU (NNI sets it so for "
+                    "trialGpuNumber 0))")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # a visible GPU this torch cannot drive: still the error
     with pytest.raises(UserError, match="Update the NVIDIA driver"):
         devices.resolve_device("auto")
@@ -297,13 +323,34 @@ def test_gpu_configs_name_the_memory_rule():
         assert speed.trials_that_fit(need[kind] * GiB, (gib - 1) * GiB) < per_gpu
 
 
-def test_data_set_too_large_for_free_memory_stays_in_host_memory(monkeypatch):
+def test_data_set_too_large_for_free_memory_stays_in_host_memory(monkeypatch, tmp_path):
+    """``data_fits`` against the free memory less training's need, and the engine's wiring: every
+    loader asks it with its data set's bytes and the trainer's estimate, and a set that does not fit
+    stays in host memory (batches copied as drawn), the log saying where."""
     monkeypatch.setattr(devices, "free_memory", lambda d: (3 * GiB, 16 * GiB))
     fits, where = devices.data_fits(1 * GiB, CUDA, reserve=1 * GiB)
     assert fits and "on the GPU" in where
     fits, where = devices.data_fits(2 * GiB, CUDA, reserve=1 * GiB)
-    assert not fits and "pinned host memory" in where and "3.0 GiB free of 16.0 GiB" in where
+    assert not fits and "in host memory" in where and "3.0 GiB free of 16.0 GiB" in where
     assert devices.data_fits(100 * GiB, CPU)[0]
+
+    from core import train as engine
+
+    asked = []
+    monkeypatch.setattr(Trainer, "_check_memory", lambda self, model: 5 * GiB)   # what training would need
+    monkeypatch.setattr(engine, "data_fits", lambda nbytes, device, reserve: asked.append((nbytes, reserve)) or
+                        (False, "in host memory (test: no room)"))
+    cfg = tiny_cfg(epochs=1, max_batches=1)
+    splits = load_splits(cfg)
+    trainer = Trainer(small_cnn(), cfg, splits, Run(tmp_path), eval_splits=("val",))
+    trainer.fit()
+    trainer.evaluate("test")   # a loader made on demand: the final test's
+    loaders = [trainer.train_loader, trainer.eval_loaders["val"]]
+    assert all(not loader.resident and loader._staging is not None for loader in loaders)
+    assert asked == [(data.images.numel() + data.labels.numel() * 8, 5 * GiB)
+                     for data in (splits.train, splits.val, splits.test)]
+    log = (tmp_path / "train.log").read_text()
+    assert f"data: {len(splits.train):,} training images in host memory (test: no room)" in log
 
 
 @pytest.mark.parametrize("train", [True, False])
