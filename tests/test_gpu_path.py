@@ -418,8 +418,8 @@ def test_out_of_memory_anywhere_in_a_training_command_is_one_line(monkeypatch, t
         monkeypatch.setattr(Trainer, "load_extra_state", out_of_memory)
     elif during == "the final test":
         evaluate = Trainer.evaluate
-        monkeypatch.setattr(Trainer, "evaluate", lambda self, name: out_of_memory() if name == "test" else
-                            evaluate(self, name))
+        monkeypatch.setattr(Trainer, "evaluate", lambda self, name, *args, **kwargs: out_of_memory() if name == "test"
+                            else evaluate(self, name, *args, **kwargs))
     else:
         monkeypatch.setattr(engine, "make_loader", out_of_memory)
     capsys.readouterr()
