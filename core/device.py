@@ -6,6 +6,7 @@ run every branch on a CPU with faked facts.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -42,10 +43,32 @@ def gpu_present() -> bool:
     return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
 
 
+def hidden_gpus() -> str | None:
+    """``CUDA_VISIBLE_DEVICES`` when it hides every GPU, else ``None``. CUDA reads the variable as a
+    comma-separated list that ends at its first entry that is no device (an empty entry, a negative
+    or non-numeric index; ``GPU-``/``MIG-`` UUIDs aside), so ``""`` and ``"-1"`` show no GPU at all:
+    what NNI sets for a trial with ``trialGpuNumber: 0``, and how users keep a run on the CPU."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None or value.strip().startswith(("GPU-", "MIG-")):
+        return None
+    index = re.match(r"[+-]?\d+", value.split(",")[0].strip())
+    return value if index is None or int(index.group()) < 0 else None
+
+
+def cpu_reason(name: str) -> str | None:
+    """Why ``--device name`` trains on the CPU though the machine has GPUs: the log's words for
+    :func:`hidden_gpus`, or ``None``."""
+    hidden = hidden_gpus()
+    if name != "auto" or hidden is None:
+        return None
+    return f"auto: CUDA_VISIBLE_DEVICES={hidden!r} hides every GPU (NNI sets it so for trialGpuNumber 0)"
+
+
 def cuda_unusable_reason() -> str | None:
     """Why CUDA is not available to this torch though the machine has an NVIDIA GPU (a driver too
-    old for the build, say: torch's own warning), or ``None`` when CUDA works or no GPU is there."""
-    if torch.version.cuda is None or not gpu_present():
+    old for the build, say: torch's own warning), or ``None`` when CUDA works, no GPU is there, or
+    ``CUDA_VISIBLE_DEVICES`` hides them all (:func:`hidden_gpus`)."""
+    if torch.version.cuda is None or not gpu_present() or hidden_gpus() is not None:
         return None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -79,10 +102,14 @@ def unsupported_gpu(name: str, capability: tuple[int, int], arch_list: list[str]
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is a :class:`UserError`, and so
-    is a GPU this torch cannot drive (a driver too old for the build, or a compute capability the
-    build has no kernels for): a one-line error with the install command, never a quiet fall-back
-    to the CPU or a 'no kernel image' crash at the first kernel."""
+    """'auto' -> CUDA when available, else CPU (also where ``CUDA_VISIBLE_DEVICES`` hides every GPU,
+    :func:`hidden_gpus`); 'cuda' without a visible GPU is a :class:`UserError`, and so is a visible
+    GPU this torch cannot drive (a driver too old for the build, or a compute capability the build
+    has no kernels for): a one-line error with the install command, never a quiet fall-back to the
+    CPU or a 'no kernel image' crash at the first kernel."""
+    if name == "cuda" and hidden_gpus() is not None:
+        raise UserError(f"device: 'cuda' was asked for but CUDA_VISIBLE_DEVICES={hidden_gpus()!r} hides every GPU; "
+                        "unset it or name a GPU there (NNI: trialGpuNumber 1 or more), or use --device cpu")
     if name in ("auto", "cuda"):
         reason = cuda_unusable_reason()
         if reason is not None:
@@ -121,7 +148,8 @@ def data_fits(nbytes: int, device: torch.device, reserve: int = 0) -> tuple[bool
     room = free - reserve - DEVICE_MARGIN_BYTES
     if nbytes <= room:
         return True, f"on the GPU ({nbytes / GiB:.2f} GiB of {free / GiB:.1f} GiB free)"
-    return False, (f"in pinned host memory, batches copied to the GPU per step: the data ({nbytes / GiB:.2f} GiB) "
+    return False, (f"in host memory, each batch copied to the GPU through a pinned buffer: the data "
+                   f"({nbytes / GiB:.2f} GiB) "
                    f"and training (about {reserve / GiB:.1f} GiB) do not fit in the {free / GiB:.1f} GiB free of "
                    f"{total / GiB:.1f} GiB")
 
@@ -136,13 +164,14 @@ def out_of_memory_message(*, model: str, batch_size: int, precision: str, device
             where = f"{torch.cuda.get_device_name(device)} ({total / GiB:.1f} GiB, {free / GiB:.1f} GiB free now)"
         except Exception:  # the GPU may be unusable after the error
             where = "the GPU"
+    evaluating = during in ("evaluation", "the final test")
     tries = [f"--batch-size {max(batch_size // 2, 1)}"]
-    if during == "evaluation" and eval_batch_size:
+    if evaluating and eval_batch_size:
         tries = [f"--eval-batch-size {max(eval_batch_size // 2, 1)}"]
     if precision == "fp32" and device.type == "cuda":
         tries.append("--amp (16-bit activations)")
     tries.append("fewer trials per GPU (maxTrialNumberPerGpu in the nnictl config)")
-    size = f"eval batch size {eval_batch_size}" if during == "evaluation" and eval_batch_size else \
+    size = f"eval batch size {eval_batch_size}" if evaluating and eval_batch_size else \
         f"batch size {batch_size}"
     return (f"out of memory during {during}: model {model} at {size} ({precision}) on {where}; try "
             + ", or ".join(tries))

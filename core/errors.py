@@ -31,9 +31,17 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch's out-of-memory error (read without importing torch: a command that
+    never imported it cannot have raised it)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.OutOfMemoryError)
+
+
 def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
     """Decorate a command's ``main``: a :class:`UserError` becomes ``error: <message>`` and its
-    exit code; so does an ``OSError`` about a file (``error: Permission denied: '/x'``, exit 2);
+    exit code; so does an ``OSError`` about a file (``error: Permission denied: '/x'``, exit 2), and
+    torch's out-of-memory error wherever it is raised (exit 2, with what to try);
     Ctrl-C becomes one line (where to resume, when a run was interrupted), not a traceback.
 
     A process stopped by a real SIGINT (Ctrl-C, or NNI's remote training service cancelling a
@@ -78,6 +86,14 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
             if signalled:
                 _die_by_sigint()
             raise SystemExit(Interrupted.exit_code) from None
+        except RuntimeError as exc:
+            if not _out_of_memory(exc):   # a bug, shown whole
+                raise
+            # the engine says more where it knows the model (core.train.Trainer.out_of_memory)
+            said = ". ".join(first_line(exc).split(". ")[:2]).rstrip(".")   # torch's what and how much
+            print(f"error: out of memory ({said}); try a smaller --batch-size or --eval-batch-size, --amp on a GPU, "
+                  "or fewer trials per GPU (maxTrialNumberPerGpu in the nnictl config)", file=sys.stderr, flush=True)
+            raise SystemExit(UserError.exit_code) from None
         finally:
             if previous is not None:
                 _set_sigint(previous)

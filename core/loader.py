@@ -8,6 +8,7 @@ whose state goes into checkpoints, so a resumed run sees exactly the batches it 
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator
 
 import torch
@@ -15,37 +16,61 @@ import torch
 from core.data import ImageSet
 
 
-def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator, flip: bool = False) -> torch.Tensor:
+@dataclasses.dataclass(frozen=True)
+class Share:
+    """Rank ``rank``'s share of a global batch of ``total`` images split over ``world_size`` ranks
+    (``tensor_split``, as :class:`BatchLoader` splits it). An augmentation given a share draws its
+    random numbers for the whole batch, exactly as one process draws them, and keeps this share's."""
+
+    total: int
+    rank: int
+    world_size: int
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        return t.tensor_split(self.world_size)[self.rank]
+
+
+def _draw(values: torch.Tensor, share: Share | None, device: torch.device) -> torch.Tensor:
+    """Random values drawn for a whole batch, this share's of them, on ``device``."""
+    return (share(values) if share is not None else values).to(device, non_blocking=True)
+
+
+def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator, flip: bool = False,
+                share: Share | None = None) -> torch.Tensor:
     """Per-image random crop of ``x`` (B x C x H x W) after zero-padding each side by ``padding``,
     and, with ``flip``, a left-right flip of each image with probability 1/2: one gather from the
-    padded batch, each image with its own offsets and direction."""
+    padded batch, each image with its own offsets and direction. With ``share``, ``x`` is that
+    share of a batch (:class:`Share`)."""
     b, c, h, w = x.shape
+    n = share.total if share is not None else b
     padded = torch.nn.functional.pad(x, (padding, padding, padding, padding)).view(b, c, -1)
-    oy = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device, non_blocking=True)
-    ox = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device, non_blocking=True)
+    oy = _draw(torch.randint(0, 2 * padding + 1, (n,), generator=gen), share, x.device)
+    ox = _draw(torch.randint(0, 2 * padding + 1, (n,), generator=gen), share, x.device)
     j = torch.arange(w, device=x.device)
     cols = j.expand(b, w)
     if flip:
-        flipped = (torch.rand(b, generator=gen) < 0.5).to(x.device, non_blocking=True)
+        flipped = _draw(torch.rand(n, generator=gen) < 0.5, share, x.device)
         cols = torch.where(flipped[:, None], w - 1 - j, j)
     rows = oy[:, None] + torch.arange(h, device=x.device)
     index = rows[:, :, None] * (w + 2 * padding) + (cols + ox[:, None])[:, None, :]
     return padded.gather(2, index.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
 
 
-def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Flip each image left-right with probability 1/2."""
-    mask = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device, non_blocking=True)
+def random_flip(x: torch.Tensor, gen: torch.Generator, share: Share | None = None) -> torch.Tensor:
+    """Flip each image left-right with probability 1/2 (``share``: as in :func:`random_crop`)."""
+    n = share.total if share is not None else x.shape[0]
+    mask = _draw(torch.rand(n, generator=gen) < 0.5, share, x.device)
     return torch.where(mask[:, None, None, None], x.flip(3), x)
 
 
-def cutout_mask(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+def cutout_mask(x: torch.Tensor, size: int, gen: torch.Generator, share: Share | None = None) -> torch.Tensor:
     """Where cutout (DeVries & Taylor 2017) blanks each image of the batch ``x`` (B x C x H x W):
     a ``size`` x ``size`` square centred anywhere in the image, clipped at the border; a B x 1 x H x W
-    boolean mask."""
+    boolean mask (``share``: as in :func:`random_crop`)."""
     b, _, h, w = x.shape
-    cy = torch.randint(0, h, (b,), generator=gen).to(x.device, non_blocking=True)
-    cx = torch.randint(0, w, (b,), generator=gen).to(x.device, non_blocking=True)
+    n = share.total if share is not None else b
+    cy = _draw(torch.randint(0, h, (n,), generator=gen), share, x.device)
+    cx = _draw(torch.randint(0, w, (n,), generator=gen), share, x.device)
     r = torch.arange(h, device=x.device)[None, :]
     c = torch.arange(w, device=x.device)[None, :]
     in_rows = (r >= (cy - size // 2)[:, None]) & (r < (cy - size // 2 + size)[:, None])
@@ -68,9 +93,10 @@ class BatchLoader:
     normalised float32 (channels_last if asked), labels int64.
 
     Data-parallel (``world_size`` > 1, see :mod:`core.distributed`): every rank walks the same
-    global batches (same generator, same seed) and yields only its ``rank``-th share of each; a
-    training batch is augmented whole before it is sliced, so the ranks together see exactly the
-    images one process would.
+    global batches (same generator, same seed) and takes only its ``rank``-th share of each (only
+    those images are gathered, and copied to the device when not resident); a training batch's
+    augmentation draws its random numbers for the whole global batch and applies this share's
+    (:class:`Share`), so the ranks together see exactly the images one process would.
 
     ``resident=False`` (a data set too large for the GPU's free memory, ``core.device.data_fits``)
     keeps the images in host memory and copies each batch to ``device`` as it is drawn, through
@@ -107,14 +133,15 @@ class BatchLoader:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.generator.set_state(state["generator"])
 
-    def augment(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The training augmentation of a uint8 batch (shape and dtype kept), and cutout's holes
-        (``None`` without cutout), which are blanked after normalisation: to 0, the mean colour."""
+    def augment(self, x: torch.Tensor, share: Share | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The training augmentation of a uint8 batch (shape and dtype kept), or of ``share`` of one,
+        and cutout's holes (``None`` without cutout), which are blanked after normalisation: to 0,
+        the mean colour."""
         if self.crop_padding:
-            x = random_crop(x, self.crop_padding, self.generator, flip=self.flip)
+            x = random_crop(x, self.crop_padding, self.generator, flip=self.flip, share=share)
         elif self.flip:
-            x = random_flip(x, self.generator)
-        return x, cutout_mask(x, self.cutout, self.generator) if self.cutout else None
+            x = random_flip(x, self.generator, share)
+        return x, cutout_mask(x, self.cutout, self.generator, share) if self.cutout else None
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().sub_(self.mean).mul_(self.inv_std)
@@ -129,15 +156,12 @@ class BatchLoader:
             order = torch.arange(n, device=where)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            hole = None
+            share = Share(len(idx), self.rank, self.world_size) if self.world_size > 1 else None
+            if share is not None:  # this rank's images of the global batch, the only ones it gathers
+                idx = share(idx)
+            x, hole = self.take(self.images, idx), None
             if self.train:
-                x, hole = self.augment(self.take(self.images, idx))
-                if self.world_size > 1:  # this rank's share of the augmented global batch
-                    x, idx = x.tensor_split(self.world_size)[self.rank], idx.tensor_split(self.world_size)[self.rank]
-                    hole = hole.tensor_split(self.world_size)[self.rank] if hole is not None else None
-            else:
-                idx = idx.tensor_split(self.world_size)[self.rank] if self.world_size > 1 else idx
-                x = self.take(self.images, idx)
+                x, hole = self.augment(x, share)
             x = self.normalize(x)
             yield (x if hole is None else x.masked_fill(hole, 0.0)), self.take(self.labels, idx)
 

@@ -116,7 +116,8 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
          f"images, device {trainer.device.type}") + f"; run folder {run_path}"
         + (f"; {distributed.world_size()} processes (data-parallel)" if distributed.world_size() > 1 else ""))
     if state is not None:
-        trainer.load_state_dict(state)
+        with trainer.out_of_memory("resume"):
+            trainer.load_state_dict(state)
         log(f"resumed from {resume} after epoch {state['epoch']}")
     try:
         history = trainer.fit(on_epoch=on_epoch)
@@ -125,7 +126,8 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
     result: dict[str, Any] = {**(history[-1] if history else {}), "params": n_params, "run_dir": run_path}
     result.update(trainer.finish())
     if final_test:
-        test = trainer.evaluate("test")
+        with trainer.out_of_memory("the final test"):
+            test = trainer.evaluate("test")
         result["test_acc"], result["test_loss"], result["test_images"] = test["acc"], test["loss"], test["images"]
         log(f"final test accuracy {test['acc']:.4f}")
     if run:

@@ -18,7 +18,7 @@ from core import speed
 from core.checkpoint import load_checkpoint, rng_of_rank, rng_state, rng_states, save_checkpoint, set_rng_state
 from core.config import OPTIMIZER_NAMES, TrainConfig, to_dict
 from core.data import ImageSet, Splits
-from core.device import GiB, data_fits, free_memory, out_of_memory_message, resolve_device
+from core.device import GiB, cpu_reason, data_fits, free_memory, out_of_memory_message, resolve_device
 from core.errors import UserError
 from core.loader import BatchLoader
 from core.run import Run, format_metrics
@@ -208,7 +208,8 @@ class Trainer:
         distributed.check_batch(cfg.batch_size)
         #: What was chosen for this device and model, and why: logged when training starts.
         self.choices: list[str] = [f"device: {self.device}" + (
-            f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else "")]
+            f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else
+            f" ({cpu_reason(cfg.device)})" if cpu_reason(cfg.device) else "")]
         if self.device.type == "cuda":
             # fixed shapes: cuDNN benchmarks its kernels once and keeps the fastest, some of which are not
             # deterministic, so on a GPU a resumed or repeated run is close to, not bit for bit, the original
@@ -227,25 +228,26 @@ class Trainer:
                          f"compile: {'on' if compiled.value else 'off'} ({compiled.reason})"]
         #: Estimated device memory training needs (0 on the CPU): what the data sets leave free.
         self.memory_need = self._check_memory(model)
-        memory_format = torch.channels_last if layout.value else torch.contiguous_format
-        self.model = distributed.prepare_model(model, self.device).to(self.device, memory_format=memory_format)
-        # what runs: DistributedDataParallel under torchrun, compiled around DDP (PyTorch's recommendation:
-        # the compiled graph then overlaps the gradient all-reduce with the backward pass); self.model is saved
-        cache = speed.compile_cache_dir(cfg.data_root) if compiled.value else None
-        if cache is not None:
-            self.choices[-1] += f"; compile cache {cache}"
-        self.net = speed.compile_model(distributed.data_parallel(self.model, self.device), compiled.value, cache)
-        self.loss_fn, self.epoch_start = loss_fn, epoch_start
-        self.optimizer = build_optimizer(cfg.optimizer, self.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
-        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, cfg.epochs, eta_min=cfg.lr_min)
-        self.train_loader = self.make_loader(splits.train, train=True)
-        check_trains(self.train_loader, "training")
-        self.eval_loaders: dict[str, BatchLoader] = {}
-        for name in eval_splits:
-            data = getattr(splits, name)
-            if data is None:
-                raise UserError(f"cannot evaluate on the {name!r} split: it is empty (val_fraction is 0)")
-            self.eval_loaders[name] = self.make_loader(data, train=False)
+        with self.out_of_memory("setup (the model and data on the device)"):
+            memory_format = torch.channels_last if layout.value else torch.contiguous_format
+            self.model = distributed.prepare_model(model, self.device).to(self.device, memory_format=memory_format)
+            # what runs: DistributedDataParallel under torchrun, compiled around DDP (PyTorch's recommendation:
+            # the compiled graph then overlaps the gradient all-reduce with the backward pass); self.model is saved
+            cache = speed.compile_cache_dir(cfg.data_root) if compiled.value else None
+            if cache is not None:
+                self.choices[-1] += f"; compile cache {cache}"
+            self.net = speed.compile_model(distributed.data_parallel(self.model, self.device), compiled.value, cache)
+            self.loss_fn, self.epoch_start = loss_fn, epoch_start
+            self.optimizer = build_optimizer(cfg.optimizer, self.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
+            self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, cfg.epochs, eta_min=cfg.lr_min)
+            self.train_loader = self.make_loader(splits.train, train=True)
+            check_trains(self.train_loader, "training")
+            self.eval_loaders: dict[str, BatchLoader] = {}
+            for name in eval_splits:
+                data = getattr(splits, name)
+                if data is None:
+                    raise UserError(f"cannot evaluate on the {name!r} split: it is empty (val_fraction is 0)")
+                self.eval_loaders[name] = self.make_loader(data, train=False)
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
 
@@ -255,18 +257,19 @@ class Trainer:
         if self.device.type != "cuda":
             return 0
         per_rank = self.cfg.batch_size // distributed.world_size()
+        precision = self.activation_precision()
         try:
-            need = speed.training_bytes(model, per_rank, self.cfg.image_size, self.precision)
+            need = speed.training_bytes(model, per_rank, self.cfg.image_size, precision)
         except Exception as exc:  # a network the meta device cannot run: train without the estimate
             self.choices.append(f"memory: no estimate ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
             return 0
         free, total = free_memory(self.device)
-        line = (f"memory: training needs about {need / GiB:.1f} GiB (batch {per_rank}, {self.precision.name}); "
+        line = (f"memory: training needs about {need / GiB:.1f} GiB (batch {per_rank}, {precision.name}); "
                 f"{free / GiB:.1f} of {total / GiB:.1f} GiB free; {speed.trials_that_fit(need, total)} such trial(s) "
                 f"fit on this GPU ({speed.GPU_PLANNED_FRACTION:.0%} of its memory)")
         if need > free:
             line += ("; WARNING: more than is free, it may run out of memory: fewer trials per GPU "
-                     "(maxTrialNumberPerGpu), a smaller --batch-size" + (", or --amp" if not self.precision.half else ""))
+                     "(maxTrialNumberPerGpu), a smaller --batch-size" + (", or --amp" if not precision.half else ""))
         self.choices.append(line)
         return need
 
@@ -281,6 +284,11 @@ class Trainer:
                            channels_last=self.channels_last, resident=resident)
 
     # --- hooks a specialisation may replace ------------------------------------------------------
+    def activation_precision(self) -> Precision:
+        """The precision of the step's largest activations, which the memory estimate counts:
+        :attr:`precision`; a step that computes in float32 whatever was chosen says so here."""
+        return self.precision
+
     def parameters(self) -> list[nn.Parameter]:
         """The parameters :attr:`optimizer` trains."""
         return list(self.model.parameters())
@@ -427,9 +435,9 @@ class Trainer:
         for epoch in range(self.start_epoch, self.cfg.epochs):
             if self.epoch_start is not None:
                 self.epoch_start(epoch)
-            with self._out_of_memory("training"):
+            with self.out_of_memory("training"):
                 metrics = self.train_epoch(epoch)
-            with self._out_of_memory("evaluation"):
+            with self.out_of_memory("evaluation"):
                 for name in self.eval_loaders:
                     result = self.evaluate(name, epoch)
                     metrics[f"{name}_acc"], metrics[f"{name}_loss"] = result["acc"], result["loss"]
@@ -447,8 +455,10 @@ class Trainer:
         return self.history
 
     @contextlib.contextmanager
-    def _out_of_memory(self, during: str):
-        """An out-of-memory error as one line (:class:`OutOfMemory`), not a traceback."""
+    def out_of_memory(self, during: str):
+        """An out-of-memory error ``during`` what the block does as one line naming this trainer's
+        model, batch size, precision and device (:class:`OutOfMemory`), not a traceback. One
+        raised where no trainer knows these is still one line (``core.errors.cli_main``)."""
         try:
             yield
         except torch.OutOfMemoryError:

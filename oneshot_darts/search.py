@@ -139,6 +139,15 @@ class DartsSearch(Trainer):
     def batches(self) -> Iterable[Any]:
         return _Zip(self.train_loader, self.arch_loader)
 
+    def activation_precision(self):
+        """The second-order architecture step computes in float32 whatever the engine chose
+        (:mod:`oneshot_darts.architect`), so its memory is float32's."""
+        from core.speed import FP32, Precision
+
+        if self.cfg.order == 2:
+            return Precision(FP32, None, False, "the second-order architecture step computes in float32")
+        return self.precision
+
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         self.epoch = epoch  # the architecture warm-up asks for it
         return super().train_epoch(epoch)

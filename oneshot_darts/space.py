@@ -192,8 +192,9 @@ class AutocastSoftmax(nn.Softmax):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = super().forward(x)
-        kind = x.device.type
-        return weights.to(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else weights
+        kind = x.device.type   # 'meta' (the memory estimate counts on it) has no autocast
+        autocast = torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+        return weights.to(torch.get_autocast_dtype(kind)) if autocast else weights
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

@@ -670,6 +670,31 @@ def test_search_step_runs_in_fp16_with_the_gradient_scaler(one_thread):
     assert any(not torch.equal(w, b) for w, b in zip(weights, search.parameters()))
 
 
+@pytest.mark.parametrize("order", [1, 2])
+def test_search_memory_estimate_counts_the_precision_its_step_computes_in(monkeypatch, order):
+    """On an fp16 GPU (faked: the estimate runs on the meta device) the first-order step's activations
+    are 16-bit, but the second-order architecture step computes in float32: its estimate is float32's."""
+    from core import speed, train as engine
+    from core.runner import load_splits
+    from core.speed import Precision, training_bytes
+    from oneshot_darts.search import DartsSearch, SearchConfig
+    from oneshot_darts.space import build_supernet
+
+    cfg = SearchConfig(data="fake", channels=4, layers=3, n_nodes=2, batch_size=8, max_batches=1, epochs=1,
+                       device="cpu", progress=False, order=order)
+    search = DartsSearch(build_supernet(channels=4, layers=3, n_nodes=2), cfg, load_splits(cfg))
+    search.precision = fp16 = Precision("fp16", torch.float16, True, "test: a T4")
+    search.device = torch.device("cuda", 0)
+    monkeypatch.setattr(engine, "free_memory", lambda device: (15 << 30, 16 << 30))
+    counted = speed.activation_bytes(search.model, 8, 32)    # the supernet runs on the meta device
+    monkeypatch.setattr(speed, "activation_bytes", lambda *args: counted)   # counted once (seconds)
+    need = search._check_memory(search.model)
+    fp32 = Precision("fp32", None, False, "test")
+    assert need == training_bytes(search.model, 8, 32, fp32 if order == 2 else fp16)
+    assert training_bytes(search.model, 8, 32, fp32) > training_bytes(search.model, 8, 32, fp16)
+    assert f"(batch 8, {'fp32' if order == 2 else 'fp16'})" in search.choices[-1]
+
+
 def test_collapse_guard_caps_skip_connects_as_p_darts():
     """P-DARTS's rule on weights where skip_connect is every edge's strongest operation: the
     weakest chosen skip_connects leave until two remain; each such node is derived again without

@@ -4,6 +4,8 @@ memory checks, out-of-memory errors, precision per GPU, memory format and compil
 model, NNI's mixed-edge dtype under autocast. What only a real GPU can check: docs/testing.md."""
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import warnings
@@ -53,15 +55,36 @@ def test_all_sum_moves_every_value_to_the_communication_device(monkeypatch):
     assert all(t.device.type == "meta" and t.dtype == torch.float64 for t in out)
 
 
-def test_all_sum_sums_over_a_real_gloo_group(monkeypatch, tmp_path):
-    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+COLLECTIVES_OF_ONE_RANK = """
+import json, sys
+import torch, torch.distributed as dist
+from core import distributed
+rank, store = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
+sums = distributed.all_sum(rank + 1, torch.tensor(10 * (rank + 1), dtype=torch.int64), torch.tensor(0.25))
+print(json.dumps({"sums": [t.item() for t in sums], "gathered": distributed.gather({"rank": rank}),
+                  "told": distributed.broadcast(f"rank {rank}'s path")}))
+distributed.leave()
+"""
+
+
+def test_all_sum_sums_over_a_real_gloo_group(tmp_path):
+    """Two processes in one gloo group: sums over both ranks, every rank's object gathered on rank 0
+    (None on the others), rank 0's object broadcast to both."""
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen([sys.executable, "-c", COLLECTIVES_OF_ONE_RANK, str(rank), str(tmp_path / "store")],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in range(2)]
     try:
-        monkeypatch.setattr(distributed, "world_size", lambda: 2)  # take the collective path with one rank
-        a, b, c = distributed.all_sum(5, torch.tensor(2, dtype=torch.int64), torch.tensor(0.25))
-        assert (a.item(), b.item(), c.item()) == (5.0, 2.0, 0.25)
-        assert distributed.gather({"x": 1})[0] == {"x": 1}
+        outs = [proc.communicate(timeout=120) for proc in ranks]
     finally:
-        dist.destroy_process_group()
+        for proc in ranks:
+            proc.kill()
+    assert [proc.returncode for proc in ranks] == [0, 0], [err[-2000:] for _, err in outs]
+    zero, one = (json.loads(out) for out, _ in outs)
+    assert zero["sums"] == one["sums"] == [3.0, 30.0, 0.5]
+    assert zero["gathered"] == [{"rank": 0}, {"rank": 1}] and one["gathered"] is None
+    assert zero["told"] == one["told"] == "rank 0's path"
 
 
 # --- point 2: RNG state per current device, per rank --------------------------------------------------
@@ -93,16 +116,20 @@ class FakeCudaRng(checkpoint.CudaRng):
 
 def test_rng_restore_with_more_saved_states_than_devices(monkeypatch):
     """A checkpoint of the old format holds one CUDA state per GPU of the machine that wrote it (four
-    here); resumed where one GPU is visible, the state of the GPU this process uses is restored."""
+    here); resumed where fewer GPUs are visible, the state of the GPU this process trains on is
+    restored into that GPU, and nothing else."""
     fake = FakeCudaRng(count=1)
     monkeypatch.setattr(checkpoint, "CUDA_RNG", fake)
     saved = [torch.full((16,), i, dtype=torch.uint8) for i in range(4)]
     checkpoint.set_rng_state({"torch": torch.get_rng_state(), "cuda": saved}, torch.device("cuda"))
     assert torch.equal(fake.states[0], saved[0]) and list(fake.states) == [0]
-    # rank 1 of an old two-GPU run resumed alone on the one GPU (cuda:0): it takes state 0, not 1
-    fake.states.clear()
-    checkpoint.set_rng_state({"torch": torch.get_rng_state(), "cuda": saved}, CUDA)
-    assert list(fake.states) == [0]
+    # two GPUs visible and the process trains on the second, named (cuda:1 while the current device
+    # is still 0) or current: GPU 1 takes state 1, GPU 0 keeps its own
+    for device, current in ((torch.device("cuda", 1), 0), (torch.device("cuda"), 1)):
+        fake = FakeCudaRng(count=2, current=current)
+        monkeypatch.setattr(checkpoint, "CUDA_RNG", fake)
+        checkpoint.set_rng_state({"torch": torch.get_rng_state(), "cuda": saved}, device)
+        assert list(fake.states) == [1] and torch.equal(fake.states[1], saved[1])
 
 
 def test_rng_state_saves_the_current_device_and_each_rank_restores_its_own(monkeypatch):
@@ -155,6 +182,7 @@ def test_capability_check_against_the_arch_list(capability, archs, supported):
 
 
 def test_resolve_device_refuses_a_gpu_without_kernels(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)   # the GPU is visible
     monkeypatch.setattr(devices, "cuda_unusable_reason", lambda: None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Tesla P100-PCIE-16GB")
@@ -171,6 +199,7 @@ def test_a_driver_too_old_is_an_error_not_a_quiet_cpu_run(monkeypatch):
         warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old (found version 12040).")
         return False
 
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)   # the GPU is visible
     monkeypatch.setattr(devices, "gpu_present", lambda: True)
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setattr(torch.cuda, "is_available", unavailable)
@@ -183,6 +212,42 @@ def test_a_driver_too_old_is_an_error_not_a_quiet_cpu_run(monkeypatch):
     assert devices.resolve_device("auto") == CPU
 
 
+@pytest.mark.parametrize("hidden", ["", "-1", " -1 ", "-1,0"])
+def test_hidden_gpus_mean_the_cpu_said_in_the_log(monkeypatch, hidden):
+    """NNI sets CUDA_VISIBLE_DEVICES to '' for a trial with trialGpuNumber 0 (its local training
+    service to '-1'), and users set it to keep a run on the CPU: the driver is there, torch sees no
+    GPU, and that is the CPU, not a driver to update."""
+    def unavailable() -> bool:
+        warnings.warn("CUDA initialization: CUDA driver initialization failed, you might not have a CUDA gpu.")
+        return False
+
+    monkeypatch.setattr(devices, "gpu_present", lambda: True)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", unavailable)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+    assert devices.resolve_device("auto") == CPU
+    with pytest.raises(UserError, match=r"^device: 'cuda' was asked for but CUDA_VISIBLE_DEVICES=.* hides every GPU"):
+        devices.resolve_device("cuda")
+    cfg = tiny_cfg(device="auto")
+    line = Trainer(small_cnn(), cfg, load_splits(cfg), eval_splits=()).choices[0]
+    assert line == (f"device: cpu (auto: CUDA_VISIBLE_DEVICES={hidden!r} hides every GPU (NNI sets it so for "
+                    "trialGpuNumber 0))")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # a visible GPU this torch cannot drive: still the error
+    with pytest.raises(UserError, match="Update the NVIDIA driver"):
+        devices.resolve_device("auto")
+
+
+def test_which_cuda_visible_devices_hide_every_gpu(monkeypatch):
+    for value in ("", "-1", "-1,0", "none", ",0"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+        assert devices.hidden_gpus() == value
+    for value in ("0", "1,0", "0 ", "GPU-5d1f2a3b", "MIG-0a1b"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+        assert devices.hidden_gpus() is None
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert devices.hidden_gpus() is None and devices.cpu_reason("auto") is None
+
+
 # --- points 5 and 6: memory ---------------------------------------------------------------------------
 
 def test_activation_estimate_matches_the_measured_figures():
@@ -192,24 +257,100 @@ def test_activation_estimate_matches_the_measured_figures():
     assert speed.activation_bytes(create_model("densenet121", 10), 128, 32) / GiB == pytest.approx(4.8, rel=0.05)
 
 
+T4_USABLE = 15 * GiB   # a 16 GB card (T4)
+
+
+def needs_in_16_bit_and_fp32(model: nn.Module, batch_size: int) -> dict[str, float]:
+    """One trial's estimated GPU memory (``core.speed.training_bytes``) in GiB, 16-bit (fp16 on a T4)
+    and fp32, its activations counted once."""
+    counted = speed.activation_bytes(model, batch_size, 32)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(speed, "activation_bytes", lambda *args: counted)
+        return {kind: speed.training_bytes(model, batch_size, 32, precision) / GiB for kind, precision in
+                (("16-bit", speed.choose_precision(CUDA, True, capability=(7, 5))),
+                 ("fp32", speed.choose_precision(CUDA, False)))}
+
+
+def config_comment(name: str) -> tuple[str, dict]:
+    text = (REPO / "configs" / name).read_text()
+    comment = " ".join(line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#"))
+    return comment, yaml.safe_load(text)
+
+
 def test_the_gpu_configs_memory_rule():
-    """What configs/hpo_gpu.yml says: on a 16 GB T4 (15 GiB usable) two dpn92 trials at batch 128 fit
-    in fp16 (the default there) but not in float32 (--no-amp)."""
-    model = create_model("dpn92", 10)
-    fp16 = speed.training_bytes(model, 128, 32, speed.choose_precision(CUDA, True, capability=(7, 5)))
-    fp32 = speed.training_bytes(model, 128, 32, speed.choose_precision(CUDA, False))
-    assert speed.trials_that_fit(fp16, 15 * GiB) == 2 and speed.trials_that_fit(fp32, 15 * GiB) == 1
-    text = (REPO / "configs" / "hpo_gpu.yml").read_text()
-    assert "--no-amp" in text and "dpn92" in text
+    """configs/hpo_gpu.yml's figures are what core.speed estimates for every model of the search
+    space at the trials' batch size, and its rule holds for them: maxTrialNumberPerGpu trials of any
+    model fit on a 16 GB card in 16-bit (the default), and in fp32 exactly the models it names do not."""
+    from hpo.trial import HpoTrialConfig
+
+    comment, config = config_comment("hpo_gpu.yml")
+    per_gpu = config["trainingService"]["maxTrialNumberPerGpu"]
+    assert per_gpu >= 2   # with one GPU, NNI 3.0 starts no trial otherwise
+    assert "--batch-size" not in config["trialCommand"]
+    batch_size = HpoTrialConfig().batch_size
+    models = json.loads((REPO / "hpo" / "search_space.json").read_text())["model"]["_value"]
+    computed = {(kind, name): need for name in models
+                for kind, need in needs_in_16_bit_and_fp32(create_model(name, 10), batch_size).items()}
+    stated = {}
+    for kind, figures in re.findall(r"(16-bit|fp32)(?: \(--no-amp\))?: (.*?) GiB", comment):
+        for names, gib in re.findall(r"([\w /]+?) (\d+\.\d)", figures):
+            stated.update({(kind, name): float(gib) for name in names.strip().split(" / ")})
+    assert stated == {key: round(need, 1) for key, need in computed.items()}
+    assert f"at batch {batch_size}" in comment
+    assert all(speed.trials_that_fit(computed["16-bit", m] * GiB, T4_USABLE) >= per_gpu for m in models)
+    too_big = {m for m in models if speed.trials_that_fit(computed["fp32", m] * GiB, T4_USABLE) < per_gpu}
+    named = re.search(r"but not two fp32 ([\w /]+?) trials", comment).group(1)
+    assert too_big == set(named.split(" / ")) and per_gpu == 2
 
 
-def test_data_set_too_large_for_free_memory_stays_in_host_memory(monkeypatch):
+def test_gpu_configs_name_the_memory_rule():
+    """configs/classic_nas_gpu.yml: its trial's figures are core.speed's estimate at the trials' batch
+    size, and maxTrialNumberPerGpu trials fit from the GPU sizes it names (and not below them)."""
+    from classic_nas.space import SKIP_LABELS, build_model
+
+    comment, config = config_comment("classic_nas_gpu.yml")
+    per_gpu = config["trainingService"]["maxTrialNumberPerGpu"]
+    assert per_gpu >= 2   # with one GPU, NNI 3.0 starts no trial otherwise
+    batch_size = yaml.safe_load((REPO / "configs" / "classic_nas.yml").read_text())["batch_size"]
+    need = needs_in_16_bit_and_fp32(build_model({label: 1 for label in SKIP_LABELS}), batch_size)
+    stated = re.search(rf"at batch {batch_size} needs about (\d+\.\d) GiB in 16-bit and (\d+\.\d) GiB in fp32, "
+                       rf"so {per_gpu} trials fit on any GPU of (\d+) GiB or more in 16-bit \((\d+) GiB in fp32\)",
+                       comment)
+    assert stated, comment
+    assert (float(stated[1]), float(stated[2])) == (round(need["16-bit"], 1), round(need["fp32"], 1))
+    for kind, gib in (("16-bit", int(stated[3])), ("fp32", int(stated[4]))):
+        assert speed.trials_that_fit(need[kind] * GiB, gib * GiB) >= per_gpu
+        assert speed.trials_that_fit(need[kind] * GiB, (gib - 1) * GiB) < per_gpu
+
+
+def test_data_set_too_large_for_free_memory_stays_in_host_memory(monkeypatch, tmp_path):
+    """``data_fits`` against the free memory less training's need, and the engine's wiring: every
+    loader asks it with its data set's bytes and the trainer's estimate, and a set that does not fit
+    stays in host memory (batches copied as drawn), the log saying where."""
     monkeypatch.setattr(devices, "free_memory", lambda d: (3 * GiB, 16 * GiB))
     fits, where = devices.data_fits(1 * GiB, CUDA, reserve=1 * GiB)
     assert fits and "on the GPU" in where
     fits, where = devices.data_fits(2 * GiB, CUDA, reserve=1 * GiB)
-    assert not fits and "pinned host memory" in where and "3.0 GiB free of 16.0 GiB" in where
+    assert not fits and "in host memory" in where and "3.0 GiB free of 16.0 GiB" in where
     assert devices.data_fits(100 * GiB, CPU)[0]
+
+    from core import train as engine
+
+    asked = []
+    monkeypatch.setattr(Trainer, "_check_memory", lambda self, model: 5 * GiB)   # what training would need
+    monkeypatch.setattr(engine, "data_fits", lambda nbytes, device, reserve: asked.append((nbytes, reserve)) or
+                        (False, "in host memory (test: no room)"))
+    cfg = tiny_cfg(epochs=1, max_batches=1)
+    splits = load_splits(cfg)
+    trainer = Trainer(small_cnn(), cfg, splits, Run(tmp_path), eval_splits=("val",))
+    trainer.fit()
+    trainer.evaluate("test")   # a loader made on demand: the final test's
+    loaders = [trainer.train_loader, trainer.eval_loaders["val"]]
+    assert all(not loader.resident and loader._staging is not None for loader in loaders)
+    assert asked == [(data.images.numel() + data.labels.numel() * 8, 5 * GiB)
+                     for data in (splits.train, splits.val, splits.test)]
+    log = (tmp_path / "train.log").read_text()
+    assert f"data: {len(splits.train):,} training images in host memory (test: no room)" in log
 
 
 @pytest.mark.parametrize("train", [True, False])
@@ -236,6 +377,73 @@ def test_out_of_memory_is_one_line_naming_model_batch_and_what_to_try(tmp_path):
     assert message.startswith("out of memory during training: model dpn92 at batch size 32 (fp32) on cpu; try "
                               "--batch-size 16")
     assert "maxTrialNumberPerGpu" in message
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("resident", [True, False])
+def test_each_rank_takes_only_its_share_of_the_global_batch(train, resident):
+    """Data-parallel over 2 ranks: each rank's batches are its half of one process's batches (same
+    draws, augmentation and cutout included), and from host memory each rank copies only its half
+    of the global batch to the device, not the whole batch."""
+    images = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8)
+    data = ImageSet(images, torch.arange(48) % 10)
+    kw = dict(batch_size=16, device=CPU, mean=(0.5,) * 3, std=(0.25,) * 3, train=train, cutout=8, seed=3)
+    whole = list(BatchLoader(data, **kw))
+    for rank in range(2):
+        loader = BatchLoader(data, rank=rank, world_size=2, resident=resident, **kw)
+        copied = []
+        if not resident:
+            copy = loader._staging.copy
+            loader._staging.copy = lambda source, idx: copied.append((source.dim(), len(idx))) or copy(source, idx)
+        for (x, y), (wx, wy) in zip(loader, whole, strict=True):
+            assert torch.equal(x, wx.tensor_split(2)[rank]) and torch.equal(y, wy.tensor_split(2)[rank])
+        assert resident or set(copied) == {(4, 8), (1, 8)}   # images and labels: 8 of each global batch of 16
+
+
+def out_of_memory(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+                                 "14.74 GiB of which 1.20 GiB is free. Including non-PyTorch memory, ...")
+
+
+@pytest.mark.parametrize("during", ["setup (the model and data on the device)", "resume", "the final test"])
+def test_out_of_memory_anywhere_in_a_training_command_is_one_line(monkeypatch, tmp_path, capsys, during):
+    from core import train as engine, train_model
+
+    args = ["--model", "mobilenet", "--data", "fake", "--subset", "64", "--val-subset", "32", "--batch-size", "16",
+            "--eval-batch-size", "32", "--epochs", "1", "--max-batches", "1", "--device", "cpu", "--no-progress",
+            "--out-dir", str(tmp_path)]
+    if during == "resume":
+        train_model.main(args)
+        args = ["--resume", str(next(tmp_path.iterdir()) / "checkpoint.pt")]
+        monkeypatch.setattr(Trainer, "load_extra_state", out_of_memory)
+    elif during == "the final test":
+        evaluate = Trainer.evaluate
+        monkeypatch.setattr(Trainer, "evaluate", lambda self, name, *args, **kwargs: out_of_memory() if name == "test"
+                            else evaluate(self, name, *args, **kwargs))
+    else:
+        monkeypatch.setattr(engine, "make_loader", out_of_memory)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        train_model.main(args)
+    assert exit_.value.code == 2
+    size = "eval batch size 32" if during == "the final test" else "batch size 16"
+    assert capsys.readouterr().err == (f"error: out of memory during {during}: model mobilenet at {size} (fp32) on "
+                                       f"cpu; try --{'eval-' if 'test' in during else ''}batch-size "
+                                       f"{16 if 'test' in during else 8}, or fewer trials per GPU "
+                                       "(maxTrialNumberPerGpu in the nnictl config)\n")
+
+
+def test_out_of_memory_outside_the_engine_is_one_line(capsys):
+    from core.errors import cli_main
+
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(out_of_memory)()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB); try a "
+                                       "smaller --batch-size or --eval-batch-size, --amp on a GPU, or fewer trials "
+                                       "per GPU (maxTrialNumberPerGpu in the nnictl config)\n")
+    with pytest.raises(RuntimeError, match="^a bug$"):   # any other runtime error stays a traceback
+        cli_main(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))()
 
 
 def test_out_of_memory_message_on_a_gpu(monkeypatch):
@@ -421,9 +629,3 @@ def test_gpus_are_numbered_in_pci_order_as_nni_numbers_them():
     env["CUDA_DEVICE_ORDER"] = "FASTEST_FIRST"  # the user's own choice wins
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "FASTEST_FIRST"
-
-
-def test_gpu_configs_name_the_memory_rule():
-    for name in ("hpo_gpu.yml", "classic_nas_gpu.yml"):
-        text = (REPO / "configs" / name).read_text()
-        assert "memory" in text.lower() and yaml.safe_load(text)["trainingService"]["maxTrialNumberPerGpu"] >= 2
