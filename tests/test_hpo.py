@@ -38,6 +38,21 @@ class Recorder(NniTrial):
         self.finals.append(final)
 
 
+def test_an_nni_trial_records_its_command_as_the_shell_expanded_it(tmp_path, monkeypatch):
+    import nni
+
+    from core.nni_trial import COMMAND_FILE
+
+    monkeypatch.setattr(nni, "get_next_parameter", lambda: {"lr": 0.01})
+    monkeypatch.setattr(sys, "argv", ["trial.py", "--epochs", "30", "--seed", "7"])
+    monkeypatch.setenv("NNI_PLATFORM", "local")
+    monkeypatch.setenv("NNI_OUTPUT_DIR", str(tmp_path))
+    monkeypatch.setenv("CIFAR_AUTOML_TRIAL_FLAGS", "--seed 7")
+    assert NniTrial.from_environment().params == {"lr": 0.01}
+    assert json.loads((tmp_path / COMMAND_FILE).read_text()) == {"argv": ["trial.py", "--epochs", "30", "--seed", "7"],
+                                                                 "trial_flags": "--seed 7"}
+
+
 def _config(argv, params=None) -> trial.HpoTrialConfig:
     return trial.resolve_config(trial.build_parser().parse_args(argv), params or {})
 
