@@ -305,9 +305,24 @@ def test_results_command_and_bad_source(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "best: trial AAAAA final 0.3000" in proc.stdout and '"epochs_saved": 1' in proc.stdout
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line[:5] in ("AAAAA", "BBBBB")}
+    assert lines["BBBBB"].split()[1] == "EARLY_STOPPED" and "USER_CANCELED" not in proc.stdout   # the reports' word
     proc = subprocess.run([sys.executable, str(REPO / "hpo/results.py"), str(tmp_path / "missing")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_results_table_marks_results_at_chance():
+    def t(tid, final, images=1000, classes=10):
+        return results.Trial(trial_id=tid, status="SUCCEEDED", params={"lr": 0.01}, final=final, intermediates=[final],
+                             final_metrics={"default": final, "val_images": images, "classes": classes})
+
+    # 10 classes, 1,000 validation images: at chance up to 0.1 + 2 x 0.0095
+    table = {line.split()[0]: line for line in results.format_table([t("LOW01", 0.1), t("EDGE1", 0.118),
+                                                                      t("ABOVE", 0.121), t("UNKNW", 0.1, classes=None)]
+                                                                     ).splitlines()[1:]}
+    assert table["LOW01"].endswith("(at chance)") and table["EDGE1"].endswith("(at chance)")
+    assert "at chance" not in table["ABOVE"] and "at chance" not in table["UNKNW"]    # classes unknown: not said
 
 
 # --- retrain ------------------------------------------------------------------------------------
