@@ -526,6 +526,24 @@ def _recipe_rank():
     return module
 
 
+def test_recipe_rank_ties_use_the_seed_spread_of_its_control():
+    recipe_rank = _recipe_rank()
+    names = ["a", "b", "c"]
+    acc = {("default", 0): [0.60, 0.57, 0.40], ("nni", 0): [0.50, 0.55, 0.45], ("default", 1): [0.56, 0.60, 0.41]}
+    noise = recipe_rank.noise_summary(acc, names, 2000, classes=10)
+    spread = ((0.04 ** 2 + 0.03 ** 2 + 0.01 ** 2) / 2 / 3) ** 0.5      # pooled over the 3 configurations
+    assert noise["seed_sd"] == pytest.approx(spread) and noise["noise"] == pytest.approx(spread)
+    assert noise["binomial_se"] == pytest.approx((0.57 * 0.43 / 2000) ** 0.5)       # the largest of the column
+    # 0.57 is 0.03 behind 0.60: more than 2 binomial errors (0.022), within 2 seed-to-seed deviations (0.058)
+    assert noise["tied_with_best"]["default seed 0"] == ["a", "b"] and "seed-to-seed" in noise["counts"]
+    assert noise["best_at_chance"] == {"default seed 0": False, "nni seed 0": False, "default seed 1": False}
+    alone = recipe_rank.noise_summary({k: v for k, v in acc.items() if k[1] == 0}, names, 2000)
+    assert alone["seed_sd"] is None and alone["tied_with_best"]["default seed 0"] == ["a"]
+    assert "validation sampling only" in alone["counts"]
+    low = recipe_rank.noise_summary({("default", 0): [0.11, 0.10], ("nni", 0): [0.1, 0.1]}, ["a", "b"], 1000, 10)
+    assert low["best_at_chance"]["default seed 0"] is True
+
+
 def test_recipe_rank_smoke_continues_and_refuses_other_settings(tmp_path, capsys):
     recipe_rank = _recipe_rank()
     assert len(recipe_rank.grid(recipe_rank.read_space(REPO / "configs/hpo_quick.yml"))) == 16
@@ -543,7 +561,8 @@ def test_recipe_rank_smoke_continues_and_refuses_other_settings(tmp_path, capsys
     assert {c["batch_size"] for c in runs.values()} == {8}             # the sizes are the same for both
     assert "Kendall's tau, default vs recipe_nni_example (seed 0): " in printed
     assert "Kendall's tau, default seed 0 vs seed 1 (noise floor): " in printed
-    assert set(result) == {"recipes", "seeds", "table", "best"} and result["recipes"]["n"] == 3
+    assert set(result) == {"recipes", "seeds", "table", "best", "noise"} and result["recipes"]["n"] == 3
+    assert "ties: within 2 x " in printed
     assert json.loads((out / "result.json").read_text()) == result
     from scipy.stats import kendalltau
 
