@@ -267,15 +267,16 @@ def test_comparison_of_two_experiments_of_one_stage(tmp_path, capsys):
     assert "**tied**" in whole or "found the better configuration" in whole or "is ahead, tied with" in whole
 
     # the verdict with the noise, by construction: 0.80 vs 0.79 at n 5000 is tied; vs 0.70 it is not
-    def one(name, acc):
+    def one(name, acc, tuner):
         return _fake_experiment(tmp_path / name, "hpo", [{"id": f"{name[-3:]}01", "params": HPO_TRIALS[0]["params"],
                                                           "curve": [acc], "final": acc, "status": "SUCCEEDED"}],
-                                images=5000)
-    text = check_report(report_main([str(one("exp0hi", 0.80)), str(one("exp0lo", 0.79)), "-o", str(tmp_path / "c2")]),
-                        [])
+                                images=5000, profile={"tuner": {"name": tuner}})
+    text = check_report(report_main([str(one("exp0hi", 0.80, "TPE")), str(one("exp0lo", 0.79, "Random")), "-o",
+                                     str(tmp_path / "c2")]), [])
     assert "**tied** (exp0hi: 0.8000 ± 0.0057" in text and "these experiments cannot be told apart" in text
-    text = check_report(report_main([str(tmp_path / "exp0hi"), str(one("exp0wo", 0.70)), "-o", str(tmp_path / "c3")]),
-                        [])
+    assert "it counts validation sampling only" in text                # nothing ran with two seeds
+    text = check_report(report_main([str(tmp_path / "exp0hi"), str(one("exp0wo", 0.70, "Anneal")), "-o",
+                                     str(tmp_path / "c3")]), [])
     assert "**exp0hi found the better configuration**" in text
 
     # mistakes: one line, exit 2, nothing written
@@ -292,6 +293,48 @@ def test_comparison_of_two_experiments_of_one_stage(tmp_path, capsys):
                           "are the same experiment")]:
         one_error_line(*run_report(argv, capsys), needle)
     assert not any((tmp_path / f"bad{i}").exists() for i in (1, 2, 3))
+
+
+def _seeded(tmp_path: Path, name: str, seed: int, finals: dict[tuple, float], tuner: str = "TPE") -> Path:
+    """An HPO experiment whose trials ran ``--seed SEED`` through CIFAR_AUTOML_TRIAL_FLAGS (as its trials record
+    it) and scored ``finals`` (model, optimizer, lr -> validation accuracy on 1,000 images)."""
+    trials = [{"id": f"{name[-3:]}{i:02d}", "params": {"model": m, "optimizer": o, "lr": lr}, "curve": [acc],
+               "final": acc, "status": "SUCCEEDED"} for i, ((m, o, lr), acc) in enumerate(finals.items())]
+    return _fake_experiment(tmp_path / name, "hpo", trials, images=1000, flags=f"--seed {seed}",
+                            config=f"data: fake\nepochs: 2\nbatch_size: 64\nweight_decay: 0.0005\nseed: {seed}\n",
+                            profile={"trialCommand": "python3 trial.py --epochs 2 ${CIFAR_AUTOML_TRIAL_FLAGS:-}",
+                                     "tuner": {"name": tuner}, "maxTrialNumber": 4})
+
+
+def test_comparison_shows_what_differs_and_calls_a_seed_repeat_one(tmp_path):
+    from report.stats import binomial_se
+
+    mob, shu = ("mobilenet", "Adamax", 0.01), ("shufflenetg2", "Adam", 0.001)
+    # the issue's case: the same configuration scored 0.205 with one seed and 0.168 with the other
+    a = _seeded(tmp_path, "exp0sda", 0, {mob: 0.205, shu: 0.150})
+    b = _seeded(tmp_path, "exp0sdb", 1, {mob: 0.168, shu: 0.160})
+    text = check_report(report_main([str(a), str(b), "-o", str(tmp_path / "c1")]), [])
+    assert text.index("## What differs") < text.index("## Side by side")
+    assert "- `exp0sda` ran its trials as `python3 trial.py --epochs 2 --seed 0`" in text     # the flags expanded
+    assert "${CIFAR_AUTOML_TRIAL_FLAGS" not in text.split("## Side by side")[0]
+    assert "| seed | trials' seed 0 | trials' seed 1 |" in text
+    assert "The same in all: search space, tuner, assessor, budget, data, recipe, trial command." in text
+    assert "**A seed repeat, not two search strategies**" in text and "## The same search with another seed" in text
+    assert "found the better configuration" not in text and "## Which found the better" not in text
+    # the seed-to-seed spread of the two configurations both ran, pooled: several times the binomial error
+    spread = (((0.205 - 0.168) ** 2 + (0.150 - 0.160) ** 2) / 4) ** 0.5
+    assert f"a standard deviation of {spread:.4f} from seed to seed (2 configuration(s) ran in more than one)" in text
+
+    # another tuner too: ranked as search strategies, with the seed spread in the noise (0.205 vs 0.170 is
+    # 2.7 binomial standard errors apart, but within 2 seed-to-seed standard deviations)
+    c = _seeded(tmp_path, "exp0sdc", 2, {mob: 0.170, shu: 0.150}, tuner="Random")
+    text = check_report(report_main([str(a), str(c), "-o", str(tmp_path / "c2")]), [])
+    assert "| tuner | TPE | Random |" in text and "A seed repeat" not in text
+    assert 0.205 - 0.170 > 2 * binomial_se(0.205, 1000)
+    spread = (((0.205 - 0.170) ** 2 + 0) / 4) ** 0.5
+    assert "**tied** (exp0sda: 0.2050 ± 0.0128" in text
+    assert f"and the seed-to-seed standard deviation ({spread:.4f}, from 2 configuration(s) run with several seeds)" \
+        in text
 
 
 # --- the study report ----------------------------------------------------------------------------
