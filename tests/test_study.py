@@ -407,6 +407,82 @@ def test_study_report_of_the_four_stages(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "bad").exists()
 
 
+def test_study_checks_the_retrained_cell_and_whether_the_hpo_winner_stood_out(tmp_path):
+    darts = fake_darts_search(tmp_path / "darts_search")
+    searched = json.loads((darts / "result.json").read_text())["arch"]
+    same = fake_darts_retrain(tmp_path / "same_cell")
+    # the searched cell, its nodes' edges in another order: the same cell
+    (same / "arch.json").write_text(json.dumps({c: [list(reversed(node)) for node in nodes]
+                                                for c, nodes in searched.items()}))
+    text = check_report(report_main(["--study", str(darts), str(same), "-o", str(tmp_path / "s1")]), [])
+    assert "**Yes: the retrained cell is this study's searched cell**, the search's derived cell" in text
+
+    v2 = fake_darts_retrain(tmp_path / "v2_cell")
+    (v2 / "arch.json").write_text((REPO / "oneshot_darts" / "archs" / "darts_v2.json").read_text())
+    text = check_report(report_main(["--study", str(darts), str(v2), "-o", str(tmp_path / "s2")]), [])
+    assert "**No: the retrain trained the published DARTS-V2 cell, not this study's searched cell**" in text
+
+    # the HPO winner classic NAS took: tied with another configuration at 100 validation images
+    hpo = _fake_experiment(tmp_path / "hpoexp7", "hpo", HPO_TRIALS, images=100)
+    nas = _nas_from(hpo, tmp_path, "nasexp7", winner="aaaaa")
+    text = check_report(report_main(["--study", str(hpo), str(nas), "-o", str(tmp_path / "s3")]), [])
+    assert "**That winner was tied with 1 other configuration(s)** within 2 standard errors (0.1000): ddddd " \
+           "(shufflenetg2 Adam 0.001, 0.4000)" in text
+    hpo = _fake_experiment(tmp_path / "hpoexp8", "hpo", HPO_TRIALS, images=5000)
+    nas = _nas_from(hpo, tmp_path, "nasexp8", winner="aaaaa")
+    text = check_report(report_main(["--study", str(hpo), str(nas), "-o", str(tmp_path / "s4")]), [])
+    assert "That winner was ahead of every other HPO configuration by more than 2 standard errors" in text
+
+    # a retrain at chance: marked in the closing table and said plainly
+    low = fake_darts_retrain(tmp_path / "low")
+    (low / "result.json").write_text(json.dumps({"test_acc": 0.11, "epoch": 2, "test_images": 200, "classes": 10}))
+    (low / "arch.json").write_text(json.dumps(searched))
+    text = check_report(report_main(["--study", str(low), "-o", str(tmp_path / "s5")]), [])
+    closing = text.split("## This study beside", 1)[1]
+    assert "| 11.00 ± 2.21 % (at chance) |" in closing and "**retrain (a DARTS cell retrained) is at chance**" in closing
+    assert "this study holds no DARTS search to check it against" in text
+
+
+def test_darts_figures_number_nodes_alike_label_the_auxiliary_loss_and_tick_whole_epochs(tmp_path):
+    from report import plots
+
+    drawn = {}
+    real_save = plots._save
+
+    def save(fig, path, *args, **kwargs):
+        drawn[Path(path).name] = fig
+        return real_save(fig, path, *args, **kwargs)
+    search = fake_darts_search(tmp_path / "search")
+    retrain = fake_darts_retrain(tmp_path / "retrain")
+    one = tmp_path / "one_epoch"
+    one.mkdir()
+    (one / "config.yaml").write_text("data: fake\nepochs: 1\n")
+    (one / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 2.0, "val_acc": 0.3, "val_images": 500,
+                                                   "train_seconds": 1.0}) + "\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "_save", save)
+        text = check_report(report_main([str(search), "-o", str(tmp_path / "r1")]), [])
+        titles = {ax.get_title() for ax in drawn["edge_weights_normal.png"].axes if ax.get_title()}
+        graph = {t.get_text() for t in drawn["cell_normal.png"].axes[0].texts}
+        check_report(report_main([str(retrain), "-o", str(tmp_path / "r2")]), [])
+        legend = [t.get_text() for t in drawn["curves.png"].axes[0].get_legend().get_texts()]
+        check_report(report_main([str(one), "-o", str(tmp_path / "r3")]), [])
+        curves, times = drawn["curves.png"], drawn["epoch_time.png"]
+    # nodes 2 and 3, inputs 0 = c_{k-2} and 1 = c_{k-1}: the edge weights, the cell graph and the table alike
+    assert titles == {"node 2 <- c_{k-2} (0)", "node 2 <- c_{k-1} (1)", "node 3 <- c_{k-2} (0)",
+                      "node 3 <- c_{k-1} (1)", "node 3 <- node 2"}
+    assert {"0: $c_{k-2}$", "1: $c_{k-1}$", "2", "3", "$c_{k}$"} <= graph and "0" not in graph
+    assert "| 2 | sep_conv_3x3 from c_{k-2} (0) + skip_connect from c_{k-1} (1) |" in text
+    assert "| 3 | sep_conv_3x3 from c_{k-2} (0) + max_pool_3x3 from node 2 |" in text
+    assert "train_loss (with 0.4 x auxiliary loss)" in legend
+    for fig in (curves, times):             # one epoch: the tick is 1, never 0.96, 0.98, ...
+        for ax in fig.axes:
+            lo, hi = ax.get_xlim()
+            assert [t for t in ax.get_xticks() if lo <= t <= hi] == [1.0]
+    for fig in drawn.values():
+        assert plots.clipped_texts(fig) == []
+
+
 def fake_protocol(folder: Path, accs: dict[int, float], images: int = 1000) -> Path:
     """A finished DARTS protocol folder as oneshot_darts/protocol.py writes one: a search per seed,
     a short retrain per cell (its result with the validation images it was scored on), the selection."""
@@ -436,8 +512,17 @@ def test_study_report_takes_a_darts_protocol_and_shows_its_noise(tmp_path):
                          "(darts_seed0_cell_normal.png)"])
     se = binomial_se(0.62, 1000)
     assert f"| 0 | 0.4000 ± {binomial_se(0.4, 100):.4f} | 0.6200 ± {se:.4f} |" in text
-    assert "(tied with it): seed 1." in text                    # 0.60 within 2 x 0.0153 of 0.62; 0.50 is not
+    assert "(tied with it): seed 1. It counts validation sampling only" in text   # 0.60 within 2 x 0.0153 of 0.62
     assert f"| DARTS protocol: seed 0's cell, short-retrain validation accuracy | 62.00 ± {100 * se:.2f} % |" in text
+    assert "The search itself, run with 3 seeds: validation accuracy 0.4000 ± 0.0000" in text
+
+    # short retrains at chance: the selection is arbitrary, no tie and no rank correlation is stated
+    chance = fake_protocol(tmp_path / "chance-protocol", {0: 0.11, 1: 0.10})
+    text = check_report(report_main([str(chance), "-o", str(tmp_path / "out2")]), [])
+    assert "**At chance: the short retrains learned nothing at this budget.**" in text
+    assert f"0.1100 ± {binomial_se(0.11, 1000):.4f} (at chance)" in text and "(tied with it)" not in text
+    assert "No rank correlation between search and short-retrain accuracy is stated" in text
+    assert "(darts_search_vs_select.png)" not in text and "(search_vs_select.png)" not in text
 
 
 # --- --top K --seeds -----------------------------------------------------------------------------
