@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.errors import UserError
-from core.nni_trial import COMMAND_FILE
 from core.paths import TRIAL_FLAGS_ENV
-from core.retrains import HOW_IT_RAN, read_json_file
+from core.retrains import HOW_IT_RAN
 from report import experiment_report as er
 from report import trials as table_of
 from report.common import read_config, seconds, table
@@ -138,25 +137,6 @@ def _recipe(exp: er.ExperimentData) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in skip}
 
 
-def trial_command(exp: er.ExperimentData) -> tuple[str, bool]:
-    """The trial command as the trials ran it: the experiment's ``trialCommand`` with the flags its
-    trials found in ``CIFAR_AUTOML_TRIAL_FLAGS`` put in place of the variable (each NNI trial records
-    them, :data:`core.nni_trial.COMMAND_FILE`), and whether they were recorded."""
-    command = exp.profile.trial_command
-    for row in [exp.best, *exp.rows]:
-        if not row.trial.log_dir:
-            continue
-        try:
-            record = read_json_file(Path(row.trial.log_dir) / COMMAND_FILE)
-        except UserError:
-            record = None
-        if isinstance(record, dict) and isinstance(record.get("trial_flags"), str):
-            flags = record["trial_flags"].strip()
-            expanded = re.sub(r"\$\{?" + TRIAL_FLAGS_ENV + r"(:-)?\}?", lambda _: flags, command)
-            return " ".join(expanded.split()), True
-    return command, False
-
-
 def _seeds(exp: er.ExperimentData) -> str:
     """The trials' seeds (their configs) and the tuner's, in words."""
     seeds = sorted({json.dumps(c.get("seed")) for c in _configs(exp)})
@@ -168,7 +148,7 @@ def _seeds(exp: er.ExperimentData) -> str:
 def _aspects(exp: er.ExperimentData) -> dict[str, str]:
     p = exp.profile
     space = json.dumps(p.search_space, sort_keys=True)
-    command, _ = trial_command(exp)
+    command, _ = er.trial_command(exp)
     return {"search space": space, "tuner": _algorithm(exp, "tuner")[0] if p.algorithm("tuner") else
             _algorithm(exp, "advisor")[0], "assessor": _algorithm(exp, "assessor")[0],
             "budget": f"{p.max_trials or 'unlimited'} trials, concurrency {p.params.get('trialConcurrency', 1)}, max "
@@ -216,10 +196,10 @@ def differences_section(cmp: Comparison, diff: Differences) -> list[str]:
             values = ["; ".join(f"{k} {v.get('_type')} {json.dumps(v.get('_value'))}"
                                 for k, v in e.profile.search_space.items()) for e in exps]
         elif aspect == "trial command":
-            values = [f"`{trial_command(e)[0]}`" for e in exps]
+            values = [f"`{er.trial_command(e)[0]}`" for e in exps]
         rows.append((aspect, *values))
     lines = ["## What differs", ""]
-    commands = [trial_command(e) for e in exps]
+    commands = [er.trial_command(e) for e in exps]
     lines += [f"- `{_name(e)}` ran its trials as `{c}`" + ("" if known else " (the flags of "
               f"{TRIAL_FLAGS_ENV} were not recorded by its trials: they are not shown)") for e, (c, known)
               in zip(exps, commands)]

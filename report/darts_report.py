@@ -254,11 +254,8 @@ def render_protocol(data: ProtocolData, out: Path, prefix: str = "", level: int 
                    chance=chance_level(classes))
         lines += [figure(name, "Short-retrain validation accuracy of every seed's cell (± its standard error; "
                          "dotted: chance)"), ""]
-    if len(done) >= 2 and winner_at_chance:
-        lines += ["No rank correlation between search and short-retrain accuracy is stated: the short retrains are at "
-                  "chance.", ""]
-    elif len(done) >= 2:
-        k = kendall([d[1] for d in done], [d[2] for d in done])
+    if len(done) >= 2:
+        k = None if winner_at_chance else kendall([d[1] for d in done], [d[2] for d in done])
         name = f"{prefix}search_vs_select.png"
         plots.search_vs_retrain([(f"seed {s}", a, b) for s, a, b in done], out / name,
                                 search_metric="validation accuracy (architecture half)",
@@ -268,6 +265,9 @@ def render_protocol(data: ProtocolData, out: Path, prefix: str = "", level: int 
         lines += [figure(name, "Search accuracy against short-retrain accuracy per seed"
                           + (f" ({k.text()}{'; over two seeds it is +1 or -1 whatever they are' if k.n == 2 else ''})"
                              if k else "")), ""]
+        if winner_at_chance:
+            lines += ["No rank correlation between search and short-retrain accuracy is stated: the short retrains "
+                      "are at chance.", ""]
     curves = {f"seed {s}": ([int(m["epoch"]) for m in run.metrics if valid(m.get("normal_skip_connect")) is not None],
                             [m["normal_skip_connect"] for m in run.metrics if valid(m.get("normal_skip_connect"))
                              is not None]) for s, run in data.searches.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.errors import UserError
+from core.nni_trial import COMMAND_FILE
+from core.paths import TRIAL_FLAGS_ENV
 from core.experiments import Profile, Trial, find_experiment, load_experiment, ranked, read_profile
-from core.retrains import match_retrains
+from core.retrains import match_retrains, read_json_file
 from report import plots, trials as table_of
 from report.common import Invalid, checked, figure, number_problem, read_config, read_metrics, seconds, table, valid
 from report.run_report import load_run, render_run
@@ -153,6 +156,25 @@ def epochs_spent(exp: ExperimentData) -> int:
     return sum(t.epochs_run for t in exp.trials)
 
 
+def trial_command(exp: ExperimentData) -> tuple[str, bool]:
+    """The trial command as the trials ran it: the experiment's ``trialCommand`` with the flags its
+    trials found in ``CIFAR_AUTOML_TRIAL_FLAGS`` put in place of the variable (each NNI trial records
+    them, :data:`core.nni_trial.COMMAND_FILE`), and whether they were recorded."""
+    command = exp.profile.trial_command
+    for row in [exp.best, *exp.rows]:
+        if not row.trial.log_dir:
+            continue
+        try:
+            record = read_json_file(Path(row.trial.log_dir) / COMMAND_FILE)
+        except UserError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("trial_flags"), str):
+            flags = record["trial_flags"].strip()
+            expanded = re.sub(r"\$\{?" + TRIAL_FLAGS_ENV + r"(:-)?\}?", lambda _: flags, command)
+            return " ".join(expanded.split()), True
+    return command, False
+
+
 def what_ran(exp: ExperimentData) -> list[str]:
     """The experiment's space, algorithms, budget and data, as bullets."""
     p = exp.profile
@@ -162,9 +184,11 @@ def what_ran(exp: ExperimentData) -> list[str]:
     counts: dict[str, int] = defaultdict(int)
     for row in exp.rows:
         counts[row.status] += 1
+    command, known = trial_command(exp)
     return [f"- experiment: `{p.experiment_id}` ({p.params.get('experimentName') or 'no name'}), folder `{exp.exp_dir}`",
             f"- stage: {STAGES.get(exp.stage, exp.stage)} (trial code `{p.trial_code_dir}`)",
-            f"- trial command: `{p.trial_command}`",
+            f"- trial command: `{command}`" + (f" (as its trials ran it: {TRIAL_FLAGS_ENV} expanded)" if known
+                                               else ""),
             f"- search space: {space}",
             f"- algorithms: {algos or 'none recorded'}",
             f"- trial budget: {p.max_trials or 'unlimited'} trials, concurrency {p.params.get('trialConcurrency', 1)}, "

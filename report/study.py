@@ -317,18 +317,20 @@ def winner_ties(exp: er.ExperimentData) -> str:
         return (f"**The HPO winner it took is at chance** ({best.valid_final:.4f}, within {CHANCE_SE:g} standard "
                 f"errors of {chance_text(best.classes)}): the HPO search learned nothing at its budget, so its "
                 "optimizer and lr are an arbitrary pick.")
+    if len(table_of.by_rank(exp.rows)) == 1:
+        return "The HPO winner it took was the only HPO configuration that finished: nothing to be tied with."
     if best.se is None:
-        return ("Whether that winner was tied with other configurations is unknown: its trials did not record how many "
-                "validation images they were scored on.")
+        return ("Whether the HPO winner it took was tied with other configurations is unknown: its trials did not "
+                "record how many validation images they were scored on.")
     tied = [r for r in table_of.by_rank(exp.rows) if r is not best and r.tied]
     if not tied:
-        return (f"That winner was ahead of every other HPO configuration by more than {TIE_SE:g} standard errors "
-                f"({TIE_SE * best.se:.4f}; validation sampling only).")
+        return (f"The HPO winner it took was ahead of every other HPO configuration by more than {TIE_SE:g} standard "
+                f"errors ({TIE_SE * best.se:.4f}; validation sampling only).")
     shown = ", ".join(f"{r.trial.trial_id} ({exp.label(r)}, {r.valid_final:.4f})" for r in tied[:10]) + \
         (f" and {len(tied) - 10} more" if len(tied) > 10 else "")
-    return (f"**That winner was tied with {len(tied)} other configuration(s)** within {TIE_SE:g} standard errors "
-            f"({TIE_SE * best.se:.4f}): {shown}. The HPO search could not tell them apart at its budget, so the "
-            "optimizer and lr classic NAS trained with were one pick among equals.")
+    return (f"**The HPO winner it took was tied with {len(tied)} other configuration(s)** within {TIE_SE:g} standard "
+            f"errors ({TIE_SE * best.se:.4f}): {shown}. The HPO search could not tell them apart at its budget, so "
+            "the optimizer and lr classic NAS trained with were one pick among equals.")
 
 
 # --- is the retrained cell the searched one? ---------------------------------------------------------
