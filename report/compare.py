@@ -139,7 +139,7 @@ def _recipe(exp: er.ExperimentData) -> dict[str, Any]:
 
 def _seeds(exp: er.ExperimentData) -> str:
     """The trials' seeds (their configs) and the tuner's, in words."""
-    seeds = sorted({json.dumps(c.get("seed")) for c in _configs(exp)})
+    seeds = sorted({json.dumps(c["seed"]) for c in _configs(exp) if "seed" in c})
     tuner_seed = _algorithm(exp, "tuner")[1]
     text = f"trials' seed {', '.join(seeds)}" if seeds else "trials' seed not recorded"
     return text + (f"; tuner seed {tuner_seed}" if tuner_seed is not None else "")
