@@ -5,7 +5,8 @@
 
 The experiment is read without the web UI by the shared reader :mod:`core.experiments` (the
 experiment's sqlite database, or an ``nnictl experiment export`` file). The best trial is the one
-with the highest final ``default`` (validation accuracy); trials that diverged are left out. Its
+with the highest final ``default`` (validation accuracy) of those :func:`core.experiments.ranked`
+ranks (a valid accuracy in [0, 1], not diverged: the rule every reader ranks by). Its
 architecture is the ``skip1`` ... ``skip6`` keys the trial repeats in its final result (robust to
 NNI 3.0 recording another concurrent trial's parameters; the reader prefers them), else its
 parameters, written as ``{"skip1": 0 or 1, ...}`` for ``classic_nas/retrain.py --arc``. The table of every

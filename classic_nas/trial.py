@@ -7,8 +7,8 @@ architecture ``{"skip1": 0 or 1, ...}``), or by hand on one architecture file::
 
 Training goes through the shared core (:func:`core.runner.train`); every epoch reports the
 validation accuracy to NNI as an intermediate result and the final result's ``default`` is the
-last epoch's validation accuracy (a trial whose loss becomes NaN reports 0.0 with ``diverged: 1``
-and exits cleanly). The test split is never evaluated here: model selection only looks at the
+last epoch's validation accuracy (a trial whose network no longer computes, in training or evaluation, reports 0.0
+with ``diverged: 1`` and exits cleanly). The test split is never evaluated here: model selection only looks at the
 validation split carved from the training data. Under NNI the run folder is the trial's own
 output folder (``NNI_OUTPUT_DIR``), so the experiment keeps each trial's config, log and metrics
 beside NNI's files (the checkpoint is deleted at the end unless ``--keep-checkpoint``).

@@ -49,6 +49,7 @@ class Trial:
     params: dict[str, Any]                       # the parameters it ran with (see params_source)
     final: float | None = None                   # the final result's ``default`` (None: no final result)
     intermediates: list[float] = field(default_factory=list)  # per-epoch results, in order
+    invalid_intermediates: int = 0               # per-epoch results left out as not a (valid) number
     final_metrics: dict[str, Any] = field(default_factory=dict)  # the whole final-result dict
     parameter_id: Any = None                     # NNI's id of ``params``
     params_source: str = "recorded"              # 'result', 'metrics', 'inferred' or 'recorded' (module doc)
@@ -60,8 +61,9 @@ class Trial:
 
     @property
     def epochs_run(self) -> int:
-        """How many epochs the trial completed (one intermediate result per epoch)."""
-        return len(self.intermediates)
+        """How many epochs the trial completed (one intermediate result per epoch, those left out as
+        invalid included)."""
+        return len(self.intermediates) + self.invalid_intermediates
 
     @property
     def early_stopped(self) -> bool:
@@ -186,6 +188,8 @@ def _assemble(events: Iterable[Sequence[Any]], metrics: Iterable[Sequence[Any]],
             value = _number(data)
             if value is not None:
                 periodical.setdefault(trial_id, []).append((seq, value))
+            else:   # an epoch all the same
+                trial.invalid_intermediates += 1
         elif kind == "FINAL":
             trial.final_metrics = _result_dict(data)
             trial.final = _number(data)
@@ -388,11 +392,35 @@ def load_experiment(source: str | os.PathLike, *, experiments_dir: str | os.Path
     return trials_from_db(experiment_dir(str(source), experiments_dir) / "db" / "nni.sqlite", param_keys)
 
 
+def accuracy_problem(value: Any) -> str | None:
+    """Why ``value`` is not a valid accuracy, or None when it is: a finite number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{value!r} is not a number"
+    if not math.isfinite(value):
+        return "not a finite number"
+    if not 0 <= value <= 1:
+        return "an accuracy lies in [0, 1]"
+    return None
+
+
+def rank_problem(trial: Trial) -> str | None:
+    """Why ``trial`` may not be ranked, or None when it may: the one rule every reader ranks by
+    (``hpo/results.py``, the exports, ``--top K`` retrains, ``--from-hpo``, the report). A trial
+    is ranked only with a final result (its ``default``, a validation accuracy) that is a finite
+    number in [0, 1], and only when it did not diverge (``diverged`` in its final result)."""
+    if trial.final is None:
+        return "no final result"
+    if trial.final_metrics.get("diverged"):
+        return "diverged"
+    why = accuracy_problem(trial.final)
+    return None if why is None else f"final result {trial.final!r} is invalid ({why})"
+
+
 def ranked(trials: Sequence[Trial], mode: str = "maximize") -> list[Trial]:
-    """Trials with a finite final result that did not diverge, best first; ties go to the earlier trial."""
+    """The trials that may be ranked (:func:`rank_problem`), best first; ties go to the earlier trial."""
     if mode not in ("maximize", "minimize"):
         raise UserError(f"mode: unknown value {mode!r}; allowed: maximize, minimize")
-    scored = [t for t in trials if t.final is not None and math.isfinite(t.final) and not t.final_metrics.get("diverged")]
+    scored = [t for t in trials if rank_problem(t) is None]
     sign = -1 if mode == "maximize" else 1
     return sorted(scored, key=lambda t: (sign * t.final, t.sequence_id or 0))
 

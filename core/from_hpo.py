@@ -11,7 +11,8 @@ What is handed on: the best trial's optimizer and learning rate (:data:`HANDED_O
 parameters the HPO trial repeats in its final result), nothing else. The rest of the recipe
 (weight decay, schedule, momentum, epochs) stays the receiving stage's own, and the HPO winner's
 model is not (the classic-NAS space is a MobileNet). The best trial is the one with the highest
-final validation accuracy that did not diverge (:func:`core.experiments.ranked`).
+final validation accuracy, among the valid ones (in [0, 1]) of trials that did not diverge
+(:func:`core.experiments.ranked`, the rule every reader ranks by).
 """
 from __future__ import annotations
 

@@ -131,8 +131,10 @@ def run_search_trial(cfg: Any, build_model: Callable[[int], Any], trial: NniTria
     Validation accuracy is reported every epoch and is the final ``default``; ``extra`` (the
     parameters or architecture really trained) is repeated in the final dict, because NNI 3.0
     can record another trial's parameters for a trial when several start at once. A trial whose
-    loss becomes NaN reports ``default`` 0.0 with ``diverged`` 1 and ends cleanly: a diverged
-    candidate is a result of the search, not a crash. The checkpoint is deleted at the end
+    network no longer computes (:class:`core.train.TrainingDiverged`: a non-finite training loss,
+    or a non-finite loss or output when a split is evaluated) reports ``default`` 0.0 with
+    ``diverged`` 1 and ends cleanly: a diverged candidate is a result of the search, not a crash,
+    and never a ranked one. The checkpoint is deleted at the end
     unless ``keep_checkpoint`` (retraining starts from scratch).
     """
     from core.runner import train

@@ -288,10 +288,17 @@ def retrain_top(trials: Sequence[Trial], k: int, *, out_dir: str | os.PathLike, 
         for rank, trial in enumerate(chosen, 1):
             cfg, extra = configs[rank]
             cfg = cfg if seed is None else with_seed(cfg, seed)
-            asked = _normal(cfg)
-            if distributed.is_main():
+            plans.append((rank, trial, cfg, _normal(cfg), extra, seed))
+    problem = None
+    if distributed.is_main():   # every folder checked before anything is written; under torchrun rank 0 looks
+        try:
+            for rank, trial, cfg, asked, extra, seed in plans:
                 _folder_for(asked, out_dir, stage, experiment_id, trial, new_folder, seed)
-            plans.append((rank, trial, cfg, asked, extra, seed))
+        except UserError as exc:
+            problem = str(exc)
+    problem = distributed.broadcast(problem)   # and every rank stops with its line (rank 0 prints it)
+    if problem is not None:
+        raise UserError(problem)
     done: list[TopRetrain] = []
     for i, (rank, trial, cfg, asked, extra, seed) in enumerate(plans, 1):
         head = (f"[{rank}/{len(chosen)}] trial {trial.trial_id}" if seed is None else

@@ -53,13 +53,26 @@ EpochCallback = Callable[[dict[str, Any]], None]
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {name: getattr(torch.optim, name) for name in OPTIMIZER_NAMES}
 
 
-class TrainingDiverged(UserError):
-    """The training loss became NaN or infinite: one line for the user (epoch, batch, what to try)."""
+#: How a divergence message names an evaluated split.
+SPLIT_NAMES = {"val": "validation", "test": "test"}
 
-    def __init__(self, epoch: int, step: int, loss: float, cfg: TrainConfig):
-        self.epoch, self.step, self.loss = epoch + 1, step, loss
-        super().__init__(f"training diverged: the loss became {loss} in epoch {epoch + 1} by batch {step}; "
-                         f"try a lower --lr (it is {cfg.lr:g})" + ("" if cfg.grad_clip else " or --grad-clip 5"))
+
+class TrainingDiverged(UserError):
+    """The network stopped computing numbers: the training loss became NaN or infinite (``step``:
+    by which batch), or an evaluation of a split (``split``) gave a non-finite loss or non-finite
+    outputs (``nonfinite`` of ``images`` images). One line for the user (epoch, where, what to try);
+    every stage treats both alike (:func:`core.nni_trial.run_search_trial`: a diverged trial)."""
+
+    def __init__(self, epoch: int, step: int | None, loss: float, cfg: TrainConfig, *, split: str | None = None,
+                 nonfinite: int = 0, images: int = 0):
+        self.epoch, self.step, self.loss, self.split = epoch + 1, step, loss, split
+        if split is None:
+            where = f"the loss became {loss} in epoch {epoch + 1} by batch {step}"
+        else:
+            where = (f"the network no longer computes on the {SPLIT_NAMES.get(split, split)} split in epoch {epoch + 1} "
+                     f"(loss {loss}; {nonfinite} of {images} images with a non-finite output)")
+        super().__init__(f"training diverged: {where}; try a lower --lr (it is {cfg.lr:g})"
+                         + ("" if cfg.grad_clip else " or --grad-clip 5"))
 
 
 def check_trains(loader: BatchLoader, what: str) -> None:
@@ -131,12 +144,14 @@ def autocast(device: torch.device, precision: Precision | bool) -> contextlib.Ab
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: BatchLoader, precision: Precision | bool = False) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` over ``loader`` in ``precision``, and how many
+    """Accuracy and mean cross-entropy of ``model`` over ``loader`` in ``precision``, how many
     images they were measured on (``images``: what a reader needs for the accuracy's standard error;
-    data-parallel: this rank's share of every batch, the sums over all ranks)."""
+    data-parallel: this rank's share of every batch, the sums over all ranks) and how many of them
+    got an output that is not a finite number (``nonfinite``: the network no longer computes)."""
     model.eval()
     loss = torch.zeros((), device=loader.device)
     correct = torch.zeros((), device=loader.device, dtype=torch.int64)
+    nonfinite = torch.zeros((), device=loader.device, dtype=torch.int64)
     seen = 0
     for x, y in loader:
         if not len(y):  # a rank's share of a short last batch can be empty
@@ -145,10 +160,12 @@ def evaluate(model: nn.Module, loader: BatchLoader, precision: Precision | bool 
             logits = logits_of(model(x)).float()
         loss += nn.functional.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
+        nonfinite += (~torch.isfinite(logits)).any(1).sum()
         seen += len(y)
-    loss, correct, seen_t = distributed.all_sum(loss, correct, seen)
+    loss, correct, nonfinite, seen_t = distributed.all_sum(loss, correct, nonfinite, seen)
     seen = int(seen_t.item())
-    return {"acc": correct.item() / max(seen, 1), "loss": loss.item() / max(seen, 1), "images": seen}
+    return {"acc": correct.item() / max(seen, 1), "loss": loss.item() / max(seen, 1), "images": seen,
+            "nonfinite": int(nonfinite.item())}
 
 
 class OutOfMemory(UserError):
@@ -385,8 +402,10 @@ class Trainer:
                         "images_per_s": round(seen / max(seconds, 1e-9), 1), "train_images": seen})
         return metrics
 
-    def evaluate(self, name: str) -> dict[str, float]:
-        """Accuracy and loss on a split: a loader of ``eval_splits`` or, on demand, 'val'/'test'."""
+    def evaluate(self, name: str, epoch: int | None = None) -> dict[str, float]:
+        """Accuracy and loss on a split: a loader of ``eval_splits`` or, on demand, 'val'/'test'.
+        A non-finite loss or output is :class:`TrainingDiverged` in ``epoch`` (0-based; default:
+        the last completed one, as for the final test), as a non-finite training loss is."""
         loader = self.eval_loaders.get(name)
         if loader is None:
             data = getattr(self.splits, name)
@@ -394,7 +413,11 @@ class Trainer:
                 raise UserError(f"cannot evaluate on the {name!r} split: it is empty")
             loader = self.make_loader(data, train=False)
         distributed.sync_buffers(self.model)  # every rank evaluates rank 0's network
-        return evaluate(distributed.unwrap(self.net), loader, self.precision)
+        result = evaluate(distributed.unwrap(self.net), loader, self.precision)
+        if result["nonfinite"] or not math.isfinite(result["loss"]):   # every rank has the same sums
+            raise TrainingDiverged(max(self.start_epoch - 1, 0) if epoch is None else epoch, None, result["loss"],
+                                   self.cfg, split=name, nonfinite=result["nonfinite"], images=result["images"])
+        return result
 
     def fit(self, on_epoch: EpochCallback | None = None) -> list[dict[str, Any]]:
         """Train from :attr:`start_epoch` to ``cfg.epochs``; returns every epoch's metrics."""
@@ -408,7 +431,7 @@ class Trainer:
                 metrics = self.train_epoch(epoch)
             with self._out_of_memory("evaluation"):
                 for name in self.eval_loaders:
-                    result = self.evaluate(name)
+                    result = self.evaluate(name, epoch)
                     metrics[f"{name}_acc"], metrics[f"{name}_loss"] = result["acc"], result["loss"]
                     metrics[f"{name}_images"] = result["images"]
             self.epoch_end(metrics)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +20,7 @@ import yaml
 from core.chance import at_chance, classes_of
 from core.errors import UserError, cli_main
 from core.run import CONFIG_FILE
-from core.experiments import Trial, best_trial, ranked
+from core.experiments import Trial, best_trial, rank_problem, ranked
 from core.experiments import load_experiment as _load_experiment
 from hpo import BUDGET_KEY, PARAM_KEYS
 
@@ -87,13 +86,16 @@ def trial_at_chance(trial: Trial) -> bool | None:
     return at_chance(trial.final, n if isinstance(n, int) else None, classes_of(config, trial.final_metrics))
 
 
-def format_table(trials: Sequence[Trial], top: int = 0) -> str:
-    rows = sorted(trials, key=lambda t: -(t.final if t.final is not None else -math.inf)) if top else list(trials)
-    rows = rows[:top] if top else rows
+def format_table(trials: Sequence[Trial], top: int = 0, mode: str = "maximize") -> str:
+    """Every trial in start order, or the ``top`` best (:func:`ranked`); a final result that is not
+    ranked says why (:func:`rank_problem`), one at chance says so (:func:`trial_at_chance`)."""
+    rows = ranked(trials, mode)[:top] if top else list(trials)
     lines = [f"{'trial':8} {'status':14} {'final':>7} {'epochs':>6}  params"]
     for t in rows:
-        final = f"{t.final:.4f}" if t.final is not None else "-"
-        extra = ("  (at chance)" if trial_at_chance(t) else "") + (f"  [{t.error}]" if t.error else "")
+        final = f"{t.final:.4f}" if isinstance(t.final, float) else "-"
+        why = rank_problem(t) if t.final is not None else None
+        extra = (("  (at chance)" if not why and trial_at_chance(t) else "")
+                 + (f"  [{t.error}]" if t.error else "") + (f"  [not ranked: {why}]" if why else ""))
         lines.append(f"{t.trial_id:8} {status(t):14} {final:>7} {t.epochs_run:>6}  "
                      f"{json.dumps(t.params, sort_keys=True)}{extra}")
     return "\n".join(lines)
@@ -103,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python hpo/results.py", description=__doc__.splitlines()[0])
     parser.add_argument("source", help="experiment id, experiment folder, nni.sqlite, or an nnictl export .json/.csv")
     parser.add_argument("--experiments-dir", help="folder holding <id>/ (default: found via ~/nni-experiments)")
-    parser.add_argument("--top", type=int, default=0, help="list only the N best trials (0 = all, in start order)")
+    parser.add_argument("--top", type=int, default=0, help="list only the N best trials (those that may be ranked: a final accuracy in [0, 1], not "
+                        "diverged; 0 = every trial, in start order)")
     parser.add_argument("--epochs", type=int, default=0,
                         help="epochs a trial runs when not stopped early (Hyperband: R): print trial-epochs saved")
     parser.add_argument("--mode", default="maximize", help="maximize (default) or minimize")
@@ -126,8 +129,11 @@ def main(argv: Sequence[str] | None = None) -> Trial | None:
         print(json.dumps({"trial_id": best.trial_id, "params": best.params, "final": best.final,
                           "final_metrics": best.final_metrics, "intermediates": best.intermediates}))
         return best
-    print(format_table(trials, args.top))
-    if best is None:  # a running experiment: show what is known so far
+    print(format_table(trials, args.top, args.mode))
+    if best is None and any(t.final is not None for t in trials):
+        print(f"\nno trial of the {len(trials)} can be ranked (a final validation accuracy in [0, 1] of a trial "
+              "that did not diverge)")
+    elif best is None:  # a running experiment: show what is known so far
         print(f"\nno trial of the {len(trials)} has a final result yet")
     else:
         print(f"\nbest: trial {best.trial_id} final {best.final:.4f} params {json.dumps(best.params, sort_keys=True)}"

@@ -16,7 +16,9 @@ start at once (see ``hpo/results.py``).
 
 A parameter set naming an unknown model or optimizer, or a learning rate <= 0, stops the trial at
 once with one ``error: ...`` line (exit 2) and NNI goes on with the next trial. A trial whose
-loss becomes NaN reports a minimal final result (``default`` 0.0, ``diverged`` 1) and exits cleanly.
+network no longer computes (a NaN or infinite training loss, or a non-finite validation or test loss
+or output: :class:`core.train.TrainingDiverged`) reports a minimal final result (``default`` 0.0,
+``diverged`` 1) and exits cleanly; readers never rank it (:func:`core.experiments.rank_problem`).
 """
 from __future__ import annotations
 

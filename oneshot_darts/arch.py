@@ -27,8 +27,9 @@ several published cells do). Four formats are read:
                 reduce=[...], reduce_concat=range(2, 6))
 
    optionally as an assignment (``DARTS_V1 = Genotype(...)``) and with ``#`` comments around it.
-   It is parsed, never evaluated: only that call with literal lists, tuples, strings, integers and
-   ``range(a, b)`` is accepted (:func:`parse_genotype_text`). The concatenated nodes must be all
+   It is parsed, never evaluated: only that call of the bare name ``Genotype`` (no
+   ``module.Genotype``) with literal lists, tuples, strings, integers and ``range(a, b)`` is
+   accepted (:func:`parse_genotype_text`). The concatenated nodes must be all
    intermediate nodes, as in every DARTS-space cell (this project's cells concatenate all of them).
 
 Anything else is a :class:`ArchError` (a :class:`~core.errors.UserError`) naming the key and
@@ -319,7 +320,7 @@ def is_genotype_text(text: str) -> bool:
 
 def parse_genotype_text(text: str, source: str = "architecture") -> Genotype:
     """Read a ``Genotype(...)`` expression (format 4, see the module docstring) without evaluating
-    it: the syntax tree must be one call of ``Genotype`` (optionally assigned to a name) whose
+    it: the syntax tree must be one call of the bare name ``Genotype`` (optionally assigned to a name) whose
     arguments are literals (:func:`ast.literal_eval` of each) or ``range(a, b)`` for a concat."""
     try:
         tree = ast.parse(text, mode="exec")
@@ -333,8 +334,11 @@ def parse_genotype_text(text: str, source: str = "architecture") -> Genotype:
             call = stmt.value
         elif isinstance(stmt, ast.Expr):
             call = stmt.value
-    name = getattr(getattr(call, "func", None), "id", getattr(getattr(call, "func", None), "attr", None))
-    if not isinstance(call, ast.Call) or name != "Genotype":
+    func = getattr(call, "func", None)
+    if isinstance(call, ast.Call) and not isinstance(func, ast.Name):
+        raise ArchError(f"{source}: {ast.unparse(func)[:60]!r} is not allowed; only a bare Genotype(...) call (as the "
+                        "DARTS code bases print cells), optionally as 'NAME = Genotype(...)'")
+    if not isinstance(call, ast.Call) or func.id != "Genotype":
         raise ArchError(f"{source}: must hold exactly one Genotype(normal=[...], normal_concat=[...], reduce=[...], "
                         "reduce_concat=[...]) expression (optionally 'NAME = Genotype(...)'), and nothing else")
     if len(call.args) > len(GENOTYPE_FIELDS) or any(isinstance(a, ast.Starred) for a in call.args):

@@ -25,7 +25,18 @@ the same command continues where it was, with the rule of ``--top K`` retrains
 (:mod:`core.retrains`): a step whose folder holds ``result.json`` is not redone, one with a
 checkpoint resumes from it, the others start. A protocol folder is continued only with the settings
 it was started with (the fields that say how a run runs, such as the device, aside); otherwise one
-line names the differences and nothing is written. One process at a time holds its ``.lock``.
+line names the differences and nothing is written. One process at a time holds its ``.lock``; it
+first removes the temporary files a killed write of ``protocol.json``, ``selection.json`` or
+``final_arch.json`` left (``.<name>.*.tmp``, nothing else), and a step folder's on reaching it.
+
+A short retrain that is reused (skipped or resumed) must have trained the cell its search now names
+(``select-seed<S>/arch.json`` against ``search-seed<S>/result.json``, say after a hand edit of the
+latter): otherwise the selection would pair one cell with another's accuracy, so one line names both
+files and nothing is trained (remove ``select-seed<S>/`` to retrain the cell the search names).
+
+Under ``torchrun`` the protocol is refused on every rank before anything is written (rank 0 prints
+the line): its searches train in one process only (:class:`~oneshot_darts.search.DartsSearch`). The
+selected cell's retrain runs under ``torchrun`` as any retrain does.
 """
 from __future__ import annotations
 
@@ -34,16 +45,18 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from core.files import atomic_write_text
+from core.files import atomic_write_text, temp_files
 from core.config import from_dict, to_dict
 from core.errors import UserError
 from core.paths import absolute_paths
 from core.retrains import config_differences, read_json_file
-from core.run import CHECKPOINT_FILE, METRICS_FILE, RESULT_FILE
-from oneshot_darts.arch import parse_arch
+from core.run import CHECKPOINT_FILE, METRICS_FILE, RESULT_FILE, Run
+from oneshot_darts.arch import Genotype, parse_arch
 
 PROTOCOL_FILE = "protocol.json"
 SELECTION_FILE = "selection.json"
+#: What a short retrain records of the cell it trains (``core.runner.train``'s ``arch``).
+TRAINED_ARCH_FILE = "arch.json"
 LOCK_FILE = ".lock"
 DEFAULT_NAME = "darts-protocol"
 #: The paper's short retrain: 100 epochs.
@@ -82,6 +95,8 @@ def _step(run_dir: Path, label: str, start: Callable[[Path], dict[str, Any]],
           resume: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
     """One step in its folder: finished (``result.json``): skipped; a checkpoint: resumed; else
     (re)started, as a ``--top K`` retrain is (:mod:`core.retrains`)."""
+    if run_dir.is_dir():   # what a killed atomic write left (a resume also does it, a skip or a restart not)
+        Run(run_dir).remove_temp_files()
     result = read_json_file(run_dir / RESULT_FILE)
     if isinstance(result, dict):
         print(f"{label}: finished before ({run_dir}), skipped", flush=True)
@@ -93,6 +108,43 @@ def _step(run_dir: Path, label: str, start: Callable[[Path], dict[str, Any]],
     (run_dir / METRICS_FILE).unlink(missing_ok=True)   # what a start killed before its first checkpoint left
     print(f"{label}: starting in {run_dir}", flush=True)
     return start(run_dir)
+
+
+def _check_trained_cell(folder: Path, seed: int, genotype: Genotype) -> None:
+    """A short retrain folder that is to be skipped or resumed must hold the cell the protocol now
+    takes from the search (``search-seed<S>/result.json``), as it recorded it in ``arch.json`` (or its
+    checkpoint): otherwise the selection would pair one cell with another cell's accuracy."""
+    select_dir, search_result = folder / f"select-seed{seed}", folder / f"search-seed{seed}" / RESULT_FILE
+    reused = isinstance(read_json_file(select_dir / RESULT_FILE), dict) or (select_dir / CHECKPOINT_FILE).is_file()
+    if not reused:
+        return                                           # started from scratch with the searched cell
+    recorded, where = read_json_file(select_dir / TRAINED_ARCH_FILE), select_dir / TRAINED_ARCH_FILE
+    if recorded is None and (select_dir / CHECKPOINT_FILE).is_file():
+        from core.checkpoint import load_checkpoint
+
+        recorded, where = load_checkpoint(select_dir / CHECKPOINT_FILE).get("arch"), select_dir / CHECKPOINT_FILE
+    if recorded is None:
+        raise UserError(f"{str(select_dir)!r} holds a short retrain but no {TRAINED_ARCH_FILE}: which cell it trained "
+                        f"is unknown; remove that folder to retrain the cell of {str(search_result)!r}")
+    trained = parse_arch(recorded, source=str(where))
+    if trained != genotype:
+        raise UserError(f"{str(where)!r} and {str(search_result)!r} name different cells "
+                        f"({_first_difference(trained, genotype)}): the short retrain of seed {seed} never trained "
+                        "the cell its search names, so the selection would pair one cell with the other's accuracy; "
+                        f"restore the search's result, or remove {str(select_dir)!r} to retrain the cell the search "
+                        "names")
+
+
+def _first_difference(trained: Genotype, searched: Genotype) -> str:
+    """``'normal node 3: skip_connect(0)+sep_conv_3x3(1) trained, sep_conv_3x3(0)+sep_conv_3x3(1) searched'``."""
+    if trained.n_nodes != searched.n_nodes:
+        return f"{trained.n_nodes} nodes trained, {searched.n_nodes} searched"
+    show = lambda node: "+".join(f"{op}({inp})" for op, inp in node)  # noqa: E731
+    for cell in ("normal", "reduce"):
+        for n, (a, b) in enumerate(zip(trained.cell(cell), searched.cell(cell)), start=2):
+            if a != b:
+                return f"{cell} node {n}: {show(a)} trained, {show(b)} searched"
+    return "equal"
 
 
 def _settings(search_cfg: Any, seeds: Sequence[int], select_epochs: int, select_cfg: Any) -> dict[str, Any]:
@@ -132,6 +184,12 @@ def run_protocol(search_cfg: Any, seeds: Sequence[int], select_epochs: int, sele
     from oneshot_darts.retrain import run_retrain
     from oneshot_darts.search import FINAL_ARCH_FILE, run_search
 
+    from core import distributed
+
+    if distributed.launched():   # every rank refuses (rank 0 alone prints), before anything is written
+        raise UserError("--seeds: the protocol does not run under torchrun: its searches train in one process only "
+                        "(the DARTS search step is not data-parallel); run it as a plain command, then retrain the "
+                        "cell it selects under torchrun (oneshot_darts/retrain.py --arc <its final_arch.json>)")
     if not seeds:
         raise UserError("--seeds: give at least one seed (the paper's protocol: four, such as --seeds 0 1 2 3)")
     repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
@@ -155,6 +213,19 @@ def run_protocol(search_cfg: Any, seeds: Sequence[int], select_epochs: int, sele
     folder.mkdir(parents=True, exist_ok=True)
     lock = _lock(folder)
     try:
+        # what a killed write of the protocol's own files left (this process holds the folder's lock)
+        left = [t for name in (PROTOCOL_FILE, SELECTION_FILE, FINAL_ARCH_FILE) for t in temp_files(folder / name)
+                if t.is_file() and not t.is_symlink()]
+        for path in left:
+            path.unlink(missing_ok=True)
+        if left:
+            print(f"removed {len(left)} temporary file(s) a killed protocol left: {', '.join(p.name for p in left)}",
+                  flush=True)
+        for s in seeds:   # the searches finished before: their short retrains checked before anything is written
+            searched = read_json_file(folder / f"search-seed{s}" / RESULT_FILE)
+            if isinstance(searched, dict):
+                _check_trained_cell(folder, s, parse_arch(searched.get("arch"),
+                                                          source=f"{folder / f'search-seed{s}' / RESULT_FILE}"))
         record = {"settings": settings, "steps": (record or {}).get("steps", {})}
 
         def note(name: str, outcome: dict[str, Any]) -> None:
@@ -170,9 +241,13 @@ def run_protocol(search_cfg: Any, seeds: Sequence[int], select_epochs: int, sele
             result = _step(folder / name, f"[seed {s}] search", lambda d, s=s: run_search(configs[s], run_dir=d),
                            lambda ck, s=s: run_search(configs[s], resume=ck))
             note(name, {"seed": s, "val_acc": result["val_acc"], "arch": result["arch"]})
-        for s in seeds:
+        genotypes = {}
+        for s in seeds:   # every reused short retrain checked before any is trained
             searched = record["steps"][f"search-seed{s}"]
-            genotype = parse_arch(searched["arch"], source=f"{folder / f'search-seed{s}' / RESULT_FILE}")
+            genotypes[s] = parse_arch(searched["arch"], source=f"{folder / f'search-seed{s}' / RESULT_FILE}")
+            _check_trained_cell(folder, s, genotypes[s])
+        for s in seeds:
+            searched, genotype = record["steps"][f"search-seed{s}"], genotypes[s]
             name = f"select-seed{s}"
             result = _step(folder / name, f"[seed {s}] short retrain",
                            lambda d, g=genotype: run_retrain(select_cfg, g, run_dir=str(d), eval_test=False),

@@ -32,17 +32,49 @@ CELL_INPUTS = 2
 
 
 class CellInputs(nn.Module):
-    """Bring the two previous cells' outputs to ``channels`` channels and the same resolution."""
+    """Bring the two previous cells' outputs to ``channels`` channels and the same resolution; only
+    the inputs in ``read`` (0, 1) are built and computed, the others are None (a fixed cell whose
+    nodes never read an input)."""
 
-    def __init__(self, c_pprev: int, c_prev: int, channels: int, reduction_prev: bool, affine: bool):
+    def __init__(self, c_pprev: int, c_prev: int, channels: int, reduction_prev: bool, affine: bool,
+                 read: frozenset[int] = frozenset(range(CELL_INPUTS))):
         super().__init__()
-        self.pre0 = (FactorizedReduce(c_pprev, channels, affine=affine) if reduction_prev
-                     else ReLUConvBN(c_pprev, channels, 1, 1, 0, affine=affine))
-        self.pre1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine=affine)
+        self.pre0 = ((FactorizedReduce(c_pprev, channels, affine=affine) if reduction_prev
+                      else ReLUConvBN(c_pprev, channels, 1, 1, 0, affine=affine)) if 0 in read else None)
+        self.pre1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine=affine) if 1 in read else None
 
-    def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(self, inputs: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
         s0, s1 = inputs
-        return [self.pre0(s0), self.pre1(s1)]
+        return [None if self.pre0 is None else self.pre0(s0), None if self.pre1 is None else self.pre1(s1)]
+
+
+class UnusedCell(nn.Module):
+    """Where a fixed network has a cell whose output nothing reads: no parameters, no output."""
+
+    def forward(self, inputs: list[torch.Tensor | None]) -> None:
+        return None
+
+
+def inputs_read(sample: dict, label: str, n_nodes: int) -> frozenset[int]:
+    """The cell inputs (0, 1) that the nodes of the ``label`` cells of an NNI 3.0 architecture dict
+    read (both where the dict does not say)."""
+    read = set()
+    for n in range(CELL_INPUTS, CELL_INPUTS + n_nodes):
+        for k in range(EDGES_PER_NODE):
+            chosen = sample.get(f"{label}/input_{n}_{k}", list(range(CELL_INPUTS)))
+            read.update(chosen if isinstance(chosen, (list, tuple)) else [chosen])
+    return frozenset(i for i in read if isinstance(i, int) and i < CELL_INPUTS)
+
+
+def live_cells(labels: list[str], read: dict[str, frozenset[int]], aux_index: int | None) -> list[bool]:
+    """Which cells' outputs reach the classifier (or the auxiliary head at ``aux_index``): cell ``i``
+    is input 1 of cell ``i + 1`` and input 0 of cell ``i + 2``; the last cell feeds the classifier."""
+    live = [False] * len(labels)
+    for i in reversed(range(len(labels))):
+        live[i] = (i == len(labels) - 1 or i == aux_index
+                   or (i + 1 < len(labels) and live[i + 1] and 1 in read[labels[i + 1]])
+                   or (i + 2 < len(labels) and live[i + 2] and 0 in read[labels[i + 2]]))
+    return live
 
 
 def _edge_op(node_index: int, op_index: int, input_index: int | None, *, name: str, channels: int,
@@ -60,7 +92,11 @@ def reduction_indices(layers: int) -> tuple[int, int]:
 class DartsSpace(ModelSpace):
     """The DARTS space. Built plainly it is the space NNI's DARTS strategy mutates into the
     supernet (:func:`build_supernet`); built under ``model_context`` (:meth:`fixed`) it is the
-    fixed network, with affine batch norms, drop path and, if asked, the auxiliary head."""
+    fixed network, with affine batch norms, drop path and, if asked, the auxiliary head. The fixed
+    network has only the parts its output depends on: a cell whose nodes never read one of its
+    two inputs has no preprocessing for it, and a cell whose output no later cell reads (nor the
+    classifier or the auxiliary head) is an :class:`UnusedCell`, so that every parameter gets a
+    gradient (DistributedDataParallel requires it) and the parameter count is what is trained."""
 
     def __init__(self, channels: int = 16, layers: int = 8, n_nodes: int = 4, stem_multiplier: int = 3,
                  num_classes: int = 10, auxiliary: bool = False, partial_channels: int = 1):
@@ -83,6 +119,11 @@ class DartsSpace(ModelSpace):
         reduction_prev = False
         c_aux = 0
         self.cells = nn.ModuleList()
+        labels = ["reduce" if i in reductions else "normal" for i in range(layers)]
+        sample = current_model() if self.fixed else None
+        read = {label: inputs_read(sample, label, n_nodes) if sample is not None else frozenset(range(CELL_INPUTS))
+                for label in ("normal", "reduce")}
+        live = live_cells(labels, read, self.aux_index if auxiliary else None)
         for i in range(layers):
             reduction = i in reductions
             if reduction:
@@ -90,10 +131,13 @@ class DartsSpace(ModelSpace):
             # PC-DARTS: an edge's operations see 1/K of its channels (the supernet only; K = 1 otherwise)
             ops = {name: partial(_edge_op, name=name, channels=c_cur // partial_channels, reduction=reduction,
                                  search=not self.fixed) for name in OP_NAMES}
-            cell = Cell(ops, n_nodes, num_ops_per_node=EDGES_PER_NODE, num_predecessors=CELL_INPUTS, merge_op="all",
-                        preprocessor=CellInputs(c_pprev, c_prev, c_cur, reduction_prev, affine),
-                        label="reduce" if reduction else "normal")
-            self.cells.append(cell)
+            if live[i]:
+                self.cells.append(Cell(ops, n_nodes, num_ops_per_node=EDGES_PER_NODE, num_predecessors=CELL_INPUTS,
+                                       merge_op="all", label=labels[i],
+                                       preprocessor=CellInputs(c_pprev, c_prev, c_cur, reduction_prev, affine,
+                                                               read[labels[i]])))
+            else:
+                self.cells.append(UnusedCell())
             reduction_prev = reduction
             c_pprev, c_prev = c_prev, n_nodes * c_cur
             if i == self.aux_index:

@@ -10,8 +10,8 @@ DARTS search), or a DARTS protocol folder (``oneshot_darts/search.py --seeds ...
 ``OUT/report.md`` and the PNG figures it links go to ``OUT`` (default: ``report/`` inside the
 experiment's or run's folder). OUT must not exist yet, be an empty folder, or be a report this
 command wrote before (it leaves the file ``.report.json`` there, listing its files),
-which is then replaced as a whole: a failed report leaves the old one, and a bad source leaves
-nothing. Any other OUT (a folder of other files, a run folder, a symbolic link) is refused and left
+which is then replaced as a whole, in one step: a failed report leaves the old one, a bad source
+leaves nothing, and what a killed one left beside OUT is put back or removed by the next run. Any other OUT (a folder of other files, a run folder, a symbolic link) is refused and left
 as it is. An experiment's report looks for retrains of its trials (``--top K`` of the retrain
 commands) in the runs folder (``CIFAR_AUTOML_RUNS``, default the repository's ``runs/``) and in every
 ``--retrains`` folder. An experiment's report folder also holds ``trials.csv`` and ``trials.json``
@@ -24,9 +24,15 @@ writes the study report of up to four sources of one study, one of each kind
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import errno
+import fcntl
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -117,27 +123,155 @@ def _made_parents(folder: Path) -> list[Path]:
     return missing
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Put the finished report folder ``tmp`` in the place of ``out`` (renames only): ``out`` is
-    the old report until the new one takes its place; the old one is then removed."""
-    check_out(out)
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    if not any(out.iterdir()):
-        os.rmdir(out)
-        os.replace(tmp, out)
-        return
-    aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-    os.replace(out, aside / out.name)
+# --- putting a report in place: OUT is the old report or the new one at every moment ---------------
+#
+# The report is built in ``.OUT.tmp-XXXXXXXX`` beside OUT (``tempfile.mkdtemp``'s eight characters),
+# locked (``flock``) by the process building it for as long as it lives. It takes OUT's place by
+# exchanging the two folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``); where the file system
+# cannot, the old report is first moved into ``.OUT.old-XXXXXXXX/OUT`` and the new one renamed into
+# place. The old report is removed last. A run killed at any point (SIGKILL, SIGTERM) leaves at most
+# those folders, and the next run into OUT puts a moved-aside report back where OUT is missing and
+# removes the rest (:func:`recover`): only folders of exactly these names, not locked by a living run,
+# holding nothing but files a report writes.
+
+_RANDOM = re.compile(r"[a-z0-9_]{8}")       # tempfile.mkdtemp's names
+_RENAME_EXCHANGE = 2                         # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the folders ``a`` and ``b`` in one step (neither is ever missing); False where the
+    system or the file system cannot (then nothing happened)."""
+    if not sys.platform.startswith("linux"):
+        return False
     try:
-        check_out(aside / out.name)     # still only the old report's files (nothing was added meanwhile)
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(aside / out.name, out)
-        aside.rmdir()
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):          # a C library without it (glibc before 2.28)
+        return False
+    renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _hold(folder: Path, wait: bool = False) -> int | None:
+    """An open descriptor of ``folder`` holding its lock (``flock``, released when the process
+    ends, however it ends); None when another process holds it, or it cannot be locked here."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextlib.contextmanager
+def _holding(folder: Path):
+    """Hold ``folder``'s lock (waiting for it): one report run at a time renames in it."""
+    fd = _hold(folder, wait=True)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _leftover(folder: Path) -> bool:
+    """Whether ``folder`` holds only what a report run writes: plain files (no folders, no links),
+    and when its marker is there, only the files it lists (or a temporary file of an atomic write)."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return False
+    if any(e.is_symlink() or not e.is_file() for e in entries):
+        return False
+    own = _own_files(folder)
+    return own is None or all(e.name in own or (e.name.startswith(".") and e.name.endswith(".tmp"))
+                              for e in entries)
+
+
+def recover(out: Path) -> None:
+    """Put back, or remove, what a killed run into ``out`` left beside it: a report moved aside
+    (``.OUT.old-XXXXXXXX/OUT``) goes back to ``out`` when ``out`` is missing, and is removed when
+    ``out`` is there; a report being built or being removed (``.OUT.tmp-XXXXXXXX``) is removed.
+    Folders another living run holds, and any that hold more than a report's files, are left alone."""
+    if out.is_symlink():
+        return
+    try:
+        entries = sorted(out.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        kind = next((k for k in ("tmp", "old") if entry.name.startswith(f".{out.name}.{k}-")), None)
+        if kind is None or not _RANDOM.fullmatch(entry.name[len(out.name) + 6:]) or entry.is_symlink() \
+                or not entry.is_dir():
+            continue
+        fd = _hold(entry)
+        if fd is None:                      # a living run's, or a file system without locks: not ours to judge
+            continue
+        try:
+            if kind == "tmp":
+                if _leftover(entry):
+                    shutil.rmtree(entry, ignore_errors=True)
+                continue
+            inner = list(entry.iterdir())
+            old = entry / out.name
+            if inner == [old] and not old.is_symlink() and old.is_dir():
+                if not out.exists() and not out.is_symlink():
+                    os.rename(old, out)         # what was OUT before the killed run moved it aside
+                    print(f"restored {out}: a killed python -m report had moved it aside")
+                elif _leftover(old):
+                    shutil.rmtree(old, ignore_errors=True)
+            if not any(entry.iterdir()):
+                entry.rmdir()
+        except OSError:
+            pass                                # left for the next run (nothing was lost)
+        finally:
+            os.close(fd)
+
+
+def _prepare(out: Path) -> None:
+    """Recover what a killed run into ``out`` left, then check that ``out`` may receive a report."""
+    if out.parent.is_dir() and not out.parent.is_symlink():
+        with _holding(out.parent):
+            recover(out)
+    check_out(out)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Put the finished report folder ``tmp`` in the place of ``out``: ``out`` is the old report
+    until the new one takes its place, in one step; the old one is then removed."""
+    with _holding(out.parent):
+        check_out(out)
+        if not out.exists() or not any(out.iterdir()):
+            os.replace(tmp, out)            # a missing or empty folder: replaced in one step
+            return
+        if _exchange(tmp, out):
+            old = tmp
+            try:
+                check_out(old)              # still only the old report's files (nothing was added meanwhile)
+            except UserError:
+                _exchange(tmp, out)
+                raise UserError(f"-o: {str(out)!r} changed while the report was written (files were added to it); "
+                                "it is left as it is") from None
+        else:                               # one rename after the other: a kill between them is recovered
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.rename(out, old / out.name)
+            try:
+                check_out(old / out.name)
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(old / out.name, out)
+                old.rmdir()
+                raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @cli_main
@@ -145,9 +279,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     from report import compare, darts_report, experiment_report, run_report, study
 
-    out = Path(os.path.abspath(Path(args.out).expanduser())) if args.out else None   # links in OUT itself kept
+    if args.out is not None and not args.out:
+        raise UserError("-o: the folder's name is empty; give the report folder, or leave -o out for the default one")
+    out = Path(os.path.abspath(Path(args.out).expanduser())) if args.out is not None else None   # links in OUT kept
     if out is not None:
-        check_out(out)                  # before reading anything: a wrong -o fails at once
+        _prepare(out)                   # before reading anything: a wrong -o fails at once
     retrain_dirs = [default_out_dir(), *args.retrains]
     source = Path(args.sources[0]).expanduser()
     if args.study:
@@ -179,10 +315,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
         default_out = data.exp_dir / "report"
         render = experiment_report.render
     out = out or Path(os.path.abspath(default_out))
-    check_out(out)
+    _prepare(out)
     try:
         made = _made_parents(out.parent)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        with _holding(out.parent):
+            tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+            held = _hold(tmp)               # while this process lives, no other run takes it for a leftover
     except OSError as exc:
         raise UserError(f"-o: cannot write the report into {str(out.parent)!r} ({exc.strerror})") from None
     try:
@@ -203,6 +341,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         if isinstance(exc, OSError):
             raise UserError(f"-o: cannot write the report to {str(out)!r} ({exc.strerror or exc})") from None
         raise
+    finally:
+        if held is not None:
+            os.close(held)
     print(f"wrote {out / REPORT_FILE}")
     return out / REPORT_FILE
 

@@ -3,14 +3,17 @@ the check that every number a report shows is a valid one (:func:`number_problem
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import quote
 
 import yaml
 
 from core.config import loads_json
 from core.errors import UserError
+from core.experiments import accuracy_problem
 from core.retrains import read_json_file
 from core.run import CONFIG_FILE, METRICS_FILE
 
@@ -37,16 +40,17 @@ class Invalid:
 
 def number_problem(key: str, value: Any) -> str | None:
     """Why ``value`` is not a valid ``key`` (``test_acc``, ``val_loss``, ``train_seconds``, ...), or
-    None when it is: every number must be finite; accuracies lie in [0, 1], losses, times and
-    counts are 0 or more (an epoch's time at most :data:`MAX_SECONDS`)."""
+    None when it is: every number must be finite; accuracies lie in [0, 1] (the rule that decides
+    which trials may be ranked: :func:`core.experiments.accuracy_problem`), losses, times and counts
+    are 0 or more (an epoch's time at most :data:`MAX_SECONDS`)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"{value!r} is not a number"
     if not math.isfinite(value):
         return "not a finite number"
-    if (key.endswith("_acc") or key in ("default", "search_metric")) and not 0 <= value <= 1:
-        return "an accuracy lies in [0, 1]"
+    if key.endswith("_acc") or key in ("default", "search_metric"):
+        return accuracy_problem(value)
     if (key.endswith("_loss") or key in ("params", "epoch")) and value < 0:
         return "it cannot be negative"
     if key.endswith("seconds") and not 0 <= value <= MAX_SECONDS:
@@ -74,18 +78,51 @@ def valid(value: Any) -> float | None:
     return None if value is None or isinstance(value, Invalid) else value
 
 
-def fmt(value: Any, digits: int = 4) -> str:
+class Md(str):
+    """Markdown: text the report wrote itself, or data :func:`md` escaped; :func:`md`,
+    :func:`fmt` and :func:`table` pass it on as it is."""
+
+
+#: What data could carry into Markdown: backslash escapes, code spans, emphasis, raw HTML and
+#: entities, table cells, math, strikethrough; ``](`` (every link and image has it: no other link
+#: can form, as the report defines no link references and data never starts a line; ``[0, 1]``
+#: stays as it is); ``_`` only where it can start or end emphasis (not inside a word such as
+#: ``hpo_retrain``); line breaks (a table row, a list item, a heading ends at one).
+_MD_SPECIAL = re.compile(r"[\\`*<>&|~$]|\](?=\()|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|\r\n|\r|\n")
+_MD_REPLACE = {"<": "&lt;", ">": "&gt;", "&": "&amp;", "\r\n": "↵", "\r": "↵", "\n": "↵"}
+_CODE_BREAKERS = re.compile(r"[`|\r\n]")
+
+
+def md(value: Any, code: bool = False) -> Md:
+    """``value`` (anything that comes from data: a parameter, a name, a path, a message) as Markdown
+    that shows it as it is, on one line, in a table cell, a heading, a list or a sentence: every
+    character with a meaning in Markdown escaped (``<``, ``>``, ``&`` as entities, ``](`` as
+    ``\\](``: no HTML, no link, no image), a line break shown as ↵. ``code``: as a code span
+    (`` `value` ``) where that shows it as it is (no backtick, ``|`` or line break in it), else
+    escaped text. :class:`Md` (the report's own Markdown) is returned as it is."""
+    if isinstance(value, Md):
+        return value
+    text = value if isinstance(value, str) else str(value)
+    if code and text.strip() and not _CODE_BREAKERS.search(text):
+        return Md(f"`{text}`")
+    return Md(_MD_SPECIAL.sub(lambda m: _MD_REPLACE.get(m[0], "\\" + m[0]), text))
+
+
+def fmt(value: Any, digits: int = 4) -> Md:
+    """A value as a table cell or in text shows it (data escaped with :func:`md`)."""
     if value is None:
-        return "-"
+        return Md("-")
+    if isinstance(value, Md):
+        return value
     if isinstance(value, Invalid):
-        return f"**{value}**"
+        return Md(f"**{md(str(value))}**")
     if isinstance(value, bool):
-        return "yes" if value else "no"
+        return Md("yes" if value else "no")
     if isinstance(value, float):
         if not math.isfinite(value):
-            return str(value)
-        return f"{value:.{digits}f}" if abs(value) >= 10 ** -digits or value == 0 else f"{value:.2e}"
-    return str(value).replace("|", "\\|")
+            return Md(str(value))
+        return Md(f"{value:.{digits}f}" if abs(value) >= 10 ** -digits or value == 0 else f"{value:.2e}")
+    return md(value)
 
 
 def seconds(value: float | None) -> str:
@@ -99,14 +136,18 @@ def seconds(value: float | None) -> str:
     return f"{value / 3600:.1f} h"
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+def table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table; every cell, the header's too, through :func:`fmt` (data is escaped,
+    :class:`Md` kept)."""
+    lines = ["| " + " | ".join(fmt(c) for c in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def figure(name: str, caption: str) -> str:
-    return f"![{caption}]({name})\n\n*{caption}*"
+    """A figure file ``name`` (a link its characters cannot break) with its ``caption`` (escaped)."""
+    caption = md(caption)
+    return f"![{caption}]({quote(name)})\n\n*{caption}*"
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from core.paths import TRIAL_FLAGS_ENV
 from core.retrains import HOW_IT_RAN
 from report import experiment_report as er
 from report import trials as table_of
-from report.common import read_config, seconds, table
+from report.common import md, read_config, seconds, table
 from report.stats import CHANCE_SE, TIE_SE, Noise, chance_text, seed_spread, tied_with, with_se
 from report.trials import TrialRow
 
@@ -43,11 +43,13 @@ def load(sources: Sequence[str], experiments_dir: str | os.PathLike | None,
          retrain_dirs: Sequence[str | os.PathLike]) -> Comparison:
     """Read every experiment; experiments of different stages, or one given twice, are an error."""
     exps = [er.load(s, experiments_dir, retrain_dirs) for s in sources]
-    seen: dict[str, str] = {}
-    for source, exp in zip(sources, exps):
-        first = seen.setdefault(os.path.realpath(exp.exp_dir), source)
-        if first != source:
-            raise UserError(f"comparing: {first!r} and {source!r} are the same experiment ({exp.profile.experiment_id})")
+    seen: dict[tuple[int, int], int] = {}
+    for i, (source, exp) in enumerate(zip(sources, exps)):
+        st = os.stat(exp.exp_dir)       # one folder however it is spelled: twice, an id, a link, its database
+        first = seen.setdefault((st.st_dev, st.st_ino), i)
+        if first != i:
+            raise UserError(f"comparing: {sources[first]!r} and {source!r} are the same experiment "
+                            f"({exp.profile.experiment_id}); an experiment compared with itself is always tied")
     stages = {exp.stage for exp in exps}
     if len(stages) > 1:
         named = ", ".join(f"{s!r} is {er.STAGES.get(e.stage, e.stage)}" for s, e in zip(sources, exps))
@@ -66,13 +68,13 @@ def verdict(entries: Sequence[tuple[str, TrialRow | None]], what: str, seed: tup
     larger of its standard error and ``seed`` (the seed-to-seed standard deviation and over how
     many configurations it was measured; None: not measured, and the verdict says so). No verdict
     over results at chance."""
-    found = [(n, r) for n, r in entries if r is not None]
-    missing = [n for n, r in entries if r is None]
+    found = [(md(n), r) for n, r in entries if r is not None]
+    missing = [md(n) for n, r in entries if r is None]
     if not found:
         return f"{what}: no experiment had a finished trial yet."
     leader_name, leader = max(found, key=lambda e: e[1].valid_final)
     shown = "; ".join(f"{n}: {with_se(r.valid_final, r.se)}{' (at chance)' if r.at_chance else ''} (trial "
-                      f"{r.trial.trial_id})" for n, r in found)
+                      f"{md(r.trial.trial_id)})" for n, r in found)
     shown += "".join(f"; {n}: no finished trial yet" for n in missing)
     if leader.at_chance:
         return (f"{what}: **every experiment's best is at chance** ({shown}; within {CHANCE_SE:g} standard errors of "
@@ -278,16 +280,16 @@ def _side_by_side(cmp: Comparison) -> str:
     add("tied with its best", lambda e: "?" if e.best.se is None else
         sum(bool(r.tied) for r in e.rows if r is not e.best))
     add("found after (trial-epochs)", lambda e: next(x for x, b in zip(*table_of.spent(e.rows)) if b is e.best))
-    return table(("", *(f"`{_name(e)}`" for e in exps)), [(name, *values) for name, values in aspects])
+    return table(("", *(md(_name(e), code=True) for e in exps)), [(name, *values) for name, values in aspects])
 
 
 def render(cmp: Comparison, out: Path) -> str:
     """The Markdown of the comparison; figures and each experiment's exports are written into ``out``."""
     exps = cmp.exps
-    names = ", ".join(f"`{_name(e)}`" for e in exps)
+    names = ", ".join(md(_name(e), code=True) for e in exps)
     diff = differences(cmp)
     spread = cross_seed_spread(cmp, diff)
-    lines = [f"# Comparison: {names} ({er.STAGES.get(cmp.stage, cmp.stage)})", "",
+    lines = [f"# Comparison: {names} ({md(er.STAGES.get(cmp.stage, cmp.stage))})", "",
              *differences_section(cmp, diff), "## Side by side", "", _side_by_side(cmp), ""]
     data = {er.trial_data(e) for e in exps}
     if len(data) > 1:
@@ -300,7 +302,7 @@ def render(cmp: Comparison, out: Path) -> str:
     else:
         lines += ["## Which found the better configuration?", "",
                   "- " + verdict([(_name(e), e.best) for e in exps], "Each within its whole budget ("
-                                 + ", ".join(f"{n} {b} trial-epochs" for n, b in budgets.items()) + ")", spread)]
+                                 + ", ".join(f"{md(n)} {b} trial-epochs" for n, b in budgets.items()) + ")", spread)]
         if len(set(budgets.values())) > 1:
             lines += ["- " + verdict([(_name(e), table_of.best_within(e.rows, common)) for e in exps],
                                      f"Within the smallest budget any of them spent ({common} trial-epochs, the fair "
@@ -309,7 +311,7 @@ def render(cmp: Comparison, out: Path) -> str:
     lines += [*er.budget_section(exps, out, "budget.png", 2)]
     for e in exps:
         prefix = f"{_name(e)}_"
-        lines += [f"## Experiment `{_name(e)}`", "", *er.what_ran(e), *er.hpo_winner_note(e), "",
+        lines += [f"## Experiment {md(_name(e), code=True)}", "", *er.what_ran(e), *er.hpo_winner_note(e), "",
                   *er.best_section(e, 3), er.heading(3, f"Its {min(TOP, len(e.rows))} best trials" if len(e.rows) > TOP
                                                      else "Its trials"), "",
                   er.trial_table(e, TOP), "", *er.per_trial_figures(e, out, prefix, 3),

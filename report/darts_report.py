@@ -17,7 +17,7 @@ from typing import Any
 
 from core.errors import UserError
 from report import plots
-from report.common import checked, figure, fmt, read_dict, table, valid
+from report.common import checked, figure, fmt, md, read_dict, table, valid
 from core.chance import classes_of
 from report.stats import (CHANCE_SE, TIE_SE, Noise, at_chance, binomial_se, chance_level, chance_text, kendall,
                           mean_std, seed_spread, tied_with, with_se)
@@ -40,7 +40,7 @@ def variant(config: dict[str, Any]) -> str:
     if isinstance(k, int) and k > 1:
         parts.append(f"PC-DARTS with K = {k} (1/{k} of each edge's channels, edge normalisation)")
     if config.get("arch_warmup_epochs"):
-        parts.append(f"architecture frozen for the first {config['arch_warmup_epochs']} epochs")
+        parts.append(f"architecture frozen for the first {md(config['arch_warmup_epochs'])} epochs")
     guard = config.get("max_skip_connect", -1)
     parts.append(f"P-DARTS guard: at most {guard} skip_connect in the normal cell" if isinstance(guard, int)
                  and guard >= 0 else "no collapse guard")
@@ -62,7 +62,7 @@ def search_parts(metrics: list[dict[str, Any]], config: dict[str, Any], out: Pat
     plots.counts(series, out / name, title="Collapse watch: the derived normal cell's parameter-free edges",
                  ylabel=f"edges of the normal cell{f' (of {edges})' if edges else ''}", ymax=edges)
     last = counted[-1]
-    verdict = (f"after epoch {last['epoch']} the normal cell holds {last['normal_skip_connect']} skip_connect and "
+    verdict = (f"after epoch {last['epoch']} the normal cell holds {fmt(last['normal_skip_connect'])} skip_connect and "
                f"{fmt(last.get('normal_param_free'))} parameter-free operations"
                + (f" of {edges} edges" if edges else ""))
     if last["normal_skip_connect"] >= DARTS_PLUS_SKIPS:
@@ -173,18 +173,18 @@ def render_protocol(data: ProtocolData, out: Path, prefix: str = "", level: int 
     settings, search = data.settings, data.settings.get("search") or {}
     select = data.settings.get("select") or {}
     seeds = settings["seeds"]
-    lines = [f"{h} {title or f'Report: DARTS protocol `{data.folder.name}`'}", "", f"{h}# What ran", "",
-             f"- folder: `{data.folder}`",
+    lines = [f"{h} {title or f'Report: DARTS protocol {md(data.folder.name, code=True)}'}", "", f"{h}# What ran", "",
+             f"- folder: {md(data.folder, code=True)}",
              f"- the DARTS paper's selection (Liu et al. 2019, section 3.2): {len(seeds)} searches (seeds "
              f"{', '.join(map(str, seeds))}), each derived cell trained from scratch for "
-             f"{settings.get('select_epochs')} epochs and compared on a validation split held out of the training "
+             f"{md(settings.get('select_epochs'))} epochs and compared on a validation split held out of the training "
              "split; the test split is never read",
-             f"- search: {variant(search)}; C={search.get('channels')}, {search.get('layers')} cells x "
-             f"{search.get('n_nodes')} nodes, {search.get('epochs')} epochs, batch {search.get('batch_size')}, data "
-             f"{search.get('data')}",
-             f"- short retrains: C={select.get('channels')}, {select.get('layers')} cells, batch "
-             f"{select.get('batch_size')}, validation split {select.get('val_fraction')}, seed {select.get('seed')} "
-             "for every cell", ""]
+             f"- search: {variant(search)}; C={md(search.get('channels'))}, {md(search.get('layers'))} cells x "
+             f"{md(search.get('n_nodes'))} nodes, {md(search.get('epochs'))} epochs, batch "
+             f"{md(search.get('batch_size'))}, data {md(search.get('data'))}",
+             f"- short retrains: C={md(select.get('channels'))}, {md(select.get('layers'))} cells, batch "
+             f"{md(select.get('batch_size'))}, validation split {md(select.get('val_fraction'))}, seed "
+             f"{md(select.get('seed'))} for every cell", ""]
     lines += [f"{h}# Selection", ""]
     sel = data.selection
     if sel is None:
@@ -200,10 +200,10 @@ def render_protocol(data: ProtocolData, out: Path, prefix: str = "", level: int 
         rows_by_seed = {r["seed"]: r for r in sel["seeds"]}
         winner = (sel.get("winner") or {}).get("seed")
         w = rows_by_seed.get(winner, {})
-        lines += [f"**Selected: the cell of seed {winner}**, validation accuracy {fmt(w.get('select_val_acc'))} after "
-                  f"its {sel.get('select_epochs')}-epoch retrain (the rule: {sel.get('rule')}). Its cell is "
-                  f"`final_arch.json`; retrain it with `python oneshot_darts/retrain.py --arc "
-                  f"{data.folder / 'final_arch.json'}`.", ""]
+        retrain = md(f"python oneshot_darts/retrain.py --arc {data.folder / 'final_arch.json'}", code=True)
+        lines += [f"**Selected: the cell of seed {md(winner)}**, validation accuracy {fmt(w.get('select_val_acc'))} "
+                  f"after its {md(sel.get('select_epochs'))}-epoch retrain (the rule: {md(sel.get('rule'))}). Its cell "
+                  f"is `final_arch.json`; retrain it with {retrain}.", ""]
     rows, shown = [], []
     for s in seeds:
         r = rows_by_seed.get(s, {})
@@ -291,9 +291,10 @@ def render_protocol(data: ProtocolData, out: Path, prefix: str = "", level: int 
             if nodes:
                 name = f"{prefix}seed{s}_cell_{cell}.png"
                 plots.cell_graph([[(op, int(src)) for op, src in node] for node in nodes], out / name, cell)
-                lines += [figure(name, f"Seed {s}: {cell} cell"), "", f"`{cell}: {_cell_text(arch, cell)}`", ""]
-        lines += [f"Its search: `{data.folder / f'search-seed{s}'}` (`python -m report` on it shows its curves and "
-                  "edge weights).", ""]
+                lines += [figure(name, f"Seed {s}: {cell} cell"), "",
+                          md(f"{cell}: {_cell_text(arch, cell)}", code=True), ""]
+        lines += [f"Its search: {md(data.folder / f'search-seed{s}', code=True)} (`python -m report` on it shows its "
+                  "curves and edge weights).", ""]
     if data.problems:
-        lines += [f"{h}# Invalid numbers", "", *(f"- {p}" for p in data.problems), ""]
+        lines += [f"{h}# Invalid numbers", "", *(f"- {md(p)}" for p in data.problems), ""]
     return "\n".join(lines) + "\n"

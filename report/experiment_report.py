@@ -15,14 +15,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import quote
 
 from core.errors import UserError
 from core.nni_trial import COMMAND_FILE
 from core.paths import TRIAL_FLAGS_ENV
-from core.experiments import Profile, Trial, find_experiment, load_experiment, ranked, read_profile
+from core.experiments import (Profile, Trial, accuracy_problem, find_experiment, load_experiment, rank_problem,
+                              ranked, read_profile)
 from core.retrains import match_retrains, read_json_file
 from report import plots, trials as table_of
-from report.common import Invalid, checked, figure, number_problem, read_config, read_metrics, seconds, table, valid
+from report.common import (Invalid, Md, checked, figure, md, number_problem, read_config, read_metrics, seconds, table,
+                           valid)
 from report.run_report import load_run, render_run
 from core.chance import classes_of
 from report.stats import (CHANCE_SE, MIN_TRIALS_FOR_IMPORTANCE, TIE_SE, Noise, at_chance, binomial_se, chance_level,
@@ -79,7 +82,7 @@ def load(source: str | os.PathLike, experiments_dir: str | os.PathLike | None,
     exp_dir = find_experiment(source, experiments_dir)
     profile = read_profile(exp_dir)
     trials = load_experiment(exp_dir, param_keys=tuple(profile.search_space))
-    if not ranked(trials):
+    if all(t.final is None for t in trials):
         running = sum(t.status in ("RUNNING", "WAITING") for t in trials)
         raise UserError(f"experiment {profile.experiment_id}: no trial finished yet (none of its {len(trials)} trials "
                         f"has a final result{f'; {running} running' if running else ''}); nothing to report")
@@ -104,11 +107,12 @@ def _distinct_folders(folders: Sequence[str | os.PathLike]) -> list[str]:
 
 
 def _check_trials(trials: Sequence[Trial], problems: list[str]) -> dict[str, Any]:
-    """Trials' results that are not valid accuracies (NaN, infinite, outside [0, 1]) are taken out of
-    the ranking and said where they are; returns the invalid final results by trial id."""
+    """Trials' results that are not valid accuracies (NaN, infinite, outside [0, 1]: the rule of
+    :func:`core.experiments.rank_problem`, which leaves them out of the ranking) are said where they
+    are; returns the invalid final results by trial id. An error when no trial can be ranked."""
     invalid = {}
     for t in trials:
-        why = number_problem("default", t.final)
+        why = None if t.final is None else accuracy_problem(t.final)
         if why is not None:
             problems.append(f"trial {t.trial_id}: final {METRIC} {t.final!r} is invalid ({why}; from the "
                             "experiment database); the trial is left out of the ranking")
@@ -117,11 +121,14 @@ def _check_trials(trials: Sequence[Trial], problems: list[str]) -> dict[str, Any
         for i, v in bad:
             problems.append(f"trial {t.trial_id}: intermediate result {i} = {v!r} is invalid (from the experiment "
                             "database); left out of the curves")
-        if bad:
+        if bad:   # still epochs the trial ran (Trial.epochs_run)
             t.intermediates = [v for v in t.intermediates if number_problem("default", v) is None]
-    if not ranked(trials) and invalid:
-        raise UserError(f"no trial of the experiment has a valid final result ({len(invalid)} invalid: "
-                        f"{problems[0]})")
+            t.invalid_intermediates += len(bad)
+    if not ranked(trials):
+        diverged = sum(rank_problem(t) == "diverged" for t in trials)
+        raise UserError("no trial of the experiment has a valid final result (" + "; ".join(
+            ([f"{len(invalid)} invalid: {problems[0]}"] if invalid else [])
+            + ([f"{diverged} diverged"] if diverged else [])) + ")")
     return invalid
 
 
@@ -178,24 +185,27 @@ def trial_command(exp: ExperimentData) -> tuple[str, bool]:
 def what_ran(exp: ExperimentData) -> list[str]:
     """The experiment's space, algorithms, budget and data, as bullets."""
     p = exp.profile
-    space = "; ".join(f"`{k}` {v.get('_type')} {json.dumps(v.get('_value'))}" for k, v in p.search_space.items()) \
-        or "none given to NNI (the trial holds its own space)"
-    algos = ", ".join(f"{role} {p.algorithm(role)}" for role in ("tuner", "assessor", "advisor") if p.algorithm(role))
+    space = "; ".join(f"{md(k, code=True)} {md(v.get('_type'))} {md(json.dumps(v.get('_value')))}"
+                      for k, v in p.search_space.items()) or "none given to NNI (the trial holds its own space)"
+    algos = ", ".join(f"{role} {md(p.algorithm(role))}" for role in ("tuner", "assessor", "advisor")
+                      if p.algorithm(role))
     counts: dict[str, int] = defaultdict(int)
     for row in exp.rows:
         counts[row.status] += 1
     command, known = trial_command(exp)
-    return [f"- experiment: `{p.experiment_id}` ({p.params.get('experimentName') or 'no name'}), folder `{exp.exp_dir}`",
-            f"- stage: {STAGES.get(exp.stage, exp.stage)} (trial code `{p.trial_code_dir}`)",
-            f"- trial command: `{command}`" + (f" (as its trials ran it: {TRIAL_FLAGS_ENV} expanded)" if known
-                                               else ""),
+    return [f"- experiment: {md(p.experiment_id, code=True)} ({md(p.params.get('experimentName') or 'no name')}), "
+            f"folder {md(exp.exp_dir, code=True)}",
+            f"- stage: {md(STAGES.get(exp.stage, exp.stage))} (trial code {md(p.trial_code_dir, code=True)})",
+            f"- trial command: {md(command, code=True)}" + (f" (as its trials ran it: {TRIAL_FLAGS_ENV} expanded)"
+                                                          if known else ""),
             f"- search space: {space}",
             f"- algorithms: {algos or 'none recorded'}",
-            f"- trial budget: {p.max_trials or 'unlimited'} trials, concurrency {p.params.get('trialConcurrency', 1)}, "
-            f"max duration {p.params.get('maxExperimentDuration', 'unlimited')}",
+            f"- trial budget: {md(p.max_trials or 'unlimited')} trials, concurrency "
+            f"{md(p.params.get('trialConcurrency', 1))}, max duration "
+            f"{md(p.params.get('maxExperimentDuration', 'unlimited'))}",
             f"- spent: {epochs_spent(exp)} trial-epochs (every trial's epochs, failed and early-stopped ones included)",
-            f"- data (the best trial's config): {trial_data(exp)}",
-            f"- trials so far: {len(exp.trials)} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})",
+            f"- data (the best trial's config): {md(trial_data(exp))}",
+            f"- trials so far: {len(exp.trials)} ({', '.join(f'{n} {md(s)}' for s, n in sorted(counts.items()))})",
             chance_bullet(exp)]
 
 
@@ -214,11 +224,11 @@ def best_section(exp: ExperimentData, level: int) -> list[str]:
     test = (f" Its test accuracy (recorded, never searched on): {best.final_metrics['test_acc']:.4f}."
             if isinstance(best.final_metrics.get("test_acc"), float) else "")
     return [heading(level, "Best trial"), "",
-            f"Trial **{best.trial_id}** (No. {best.sequence_id}): final {METRIC} **{row.valid_final:.4f}**"
+            f"Trial **{md(best.trial_id)}** (No. {md(best.sequence_id)}): final {METRIC} **{row.valid_final:.4f}**"
             + (f" ± {row.se:.4f}" if row.se is not None else "") + f" after {best.epochs_run} "
             f"epoch{'s' if best.epochs_run != 1 else ''}; parameters "
-            f"`{json.dumps(best.params, sort_keys=True)}`; run folder `{best.log_dir}`." + test, "",
-            *best_noise_text(exp), ""]
+            f"{md(json.dumps(best.params, sort_keys=True), code=True)}; run folder {md(best.log_dir, code=True)}."
+            + test, "", *best_noise_text(exp), ""]
 
 
 def best_noise_text(exp: ExperimentData) -> list[str]:
@@ -230,7 +240,7 @@ def best_noise_text(exp: ExperimentData) -> list[str]:
                 f"{CHANCE_SE:g} standard errors of {chance_text(row.classes)}, so no trial is better than another and "
                 "none is called the winner or tied with it. Train longer, on more images, or check the recipe (a "
                 "network that predicts one class for every image scores exactly chance)."]
-    lines = [table_of.tie_text(exp.rows, lambda r: f"{r.trial.trial_id} ({exp.label(r)})")]
+    lines = [table_of.tie_text(exp.rows, lambda r: f"{md(r.trial.trial_id)} ({md(exp.label(r))})")]
     if row.se is not None and len(table_of.by_rank(exp.rows)) > 1:
         lines += ["", "The tie rule counts validation sampling only (the binomial standard error): one search runs "
                   "each configuration with one seed, so the seed-to-seed spread, often several standard errors, is "
@@ -260,7 +270,8 @@ def trials_section(exp: ExperimentData, level: int) -> list[str]:
              "EARLY_STOPPED: stopped by the assessor (NNI records USER_CANCELED). At chance: at most "
              f"{CHANCE_SE:g} standard errors above {chance_text(table_of.chance_of(exp.rows))}.", "", trial_table(exp),
              ""]
-    lines += [f"- trial {r.trial.trial_id} failed: `{r.trial.error}`" for r in exp.rows if r.trial.error]
+    lines += [f"- trial {md(r.trial.trial_id)} failed: {md(r.trial.error, code=True)}" for r in exp.rows
+              if r.trial.error]
     return lines + [""]
 
 
@@ -394,7 +405,7 @@ def importance_section(exp: ExperimentData, out: Path, prefix: str, level: int) 
         warnings.simplefilter("ignore")          # scikit-learn's notes on few out-of-bag samples
         imp = importance({k: [r.trial.params.get(k) for r in rows] for k in keys}, y)
     method = (f"a random forest (scikit-learn, {len(rows)} finished trials) predicting the final {METRIC} from "
-              f"{', '.join(keys)}; importance is each parameter's share of the forest's decrease in impurity, as "
+              f"{', '.join(md(k) for k in keys)}; importance is each parameter's share of the forest's decrease in impurity, as "
               f"optuna's mean-decrease-impurity evaluator computes it")
     if imp.oob_r2 <= 0:
         return lines + [f"Not shown: {method}, but the forest predicts held-out trials no better than their mean "
@@ -520,20 +531,20 @@ def hpo_winner_note(exp: ExperimentData) -> list[str]:
     if p is None:
         return []
     if p.source is None:
-        own = (f" (the best trial's optimizer {p.optimizer}, lr {p.lr})" if p.optimizer is not None and p.lr is not None
-               else "")
+        own = (f" (the best trial's optimizer {md(p.optimizer)}, lr {md(p.lr)})"
+               if p.optimizer is not None and p.lr is not None else "")
         return [f"- HPO winner: not taken; the trials trained with the stage's own recipe{own}, not with an HPO "
                 "experiment's winner (no --from-hpo / CIFAR_AUTOML_FROM_HPO)."]
     share = "every finished trial" if p.trials == p.of else f"{p.trials} of {p.of} finished trials"
-    return [f"- HPO winner: taken; {share} trained with optimizer {p.optimizer}, lr {p.lr}, the winner (trial "
-            f"{p.trial}) of HPO experiment `{p.source}` (--from-hpo / CIFAR_AUTOML_FROM_HPO)."]
+    return [f"- HPO winner: taken; {share} trained with optimizer {md(p.optimizer)}, lr {md(p.lr)}, the winner (trial "
+            f"{md(p.trial)}) of HPO experiment {md(p.source, code=True)} (--from-hpo / CIFAR_AUTOML_FROM_HPO)."]
 
 
 # --- retrains --------------------------------------------------------------------------------------
 
 def _retrain_acc(r: dict[str, Any], problems: list[str]) -> tuple[Any, int | None, str]:
     """A retrain's test accuracy (a number, :class:`Invalid` or None), its image count and its state."""
-    result = checked(r["result"], f"`{r['run_dir']}/result.json`", problems) if r["result"] else None
+    result = checked(r["result"], f"{r['run_dir']}/result.json", problems) if r["result"] else None
     try:
         last: Any = read_last_epoch(r["run_dir"])
         state = "finished" if result else f"running/stopped after epoch {last}"
@@ -597,13 +608,14 @@ def _retrained(exp: ExperimentData) -> tuple[list[_Retrained], tuple[float, int]
 
 
 def retrains_section(exp: ExperimentData, out: Path, prefix: str, level: int) -> list[str]:
-    where = ", ".join(f"`{d}`" for d in exp.retrain_dirs)
+    where = ", ".join(md(d, code=True) for d in exp.retrain_dirs)
     lines = [heading(level, "Does the ranking survive a long retrain?"), ""]
     ignored = _ignored(exp)
     if not exp.retrains:
         stage_cmd = {"hpo": "python hpo/retrain.py", "classic_nas": "python classic_nas/retrain.py"}.get(exp.stage)
-        hint = (f" Retrain the K best with `{stage_cmd} --experiment {exp.profile.experiment_id} --top K "
-                "[--seeds S1 S2 ...]`." if stage_cmd else "")
+        hint = (" Retrain the K best with "
+                + md(f"{stage_cmd} --experiment {exp.profile.experiment_id} --top K [--seeds S1 S2 ...]", code=True)
+                + "." if stage_cmd else "")
         return lines + [f"No retrain of this experiment's trials found (looked in {where}).{hint}", "", *ignored]
     entries, spread = _retrained(exp)
     n_runs = sum(len(e.accs) for e in entries)
@@ -620,7 +632,7 @@ def retrains_section(exp: ExperimentData, out: Path, prefix: str, level: int) ->
             tied_with(top.mean, top.noise, e.mean)]
         rows.append([e.row.rank or "-", e.row.trial.trial_id, exp.label(e.row), _final_cell(e.row),
                      ", ".join(str(r["seed"]) for r in e.runs), shown, ", ".join(f"{a:.4f}" for a in e.accs) or "-",
-                     tied, "; ".join(e.states), ", ".join(f"`{r['run_dir']}`" for r in e.runs)])
+                     tied, "; ".join(e.states), Md(", ".join(md(r["run_dir"], code=True) for r in e.runs))])
     noise = (f"the larger of the seed-to-seed standard deviation ({spread[0]:.4f}, pooled over the {spread[1]} "
              "configuration(s) retrained with several seeds) over sqrt(its seeds) and its binomial standard error"
              if spread else "its binomial standard error only: no configuration was retrained with more than one seed, "
@@ -664,16 +676,16 @@ def retrains_section(exp: ExperimentData, out: Path, prefix: str, level: int) ->
     others = [e for e in retrain_best if e is not search_best]
     name_of = dict(zip(map(id, points), labels))
     if search_best in retrain_best and not others:
-        lines += [f"The search's winner ({name_of[id(search_best)]}) is also the retrain's winner.", ""]
+        lines += [f"The search's winner ({md(name_of[id(search_best)])}) is also the retrain's winner.", ""]
     elif search_best in retrain_best:
-        lines += [f"The search's winner ({name_of[id(search_best)]}) ties for the retrain's best ({best_mean:.4f}) "
-                  f"with {', '.join(name_of[id(e)] for e in others)}.", ""]
+        lines += [f"The search's winner ({md(name_of[id(search_best)])}) ties for the retrain's best ({best_mean:.4f}) "
+                  f"with {', '.join(md(name_of[id(e)]) for e in others)}.", ""]
     else:
         leader = retrain_best[0]
         tie = tied_with(best_mean, leader.noise, search_best.mean)
-        lines += [f"**The search's winner ({name_of[id(search_best)]}, search {search_best.row.valid_final:.4f}, "
+        lines += [f"**The search's winner ({md(name_of[id(search_best)])}, search {search_best.row.valid_final:.4f}, "
                   f"retrain {search_best.mean:.4f}) is not the retrain's winner "
-                  f"({', '.join(name_of[id(e)] for e in retrain_best)}: retrain {best_mean:.4f}, search "
+                  f"({', '.join(md(name_of[id(e)]) for e in retrain_best)}: retrain {best_mean:.4f}, search "
                   f"{', '.join(f'{e.row.valid_final:.4f}' for e in retrain_best)}).**"
                   + ("" if tie is None else f" Within the noise it is {'tied with it' if tie else 'behind it'}: "
                      f"{best_mean - search_best.mean:.4f} apart, {TIE_SE:g} times the noise of the retrain's best "
@@ -686,7 +698,7 @@ def _ignored(exp: ExperimentData) -> list[str]:
     if not exp.ignored:
         return []
     return [f"Left out of the comparison ({len(exp.ignored)}):", "",
-            *(f"- `{folder}`: {reason}" for folder, reason in exp.ignored), ""]
+            *(f"- {md(folder, code=True)}: {md(reason)}" for folder, reason in exp.ignored), ""]
 
 
 def read_last_epoch(run_dir: str) -> int:
@@ -701,8 +713,8 @@ def exports_section(exp: ExperimentData, out: Path, prefix: str, level: int) -> 
     return [heading(level, "Exports"), "",
             f"Every trial ({len(exp.rows)}, failed and early-stopped ones included) with its sequence id, trial id, "
             "status, the parameters it really ran, final result with standard error, best intermediate result, "
-            f"epochs and duration: [`{csv_name}`]({csv_name}) (a column `params_<name>` per parameter) and "
-            f"[`{json_name}`]({json_name}) (with every intermediate result).", ""]
+            f"epochs and duration: [{md(csv_name, code=True)}]({quote(csv_name)}) (a column `params_<name>` per "
+            f"parameter) and [{md(json_name, code=True)}]({quote(json_name)}) (with every intermediate result).", ""]
 
 
 def problems_section(exp: ExperimentData, level: int) -> list[str]:
@@ -710,7 +722,7 @@ def problems_section(exp: ExperimentData, level: int) -> list[str]:
         return []
     return [heading(level, "Invalid numbers"), "",
             "These values are not valid for what they measure; they are shown as invalid and left out of the "
-            "figures, the ranking and every comparison:", "", *(f"- {p}" for p in exp.problems), ""]
+            "figures, the ranking and every comparison:", "", *(f"- {md(p)}" for p in exp.problems), ""]
 
 
 def render(exp: ExperimentData, out: Path, prefix: str = "", level: int = 1, tensorboard: bool = True,
@@ -719,7 +731,7 @@ def render(exp: ExperimentData, out: Path, prefix: str = "", level: int = 1, ten
     sections one deeper); figures and exports are written into ``out``, their names starting with
     ``prefix``."""
     sub = level + 1
-    title = title or f"Report: experiment {exp.profile.experiment_id} ({STAGES.get(exp.stage, exp.stage)})"
+    title = title or f"Report: experiment {md(exp.profile.experiment_id)} ({md(STAGES.get(exp.stage, exp.stage))})"
     lines = [heading(level, title), "", *intro,
              heading(sub, "What ran"), "", *what_ran(exp), *hpo_winner_note(exp), "",
              *best_section(exp, sub), *trials_section(exp, sub), *per_trial_figures(exp, out, prefix, sub),
@@ -731,7 +743,7 @@ def render(exp: ExperimentData, out: Path, prefix: str = "", level: int = 1, ten
         try:
             run = load_run(best.log_dir)
         except UserError as exc:
-            lines += [f"The best trial's run folder cannot be shown: {exc}", ""]
+            lines += [f"The best trial's run folder cannot be shown: {md(exc)}", ""]
         else:
             lines += [heading(sub, "The best trial's run"), "",
                       render_run(run, out, prefix=f"{prefix}best_trial_", heading="#" * sub)]
@@ -742,5 +754,5 @@ def render(exp: ExperimentData, out: Path, prefix: str = "", level: int = 1, ten
         lines += [heading(sub, "TensorBoard"), "",
                   "Trials write their per-epoch numbers as TensorBoard scalars into `<trial folder>/tensorboard/`: "
                   "select trials in the web UI's trial list and press TensorBoard, or run "
-                  f"`tensorboard --logdir {exp.exp_dir}/environments`.", ""]
+                  f"{md(f'tensorboard --logdir {exp.exp_dir}/environments', code=True)}.", ""]
     return "\n".join(lines) + "\n"

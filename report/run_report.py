@@ -10,7 +10,7 @@ from core.errors import UserError
 from core.retrains import ORIGIN_FILE, RESULT_FILE
 from core.run import METRICS_FILE
 from report import plots
-from report.common import figure, fmt, read_config, read_dict, read_metrics, number_problem, seconds, table, valid
+from report.common import figure, fmt, md, read_config, read_dict, read_metrics, number_problem, seconds, table, valid
 from core.chance import classes_of
 from report.stats import CHANCE_SE, at_chance, binomial_se, chance_level, chance_text
 
@@ -101,17 +101,17 @@ def check_cells(arch: dict[str, Any], ops: set[str], where: str) -> dict[str, An
 def _what_ran(run: RunData) -> list[str]:
     cfg = run.config
     rows = [(k, cfg[k]) for k in SHOWN if k in cfg]
-    lines = [f"- kind: {run.kind}", f"- folder: `{run.run_dir}`"]
+    lines = [f"- kind: {run.kind}", f"- folder: {md(run.run_dir, code=True)}"]
     if run.origin:
         o = run.origin
         src = o.get("experiment_id") or o.get("source")
-        rank = f", rank {o['rank']} of the search" if o.get("rank") else ""
-        rank += f", seed {o['seed']}" if o.get("seed") is not None else ""
+        rank = f", rank {md(o['rank'])} of the search" if o.get("rank") else ""
+        rank += f", seed {md(o['seed'])}" if o.get("seed") is not None else ""
         metric = o.get("search_metric", o.get("val_acc"))
-        lines.append(f"- came from: trial {o.get('trial_id')} of experiment {src}{rank} "
-                     f"(search metric {fmt(metric)}; parameters {o.get('params')})")
+        lines.append(f"- came from: trial {md(o.get('trial_id'))} of experiment {md(src)}{rank} "
+                     f"(search metric {fmt(metric)}; parameters {md(o.get('params'))})")
     if run.arch and not run.is_darts_search:
-        lines.append(f"- architecture: `{run.arch}`")
+        lines.append(f"- architecture: {md(run.arch, code=True)}")
     lines += ["", table(("setting", "value"), rows)] if rows else []
     return lines
 
@@ -120,7 +120,7 @@ def _final(run: RunData) -> list[str]:
     last = run.metrics[-1]
     planned = run.config.get("epochs")
     if run.result is None:
-        return [f"Still running (or stopped): {last['epoch']} of {planned or '?'} epochs done; "
+        return [f"Still running (or stopped): {last['epoch']} of {md(planned or '?')} epochs done; "
                 "no result.json yet. The last epoch's numbers:",
                 "", table(("metric", "value"), [(k, last[k]) for k in SERIES if k in last])]
     res = run.result
@@ -133,7 +133,7 @@ def _final(run: RunData) -> list[str]:
         if key in res:
             value = res[key]
             ok = isinstance(valid(value), (int, float))
-            headline = (f"**Final {name}: {f'{value:.4f}' if ok else value}** after "
+            headline = (f"**Final {name}: {f'{value:.4f}' if ok else md(value)}** after "
                         f"{fmt(res.get('epoch', last['epoch']))} epochs." + ("" if ok else " (See Invalid numbers.)"))
             n = res.get(key.replace("_acc", "_images"))
             se = binomial_se(float(value), n) if ok and isinstance(n, int) else None
@@ -149,8 +149,9 @@ def _final(run: RunData) -> list[str]:
 
 def render_run(run: RunData, out: Path, prefix: str = "", heading: str = "#", title: str | None = None) -> str:
     """The Markdown of the run's report; figures are written into ``out`` (names start with ``prefix``)."""
-    title = f"{heading} {title}" if title else f"{heading} Report: {run.kind} `{run.run_dir.name}`" if heading == "#" \
-        else f"{heading} Run `{run.run_dir.name}`"
+    name = md(run.run_dir.name, code=True)
+    title = f"{heading} {title}" if title else f"{heading} Report: {run.kind} {name}" if heading == "#" \
+        else f"{heading} Run {name}"
     lines = [title, "", f"{heading}# What ran", "", *_what_ran(run), "", f"{heading}# Final", "", *_final(run), ""]
     epochs = [int(m["epoch"]) for m in run.metrics]
     series = {k: [valid(m.get(k)) for m in run.metrics] for k in SERIES if any(k in m for m in run.metrics)}
@@ -173,7 +174,7 @@ def render_run(run: RunData, out: Path, prefix: str = "", heading: str = "#", ti
     if run.problems:
         lines += [f"{heading}# Invalid numbers", "",
                   "These values are not valid for what they measure; they are shown as invalid, left out of the "
-                  "figures and of every comparison:", "", *(f"- {p}" for p in run.problems), ""]
+                  "figures and of every comparison:", "", *(f"- {md(p)}" for p in run.problems), ""]
     if run.is_darts_search:
         lines += _darts(run, out, prefix, heading)
     return "\n".join(lines) + "\n"

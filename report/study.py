@@ -25,7 +25,7 @@ from core.paths import REPO_ROOT
 from core.retrains import read_json_file
 from report import darts_report, experiment_report as er, run_report
 from report import trials as table_of
-from report.common import is_run_folder, read_config, read_dict, read_metrics, table, valid
+from report.common import Md, is_run_folder, md, read_config, read_dict, read_metrics, table, valid
 from report.stats import CHANCE_SE, TIE_SE, at_chance, binomial_se, chance_text
 
 #: The kinds of source, in the lab report's order, and what each is called.
@@ -127,7 +127,7 @@ class Measured:
     images: int | None = None   # the images the accuracy was measured on
     classes: int | None = None  # the data's number of classes (core.chance)
 
-    def data_text(self) -> str:
+    def data_text(self) -> Md:
         return data_text(self.config, self.metrics)
 
     @property
@@ -135,23 +135,23 @@ class Measured:
         return at_chance(self.acc, self.images, self.classes)
 
 
-def data_name(config: dict[str, Any]) -> str:
+def data_name(config: dict[str, Any]) -> Md:
     data = config.get("data")
-    return ("CIFAR-10" if data == "cifar10" else "synthetic images (--data fake)" if data == "fake"
-            else f"image folder `{data}`" if data else "data not recorded")
+    return Md("CIFAR-10" if data == "cifar10" else "synthetic images (--data fake)" if data == "fake"
+              else f"image folder {md(data, code=True)}" if data else "data not recorded")
 
 
-def data_text(config: dict[str, Any], metrics: Sequence[dict[str, Any]]) -> str:
-    """Which data a run trained on, and how much of it, in words."""
+def data_text(config: dict[str, Any], metrics: Sequence[dict[str, Any]]) -> Md:
+    """Which data a run trained on, and how much of it, in words (Markdown)."""
     parts = [data_name(config)]
     last = metrics[-1] if metrics else {}
     if isinstance(valid(last.get("train_images")), int):
         parts.append(f"{last['train_images']:,} training images per epoch")
     elif config.get("subset"):
-        parts.append(f"a subset of {config['subset']:,} training images")
+        parts.append(f"a subset of {md(format(config['subset'], ','))} training images")
     if config.get("max_batches"):
-        parts.append(f"{config['max_batches']} batches of {config.get('batch_size')} per epoch (a smoke run)")
-    return ", ".join(parts)
+        parts.append(f"{md(config['max_batches'])} batches of {md(config.get('batch_size'))} per epoch (a smoke run)")
+    return Md(", ".join(parts))
 
 
 def _per_epoch_train_images(m: Measured) -> int | None:
@@ -251,10 +251,10 @@ def _plainly(m: Measured, ref: Reference) -> str:
     if images is not None and images < CIFAR10_TRAIN:
         smaller.append(f"{images:,} training images per epoch against {CIFAR10_TRAIN:,}")
     if not smaller:
-        return (f"- {m.what} beside {ref.who}'s {ref.text()}: the same budget ({ref.epochs} epochs on CIFAR-10); the "
-                "difference is the study's result.")
-    return (f"- **This study's budget is smaller than {ref.who}'s** ({'; '.join(smaller)}): its {m.what.split(':')[0]} "
-            f"of {_pct(m.acc, m.se)} is not comparable with {ref.who}'s {ref.acc:.2f} %.")
+        return (f"- {md(m.what)} beside {ref.who}'s {ref.text()}: the same budget ({ref.epochs} epochs on CIFAR-10); "
+                "the difference is the study's result.")
+    return (f"- **This study's budget is smaller than {ref.who}'s** ({'; '.join(smaller)}): its "
+            f"{md(m.what.split(':')[0])} of {_pct(m.acc, m.se)} is not comparable with {ref.who}'s {ref.acc:.2f} %.")
 
 
 def closing(study: Study) -> list[str]:
@@ -296,17 +296,18 @@ def _winner_taken(study: Study) -> list[str]:
         return ["**The classic-NAS experiment did not take the HPO winner** (no --from-hpo / CIFAR_AUTOML_FROM_HPO): "
                 "its trials trained with the stage's own optimizer and lr.", ""]
     if hpo is None:
-        return [f"The classic-NAS experiment took the winner of HPO experiment `{p.source}` (trial {p.trial}: "
-                f"optimizer {p.optimizer}, lr {p.lr}); that experiment is not part of this report.", ""]
+        return [f"The classic-NAS experiment took the winner of HPO experiment {md(p.source, code=True)} (trial "
+                f"{md(p.trial)}: optimizer {md(p.optimizer)}, lr {md(p.lr)}); that experiment is not part of this "
+                "report.", ""]
     exp = hpo.data
     best = exp.best.trial
     if p.names(exp.profile.experiment_id, exp.exp_dir) and p.trial == best.trial_id:
-        return [f"**The classic-NAS experiment took this study's HPO winner** (--from-hpo): trial {best.trial_id}'s "
-                f"optimizer {p.optimizer} and lr {p.lr}, in {p.trials} of its {p.of} finished trials.",
-                "", winner_ties(exp), ""]
-    return [f"**The classic-NAS experiment took another HPO winner** than this study's (`{p.source}`, trial {p.trial}: "
-            f"optimizer {p.optimizer}, lr {p.lr}; this study's HPO best is trial {best.trial_id} of "
-            f"`{exp.profile.experiment_id}`).", ""]
+        return [f"**The classic-NAS experiment took this study's HPO winner** (--from-hpo): trial "
+                f"{md(best.trial_id)}'s optimizer {md(p.optimizer)} and lr {md(p.lr)}, in {p.trials} of its {p.of} "
+                "finished trials.", "", winner_ties(exp), ""]
+    return [f"**The classic-NAS experiment took another HPO winner** than this study's ({md(p.source, code=True)}, "
+            f"trial {md(p.trial)}: optimizer {md(p.optimizer)}, lr {md(p.lr)}; this study's HPO best is trial "
+            f"{md(best.trial_id)} of {md(exp.profile.experiment_id, code=True)}).", ""]
 
 
 def winner_ties(exp: er.ExperimentData) -> str:
@@ -420,15 +421,16 @@ def render(study: Study, out: Path) -> str:
         src = study.sources[kind]
         if kind in ("hpo", "classic_nas"):
             lines += [er.render(src.data, out, prefix="hpo_" if kind == "hpo" else "nas_", level=2, tensorboard=False,
-                                title=f"{i}. {KINDS[kind]} `{src.data.profile.experiment_id}`",
+                                title=f"{i}. {KINDS[kind]} {md(src.data.profile.experiment_id, code=True)}",
                                 intro=_winner_taken(study) if kind == "classic_nas" else ()).rstrip("\n"), ""]
         elif kind == "darts" and isinstance(src.data, darts_report.ProtocolData):
             lines += [darts_report.render_protocol(src.data, out, prefix="darts_", level=2, title=f"{i}. {KINDS[kind]}: "
-                                                   f"protocol `{src.data.folder.name}`").rstrip("\n"), ""]
+                                                   f"protocol {md(src.data.folder.name, code=True)}").rstrip("\n"), ""]
         else:
             what = KINDS[kind] if kind == "darts" else f"{KINDS[kind]}: {retrain_kind(src.data)[1]}"
             lines += [run_report.render_run(src.data, out, prefix=f"{kind}_", heading="##",
-                                            title=f"{i}. {what} `{src.data.run_dir.name}`").rstrip("\n"), ""]
+                                            title=f"{i}. {what} {md(src.data.run_dir.name, code=True)}").rstrip("\n"),
+                      ""]
             if kind == "retrain":
                 lines += cell_check(study)
     lines += closing(study)

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +22,7 @@ from core.files import atomic_write_text
 from core.errors import UserError
 from core.experiments import Trial, ranked
 from core.chance import classes_of
-from report.common import Invalid, read_config, read_metrics
+from report.common import Invalid, md, read_config, read_metrics
 from report.stats import CHANCE_SE, TIE_SE, at_chance, binomial_se, tied_with
 
 #: The final-result and metrics key holding how many validation images a trial was scored on.
@@ -148,7 +149,7 @@ def by_rank(rows: Sequence[TrialRow]) -> list[TrialRow]:
     return sorted((r for r in rows if r.rank is not None), key=lambda r: r.rank)
 
 
-def tie_text(rows: Sequence[TrialRow], label=lambda r: r.trial.trial_id) -> str:
+def tie_text(rows: Sequence[TrialRow], label=lambda r: md(r.trial.trial_id)) -> str:
     """One sentence: which trials are tied with the best, or why that cannot be said."""
     best = best_row(rows)
     if best is None:
@@ -187,20 +188,33 @@ def record(row: TrialRow) -> dict[str, Any]:
             "end_time": _iso(t.end_ms), "error": t.error, "run_folder": t.log_dir}
 
 
+#: What a spreadsheet takes for the start of a formula (OWASP's CSV injection list).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def neutral(text: str) -> str:
+    """A CSV cell a spreadsheet shows as text: one starting as a formula would (``=``, ``+``,
+    ``-``, ``@``, a tab or a carriage return) and not a number gets a leading ``'`` (OWASP)."""
+    return "'" + text if text.startswith(FORMULA_START) and not _NUMBER.fullmatch(text) else text
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (str, int, float)):
-        return str(value)
-    return json.dumps(value, sort_keys=True)
+        return neutral(str(value))
+    return neutral(json.dumps(value, sort_keys=True))
 
 
 def csv_text(rows: Sequence[TrialRow], keys: Sequence[str]) -> str:
-    """``trials.csv``: one line per trial, the parameters as ``params_<name>`` columns."""
+    """``trials.csv``: one line per trial, the parameters as ``params_<name>`` columns (RFC 4180:
+    CRLF line ends, so that the writer quotes a value holding a carriage return as it quotes a line
+    feed; with ``\n`` alone it leaves a lone CR bare, which readers take for the end of the row)."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow([*CSV_HEAD, *(f"params_{k}" for k in keys), *CSV_TAIL])
     for row in rows:
         r = record(row)

@@ -315,6 +315,7 @@ def test_export_ranks_by_validation_accuracy_and_trusts_the_reported_arch(tmp_pa
         {"trialJobId": "b", "parameter": recorded_wrong, "value": json.dumps({"default": 0.50, **really_ran})},
         {"trialJobId": "c", "parameter": ALL_OFF, "value": json.dumps({"default": 0.0, "diverged": 1})},
         {"trialJobId": "e", "parameter": ALL_ON, "value": 0.50},   # a tie goes to the earlier trial
+        {"trialJobId": "f", "parameter": ALL_OFF, "value": 1.5},   # edited: not an accuracy, never ranked
     ]
     export_file = tmp_path / "export.json"
     export_file.write_text(json.dumps(records))

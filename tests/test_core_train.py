@@ -99,6 +99,42 @@ def test_diverging_loss_raises(tmp_path):
         run_training(cfg, tmp_path)
 
 
+class BreaksWhenEvaluated(torch.nn.Module):
+    """A network whose training loss stays finite while its evaluation is NaN once ``broken`` (what
+    BatchNorm does under a huge learning rate: the batch statistics keep training finite, the
+    running ones do not)."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.fc = torch.nn.Linear(3 * 32 * 32, num_classes)
+        self.broken = False
+
+    def forward(self, x):
+        out = self.fc(x.flatten(1))
+        return out * float("nan") if self.broken and not self.training else out
+
+
+def test_an_evaluation_that_no_longer_computes_diverges_from_its_epoch(tmp_path):
+    cfg = tiny_cfg(epochs=3)
+    model = BreaksWhenEvaluated(10)
+    trainer = Trainer(model, cfg, load_splits(cfg), Run(tmp_path), epoch_start=lambda e: setattr(model, "broken", e >= 1))
+    with pytest.raises(TrainingDiverged, match=r"^training diverged: the network no longer computes on the validation "
+                       r"split in epoch 2 \(loss nan; 100 of 100 images with a non-finite output\); try a lower --lr"):
+        trainer.fit()
+    # as for a NaN training loss: the epoch is not recorded, the last checkpoint is the epoch before
+    assert [m["epoch"] for m in Run(tmp_path).read_metrics()] == [1]
+    assert load_checkpoint(Run(tmp_path).checkpoint_path)["epoch"] == 1
+
+
+def test_a_final_test_that_no_longer_computes_diverges(tmp_path):
+    from core.runner import train
+
+    cfg = tiny_cfg(epochs=1, out_dir=str(tmp_path))
+    model = BreaksWhenEvaluated(10)
+    with pytest.raises(TrainingDiverged, match=r"no longer computes on the test split in epoch 1 \(loss nan"):
+        train(cfg, lambda n: model, name="t", on_epoch=lambda m: setattr(model, "broken", True))
+
+
 def test_learns_on_fake_data(tmp_path):
     """The fake classes are separable: two short epochs reach high validation accuracy
     (measured: 0.90 and 1.00 for two orderings of the same images); chance is 0.10."""

@@ -151,6 +151,21 @@ def test_genotype_text_in_every_published_spelling(tmp_path):
         assert load_arch(tmp_path / name) == own, name
 
 
+@pytest.mark.parametrize("text", ["genotypes.Genotype(normal={n}, reduce={n})",
+                                  "DARTS = x.Genotype(normal={n}, reduce={n})",
+                                  "Genotype(normal={n}, reduce={n})(normal={n}, reduce={n})"],
+                         ids=["attribute", "assigned-attribute", "called-result"])
+def test_genotype_text_is_only_a_bare_genotype_call(tmp_path, text):
+    """docs/darts.md documents a bare Genotype(...) call (optionally assigned to a name): any other
+    callee is refused with one line, even with cells that would be valid."""
+    cell = "[('sep_conv_3x3', 0), ('skip_connect', 1)]"
+    (tmp_path / "g.txt").write_text(text.format(n=cell))
+    with pytest.raises(ArchError, match="is not allowed; only a bare Genotype\\(...\\) call"):
+        load_arch(tmp_path / "g.txt")
+    (tmp_path / "g.txt").write_text(f"DARTS = Genotype(normal={cell}, reduce={cell})")
+    assert load_arch(tmp_path / "g.txt").normal == ((("sep_conv_3x3", 0), ("skip_connect", 1)),)
+
+
 def _published_table() -> list[tuple[str, int, int]]:
     rows = []
     for line in (REPO / "oneshot_darts" / "archs" / "README.md").read_text().splitlines():
@@ -193,6 +208,39 @@ def test_a_node_may_take_one_input_on_both_edges(tmp_path, one_thread):
         load_arch(tmp_path / "g.txt")
     net = DartsSpace.fixed_network(genotype, channels=4, layers=3)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+#: A hand-written cell pair: the normal cell never reads its input 0 (the cell before the previous
+#: one), the reduction cell never its input 1 (the previous cell).
+ONE_INPUT_CELLS = {"normal": [[["sep_conv_3x3", 1], ["skip_connect", 1]], [["sep_conv_3x3", 2], ["max_pool_3x3", 1]]],
+                   "reduce": [[["sep_conv_3x3", 0], ["max_pool_3x3", 0]], [["skip_connect", 2], ["dil_conv_3x3", 0]]]}
+
+
+@pytest.mark.parametrize("layers", [3, 5, 6])
+def test_a_cell_that_never_reads_an_input_leaves_no_parameter_without_gradient(one_thread, layers):
+    """The fixed network has only what its output depends on: no preprocessing of an input its cell
+    never reads, no cell whose output nothing reads (here the normal cell's input 0 and the reduction
+    cell's input 1; at 5 cells the first and the third are read by no one). So one training step
+    gives every parameter a gradient, as DistributedDataParallel requires; a cell that reads both
+    inputs keeps both preprocessings."""
+    from oneshot_darts.space import DartsSpace, UnusedCell
+
+    torch.manual_seed(0)
+    net = DartsSpace.fixed_network(parse_arch(ONE_INPUT_CELLS), channels=4, layers=layers, auxiliary=True)
+    logits, aux = net(torch.randn(4, 3, 32, 32))
+    (logits.sum() + aux.sum()).backward()
+    assert [name for name, p in net.named_parameters() if p.grad is None] == []
+    kinds = ["unused" if isinstance(c, UnusedCell) else c.label for c in net.cells]
+    assert kinds == {3: ["normal", "unused", "reduce"], 5: ["unused", "reduce", "unused", "reduce", "normal"],
+                     6: ["normal", "unused", "reduce", "unused", "reduce", "normal"]}[layers]
+    for cell in net.cells:
+        if not isinstance(cell, UnusedCell):
+            pre = cell.preprocessor
+            assert (pre.pre0 is None, pre.pre1 is None) == ((True, False) if cell.label == "normal" else (False, True))
+    net.eval()
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    full = DartsSpace.fixed_network(load_arch(DARTS_V2_FILE), channels=4, layers=layers)
+    assert all(c.preprocessor.pre0 is not None and c.preprocessor.pre1 is not None for c in full.cells)
 
 
 def test_nni_hub_builds_the_same_darts_v2():
@@ -878,6 +926,57 @@ def test_protocol_never_reads_the_test_split_and_continues_only_itself(tmp_path,
                                                                  "## Collapse watch", "collapse.png"])
 
 
+def test_protocol_rerun_cleans_its_temporary_files_and_checks_the_cell_each_short_retrain_trained(
+        tmp_path, one_thread, capsys):
+    """Run again, the protocol removes the temporary files a killed write of its own files left
+    (``.<name>.*.tmp`` of protocol.json, selection.json, final_arch.json and in its step folders),
+    nothing else; a search result edited by hand so that it names another cell than its short
+    retrain trained (select-seed0/arch.json, or its checkpoint) is one line naming both files, and
+    nothing is written or trained; with that retrain removed, the edited cell is retrained and selected."""
+    from oneshot_darts.search import main as search
+
+    args = [*_protocol_args(tmp_path, "runs"), "--seeds", "0", "--epochs", "1", "--select-epochs", "1",
+            "--max-batches", "1"]
+    folder = Path(search(args)["folder"])
+    ours = [folder / ".selection.json.k1.tmp", folder / ".protocol.json.k2.tmp", folder / ".final_arch.json.k3.tmp",
+            folder / "select-seed0" / ".result.json.k4.tmp", folder / "search-seed0" / ".arch_weights.json.k5.tmp"]
+    foreign = [folder / ".notes.txt.k6.tmp", folder / ".selection.json.tmp", folder / "selection.json.k7.tmp"]
+    for path in ours + foreign:
+        path.write_text("{")
+    capsys.readouterr()
+    search(args)
+    assert [p for p in ours if p.exists()] == [] and all(p.exists() for p in foreign)
+    assert "removed 3 temporary file(s) a killed protocol left" in capsys.readouterr().out
+
+    result_file, trained_file = folder / "search-seed0" / "result.json", folder / "select-seed0" / "arch.json"
+    searched = json.loads(result_file.read_text())
+    node = searched["arch"]["normal"][0]
+    edited = [["avg_pool_3x3", 0], ["avg_pool_3x3", 1]]
+    searched["arch"]["normal"][0] = edited if sorted(map(tuple, node)) != sorted(map(tuple, edited)) else \
+        [["max_pool_3x3", 0], ["max_pool_3x3", 1]]
+    result_file.write_text(json.dumps(searched))
+    kept = {p: p.read_bytes() for p in (folder / "selection.json", folder / "protocol.json", folder / "final_arch.json",
+                                        folder / "select-seed0" / "checkpoint.pt")}
+    for removed in ([], ["result.json", "arch.json"]):      # skipped, then resumed from its checkpoint
+        for name in removed:
+            (folder / "select-seed0" / name).unlink()
+        with pytest.raises(SystemExit) as exc:
+            search(args)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        named = trained_file if not removed else folder / "select-seed0" / "checkpoint.pt"
+        assert len(err) == 1 and f"{str(named)!r} and {str(result_file)!r} name different cells (normal node 2:" in err[0]
+        assert "never trained the cell its search names" in err[0], err
+        assert {p: p.read_bytes() for p in kept} == kept               # nothing written, nothing trained
+
+    import shutil
+
+    shutil.rmtree(folder / "select-seed0")                            # as the line says: retrain the edited cell
+    again = search(args)
+    assert again["winner"]["genotype"] == parse_arch(searched["arch"]).to_json()
+    assert parse_arch(json.loads(trained_file.read_text())) == parse_arch(searched["arch"])
+
+
 def test_retrain_interrupted_after_first_epoch_resumes_exactly(tmp_path, one_thread):
     """Drop path (random), the auxiliary head and cutout on: an interrupted-then-resumed retrain
     equals an uninterrupted one bit for bit, and logs the test accuracy of every epoch."""
@@ -959,3 +1058,43 @@ def test_data_parallel_ranks_draw_their_share_of_the_one_process_drop_path_masks
     assert rank0 != rank1                                                  # per-rank masks
     assert [a + b for a, b in zip(rank0, rank1)] == one                    # = the one-process masks
     assert 0 < sum(map(sum, one)) < 4 * 16                                 # some dropped, some kept
+
+
+def _torchrun(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2`` (gloo on the CPU) of a project command."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    return subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**subprocess_env(), "PYTHONPATH": str(REPO)}, **kwargs)
+
+
+@pytest.mark.e2e   # real torchrun process groups (gloo)
+def test_under_torchrun_the_protocol_and_the_search_are_one_line_and_leave_nothing(tmp_path):
+    """The DARTS search trains in one process only: under torchrun the protocol (``--seeds``) is
+    refused on every rank before anything is written, and so is a plain search (by its trainer):
+    rank 0 alone prints the one ``error:`` line, no rank prints a traceback, no folder is left."""
+    cases = {"protocol": ([*_protocol_args(tmp_path, "protocol"), "--epochs", "1", "--select-epochs", "1"],
+                          "error: --seeds: the protocol does not run under torchrun: its searches train in one process"),
+             "search": ([*TINY_SEARCH, "--epochs", "1", "--out-dir", str(tmp_path / "search")],
+                        "error: DartsSearch trains in one process only")}
+    for name, (args, expected) in cases.items():
+        res = _torchrun(["oneshot_darts/search.py", *args])
+        assert res.returncode != 0 and res.stdout == "", (name, res.stdout[-2000:])
+        errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith(expected), (name, res.stderr[-3000:])
+        assert not any(line.startswith("[rank") for line in res.stderr.splitlines()), (name, res.stderr[-3000:])
+        assert not (tmp_path / name).exists(), name
+
+
+@pytest.mark.e2e   # a real torchrun process group (gloo)
+def test_a_cell_that_never_reads_an_input_retrains_under_torchrun(tmp_path):
+    """DistributedDataParallel (find_unused_parameters off) needs a gradient for every parameter in
+    every step: a hand-written cell that never reads one of its inputs retrains under a 2-process
+    torchrun, two steps an epoch, to its result."""
+    arc = tmp_path / "one_input.json"
+    arc.write_text(json.dumps(ONE_INPUT_CELLS))
+    res = _torchrun(["oneshot_darts/retrain.py", "--arc", str(arc), *TINY_RETRAIN, "--epochs", "2",
+                     "--out-dir", str(tmp_path / "runs")])
+    assert res.returncode == 0, res.stderr[-3000:]
+    [run] = list((tmp_path / "runs").iterdir())
+    assert [m["epoch"] for m in Run(run).read_metrics()] == [1, 2] and (run / "result.json").is_file()
+    assert "2 processes (data-parallel)" in (run / "train.log").read_text()

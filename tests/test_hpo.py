@@ -195,6 +195,32 @@ def test_diverging_trial_reports_a_minimal_result_and_returns(tmp_path):
     assert saved["default"] == 0.0 and "became nan" in saved["reason"]
 
 
+def test_a_trial_whose_evaluation_no_longer_computes_is_diverged_from_that_epoch(tmp_path):
+    """BatchNorm can keep the training loss finite while the evaluated network is NaN (vgg, SGD, lr
+    1e10): that epoch is not a result; the trial ends diverged as for a NaN training loss."""
+    class NanOnceEvaluatedTwice(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.fc = nn.Linear(3 * 32 * 32, n)
+            self.evaluations = 0
+
+        def train(self, mode=True):
+            self.evaluations += not mode
+            return super().train(mode)
+
+        def forward(self, x):
+            out = self.fc(x.flatten(1))
+            return out * float("nan") if not self.training and self.evaluations >= 2 else out
+
+    cfg = _config([*FAKE_FLAGS, "--epochs", "3"])
+    reporter = Recorder(tmp_path / "trial")
+    final = trial.run_trial(cfg, reporter, build_model=NanOnceEvaluatedTwice)
+    assert final["default"] == 0.0 and final["diverged"] == 1
+    assert len(reporter.intermediates) == 1 and reporter.finals == [final]      # epoch 1 only
+    saved = json.loads((tmp_path / "trial" / "result.json").read_text())
+    assert "no longer computes on the validation split in epoch 2" in saved["reason"]
+
+
 def test_trial_on_real_jpeg_subset(tmp_path, cifar_jpeg, data_root):
     proc = subprocess.run([sys.executable, str(REPO / "hpo/trial.py"), "--data", str(cifar_jpeg), "--data-root",
                            str(data_root), "--subset", "256", "--val-subset", "256", "--epochs", "1", "--batch-size", "32",
@@ -277,6 +303,39 @@ def test_reader_finds_an_experiment_by_id(tmp_path, monkeypatch):
     assert len(results.load_experiment("abcd1234", experiments_dir=tmp_path / "work")) == 3
     with pytest.raises(UserError, match="experiment 'zzzz9999': no folder"):
         results.load_experiment("zzzz9999")
+
+
+def test_every_reader_ranks_only_valid_accuracies_of_trials_that_did_not_diverge(tmp_path, capsys, monkeypatch):
+    """One rule (core.experiments.rank_problem): a final edited to 1.5, or a trial that diverged, is
+    never best for hpo/results.py, retrain --experiment, --top K or --from-hpo."""
+    from core.experiments import rank_problem
+    from core.from_hpo import hpo_winner
+    from tests.test_report import HPO_TRIALS, RETRAIN, _fake_experiment
+
+    exp = _fake_experiment(tmp_path / "exp0edited", "hpo", [*HPO_TRIALS, {
+        "id": "zzzzz", "params": {"model": "vgg", "optimizer": "Adagrad", "lr": 0.01}, "curve": [0.6], "final": 1.5,
+        "status": "SUCCEEDED"}, {
+        "id": "yyyyy", "params": {"model": "vgg", "optimizer": "Adamax", "lr": 0.001}, "curve": [0.9], "final": 0.9,
+        "status": "SUCCEEDED", "extra": {"diverged": 1}}])
+    trials = results.load_experiment(exp)
+    assert [t.trial_id for t in results.ranked(trials)] == ["aaaaa", "ddddd", "ccccc"]
+    why = {t.trial_id: rank_problem(t) for t in trials}
+    assert why["zzzzz"] == "final result 1.5 is invalid (an accuracy lies in [0, 1])" and why["yyyyy"] == "diverged"
+    assert results.main([str(exp), "--json"]).trial_id == "aaaaa"
+    capsys.readouterr()
+    results.main([str(exp), "--top", "1"])
+    out = capsys.readouterr().out
+    assert "best: trial aaaaa" in out and "zzzzz" not in out
+    results.main([str(exp)])
+    assert "[not ranked: final result 1.5 is invalid" in capsys.readouterr().out
+    assert hpo_winner(exp).lr == 0.001                                        # --from-hpo
+    with pytest.raises(SystemExit) as exit_:                                  # retrain --experiment
+        retrain.main(["--experiment", str(exp), "--print-config"])
+    assert exit_.value.code == 0 and yaml.safe_load(capsys.readouterr().out)["model"] == "mobilenet"
+    trained = []
+    monkeypatch.setattr("core.runner.train", lambda cfg, *a, **k: trained.append(cfg.model) or {"test_acc": 0.1})
+    rows = retrain.main(["--experiment", str(exp), "--top", "1", *RETRAIN, "--out-dir", str(tmp_path / "runs")])
+    assert [r["trial_id"] for r in rows] == ["aaaaa"] and trained == ["mobilenet"]
 
 
 def test_reader_reads_nnictl_exports(tmp_path):

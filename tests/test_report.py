@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -225,6 +226,16 @@ def test_experiment_report_and_top_k_retrains_resume_and_rank(tmp_path, monkeypa
     check_report(report_main([str(second)]), ["hpo_retrain-exp0report-ddddd", "exp0report", "Final test accuracy"])
 
 
+def test_an_invalid_intermediate_result_is_still_an_epoch_the_trial_ran(tmp_path):
+    exp = _fake_experiment(tmp_path / "exp0oneinvalid", "hpo", [
+        {"id": "aaaaa", "params": {"model": "mobilenet", "optimizer": "Adam", "lr": 0.001}, "curve": [1.5],
+         "final": 0.5, "status": "SUCCEEDED"}])
+    text = report_main([str(exp), "-o", str(tmp_path / "out")]).read_text()
+    assert "intermediate result 1 = 1.5 is invalid" in text
+    assert "**0.5000** after 1 epoch;" in text and "after 0 epochs" not in text
+    assert "1 trial-epochs" in text
+
+
 def test_classic_nas_experiment_report_shows_architectures_and_skips(tmp_path):
     trials = [{"id": f"t{i}xyz", "params": {f"skip{k}": (i >> (k - 1)) & 1 for k in range(1, 7)},
                "curve": [0.1, 0.1 + 0.05 * i], "final": 0.1 + 0.05 * i, "status": "SUCCEEDED"} for i in range(4)]
@@ -428,3 +439,213 @@ def test_retrains_are_tied_by_the_seed_spread_and_labelled_on_their_own_points(t
     assert "over two configurations it is +1 or -1 whatever they are" in text
     assert "tau" not in figures["search_vs_retrain.png"].axes[0].get_title()
     assert "its binomial standard error only: no configuration was retrained with more than one seed" in text
+
+
+# --- -o OUT replaced: killed at any moment, OUT is the old report or the new one ---------------------
+
+OLD_TEXT = "the old report\n"
+
+
+def _run_folder(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("data: fake\nepochs: 2\nmodel: mobilenet\n")
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "train_loss": 2.0 / e, "test_acc": 0.2 * e,
+                                                              "train_seconds": 1.5}) + "\n" for e in (1, 2)))
+    (folder / "result.json").write_text(json.dumps({"test_acc": 0.4, "epoch": 2}))
+    return folder
+
+
+def _quick_render(data, out: Path) -> str:
+    """A run's report without drawing (the tests below are about putting it in place): a figure
+    file and the Markdown."""
+    from core.files import atomic_write_bytes
+
+    atomic_write_bytes(out / "curves.png", b"a figure")
+    return "# Report: new\n"
+
+
+def _old_report(source: Path, out: Path) -> dict[str, bytes]:
+    """A report of ``source`` in ``out`` whose report.md says it is the old one; its files."""
+    report_main([str(source), "-o", str(out)])
+    (out / "report.md").write_text(OLD_TEXT)
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def _which(out: Path, old: dict[str, bytes]) -> str:
+    """``old`` when ``out`` is exactly the old report, ``new`` when it is a whole new report (every
+    file its marker lists, and nothing else), else what it is."""
+    if out.is_symlink() or not out.is_dir():
+        return "missing" if not out.exists() else "not a folder"
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    if files == old:
+        return "old"
+    marker = json.loads(files.get(".report.json", b"{}"))
+    whole = set(files) == {*marker.get("files", []), ".report.json"}
+    return "new" if whole and files["report.md"].startswith(b"# Report:") else f"a mix: {sorted(files)}"
+
+
+def _killed(argv: list[str], step: int, two_renames: bool) -> bool:
+    """``python -m report ARGV`` in a forked process that SIGKILLs itself just before its STEP-th
+    file-system change (a folder made, a file renamed or removed, two folders exchanged);
+    whether it was killed (False: it had fewer steps and finished)."""
+    import os
+    import signal
+
+    pid = os.fork()
+    if pid == 0:                                        # the child: never returns into pytest
+        try:
+            import report.cli as cli
+
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            done = [0]
+
+            def counted(fn):
+                def step_then(*args, **kwargs):
+                    if done[0] == step:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    done[0] += 1
+                    return fn(*args, **kwargs)
+                return step_then
+            for name in ("mkdir", "rename", "replace", "rmdir", "unlink"):
+                setattr(os, name, counted(getattr(os, name)))
+            cli._exchange = counted((lambda a, b: False) if two_renames else cli._exchange)
+            cli.main(argv)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+@pytest.mark.parametrize("two_renames", [False, True], ids=["exchanged", "two renames"])
+def test_report_killed_at_any_step_leaves_the_old_or_the_new_report_and_the_next_run_cleans_up(tmp_path, monkeypatch,
+                                                                                                two_renames):
+    """A SIGKILL before each file-system step of ``report -o EXISTING``: OUT is the old report or
+    the new one (where the file system cannot exchange two folders in one step, OUT may be missing
+    between the two renames, and the old report is then whole in .OUT.old-*/OUT); the next run,
+    even one that fails, puts a moved-aside report back, and removes what the killed one left."""
+    from report.cli import _exchange
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    if not two_renames and not _exchange(tmp_path / "a", tmp_path / "b"):
+        pytest.skip("this file system cannot exchange two folders in one step")
+    monkeypatch.setattr("report.run_report.render_run", _quick_render)
+    source = _run_folder(tmp_path / "run")
+    out = tmp_path / "reports" / "out"
+    out.parent.mkdir()
+    (out.parent / "notes.txt").write_text("the user's\n")
+    old = _old_report(source, out)
+    mine = ["notes.txt", "out"]
+    seen = []
+    for step in range(100):
+        shutil.rmtree(out)
+        out.mkdir()
+        for name, data in old.items():
+            (out / name).write_bytes(data)
+        if not _killed([str(source), "-o", str(out)], step, two_renames):
+            break
+        now = _which(out, old)
+        aside = list(out.parent.glob(".out.old-*"))
+        if now == "missing":             # between the two renames: the old report is whole beside it
+            assert two_renames and len(aside) == 1 and _which(aside[0] / "out", old) == "old", step
+        else:
+            assert now in ("old", "new"), (step, now)
+        seen.append(now)
+        # the next run fails (a missing source), and still puts back or removes what the killed one left
+        with pytest.raises(SystemExit):
+            report_main([str(tmp_path / "no-such-run"), "-o", str(out)])
+        assert _which(out, old) == ("old" if now == "missing" else now), step
+        assert sorted(p.name for p in out.parent.iterdir()) == mine, step
+        report_main([str(source), "-o", str(out)])
+        assert _which(out, old) == "new" and sorted(p.name for p in out.parent.iterdir()) == mine
+    assert _which(out, old) == "new" and sorted(p.name for p in out.parent.iterdir()) == mine
+    assert set(seen) == ({"old", "new", "missing"} if two_renames else {"old", "new"}), seen
+    assert seen.index("new") > seen.index("old") and "old" not in seen[seen.index("new"):], seen
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGKILL"])
+def test_report_killed_by_a_signal_between_its_renames_is_put_back_by_the_next_run(tmp_path, signum):
+    """The real command, stopped by a signal from outside (SIGTERM has no handler: it ends the
+    process as SIGKILL does) at the worst moment: the file system cannot exchange two folders, the
+    old report is moved aside and the new one not yet in place."""
+    import signal
+    import time
+
+    source = _run_folder(tmp_path / "run")
+    out = tmp_path / "out"
+    old = _old_report(source, out)
+    flag = tmp_path / "between-the-renames"
+    script = ("import os, sys, time, report.cli as cli\n"
+              "cli._exchange = lambda a, b: False\n"
+              "def stop_after_aside(rename):\n"
+              "    def renamed(a, b):\n"
+              "        rename(a, b)\n"
+              "        if '.old-' in str(b):\n"
+              f"            open({str(flag)!r}, 'w').close()\n"
+              "            time.sleep(60)\n"
+              "    return renamed\n"
+              "os.rename, os.replace = stop_after_aside(os.rename), stop_after_aside(os.replace)\n"
+              "cli.main(sys.argv[1:])\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(source), "-o", str(out)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not flag.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the report never reached its renames"
+            time.sleep(0.05)
+        proc.send_signal(getattr(signal, signum))
+        assert proc.wait(timeout=60) == -getattr(signal, signum)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    aside = list(tmp_path.glob(".out.old-*"))
+    assert not out.exists() and len(aside) == 1 and _which(aside[0] / "out", old) == "old"
+    assert list(tmp_path.glob(".out.tmp-*")), "the new report, built, is left beside OUT"
+    with pytest.raises(SystemExit):                   # the next run fails, and puts the old report back first
+        report_main([str(tmp_path / "no-such-run"), "-o", str(out)])
+    assert _which(out, old) == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["between-the-renames", "out", "run"]
+
+
+def test_report_removes_only_what_a_killed_run_of_its_own_left(tmp_path, monkeypatch):
+    """Beside OUT, the next run removes a killed run's folders only: named exactly as it names them,
+    holding only a report's files, and held by no living run."""
+    import fcntl
+    import os
+
+    monkeypatch.setattr("report.run_report.render_run", _quick_render)
+    source = _run_folder(tmp_path / "run")
+    place = tmp_path / "reports"
+    report_main([str(source), "-o", str(place / "out")])
+    for name in (".out.tmp-k1lled_0", ".out.old-k1lled_1/out"):     # a killed run's: removed
+        (place / name).mkdir(parents=True)
+        (place / name / "curves.png").write_bytes(b"png")
+        (place / name / ".report.md.abc123.tmp").write_text("half")
+    kept = {".out.tmp-mine": {"a.txt": "x"},               # not tempfile's eight characters
+            ".out.tmp-abcdefgh": {"sub/a.txt": "x"},       # holds a folder: no report does
+            ".out.old-abcdefgh": {"notes.txt": "x"},       # not a report moved aside
+            ".out.old-bcdefghi": {"out/notes.txt": "x", "out/sub/b.txt": "y"},   # a folder in it
+            ".out.tmp-livingrn": {"report.md": "being written"},                 # a living run's (locked)
+            ".other.tmp-abcdefgh": {"report.md": "x"},     # another OUT's
+            "out.tmp-abcdefgh": {"report.md": "x"}}        # not hidden: not one of its names
+    for folder, files in kept.items():
+        for name, text in files.items():
+            (place / folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (place / folder / name).write_text(text)
+    (place / ".out.tmp-linkedto").symlink_to(place / ".out.tmp-mine")
+
+    def listing() -> dict[str, bytes | None]:
+        return {str(p.relative_to(place)): p.read_bytes() if p.is_file() else None for p in place.rglob("*")
+                if p.relative_to(place).parts[0] != "out"}
+    before = listing()
+    living = os.open(place / ".out.tmp-livingrn", os.O_RDONLY)
+    fcntl.flock(living, fcntl.LOCK_EX)
+    try:
+        report_main([str(source), "-o", str(place / "out")])
+    finally:
+        os.close(living)
+    assert listing() == {k: v for k, v in before.items() if "k1lled" not in k}
+    assert (place / "out" / "report.md").is_file()

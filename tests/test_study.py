@@ -11,10 +11,12 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -39,7 +41,10 @@ def _strict_json(text: str):
 
 
 def _cell(text: str):
-    """A trials.csv cell as a value (numbers and JSON decoded, other text as it is)."""
+    """A trials.csv cell as a value (numbers and JSON decoded, other text as it is, less the ``'``
+    that keeps a spreadsheet from running it)."""
+    if text.startswith("'") and text[1:].startswith(("=", "+", "-", "@", "\t", "\r")):
+        return text[1:]
     try:
         return json.loads(text)
     except ValueError:
@@ -214,6 +219,33 @@ def test_trials_csv_and_json_hold_every_trial_including_failed_and_early_stopped
     assert (tmp_path / "out" / "trials.csv").is_file()
 
 
+def test_trials_csv_cells_a_spreadsheet_would_run_are_text(tmp_path):
+    """Every cell of trials.csv that a spreadsheet would take for a formula (starting with =, +, -,
+    @, a tab or a carriage return, and not a number) starts with ' (OWASP); numbers stay numbers,
+    and trials.json keeps the values as they are."""
+    hostile = ['=HYPERLINK("http://x.example/","click")', "+1+1", "@SUM(A1:A2)", "-2+3", "\t=1+1", "\r=1+1"]
+    trials = [{"id": f"t{i}abc", "params": {"model": m, "optimizer": "Adam", "lr": 0.001}, "curve": [0.3],
+               "final": 0.3 + i / 100, "status": "SUCCEEDED"} for i, m in enumerate(hostile)]
+    trials += [{"id": "@t9abc", "params": {"model": "-0.5", "optimizer": "=1+2", "lr": -1.0}, "curve": [0.1],
+                "final": 0.1, "status": "SUCCEEDED"}]                  # numbers, and a trial id as a formula
+    exp = _fake_experiment(tmp_path / "exp0csv", "hpo", trials)
+    report_main([str(exp), "-o", str(tmp_path / "out")])
+    with open(tmp_path / "out" / "trials.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    for row in rows:
+        for cell in row:
+            if cell.startswith(("=", "+", "-", "@", "\t", "\r")):
+                float(cell)               # only a number may start as a formula does
+    by_id = {r["trial_id"]: r for r in csv.DictReader(open(tmp_path / "out" / "trials.csv", newline=""))}
+    for i, value in enumerate(hostile):
+        assert by_id[f"t{i}abc"]["params_model"] == "'" + value
+    assert "'@t9abc" in by_id and by_id["'@t9abc"]["params_optimizer"] == "'=1+2"
+    assert by_id["'@t9abc"]["params_model"] == "-0.5" and by_id["'@t9abc"]["params_lr"] == "-1.0"
+    data = json.loads((tmp_path / "out" / "trials.json").read_text())
+    assert [t["params"]["model"] for t in data["trials"]] == [*hostile, "-0.5"] and data["trials"][-1]["trial_id"] == \
+        "@t9abc"
+
+
 # --- parameter importance and parallel coordinates -----------------------------------------------
 
 def _random_hpo(exp_dir: Path, n: int, seed: int, signal: bool = True, stage: str = "hpo") -> Path:
@@ -287,13 +319,23 @@ def test_comparison_of_two_experiments_of_one_stage(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 1.0}\n')
+    (tmp_path / "link-to-a").symlink_to(a)
     for argv, needle in [([a, nas, "-o", tmp_path / "bad1"], "experiments of one stage only"),
                          ([a, run, "-o", tmp_path / "bad2"], "is a run folder; a comparison takes experiments"),
                          ([a, b], "give the report folder with -o OUT"),
                          ([a, tmp_path / "exp0cma" / "db" / "nni.sqlite", "-o", tmp_path / "bad3"],
-                          "are the same experiment")]:
+                          "are the same experiment"),
+                         ([a, a, "-o", tmp_path / "bad4"], "are the same experiment"),            # one spelling twice
+                         ([b, a, f"{tmp_path}/run/../exp0cma/", "-o", tmp_path / "bad5"], "are the same experiment"),
+                         ([tmp_path / "link-to-a", b, a, "-o", tmp_path / "bad6"], "are the same experiment"),
+                         ([a, b, "-o", ""], "-o: the folder's name is empty")]:
         one_error_line(*run_report(argv, capsys), needle)
-    assert not any((tmp_path / f"bad{i}").exists() for i in (1, 2, 3))
+    assert not any((tmp_path / f"bad{i}").exists() for i in range(1, 7))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["exp0cma", "exp0cmb", "exp0hi", "exp0lo", "exp0wo", "exp0nas", "run", "link-to-a", "cmp", "c2", "c3"])
+    for source in (a, run):     # -o "" is no folder for one source either (not the default folder)
+        one_error_line(*run_report([source, "-o", ""], capsys), "-o: the folder's name is empty")
+        assert not (source / "report").exists()
 
 
 def _seeded(tmp_path: Path, name: str, seed: int, finals: dict[tuple, float], tuner: str = "TPE") -> Path:
@@ -613,3 +655,118 @@ def test_classic_nas_top_k_retrains_with_seeds(tmp_path, capsys):
                                capsys), "--seed: not allowed with --seeds")
     text = check_report(report_main([str(nas), "--retrains", str(runs), "-o", str(tmp_path / "out")]), ["| 1, 2 |"])
     assert "2 run(s) of 1 configuration(s) (2 finished with a valid test accuracy)" in text
+
+
+# --- names and parameters shown as text ----------------------------------------------------------
+
+#: Values a parameter, a name or a message may hold that mean something in Markdown or HTML.
+HOSTILE = ["two\nlines", "<img src=x onerror=alert(1)>", "[click](javascript:alert(1))", "a|b", "`tick` *b* _i_ ~~s~~",
+           "end\\", "&lt;p&gt; \r\n| x |"]
+HOSTILE_KEY = "<i>k|1"
+
+
+def check_inert(text: str, out: Path) -> None:
+    """``text`` (a report's Markdown, written into ``out``) shows what came from data as text: no
+    HTML (nothing but escaped text and code spans holds a ``<`` that could open a tag), no link but
+    to a file of the report, every code span closed on its line, and every row of a table with its
+    header's number of cells (a line break or a ``|`` in a value splits nothing)."""
+    columns = None
+    for n, line in enumerate(text.splitlines(), 1):
+        plain = re.sub(r"\\.", "E", line)                      # an escaped character is text
+        assert plain.count("`") % 2 == 0, (n, line)             # code spans end on their line
+        plain = re.sub(r"`[^`]*`", "C", plain)                  # a code span is text
+        assert not re.search(r"<[A-Za-z/!?]", plain), (n, line)
+        for target in re.findall(r"\]\(([^)]*)\)", plain):
+            assert (out / unquote(target)).is_file(), (n, line)
+        if plain.startswith("|"):
+            columns = columns or plain.count("|")
+            assert plain.count("|") == columns, (n, line)
+        else:
+            columns = None
+    for value in HOSTILE:
+        for part in re.split(r"\r\n|\r|\n", value)[1:]:
+            assert not any(line.startswith(part.strip()) for line in text.splitlines() if part.strip()), part
+
+
+def _hostile_hpo(folder: Path) -> Path:
+    trials = [{"id": f"h{i}abc", "params": {"model": v, "optimizer": HOSTILE[-1 - i], HOSTILE_KEY: i % 2, "lr": 0.001},
+               "curve": [0.2, 0.3 + i / 100], "final": 0.3 + i / 100, "status": "SUCCEEDED"}
+              for i, v in enumerate(HOSTILE)]
+    trials.append({"id": "i<u>|`d", "params": {"model": "m", "optimizer": "o", HOSTILE_KEY: 0, "lr": 0.01},
+                   "curve": [0.1], "status": "FAILED", "error": "error: <script>alert(1)</script> | `x` [a](javascript:b)"})
+    exp = _fake_experiment(folder, "hpo", trials, images=1000)
+    con = sqlite3.connect(exp / "db" / "nni.sqlite")
+    params = json.loads(con.execute("SELECT params FROM ExperimentProfile").fetchone()[0])
+    params.update(experimentName="<script>n</script>\n# a heading", tuner={"name": "[t](javascript:x)"})
+    con.execute("UPDATE ExperimentProfile SET params = ?", (json.dumps(params),))
+    con.commit()
+    con.close()
+    return exp
+
+
+def test_every_report_shows_names_and_parameters_as_text(tmp_path, monkeypatch):
+    """Parameters, parameter names, experiment and trial names, folders, error lines, a run's config
+    and origin, a DARTS protocol's rule and operations, holding line breaks, ``|``, HTML, links and
+    backticks, are escaped (one function, :func:`report.common.md`) in every kind of report: an
+    experiment's, a comparison, a run folder's, a DARTS protocol's and the study. (The figures are
+    not drawn here, only written as files: this is about the Markdown.)"""
+    import inspect
+
+    from report import plots
+
+    for name, draw in vars(plots).items():
+        if inspect.isfunction(draw) and not name.startswith("_") and "path" in inspect.signature(draw).parameters:
+            def placeholder(*args, _signature=inspect.signature(draw), **kwargs):
+                path = Path(_signature.bind(*args, **kwargs).arguments["path"])
+                path.write_bytes(b"a figure")
+                return path
+            monkeypatch.setattr(plots, name, placeholder)
+    hpo = _hostile_hpo(tmp_path / "exp<i>|`1")
+    out = tmp_path / "exp_report"
+    report_main([str(hpo), "-o", str(out)])
+    text = (out / "report.md").read_text()
+    check_inert(text, out)
+    trial_rows = text.split("## All trials, best first", 1)[1].split("\n\n")[2].splitlines()
+    assert len(trial_rows) == 2 + len(HOSTILE) + 1, trial_rows     # header, separator, one row per trial
+    assert "two↵lines" in text and "[click\\](javascript:alert(1))" in text and "&lt;img src=x" in text
+    assert "a\\|b" in text and "&lt;i&gt;k\\|1" in text
+
+    other = _hostile_hpo(tmp_path / "exp2[x](javascript:y)")
+    report_main([str(hpo), str(other), "-o", str(tmp_path / "comparison")])
+    check_inert((tmp_path / "comparison" / "report.md").read_text(), tmp_path / "comparison")
+
+    run = fake_darts_retrain(tmp_path / "run<b>|x")
+    (run / "config.yaml").write_text((run / "config.yaml").read_text() + 'model: "<img src=x>"\n'
+                                     'optimizer: "a|b\\nc"\n')
+    (run / "origin.json").write_text(json.dumps({"experiment_id": "<script>e", "trial_id": "[t](javascript:x)",
+                                                 "params": {"lr": "<b>|"}, "rank": "|1|", "seed": "`s`",
+                                                 "stage": "x\ny"}))
+    alone = fake_darts_retrain(tmp_path / "alone")
+    (alone / "result.json").write_text(json.dumps({"test_acc": "<b>x</b>|", "epoch": "2\n|"}))
+    for folder in (run, alone):
+        report_main([str(folder), "-o", str(tmp_path / f"{folder.name}_report")])
+        check_inert((tmp_path / f"{folder.name}_report" / "report.md").read_text(), tmp_path / f"{folder.name}_report")
+
+    protocol = fake_protocol(tmp_path / "protocol`<p>", {0: 0.5, 1: 0.6})
+    selection = json.loads((protocol / "selection.json").read_text())
+    selection["rule"] = HOSTILE[0] + HOSTILE[2]
+    for row in selection["seeds"]:
+        row["params"] = HOSTILE[1]
+        row["genotype"]["normal"][0][0][0] = "<b>op|x"
+    (protocol / "selection.json").write_text(json.dumps(selection))
+    settings = json.loads((protocol / "protocol.json").read_text())
+    settings["settings"]["search"]["data"] = HOSTILE[3]
+    settings["settings"]["select_epochs"] = HOSTILE[4]
+    (protocol / "protocol.json").write_text(json.dumps(settings))
+    report_main([str(protocol), "-o", str(tmp_path / "protocol_report")])
+    check_inert((tmp_path / "protocol_report" / "report.md").read_text(), tmp_path / "protocol_report")
+
+    nas = _fake_experiment(tmp_path / "nas<b>", "classic_nas", [
+        {"id": f"n{i}xyz", "params": {f"skip{k}": (i >> (k - 1)) & 1 for k in range(1, 7)}, "curve": [0.1 + i / 10],
+         "final": 0.1 + i / 10, "status": "SUCCEEDED",
+         "extra": {"optimizer": HOSTILE[1], "lr": HOSTILE[3], "from_hpo": str(hpo), "hpo_trial": "h6abc"}}
+        for i in range(3)], images=1000)
+    report_main(["--study", str(hpo), str(nas), str(protocol), str(run), "-o", str(tmp_path / "study")])
+    text = (tmp_path / "study" / "report.md").read_text()
+    check_inert(text, tmp_path / "study")
+    assert "**The classic-NAS experiment took this study's HPO winner**" in text
