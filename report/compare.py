@@ -198,17 +198,17 @@ def differences_section(cmp: Comparison, diff: Differences) -> list[str]:
             values = ["; ".join(f"{k} {v.get('_type')} {json.dumps(v.get('_value'))}"
                                 for k, v in e.profile.search_space.items()) for e in exps]
         elif aspect == "trial command":
-            values = [f"`{er.trial_command(e)[0]}`" for e in exps]
+            values = [md(er.trial_command(e)[0], code=True) for e in exps]
         rows.append((aspect, *values))
     lines = ["## What differs", ""]
     commands = [er.trial_command(e) for e in exps]
-    lines += [f"- `{_name(e)}` ran its trials as `{c}`" + ("" if known else " (the flags of "
+    lines += [f"- {md(_name(e), code=True)} ran its trials as {md(c, code=True)}" + ("" if known else " (the flags of "
               f"{TRIAL_FLAGS_ENV} were not recorded by its trials: they are not shown)") for e, (c, known)
               in zip(exps, commands)]
-    lines += [f"- {_name(e)}: {_seeds(e)}" for e in exps if "seed" not in diff.differ]
+    lines += [f"- {md(_name(e))}: {md(_seeds(e))}" for e in exps if "seed" not in diff.differ]
     lines += [""]
     if rows:
-        lines += [table(("differs in", *(f"`{_name(e)}`" for e in exps)), rows), ""]
+        lines += [table(("differs in", *(md(_name(e), code=True) for e in exps)), rows), ""]
     lines += [f"The same in all: {', '.join(diff.same) or 'nothing'}.", ""]
     if diff.seed_repeat:
         lines += [("**A seed repeat, not two search strategies**: these experiments differ only in the seed. What "
@@ -236,8 +236,9 @@ def cross_seed_spread(cmp: Comparison, diff: Differences) -> tuple[float, int] |
 def seed_repeat_section(cmp: Comparison, spread: tuple[float, int] | None) -> list[str]:
     """A seed repeat: how far apart the same search landed, without a verdict between strategies."""
     exps = cmp.exps
-    shown = "; ".join(f"{_name(e)}: {with_se(e.best.valid_final, e.best.se)}"
-                      f"{' (at chance)' if e.best.at_chance else ''} (trial {e.best.trial.trial_id}, {e.label(e.best)})"
+    shown = "; ".join(f"{md(_name(e))}: {with_se(e.best.valid_final, e.best.se)}"
+                      f"{' (at chance)' if e.best.at_chance else ''} (trial {md(e.best.trial.trial_id)}, "
+                      f"{md(e.label(e.best))})"
                       for e in exps)
     values = [e.best.valid_final for e in exps]
     lines = ["## The same search with another seed", "",

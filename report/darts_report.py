@@ -240,7 +240,7 @@ def render_protocol(data: ProtocolData, out: Path, prefix: str = "", level: int 
             lines += [("The selected cell's standard error is unknown (its short retrain did not record how many "
                        "validation images it was scored on)." if top_se is None else
                        f"Cells within {TIE_SE:g} standard errors of the selected one's short-retrain accuracy (tied "
-                       f"with it): {', '.join(f'seed {s}' for s in tied) if tied else 'none'}. "
+                       f"with it): {', '.join(f'seed {md(s)}' for s in tied) if tied else 'none'}. "
                        + Noise(top_se).text()[0].upper() + Noise(top_se).text()[1:]
                        + " (each cell was retrained once, with one seed)."), ""]
     done = [(s, valid(r[1]), valid(r[2])) for s, r in zip(seeds, rows)]

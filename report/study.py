@@ -267,7 +267,7 @@ def closing(study: Study) -> list[str]:
                      "; ".join(r.text() for r in lab) or "-", "; ".join(r.text() for r in paper) or "-"])
         notes += [_plainly(m, r) for r in refs]
         if m.at_chance:
-            notes.append(f"- **{m.what.split(':')[0]} is at chance** (within {CHANCE_SE:g} standard errors of "
+            notes.append(f"- **{md(m.what.split(':')[0])} is at chance** (within {CHANCE_SE:g} standard errors of "
                          f"{chance_text(m.classes)}): that stage learned nothing at this budget, and its number says "
                          "nothing about the method.")
     if not rows:
@@ -327,7 +327,7 @@ def winner_ties(exp: er.ExperimentData) -> str:
     if not tied:
         return (f"The HPO winner it took was ahead of every other HPO configuration by more than {TIE_SE:g} standard "
                 f"errors ({TIE_SE * best.se:.4f}; validation sampling only).")
-    shown = ", ".join(f"{r.trial.trial_id} ({exp.label(r)}, {r.valid_final:.4f})" for r in tied[:10]) + \
+    shown = ", ".join(f"{md(r.trial.trial_id)} ({md(exp.label(r))}, {r.valid_final:.4f})" for r in tied[:10]) + \
         (f" and {len(tied) - 10} more" if len(tied) > 10 else "")
     return (f"**The HPO winner it took was tied with {len(tied)} other configuration(s)** within {TIE_SE:g} standard "
             f"errors ({TIE_SE * best.se:.4f}): {shown}. The HPO search could not tell them apart at its budget, so "
@@ -366,12 +366,12 @@ def _published(arch: dict[str, list] | None, arc: Any) -> str | None:
     return None
 
 
-def searched_cell(study: Study) -> tuple[dict[str, list] | None, str]:
+def searched_cell(study: Study) -> tuple[dict[str, list] | None, Md]:
     """This study's searched cell (the protocol's selected one, else the search's last derived
     cell) and where it comes from."""
     src = study.sources.get("darts")
     if src is None:
-        return None, ""
+        return None, Md("")
     if isinstance(src.data, darts_report.ProtocolData):
         winner = ((src.data.selection or {}).get("winner") or {})
         final = src.data.folder / "final_arch.json"
@@ -380,8 +380,10 @@ def searched_cell(study: Study) -> tuple[dict[str, list] | None, str]:
         except UserError:
             arch = None
         arch = arch if isinstance(arch, dict) else winner.get("genotype")
-        return _canonical(arch), f"the protocol's selected cell (seed {winner.get('seed', '?')}, `{final}`)"
-    return _canonical(src.data.arch), f"the search's derived cell (`{src.data.run_dir}`, its last epoch)"
+        return _canonical(arch), Md(f"the protocol's selected cell (seed {md(winner.get('seed', '?'))}, "
+                                    f"{md(final, code=True)})")
+    return _canonical(src.data.arch), Md(f"the search's derived cell ({md(src.data.run_dir, code=True)}, its last "
+                                         "epoch)")
 
 
 def cell_check(study: Study) -> list[str]:
@@ -397,10 +399,10 @@ def cell_check(study: Study) -> list[str]:
     published = _published(arch, arc)
     lines = ["### Is it the searched cell?", ""]
     if arch is None:
-        return lines + [f"Its cell cannot be checked: the run folder holds no `arch.json` (it trained `{arc}`).", ""]
+        return lines + [f"Its cell cannot be checked: the run folder holds no `arch.json` (it trained {md(arc, code=True)}).", ""]
     if searched is not None and arch == searched:
         return lines + [f"**Yes: the retrained cell is this study's searched cell**, {where}.", ""]
-    what = (f"the published {published} cell" if published else f"another cell (from `{arc}`)" if arc else
+    what = (f"the published {md(published)} cell" if published else f"another cell (from {md(arc, code=True)})" if arc else
             "another cell")
     if searched is None:
         return lines + [f"It retrained {what}; this study holds no DARTS search to check it against.", ""]

@@ -688,13 +688,13 @@ def check_inert(text: str, out: Path) -> None:
             assert not any(line.startswith(part.strip()) for line in text.splitlines() if part.strip()), part
 
 
-def _hostile_hpo(folder: Path) -> Path:
+def _hostile_hpo(folder: Path, **kwargs) -> Path:
     trials = [{"id": f"h{i}abc", "params": {"model": v, "optimizer": HOSTILE[-1 - i], HOSTILE_KEY: i % 2, "lr": 0.001},
                "curve": [0.2, 0.3 + i / 100], "final": 0.3 + i / 100, "status": "SUCCEEDED"}
               for i, v in enumerate(HOSTILE)]
     trials.append({"id": "i<u>|`d", "params": {"model": "m", "optimizer": "o", HOSTILE_KEY: 0, "lr": 0.01},
                    "curve": [0.1], "status": "FAILED", "error": "error: <script>alert(1)</script> | `x` [a](javascript:b)"})
-    exp = _fake_experiment(folder, "hpo", trials, images=1000)
+    exp = _fake_experiment(folder, "hpo", trials, images=1000, **kwargs)
     con = sqlite3.connect(exp / "db" / "nni.sqlite")
     params = json.loads(con.execute("SELECT params FROM ExperimentProfile").fetchone()[0])
     params.update(experimentName="<script>n</script>\n# a heading", tuner={"name": "[t](javascript:x)"})
@@ -708,8 +708,10 @@ def test_every_report_shows_names_and_parameters_as_text(tmp_path, monkeypatch):
     """Parameters, parameter names, experiment and trial names, folders, error lines, a run's config
     and origin, a DARTS protocol's rule and operations, holding line breaks, ``|``, HTML, links and
     backticks, are escaped (one function, :func:`report.common.md`) in every kind of report: an
-    experiment's, a comparison, a run folder's, a DARTS protocol's and the study. (The figures are
-    not drawn here, only written as files: this is about the Markdown.)"""
+    experiment's, a comparison (its seed-repeat section and what differs: trial commands with their
+    flags, recipes), a run folder's, a DARTS protocol's and the study (the HPO winner's ties, whether
+    the retrained cell is the searched one). (The figures are not drawn here, only written as
+    files: this is about the Markdown.)"""
     import inspect
 
     from report import plots
@@ -733,11 +735,23 @@ def test_every_report_shows_names_and_parameters_as_text(tmp_path, monkeypatch):
 
     other = _hostile_hpo(tmp_path / "exp2[x](javascript:y)")
     report_main([str(hpo), str(other), "-o", str(tmp_path / "comparison")])
-    check_inert((tmp_path / "comparison" / "report.md").read_text(), tmp_path / "comparison")
+    text = (tmp_path / "comparison" / "report.md").read_text()
+    check_inert(text, tmp_path / "comparison")
+    assert "**A repeat, not two search strategies**" in text and "## The same search with another seed" in text
+    # what differs: the trial command as the trials ran it, the recipe, with hostile flags and values
+    command = {"trialCommand": "python3 trial.py ${CIFAR_AUTOML_TRIAL_FLAGS:-} <b>|`c`"}
+    differs = [_hostile_hpo(tmp_path / f"exp{i}<d>|`{i}", profile=command, flags=f"--seed {i} --note <i>|`{i}`",
+                            config=f"data: fake\nepochs: 3\nscheduler: '<s{i}>|`x`'\n") for i in (3, 4)]
+    report_main([*map(str, differs), "-o", str(tmp_path / "differs")])
+    text = (tmp_path / "differs" / "report.md").read_text()
+    check_inert(text, tmp_path / "differs")
+    section = text.split("## What differs", 1)[1].split("## Side by side", 1)[0]
+    assert "| trial command |" in section and "| recipe |" in section
+    assert "--note &lt;i&gt;\\|\\`3\\` &lt;b&gt;\\|\\`c\\`" in section and "&lt;s4&gt;\\|\\`x\\`" in section
 
     run = fake_darts_retrain(tmp_path / "run<b>|x")
-    (run / "config.yaml").write_text((run / "config.yaml").read_text() + 'model: "<img src=x>"\n'
-                                     'optimizer: "a|b\\nc"\n')
+    config = (run / "config.yaml").read_text().replace("arc: final_arch.json", 'arc: "<a>|`x`"')
+    (run / "config.yaml").write_text(config + 'model: "<img src=x>"\noptimizer: "a|b\\nc"\n')
     (run / "origin.json").write_text(json.dumps({"experiment_id": "<script>e", "trial_id": "[t](javascript:x)",
                                                  "params": {"lr": "<b>|"}, "rank": "|1|", "seed": "`s`",
                                                  "stage": "x\ny"}))
@@ -758,6 +772,7 @@ def test_every_report_shows_names_and_parameters_as_text(tmp_path, monkeypatch):
     settings["settings"]["search"]["data"] = HOSTILE[3]
     settings["settings"]["select_epochs"] = HOSTILE[4]
     (protocol / "protocol.json").write_text(json.dumps(settings))
+    (protocol / "final_arch.json").write_text(json.dumps(selection["seeds"][0]["genotype"]))
     report_main([str(protocol), "-o", str(tmp_path / "protocol_report")])
     check_inert((tmp_path / "protocol_report" / "report.md").read_text(), tmp_path / "protocol_report")
 
@@ -770,3 +785,7 @@ def test_every_report_shows_names_and_parameters_as_text(tmp_path, monkeypatch):
     text = (tmp_path / "study" / "report.md").read_text()
     check_inert(text, tmp_path / "study")
     assert "**The classic-NAS experiment took this study's HPO winner**" in text
+    # the HPO winner's ties name trials and their parameters; the cell check names files
+    assert "**The HPO winner it took was tied with" in text and "h3abc (a\\|b a\\|b 1 0.001, 0.3300)" in text
+    assert "**No: the retrain trained another cell (from &lt;a&gt;\\|\\`x\\`)" in text
+    assert "(seed 1, " in text and "protocol\\`&lt;p&gt;/final_arch.json)" in text
