@@ -519,8 +519,9 @@ def test_darts_figures_number_nodes_alike_label_the_auxiliary_loss_and_tick_whol
     assert titles == {"node 2 <- c_{k-2} (0)", "node 2 <- c_{k-1} (1)", "node 3 <- c_{k-2} (0)",
                       "node 3 <- c_{k-1} (1)", "node 3 <- node 2"}
     assert {"0: $c_{k-2}$", "1: $c_{k-1}$", "2", "3", "$c_{k}$"} <= graph and "0" not in graph
-    assert "| 2 | sep_conv_3x3 from c_{k-2} (0) + skip_connect from c_{k-1} (1) |" in text
-    assert "| 3 | sep_conv_3x3 from c_{k-2} (0) + max_pool_3x3 from node 2 |" in text
+    # (a table cell is escaped as data: c\_{k-2} shows as c_{k-2})
+    assert "| 2 | sep_conv_3x3 from c\\_{k-2} (0) + skip_connect from c\\_{k-1} (1) |" in text
+    assert "| 3 | sep_conv_3x3 from c\\_{k-2} (0) + max_pool_3x3 from node 2 |" in text
     assert "train_loss (with 0.4 x auxiliary loss)" in legend
     for fig in (curves, times):             # one epoch: the tick is 1, never 0.96, 0.98, ...
         for ax in fig.axes:
