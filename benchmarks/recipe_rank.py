@@ -6,7 +6,11 @@ resolution and :func:`hpo.trial.run_trial`, outside NNI), on the same images, ep
 scored by its validation accuracy. The two rankings are compared with Kendall's tau-b and its
 p-value (``scipy.stats.kendalltau``). The baseline measured in the same run is the noise floor:
 the first recipe trained again with another seed (``--control-seed``), so a tau between recipes
-can be read against the tau that a change of seed alone gives.
+can be read against the tau that a change of seed alone gives. The same control measures the
+seed-to-seed standard deviation of one configuration's accuracy (pooled over the configurations,
+``report.stats.seed_spread``); the configurations tied with each recipe's best are those within two
+of the larger of it and the binomial standard error (``result.json``'s ``noise``), and a best at
+chance is said to be so.
 
 A recipe is ``default`` (the trial's defaults: hpo/config.yml's recipe, weight decay 5e-4 and a
 cosine schedule) or a YAML of trial options (``configs/recipe_nni_example.yml``: NNI's example, no
@@ -108,6 +112,30 @@ def kendall(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     return {"tau": None if k is None else round(k.tau, 4), "p": None if k is None else round(k.p, 6), "n": len(x)}
 
 
+def noise_summary(acc: dict[tuple[str, int], list[float]], names: list[str], n_val: int | None,
+                  classes: int | None = None) -> dict[str, Any]:
+    """What a difference between two configurations must exceed to count: the larger of one
+    accuracy's binomial standard error (``n_val`` validation images) and, when the first recipe was
+    trained again with another seed (the third column of ``acc``), the seed-to-seed standard
+    deviation of one configuration (pooled over the configurations); per column, the
+    configurations tied with its best (within 2 of that noise) and whether its best is at chance."""
+    columns = list(acc)
+    first = columns[0]
+    se = max((stats.binomial_se(v, n_val) or 0.0 for v in acc[first]), default=0.0) if n_val else None
+    spread = stats.seed_spread([[x, y] for x, y in zip(acc[first], acc[columns[2]])]) if len(columns) > 2 else None
+    noise = stats.Noise(se, spread[0] if spread else None, spread[1] if spread else 0)
+    out: dict[str, Any] = {"binomial_se": se, "seed_sd": spread[0] if spread else None, "noise": noise.value,
+                           "counts": noise.text(), "tied_with_best": {}, "best_at_chance": {}}
+    for col in columns:
+        values = acc[col]
+        top = max(values)
+        label = f"{col[0]} seed {col[1]}"
+        out["tied_with_best"][label] = [n for n, v in zip(names, values)
+                                        if noise.value is not None and top - v <= stats.TIE_SE * noise.value + 1e-12]
+        out["best_at_chance"][label] = stats.at_chance(top, n_val, classes)
+    return out
+
+
 def format_tau(label: str, k: dict[str, Any]) -> str:
     if k["tau"] is None:
         return f"{label}: undefined (one ranking is all ties), n = {k['n']}"
@@ -195,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # data are decoded once here, into the data root's cache, and the subsets checked)
     checked = [hpo_trial.resolve_config(hpo_trial.build_parser().parse_args(trial_argv(args, recipe, seed, Path("/"))),
                                         configs[0]) for recipe, seed in runs_plan]
-    load_splits(checked[0])
+    classes = load_splits(checked[0]).num_classes
     out = Path(resolve(args.out)) if args.out else Path(default_out_dir()) / "recipe_rank"
     done = open_out(out, settings_of(args, configs))
     key = lambda recipe, seed, params: (recipe_name(recipe), seed, config_name(params))  # noqa: E731
@@ -213,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cfg = hpo_trial.resolve_config(trial_args, params)
         final = hpo_trial.run_trial(cfg, NniTrial(active=False))
         row = {"recipe": recipe_name(recipe), "seed": seed, "config": config_name(params), "params": params,
-               "val_acc": final["default"], "diverged": bool(final.get("diverged")),
+               "val_acc": final["default"], "val_images": final.get("val_images"),
+               "diverged": bool(final.get("diverged")),
                "seconds": round(time.monotonic() - t0, 1)}
         measured[key(recipe, seed, params)] = row
         atomic_write_text(out / TRIALS_FILE, json.dumps(list(measured.values()), indent=1) + "\n")
@@ -227,8 +256,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"recipes": kendall(acc[a], acc[b])}
     if len(columns) > 2:
         result["seeds"] = kendall(acc[a], acc[columns[2]])
-    n_val = args.val_subset
+    counted = [d.get("val_images") for d in measured.values() if isinstance(d.get("val_images"), int)]
+    n_val = min(counted) if counted else args.val_subset       # the images really scored (--max-batches: fewer)
     se = max(stats.binomial_se(v, n_val) or 0.0 for v in acc[a]) if n_val else None
+    result["noise"] = noise_summary(acc, [config_name(p) for p in configs], n_val or None, classes)
     result["table"] = [{"config": config_name(p), **{f"{c[0]} seed {c[1]}": acc[c][j] for c in columns}}
                        for j, p in enumerate(configs)]
     result["best"] = {f"{c[0]} seed {c[1]}": config_name(configs[max(range(len(configs)), key=lambda j: acc[c][j])])
@@ -245,8 +276,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if se is not None:
         lines.append(f"one accuracy's binomial standard error on {n_val} validation images: up to "
                      f"{100 * se:.1f} points")
+    lines.append(f"ties: within {stats.TIE_SE:g} x {result['noise']['noise'] or 0:.4f} of a recipe's best; "
+                 f"{result['noise']['counts']}")
     for col, best in result["best"].items():
-        lines.append(f"best under {col}: {best}")
+        if result["noise"]["best_at_chance"].get(col):
+            lines.append(f"best under {col}: {best}, at chance (the recipe learned nothing at this budget; no "
+                         "configuration is better than another)")
+            continue
+        tied = [c for c in result["noise"]["tied_with_best"].get(col, []) if c != best]
+        lines.append(f"best under {col}: {best}" + (f", tied with {', '.join(tied)}" if tied else ""))
     print("\n".join(lines), flush=True)
     atomic_write_text(out / RESULT_FILE, json.dumps(result, indent=2) + "\n")
     return result

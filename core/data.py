@@ -38,13 +38,13 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from core.chance import FAKE_CLASSES
 from core.checkpoint import save_checkpoint
 from core.config import check_data
 from core.errors import UserError, first_line
 
 SPLIT_SEED = 20240601          # fixed: the validation split never moves with --seed
 FAKE_SIZES = {"train": 2000, "test": 500}
-FAKE_CLASSES = 10
 CACHE_VERSION = 2             # 2: images read by to_rgb8 (16-bit, float, alpha, EXIF), nested folders
 
 

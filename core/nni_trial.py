@@ -25,9 +25,31 @@ def quiet_nni_imports() -> None:
 
 
 #: Numbers copied from a run's metrics into NNI's final-result dict, beside ``default``.
-#: (``val_images``, ``test_images``: how many images an accuracy was measured on, for its standard error)
+#: (``val_images``, ``test_images``: how many images an accuracy was measured on, for its standard error;
+#: ``classes``: how many classes the data has, for its chance level)
 REPORTED = ("val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss", "epoch", "params",
-            "val_images", "test_images")
+            "val_images", "test_images", "classes")
+
+
+#: Written into an NNI trial's folder: the command line the trial ran, as the shell expanded it.
+COMMAND_FILE = "trial_command.json"
+
+
+def record_command(run_dir: Path) -> None:
+    """Write :data:`COMMAND_FILE` into the trial's folder: its arguments (``sys.argv``, the flags of
+    ``CIFAR_AUTOML_TRIAL_FLAGS`` expanded in them) and that variable's value, so that a report can
+    show the command as the trial ran it rather than the experiment's ``${CIFAR_AUTOML_TRIAL_FLAGS:-}``.
+    A folder that cannot be written is left as it is (NNI's own files tell the rest)."""
+    import json
+    import sys
+
+    from core.paths import TRIAL_FLAGS_ENV
+
+    record = {"argv": list(sys.argv), "trial_flags": os.environ.get(TRIAL_FLAGS_ENV, "")}
+    try:
+        atomic_write_text(run_dir / COMMAND_FILE, json.dumps(record, indent=1) + "\n")
+    except (OSError, UserError):
+        pass
 
 
 class NniTrial:
@@ -44,6 +66,8 @@ class NniTrial:
             self.params = dict(nni.get_next_parameter() or {})
             out = os.environ.get("NNI_OUTPUT_DIR")  # NNI 3.0 has no API for it; it sets the variable
             self.run_dir = Path(out) if out else None
+            if self.run_dir is not None:
+                record_command(self.run_dir)
 
     @classmethod
     def from_environment(cls) -> "NniTrial":

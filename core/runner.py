@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from core import distributed
+from core.chance import CLASSES_KEY
 from core.checkpoint import load_checkpoint
 from core.files import atomic_write_text
 from core.config import TrainConfig, from_dict
@@ -123,7 +124,8 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
         history = trainer.fit(on_epoch=on_epoch)
     except KeyboardInterrupt:
         raise Interrupted(interrupted_message(run, trainer) if run else "interrupted") from None
-    result: dict[str, Any] = {**(history[-1] if history else {}), "params": n_params, "run_dir": run_path}
+    result: dict[str, Any] = {**(history[-1] if history else {}), "params": n_params, "run_dir": run_path,
+                              CLASSES_KEY: splits.num_classes}
     result.update(trainer.finish())
     if final_test:
         with trainer.out_of_memory("the final test"):

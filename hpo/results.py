@@ -4,17 +4,22 @@ each trial's final result), Hyperband's trial-epoch accounting, and a command li
 
     python hpo/results.py ID_OR_PATH [--top 10] [--epochs N]
 
-prints the trials, the best one and, with ``--epochs``, the trial-epochs run against running every
-configuration to the end.
+prints the trials (a trial the assessor stopped as EARLY_STOPPED, a result at chance marked so), the
+best one and, with ``--epochs``, the trial-epochs run against running every configuration to the end.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
+
+from core.chance import at_chance, classes_of
 from core.errors import UserError, cli_main
+from core.run import CONFIG_FILE
 from core.experiments import Trial, best_trial, rank_problem, ranked
 from core.experiments import load_experiment as _load_experiment
 from hpo import BUDGET_KEY, PARAM_KEYS
@@ -61,16 +66,37 @@ def epoch_budget(trials: Sequence[Trial], full_epochs: int) -> dict[str, int]:
 
 # --- command line ------------------------------------------------------------------------------
 
+def status(trial: Trial) -> str:
+    """NNI's status, except that a trial the assessor stopped says EARLY_STOPPED (NNI 3.0 records
+    USER_CANCELED), as the reports say."""
+    return "EARLY_STOPPED" if trial.early_stopped else trial.status
+
+
+def trial_at_chance(trial: Trial) -> bool | None:
+    """Whether the trial's final result is at chance (:func:`core.chance.at_chance`: at most two
+    standard errors above 1 / classes, over the validation images its final result names)."""
+    config: dict[str, Any] = {}
+    if trial.log_dir:
+        try:
+            data = yaml.safe_load((Path(trial.log_dir) / CONFIG_FILE).read_text())
+            config = data if isinstance(data, dict) else {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            config = {}
+    n = trial.final_metrics.get("val_images")
+    return at_chance(trial.final, n if isinstance(n, int) else None, classes_of(config, trial.final_metrics))
+
+
 def format_table(trials: Sequence[Trial], top: int = 0, mode: str = "maximize") -> str:
     """Every trial in start order, or the ``top`` best (:func:`ranked`); a final result that is not
-    ranked says why (:func:`rank_problem`)."""
+    ranked says why (:func:`rank_problem`), one at chance says so (:func:`trial_at_chance`)."""
     rows = ranked(trials, mode)[:top] if top else list(trials)
     lines = [f"{'trial':8} {'status':14} {'final':>7} {'epochs':>6}  params"]
     for t in rows:
         final = f"{t.final:.4f}" if isinstance(t.final, float) else "-"
         why = rank_problem(t) if t.final is not None else None
-        extra = (f"  [{t.error}]" if t.error else "") + (f"  [not ranked: {why}]" if why else "")
-        lines.append(f"{t.trial_id:8} {t.status:14} {final:>7} {t.epochs_run:>6}  "
+        extra = (("  (at chance)" if not why and trial_at_chance(t) else "")
+                 + (f"  [{t.error}]" if t.error else "") + (f"  [not ranked: {why}]" if why else ""))
+        lines.append(f"{t.trial_id:8} {status(t):14} {final:>7} {t.epochs_run:>6}  "
                      f"{json.dumps(t.params, sort_keys=True)}{extra}")
     return "\n".join(lines)
 
@@ -112,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> Trial | None:
     else:
         print(f"\nbest: trial {best.trial_id} final {best.final:.4f} params {json.dumps(best.params, sort_keys=True)}"
               + (f" test_acc {best.final_metrics['test_acc']:.4f}" if "test_acc" in best.final_metrics else ""))
+        if trial_at_chance(best):
+            print("the best is at chance (within 2 standard errors of 1 / classes): the search learned nothing at "
+                  "this budget, and no trial is better than another")
     if args.epochs:
         print("trial-epochs: " + json.dumps(epoch_budget(trials, args.epochs)))
     return best

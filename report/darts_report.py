@@ -18,7 +18,9 @@ from typing import Any
 from core.errors import UserError
 from report import plots
 from report.common import checked, figure, fmt, md, read_dict, table, valid
-from report.stats import TIE_SE, binomial_se, kendall, tied_with, with_se
+from core.chance import classes_of
+from report.stats import (CHANCE_SE, TIE_SE, Noise, at_chance, binomial_se, chance_level, chance_text, kendall,
+                          mean_std, seed_spread, tied_with, with_se)
 
 #: The files a protocol folder holds (written by oneshot_darts/protocol.py).
 PROTOCOL_FILE = "protocol.json"
@@ -130,6 +132,35 @@ def _with_se(acc: Any, result: dict[str, Any]) -> Any:
     return with_se(value, binomial_se(float(value), result.get("val_images")))
 
 
+def _classes(data: ProtocolData, seed: Any) -> int | None:
+    """The number of classes of a seed's short retrain (its result records it), else of the search's data."""
+    return classes_of(data.settings.get("search"), read_dict(data.folder / f"select-seed{seed}" / "result.json"))
+
+
+def _protocol_chance(data: ProtocolData, seeds: list[int], rows: list[list[Any]]) -> dict[int, tuple[Any, Any]]:
+    """Per seed: whether its search accuracy and its short-retrain accuracy are at chance."""
+    out = {}
+    for s, r in zip(seeds, rows):
+        run = data.searches.get(s)
+        search_n = ((run.result or {}) if run else {}).get("val_images")
+        select_n = (read_dict(data.folder / f"select-seed{s}" / "result.json") or {}).get("val_images")
+        classes = _classes(data, s)
+        out[s] = (at_chance(valid(r[1]), search_n, classes), at_chance(valid(r[2]), select_n, classes))
+    return out
+
+
+def _search_seed_spread(rows: list[list[Any]]) -> list[str]:
+    """The spread of the search's validation accuracy over the seeds: one search configuration run
+    with several seeds, the seed-to-seed noise of a search."""
+    accs = [float(valid(r[1])) for r in rows if valid(r[1]) is not None]
+    spread = seed_spread([accs])
+    if spread is None:
+        return []
+    mean, _ = mean_std(accs)
+    return [f"The search itself, run with {len(accs)} seeds: validation accuracy {mean:.4f} ± {spread[0]:.4f} "
+            "(mean ± standard deviation over the seeds): the seed-to-seed spread of one search configuration.", ""]
+
+
 def _cell_text(arch: dict[str, Any], cell: str) -> str:
     return " ".join(f"{n}<-" + "+".join(f"{op}({src})" for op, src in node)
                     for n, node in enumerate(arch.get(cell) or [], start=2))
@@ -184,34 +215,59 @@ def render_protocol(data: ProtocolData, out: Path, prefix: str = "", level: int 
         select = read_dict(data.folder / f"select-seed{s}" / "result.json") or {}
         shown.append([s, _with_se(r.get("search_val_acc"), (run.result or {}) if run else {}),
                       _with_se(r.get("select_val_acc"), select), *rows[-1][3:]])
+    chance = _protocol_chance(data, seeds, rows)
+    for line, (s, r) in zip(shown, zip(seeds, rows)):
+        if chance.get(s, (None, None))[1] and valid(r[2]) is not None:
+            line[2] = f"{line[2]} (at chance)"
+        if chance.get(s, (None, None))[0] and valid(r[1]) is not None:
+            line[1] = f"{line[1]} (at chance)"
     lines += [table(("seed", "search val_acc ± SE (architecture half)", "short-retrain val_acc ± SE", "parameters",
                      "normal skip_connect", "selected"), shown), ""]
     select_se = {s: binomial_se(valid(r[2]), (read_dict(data.folder / f"select-seed{s}" / "result.json") or {})
                                 .get("val_images")) for s, r in zip(seeds, rows)}
+    lines += _search_seed_spread(rows)
+    winner_at_chance = bool(chance.get(winner, (None, None))[1]) if winner is not None else False
     if winner is not None and valid(rows_by_seed.get(winner, {}).get("select_val_acc")) is not None:
         top, top_se = float(rows_by_seed[winner]["select_val_acc"]), select_se.get(winner)
         tied = [s for s, r in zip(seeds, rows) if s != winner and valid(r[2]) is not None
                 and tied_with(top, top_se, float(r[2]))]
-        lines += [("The selected cell's standard error is unknown (its short retrain did not record how many "
-                   "validation images it was scored on)." if top_se is None else
-                   f"Cells within {TIE_SE:g} standard errors of the selected one's short-retrain accuracy (tied with "
-                   f"it): {', '.join(f'seed {s}' for s in tied) if tied else 'none'}."), ""]
+        if winner_at_chance:
+            lines += [f"**At chance: the short retrains learned nothing at this budget.** The selected cell's "
+                      f"{top:.4f} is within {CHANCE_SE:g} standard errors of "
+                      f"{chance_text(_classes(data, winner))}: the selection is arbitrary, and no cell is better "
+                      "than, or tied with, another.", ""]
+        else:
+            lines += [("The selected cell's standard error is unknown (its short retrain did not record how many "
+                       "validation images it was scored on)." if top_se is None else
+                       f"Cells within {TIE_SE:g} standard errors of the selected one's short-retrain accuracy (tied "
+                       f"with it): {', '.join(f'seed {md(s)}' for s in tied) if tied else 'none'}. "
+                       + Noise(top_se).text()[0].upper() + Noise(top_se).text()[1:]
+                       + " (each cell was retrained once, with one seed)."), ""]
     done = [(s, valid(r[1]), valid(r[2])) for s, r in zip(seeds, rows)]
     done = [d for d in done if d[1] is not None and d[2] is not None]
+    classes = next((_classes(data, s) for s in seeds if _classes(data, s) is not None), None)
     if done:
         name = f"{prefix}selection.png"
         plots.bars([f"seed {s}" for s, _, _ in done], [v for _, _, v in done], out / name,
                    title="Validation accuracy after the short retrain, per seed's cell", xlabel="search seed",
-                   ylabel="validation accuracy (fraction)")
-        lines += [figure(name, "Short-retrain validation accuracy of every seed's cell"), ""]
+                   ylabel="validation accuracy (fraction)", yerr=[select_se.get(s) for s, _, _ in done],
+                   chance=chance_level(classes))
+        lines += [figure(name, "Short-retrain validation accuracy of every seed's cell (± its standard error; "
+                         "dotted: chance)"), ""]
     if len(done) >= 2:
-        k = kendall([d[1] for d in done], [d[2] for d in done])
+        k = None if winner_at_chance else kendall([d[1] for d in done], [d[2] for d in done])
         name = f"{prefix}search_vs_select.png"
         plots.search_vs_retrain([(f"seed {s}", a, b) for s, a, b in done], out / name,
                                 search_metric="validation accuracy (architecture half)",
-                                retrain_metric="short-retrain validation accuracy", tau=k.tau if k else None)
+                                retrain_metric="short-retrain validation accuracy", tau=k.tau if k else None,
+                                yerr=[select_se.get(s) for s, _, _ in done],
+                                chance=(chance_level(classes), chance_level(classes)))
         lines += [figure(name, "Search accuracy against short-retrain accuracy per seed"
-                          + (f" ({k.text()})" if k else "")), ""]
+                          + (f" ({k.text()}{'; over two seeds it is +1 or -1 whatever they are' if k.n == 2 else ''})"
+                             if k else "")), ""]
+        if winner_at_chance:
+            lines += ["No rank correlation between search and short-retrain accuracy is stated: the short retrains "
+                      "are at chance.", ""]
     curves = {f"seed {s}": ([int(m["epoch"]) for m in run.metrics if valid(m.get("normal_skip_connect")) is not None],
                             [m["normal_skip_connect"] for m in run.metrics if valid(m.get("normal_skip_connect"))
                              is not None]) for s, run in data.searches.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -17,15 +18,18 @@ from typing import Any, Sequence
 from urllib.parse import quote
 
 from core.errors import UserError
+from core.nni_trial import COMMAND_FILE
+from core.paths import TRIAL_FLAGS_ENV
 from core.experiments import (Profile, Trial, accuracy_problem, find_experiment, load_experiment, rank_problem,
                               ranked, read_profile)
-from core.retrains import match_retrains
+from core.retrains import match_retrains, read_json_file
 from report import plots, trials as table_of
 from report.common import (Invalid, Md, checked, figure, md, number_problem, read_config, read_metrics, seconds, table,
                            valid)
 from report.run_report import load_run, render_run
-from report.stats import (MIN_TRIALS_FOR_IMPORTANCE, TIE_SE, binomial_se, importance, kendall, mean_std, tied_with,
-                          with_se)
+from core.chance import classes_of
+from report.stats import (CHANCE_SE, MIN_TRIALS_FOR_IMPORTANCE, TIE_SE, Noise, at_chance, binomial_se, chance_level,
+                          chance_limit, chance_text, importance, kendall, mean_std, seed_spread, tied_with, with_se)
 from report.trials import TrialRow
 
 METRIC = "validation accuracy"
@@ -84,12 +88,22 @@ def load(source: str | os.PathLike, experiments_dir: str | os.PathLike | None,
                         f"has a final result{f'; {running} running' if running else ''}); nothing to report")
     problems: list[str] = []
     invalid_finals = _check_trials(trials, problems)
-    dirs = [str(Path(d).expanduser()) for d in retrain_dirs]
+    dirs = _distinct_folders(retrain_dirs)
     data = ExperimentData(exp_dir, profile, trials, rows=table_of.build(trials, invalid_finals), retrain_dirs=dirs,
                           problems=problems, invalid_finals=invalid_finals)
     found = match_retrains(dirs, profile.experiment_id, data.stage, trials, list(profile.search_space))
     data.retrains, data.ignored = found.matched, found.ignored
     return data
+
+
+def _distinct_folders(folders: Sequence[str | os.PathLike]) -> list[str]:
+    """The folders to look for retrains in, each once (the runs folder given again with --retrains,
+    or through another path to it, is the same folder)."""
+    seen: dict[str, str] = {}
+    for folder in folders:
+        path = str(Path(folder).expanduser())
+        seen.setdefault(os.path.realpath(path), path)
+    return list(seen.values())
 
 
 def _check_trials(trials: Sequence[Trial], problems: list[str]) -> dict[str, Any]:
@@ -130,7 +144,9 @@ def _final_cell(row: TrialRow) -> Any:
     """A final result as a table shows it: the accuracy with its standard error, or why it is invalid."""
     if isinstance(row.final, Invalid):
         return row.final
-    return with_se(row.valid_final, row.se) if row.valid_final is not None else None
+    if row.valid_final is None:
+        return None
+    return with_se(row.valid_final, row.se) + (" (at chance)" if row.at_chance else "")
 
 
 def trial_data(exp: ExperimentData) -> str:
@@ -147,6 +163,25 @@ def epochs_spent(exp: ExperimentData) -> int:
     return sum(t.epochs_run for t in exp.trials)
 
 
+def trial_command(exp: ExperimentData) -> tuple[str, bool]:
+    """The trial command as the trials ran it: the experiment's ``trialCommand`` with the flags its
+    trials found in ``CIFAR_AUTOML_TRIAL_FLAGS`` put in place of the variable (each NNI trial records
+    them, :data:`core.nni_trial.COMMAND_FILE`), and whether they were recorded."""
+    command = exp.profile.trial_command
+    for row in [exp.best, *exp.rows]:
+        if not row.trial.log_dir:
+            continue
+        try:
+            record = read_json_file(Path(row.trial.log_dir) / COMMAND_FILE)
+        except UserError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("trial_flags"), str):
+            flags = record["trial_flags"].strip()
+            expanded = re.sub(r"\$\{?" + TRIAL_FLAGS_ENV + r"(:-)?\}?", lambda _: flags, command)
+            return " ".join(expanded.split()), True
+    return command, False
+
+
 def what_ran(exp: ExperimentData) -> list[str]:
     """The experiment's space, algorithms, budget and data, as bullets."""
     p = exp.profile
@@ -157,10 +192,12 @@ def what_ran(exp: ExperimentData) -> list[str]:
     counts: dict[str, int] = defaultdict(int)
     for row in exp.rows:
         counts[row.status] += 1
+    command, known = trial_command(exp)
     return [f"- experiment: {md(p.experiment_id, code=True)} ({md(p.params.get('experimentName') or 'no name')}), "
             f"folder {md(exp.exp_dir, code=True)}",
             f"- stage: {md(STAGES.get(exp.stage, exp.stage))} (trial code {md(p.trial_code_dir, code=True)})",
-            f"- trial command: {md(p.trial_command, code=True)}",
+            f"- trial command: {md(command, code=True)}" + (f" (as its trials ran it: {TRIAL_FLAGS_ENV} expanded)"
+                                                          if known else ""),
             f"- search space: {space}",
             f"- algorithms: {algos or 'none recorded'}",
             f"- trial budget: {md(p.max_trials or 'unlimited')} trials, concurrency "
@@ -168,7 +205,17 @@ def what_ran(exp: ExperimentData) -> list[str]:
             f"{md(p.params.get('maxExperimentDuration', 'unlimited'))}",
             f"- spent: {epochs_spent(exp)} trial-epochs (every trial's epochs, failed and early-stopped ones included)",
             f"- data (the best trial's config): {md(trial_data(exp))}",
-            f"- trials so far: {len(exp.trials)} ({', '.join(f'{n} {md(s)}' for s, n in sorted(counts.items()))})"]
+            f"- trials so far: {len(exp.trials)} ({', '.join(f'{n} {md(s)}' for s, n in sorted(counts.items()))})",
+            chance_bullet(exp)]
+
+
+def chance_bullet(exp: ExperimentData) -> str:
+    """What ran: the experiment's chance level, and the rule that calls a result at chance."""
+    classes = table_of.chance_of(exp.rows)
+    limit = chance_limit(classes, exp.best.images)
+    return (f"- {chance_text(classes)}: a result at most {CHANCE_SE:g} standard errors above it is marked *at chance* "
+            "(it learned nothing)" + (f"; at the best's {exp.best.images:,} validation images that is {limit:.4f} or "
+                                      "less" if limit is not None else ""))
 
 
 def best_section(exp: ExperimentData, level: int) -> list[str]:
@@ -181,7 +228,24 @@ def best_section(exp: ExperimentData, level: int) -> list[str]:
             + (f" ± {row.se:.4f}" if row.se is not None else "") + f" after {best.epochs_run} "
             f"epoch{'s' if best.epochs_run != 1 else ''}; parameters "
             f"{md(json.dumps(best.params, sort_keys=True), code=True)}; run folder {md(best.log_dir, code=True)}."
-            + test, "", table_of.tie_text(exp.rows, lambda r: f"{md(r.trial.trial_id)} ({md(exp.label(r))})"), ""]
+            + test, "", *best_noise_text(exp), ""]
+
+
+def best_noise_text(exp: ExperimentData) -> list[str]:
+    """Under the best trial: which trials are tied with it and what that counts as noise, or, when
+    the best is at chance, that the search learned nothing (and no trial is better than another)."""
+    row = exp.best
+    if row.at_chance:
+        return [f"**At chance: the search learned nothing at this budget.** Its best, {row.valid_final:.4f}, is within "
+                f"{CHANCE_SE:g} standard errors of {chance_text(row.classes)}, so no trial is better than another and "
+                "none is called the winner or tied with it. Train longer, on more images, or check the recipe (a "
+                "network that predicts one class for every image scores exactly chance)."]
+    lines = [table_of.tie_text(exp.rows, lambda r: f"{md(r.trial.trial_id)} ({md(exp.label(r))})")]
+    if row.se is not None and len(table_of.by_rank(exp.rows)) > 1:
+        lines += ["", "The tie rule counts validation sampling only (the binomial standard error): one search runs "
+                  "each configuration with one seed, so the seed-to-seed spread, often several standard errors, is "
+                  "not in it (docs/report.md, *Noise*)."]
+    return lines
 
 
 def trial_table(exp: ExperimentData, limit: int | None = None) -> str:
@@ -189,10 +253,11 @@ def trial_table(exp: ExperimentData, limit: int | None = None) -> str:
     keys = exp.keys
     order = table_of.by_rank(exp.rows) + [r for r in exp.rows if r.rank is None]
     rows = []
+    chance = bool(exp.best.at_chance)          # the best at chance: nothing is tied with it
     for r in order[:limit] if limit else order:
         t = r.trial
         rows.append([r.rank or "-", t.trial_id, t.sequence_id, *(_value(t.params.get(k, "-")) for k in keys),
-                     _final_cell(r), {True: "yes", False: "", None: "?"}[r.tied] if r.rank else "-",
+                     _final_cell(r), {True: "yes", False: "", None: "?"}[r.tied] if r.rank and not chance else "-",
                      t.epochs_run, seconds(r.duration), r.status])
     header = ("rank", "trial", "No.", *keys, f"final {METRIC} ± SE", f"tied with best (≤ {TIE_SE:g} SE)", "epochs",
               "duration", "status")
@@ -202,7 +267,9 @@ def trial_table(exp: ExperimentData, limit: int | None = None) -> str:
 def trials_section(exp: ExperimentData, level: int) -> list[str]:
     lines = [heading(level, "All trials, best first"), "",
              "SE: the binomial standard error of each final result, sqrt(p (1 - p) / n) over its n validation images. "
-             "EARLY_STOPPED: stopped by the assessor (NNI records USER_CANCELED).", "", trial_table(exp), ""]
+             "EARLY_STOPPED: stopped by the assessor (NNI records USER_CANCELED). At chance: at most "
+             f"{CHANCE_SE:g} standard errors above {chance_text(table_of.chance_of(exp.rows))}.", "", trial_table(exp),
+             ""]
     lines += [f"- trial {md(r.trial.trial_id)} failed: {md(r.trial.error, code=True)}" for r in exp.rows
               if r.trial.error]
     return lines + [""]
@@ -214,15 +281,19 @@ def per_trial_figures(exp: ExperimentData, out: Path, prefix: str, level: int) -
     finals = [r.valid_final for r in exp.rows]
     stopped = [t.intermediates[-1] if t.early_stopped else None for t in exp.trials]
     best = exp.best
-    band = (best.valid_final - TIE_SE * best.se, best.valid_final) if best.se is not None else None
+    band = (best.valid_final - TIE_SE * best.se, best.valid_final) if best.se is not None and not best.at_chance \
+        else None
+    chance = chance_level(table_of.chance_of(exp.rows))
     name = f"{prefix}trials.png"
-    plots.final_per_trial(numbers, finals, stopped, out / name, METRIC, tie_band=band)
-    lines += [figure(name, f"Final {METRIC} of each trial in start order, and the best so far"
-                     + ("; shaded: tied with the best" if band else "")), ""]
+    plots.final_per_trial(numbers, finals, stopped, out / name, METRIC, tie_band=band, ses=[r.se for r in exp.rows],
+                          chance=chance)
+    lines += [figure(name, f"Final {METRIC} of each trial in start order, and the best so far (band: ± its standard "
+                     "error)" + ("; shaded: tied with the best" if band else "")
+                     + ("; dotted: chance" if chance is not None else "")), ""]
     curves = [(t.trial_id, t.intermediates, t.early_stopped) for t in exp.trials if t.intermediates]
     if curves:
         name = f"{prefix}curves.png"
-        plots.intermediate_curves(curves, out / name, METRIC)
+        plots.intermediate_curves(curves, out / name, METRIC, se=best.se, chance=chance)
         lines += [figure(name, f"Per-epoch {METRIC} of every trial; early-stopped ones dashed, ending in x"), ""]
     else:
         lines += ["No trial reported an intermediate result yet.", ""]
@@ -232,35 +303,58 @@ def per_trial_figures(exp: ExperimentData, out: Path, prefix: str, level: int) -
 def budget_section(exps: Sequence[ExperimentData], out: Path, name: str, level: int) -> list[str]:
     """Best result so far against trial-epochs spent, one line per experiment: the fair axis when an
     assessor stops some trials early (a stopped trial costs the epochs it ran, not a whole trial)."""
-    series = {}
+    series, ses = {}, {}
     for exp in exps:
         xs, best = table_of.spent(exp.rows)
-        series[f"{exp.profile.experiment_id} ({exp.profile.algorithm('tuner') or '?'}"
-               f"{' + ' + exp.profile.algorithm('assessor') if exp.profile.algorithm('assessor') else ''})"] = \
-            (xs, [b.valid_final if b else None for b in best])
-    plots.best_so_far(series, out / name, METRIC)
+        label = (f"{exp.profile.experiment_id} ({exp.profile.algorithm('tuner') or '?'}"
+                 f"{' + ' + exp.profile.algorithm('assessor') if exp.profile.algorithm('assessor') else ''})")
+        series[label] = (xs, [b.valid_final if b else None for b in best])
+        ses[label] = [b.se if b else None for b in best]
+    chance = chance_level(next((c for c in (table_of.chance_of(e.rows) for e in exps) if c is not None), None))
+    plots.best_so_far(series, out / name, METRIC, ses=ses, chance=chance)
     return [heading(level, "Best result against the training spent"), "",
             figure(name, f"Best final {METRIC} so far against trial-epochs spent (each trial's epochs, early-stopped "
-                   "and failed ones included, counted when it ended)"), ""]
+                   "and failed ones included, counted when it ended); band: ± the best's standard error"
+                   + ("; dotted: chance" if chance is not None else "")), ""]
+
+
+def _mean_noise(values: Sequence[float], ses: Sequence[float | None]) -> float | None:
+    """The noise of a mean of trials' results: the larger of their spread over sqrt(n) and the
+    binomial standard error of one of them (the same validation images score them all)."""
+    if not values:
+        return None
+    _, std = mean_std(values)
+    known = [e for e in ses if e is not None]
+    parts = [v for v in (std / len(values) ** 0.5 if std is not None else None, max(known) if known else None)
+             if v is not None]
+    return max(parts) if parts else None
 
 
 def effects_section(exp: ExperimentData, out: Path, prefix: str, level: int) -> list[str]:
     lines = []
     on_off = exp.stage == "classic_nas"
-    ranked_rows = table_of.by_rank(exp.rows)
+    chance = chance_level(table_of.chance_of(exp.rows))
     for key in exp.keys:
-        groups: dict[str, list[float]] = defaultdict(list)
-        for r in ranked_rows:
-            if key in r.trial.params:
-                groups[_value(r.trial.params[key])].append(r.valid_final)
-        if not groups:
+        groups: dict[str, list[TrialRow]] = defaultdict(list)
+        for r in exp.rows:
+            if key in r.trial.params and (r.rank is not None or r.trial.early_stopped or r.status == "FAILED"):
+                groups[_value(r.trial.params[key])].append(r)
+        if not any(r.rank is not None for rows in groups.values() for r in rows):
             continue
         labelled = sorted(groups.items(), key=lambda kv: kv[0])
         if on_off:
             labelled = [(("on" if k == "1" else "off" if k == "0" else k), v) for k, v in labelled]
+        finished = [[r for r in rows if r.rank is not None] for _, rows in labelled]
         name = f"{prefix}effect_{key}.png"
-        plots.effect(key, labelled, out / name, METRIC)
-        lines += [figure(name, f"Final {METRIC} per value of {key} (dots: trials; bars: mean)"), ""]
+        plots.effect(key, [(k, [r.valid_final for r in f]) for (k, _), f in zip(labelled, finished)], out / name,
+                     METRIC, stopped=[[r.trial.intermediates[-1] for r in rows
+                                       if r.rank is None and r.trial.early_stopped] for _, rows in labelled],
+                     failed=[[r.trial.intermediates[-1] if r.trial.intermediates else None for r in rows
+                              if r.rank is None and r.status == "FAILED"] for _, rows in labelled],
+                     yerr=[_mean_noise([r.valid_final for r in f], [r.se for r in f]) for f in finished],
+                     se=exp.best.se, chance=chance)
+        lines += [figure(name, f"Final {METRIC} per value of {key} (dots: finished trials; bars: their mean ± its "
+                         "noise; hollow: early-stopped and failed trials at their last intermediate result)"), ""]
     return [heading(level, "Effect of each searched parameter"), "", *lines] if lines else []
 
 
@@ -288,7 +382,8 @@ def parallel_section(exp: ExperimentData, out: Path, prefix: str, level: int) ->
         kind = _kind(column)
         axes.append((k, column if kind != "category" else [plots.json_label(v) for v in column], kind))
     name = f"{prefix}parallel.png"
-    plots.parallel_coordinates(axes, [r.valid_final for r in rows], [bool(r.tied) for r in rows], out / name, METRIC)
+    plots.parallel_coordinates(axes, [r.valid_final for r in rows], [bool(r.tied) for r in rows], out / name, METRIC,
+                               se=exp.best.se)
     return lines + [figure(name, f"Every finished trial's parameters and final {METRIC}, coloured by the result "
                            f"(thick: tied with the best); numeric axes spanning two decades or more are logarithmic"),
                     ""]
@@ -325,6 +420,17 @@ def importance_section(exp: ExperimentData, out: Path, prefix: str, level: int) 
                     table(("parameter", "importance", "spread over trees"), rows_md), ""]
 
 
+def _searched_values(exp: ExperimentData, key: str) -> list[Any]:
+    """Every value the search space offers for ``key`` (a choice), and any other a trial ran."""
+    spec = exp.profile.search_space.get(key) or {}
+    values = list(spec.get("_value") or []) if spec.get("_type") == "choice" else []
+    for r in exp.rows:
+        v = r.trial.params.get(key)
+        if v is not None and v not in values:
+            values.append(v)
+    return values
+
+
 def model_optimizer_section(exp: ExperimentData, level: int) -> list[str]:
     good = table_of.by_rank(exp.rows)
     if not good or not all("model" in r.trial.params and "optimizer" in r.trial.params for r in good):
@@ -332,18 +438,30 @@ def model_optimizer_section(exp: ExperimentData, level: int) -> list[str]:
     best: dict[tuple[str, str], TrialRow] = {}
     for r in good:       # best first: the first seen per cell is the cell's best
         best.setdefault((r.trial.params["model"], r.trial.params["optimizer"]), r)
-    models = sorted({m for m, _ in best})
-    optims = sorted({o for _, o in best})
+    unfinished: dict[tuple[str, str], list[TrialRow]] = defaultdict(list)
+    for r in exp.rows:
+        if r.rank is None and "model" in r.trial.params and "optimizer" in r.trial.params:
+            unfinished[(r.trial.params["model"], r.trial.params["optimizer"])].append(r)
+    models = sorted(_searched_values(exp, "model"), key=str)
+    optims = sorted(_searched_values(exp, "optimizer"), key=str)
     rows = []
     for m in models:
         cells = []
         for o in optims:
             r = best.get((m, o))
-            cells.append(f"{with_se(r.valid_final, r.se)} (lr {r.trial.params.get('lr')})" if r else "-")
+            if r is not None:
+                cells.append(f"{with_se(r.valid_final, r.se)}{' (at chance)' if r.at_chance else ''} "
+                             f"(lr {r.trial.params.get('lr')})")
+                continue
+            left = defaultdict(int)
+            for u in unfinished.get((m, o), []):
+                left["early-stopped" if u.trial.early_stopped else u.status.lower()] += 1
+            cells.append("no finished trial (" + ", ".join(f"{n} {k}" for k, n in sorted(left.items())) + ")"
+                         if left else "not tried")
         rows.append([m, *cells])
     return [heading(level, "Model x optimizer"), "",
-            f"Best final {METRIC} ± SE of each model with each optimizer (its learning rate in brackets; "
-            "`-`: not tried or no trial finished).", "", table(("model", *optims), rows), ""]
+            f"Best final {METRIC} ± SE of each model with each optimizer the search space offers (its learning rate "
+            "in brackets); a pair without a finished trial says why.", "", table(("model", *optims), rows), ""]
 
 
 def architectures_section(exp: ExperimentData, out: Path, prefix: str, level: int) -> list[str]:
@@ -356,8 +474,9 @@ def architectures_section(exp: ExperimentData, out: Path, prefix: str, level: in
     name = f"{prefix}architectures.png"
     plots.bars(list(best), [r.valid_final for r in best.values()], out / name,
                title="Final validation accuracy per architecture",
-               xlabel=f"architecture ({', '.join(keys)}: 1 = skip on)", ylabel=f"final {METRIC} (fraction)")
-    rows = [[arch, with_se(r.valid_final, r.se), {True: "yes", False: "", None: "?"}[r.tied]]
+               xlabel=f"architecture ({', '.join(keys)}: 1 = skip on)", ylabel=f"final {METRIC} (fraction)",
+               yerr=[r.se for r in best.values()], chance=chance_level(table_of.chance_of(exp.rows)))
+    rows = [[arch, _final_cell(r), {True: "yes", False: "", None: "?"}[r.tied] if not exp.best.at_chance else "-"]
             for arch, r in best.items()]
     return [heading(level, "Architectures"), "",
             figure(name, "Best final validation accuracy of each architecture tried, best first"), "",
@@ -437,6 +556,57 @@ def _retrain_acc(r: dict[str, Any], problems: list[str]) -> tuple[Any, int | Non
     return result.get("test_acc"), n if isinstance(n, int) and n > 0 else None, state
 
 
+@dataclass
+class _Retrained:
+    """One configuration's retrains: its seeds' test accuracies, their mean and the noise of it."""
+
+    row: TrialRow
+    runs: list[dict[str, Any]]
+    accs: list[float]
+    states: list[str]
+    ses: list[float | None]
+    images: int | None = None
+    classes: int | None = None
+    mean: float | None = None
+    std: float | None = None
+    noise: float | None = None          # of the mean: the larger of seed spread / sqrt(n) and the binomial SE
+    at_chance: bool | None = None
+
+
+def _retrained(exp: ExperimentData) -> tuple[list[_Retrained], tuple[float, int] | None]:
+    """Every retrained configuration (in search rank order) and the seed-to-seed standard deviation
+    pooled over those retrained with several seeds (None: none was)."""
+    row_of = {r.trial.trial_id: r for r in exp.rows}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in exp.retrains:
+        groups.setdefault(r["trial"].trial_id, []).append(r)
+    entries = []
+    for trial_id, runs in groups.items():
+        e = _Retrained(row_of[trial_id], runs, [], [], [])
+        for r in runs:
+            acc, n, state = _retrain_acc(r, exp.problems)
+            e.states.append(state if len(runs) == 1 else f"seed {r['seed']}: {state}")
+            if valid(acc) is not None:
+                e.accs.append(float(acc))
+                e.ses.append(binomial_se(float(acc), n))
+                e.images = e.images or n
+                e.classes = e.classes or classes_of(r.get("config"), r.get("result"))
+            elif isinstance(acc, Invalid):
+                e.states[-1] += f" ({acc})"
+        if e.accs:
+            e.mean, e.std = mean_std(e.accs)
+        entries.append(e)
+    spread = seed_spread([e.accs for e in entries])
+    for e in entries:
+        if e.mean is None:
+            continue
+        se = binomial_se(e.mean, e.images)      # one test set scores every seed: its sampling error stays
+        seed = spread[0] / len(e.accs) ** 0.5 if spread else None
+        e.noise = Noise(se, seed).value
+        e.at_chance = at_chance(e.mean, e.images, e.classes)
+    return entries, spread
+
+
 def retrains_section(exp: ExperimentData, out: Path, prefix: str, level: int) -> list[str]:
     where = ", ".join(md(d, code=True) for d in exp.retrain_dirs)
     lines = [heading(level, "Does the ranking survive a long retrain?"), ""]
@@ -447,80 +617,79 @@ def retrains_section(exp: ExperimentData, out: Path, prefix: str, level: int) ->
                 + md(f"{stage_cmd} --experiment {exp.profile.experiment_id} --top K [--seeds S1 S2 ...]", code=True)
                 + "." if stage_cmd else "")
         return lines + [f"No retrain of this experiment's trials found (looked in {where}).{hint}", "", *ignored]
-    row_of = {r.trial.trial_id: r for r in exp.rows}
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in exp.retrains:
-        groups.setdefault(r["trial"].trial_id, []).append(r)
-    entries, points, n_runs = [], [], 0
-    for trial_id, runs in groups.items():
-        row = row_of[trial_id]
-        accs, states, ses = [], [], []
-        for r in runs:
-            acc, n, state = _retrain_acc(r, exp.problems)
-            states.append(state if len(runs) == 1 else f"seed {r['seed']}: {state}")
-            if valid(acc) is not None:
-                accs.append(float(acc))
-                ses.append(binomial_se(float(acc), n))
-            elif isinstance(acc, Invalid):
-                states[-1] += f" ({acc})"
-        n_runs += len(accs)
-        mean = std = spread = None
-        if accs:
-            mean, std = mean_std(accs)
-            # the noise of the mean: over seeds when there are several, else the one run's binomial error
-            spread = std / len(accs) ** 0.5 if std is not None else ses[0]
-            if row.valid_final is not None:
-                points.append((f"{trial_id} {exp.label(row)}", row.valid_final, mean, row.se, std, spread))
-        entries.append((row, runs, accs, states, mean, std, spread, ses))
-    top = max((e for e in entries if e[4] is not None), key=lambda e: e[4], default=None)
+    entries, spread = _retrained(exp)
+    n_runs = sum(len(e.accs) for e in entries)
+    done = [e for e in entries if e.mean is not None]
+    top = max(done, key=lambda e: e.mean, default=None)
+    chance_top = top is not None and bool(top.at_chance)
     rows = []
-    for row, runs, accs, states, mean, std, spread, ses in entries:
-        shown = None if mean is None else \
-            f"{mean:.4f} ± {std:.4f} (n={len(accs)})" if std is not None else with_se(mean, ses[0])
-        tied = "-" if mean is None else {True: "yes", False: "", None: "?"}[tied_with(top[4], top[6], mean)]
-        rows.append([row.rank or "-", row.trial.trial_id, exp.label(row), _final_cell(row),
-                     ", ".join(str(r["seed"]) for r in runs), shown, ", ".join(f"{a:.4f}" for a in accs) or "-", tied,
-                     "; ".join(states), Md(", ".join(md(r["run_dir"], code=True) for r in runs))])
-    lines += [f"Retrains found in {where}: {len(exp.retrains)} run(s) of {len(groups)} configuration(s) ({n_runs} "
+    for e in entries:
+        shown = None if e.mean is None else \
+            f"{e.mean:.4f} ± {e.std:.4f} (n={len(e.accs)})" if e.std is not None else with_se(e.mean, e.ses[0])
+        if shown is not None and e.at_chance:
+            shown += " (at chance)"
+        tied = "-" if e.mean is None or chance_top else {True: "yes", False: "", None: "?"}[
+            tied_with(top.mean, top.noise, e.mean)]
+        rows.append([e.row.rank or "-", e.row.trial.trial_id, exp.label(e.row), _final_cell(e.row),
+                     ", ".join(str(r["seed"]) for r in e.runs), shown, ", ".join(f"{a:.4f}" for a in e.accs) or "-",
+                     tied, "; ".join(e.states), Md(", ".join(md(r["run_dir"], code=True) for r in e.runs))])
+    noise = (f"the larger of the seed-to-seed standard deviation ({spread[0]:.4f}, pooled over the {spread[1]} "
+             "configuration(s) retrained with several seeds) over sqrt(its seeds) and its binomial standard error"
+             if spread else "its binomial standard error only: no configuration was retrained with more than one seed, "
+             "so this counts test-set sampling and not the seed-to-seed spread")
+    lines += [f"Retrains found in {where}: {len(exp.retrains)} run(s) of {len(entries)} configuration(s) ({n_runs} "
               "finished with a valid test accuracy). Per configuration: the test accuracy's mean ± standard deviation "
-              f"over its seeds (one seed: ± its binomial standard error); tied: within {TIE_SE:g} standard errors of "
-              "the best mean (the standard error of a mean over seeds: its std / sqrt(n)).", "",
+              f"over its seeds (one seed: ± its binomial standard error); tied: within {TIE_SE:g} times the noise of "
+              f"the best mean, which is {noise}.", "",
               table(("search rank", "trial", "configuration", f"search {METRIC} ± SE", "seeds",
                      "retrain test accuracy", "per seed", "tied with best", "state", "run folders"), rows), "",
               *ignored]
+    points = [e for e in done if e.row.valid_final is not None]
+    if chance_top:
+        return lines + [f"**At chance: the retrains learned nothing at this budget.** Their best mean, {top.mean:.4f}, "
+                        f"is within {CHANCE_SE:g} standard errors of {chance_text(top.classes)}: no retrain is better "
+                        "than another, so no winner, tie or rank correlation with the search is stated.", ""]
+    if exp.best.at_chance:
+        return lines + ["**The search's results are at chance** (see *Best trial*): its ranking carries no "
+                        "information, so no rank correlation with the retrains is stated.", ""]
     if len(points) < 2:
         return lines + ["Fewer than two configurations have a finished retrain: no ranking to compare yet.", ""]
-    k = kendall([p[1] for p in points], [p[2] for p in points])
+    k = kendall([e.row.valid_final for e in points], [e.mean for e in points])
     name = f"{prefix}search_vs_retrain.png"
-    plots.search_vs_retrain([p[:3] for p in points], out / name, search_metric=METRIC,
-                            retrain_metric="test accuracy (mean over seeds)", tau=k.tau if k else None,
-                            xerr=[p[3] for p in points], yerr=[p[4] for p in points])
+    labels = [f"{e.row.trial.trial_id} {exp.label(e.row)}" for e in points]
+    plots.search_vs_retrain([(lab, e.row.valid_final, e.mean) for lab, e in zip(labels, points)], out / name,
+                            search_metric=METRIC, retrain_metric="test accuracy (mean over seeds)",
+                            tau=k.tau if k else None, xerr=[e.row.se for e in points],
+                            yerr=[e.std if e.std is not None else e.ses[0] for e in points],
+                            chance=(chance_level(exp.best.classes), chance_level(top.classes)))
     tau_text = (f"**Kendall's tau = {k.tau:.3f}** (p = {k.p:.3g}, n = {k.n}; the probability of a tau at least this "
                 "far from 0 if the two rankings were unrelated)" if k else
                 "**Kendall's tau is undefined** (all search or all retrain results tied)")
     lines += [figure(name, "Search metric against retrain test accuracy (mean over seeds), per configuration; bars: "
-                     "search standard error, standard deviation over seeds"), "",
+                     "search standard error, standard deviation over seeds (one seed: its standard error)"), "",
               f"{tau_text} between the search's and the retrains' ranking (mean over seeds) of these {len(points)} "
-              "configurations (1: same order, -1: reversed, 0: unrelated).", ""]
-    search_best = max(points, key=lambda p: p[1])
-    top = max(p[2] for p in points)
-    retrain_best = [p for p in points if p[2] == top]
-    others = [p for p in retrain_best if p is not search_best]
+              "configurations (1: same order, -1: reversed, 0: unrelated)"
+              + ("; over two configurations it is +1 or -1 whatever they are." if len(points) == 2 else "."), ""]
+    search_best = max(points, key=lambda e: e.row.valid_final)
+    best_mean = max(e.mean for e in points)
+    retrain_best = [e for e in points if e.mean == best_mean]
+    others = [e for e in retrain_best if e is not search_best]
+    name_of = dict(zip(map(id, points), labels))
     if search_best in retrain_best and not others:
-        lines += [f"The search's winner ({md(search_best[0])}) is also the retrain's winner.", ""]
+        lines += [f"The search's winner ({md(name_of[id(search_best)])}) is also the retrain's winner.", ""]
     elif search_best in retrain_best:
-        lines += [f"The search's winner ({md(search_best[0])}) ties for the retrain's best ({top:.4f}) with "
-                  f"{', '.join(md(p[0]) for p in others)}.", ""]
+        lines += [f"The search's winner ({md(name_of[id(search_best)])}) ties for the retrain's best ({best_mean:.4f}) "
+                  f"with {', '.join(md(name_of[id(e)]) for e in others)}.", ""]
     else:
         leader = retrain_best[0]
-        tie = tied_with(top, leader[5], search_best[2])
-        lines += [f"**The search's winner ({md(search_best[0])}, search {search_best[1]:.4f}, retrain "
-                  f"{search_best[2]:.4f}) is not the retrain's winner ({', '.join(md(p[0]) for p in retrain_best)}: "
-                  f"retrain {top:.4f}, search "
-                  f"{', '.join(f'{p[1]:.4f}' for p in retrain_best)}).**"
+        tie = tied_with(best_mean, leader.noise, search_best.mean)
+        lines += [f"**The search's winner ({md(name_of[id(search_best)])}, search {search_best.row.valid_final:.4f}, "
+                  f"retrain {search_best.mean:.4f}) is not the retrain's winner "
+                  f"({', '.join(md(name_of[id(e)]) for e in retrain_best)}: retrain {best_mean:.4f}, search "
+                  f"{', '.join(f'{e.row.valid_final:.4f}' for e in retrain_best)}).**"
                   + ("" if tie is None else f" Within the noise it is {'tied with it' if tie else 'behind it'}: "
-                     f"{top - search_best[2]:.4f} apart, {TIE_SE:g} standard errors of the retrain's best being "
-                     f"{TIE_SE * leader[5]:.4f}."), ""]
+                     f"{best_mean - search_best.mean:.4f} apart, {TIE_SE:g} times the noise of the retrain's best "
+                     f"being {TIE_SE * leader.noise:.4f}."), ""]
     return lines
 
 

@@ -11,7 +11,8 @@ from core.retrains import ORIGIN_FILE, RESULT_FILE
 from core.run import METRICS_FILE
 from report import plots
 from report.common import figure, fmt, md, read_config, read_dict, read_metrics, number_problem, seconds, table, valid
-from report.stats import binomial_se
+from core.chance import classes_of
+from report.stats import CHANCE_SE, at_chance, binomial_se, chance_level, chance_text
 
 #: config fields worth naming in "what ran", in this order
 SHOWN = ("model", "optimizer", "lr", "scheduler", "epochs", "batch_size", "weight_decay", "data", "subset",
@@ -138,6 +139,10 @@ def _final(run: RunData) -> list[str]:
             se = binomial_se(float(value), n) if ok and isinstance(n, int) else None
             if se is not None:
                 headline += f" Standard error {se:.4f} ({n:,} {name.split()[0]} images; binomial)."
+            classes = classes_of(run.config, res)
+            if ok and at_chance(float(value), n if isinstance(n, int) else None, classes):
+                headline += (f" **At chance**: within {CHANCE_SE:g} standard errors of {chance_text(classes)}; this "
+                             "run learned nothing at its budget.")
             break
     return [headline, "", table(("metric", "value"), rows)]
 
@@ -154,8 +159,11 @@ def render_run(run: RunData, out: Path, prefix: str = "", heading: str = "#", ti
     name = f"{prefix}curves.png"
     once = {k: float(v) for k, v in (run.result or {}).items()
             if k in ("test_acc", "test_loss") and k not in series and isinstance(valid(v), (int, float))}
-    plots.run_curves(epochs, series, out / name, final=once)
-    lines += [figure(name, "Loss (left) and accuracy (right) per epoch"), ""]
+    labels = loss_labels(run.config)
+    chance = chance_level(classes_of(run.config, run.result))
+    plots.run_curves(epochs, series, out / name, final=once, labels=labels, se=_typical_se(run), chance=chance)
+    lines += [figure(name, "Loss (left) and accuracy (right) per epoch" + ("; dotted: chance" if chance else "")
+                     + (f"; {labels['train_loss']}" if "train_loss" in labels else "")), ""]
     times = [float(valid(m.get("train_seconds")) or 0.0) for m in run.metrics]
     if any(times):
         name = f"{prefix}epoch_time.png"
@@ -172,12 +180,33 @@ def render_run(run: RunData, out: Path, prefix: str = "", heading: str = "#", ti
     return "\n".join(lines) + "\n"
 
 
+def loss_labels(config: dict[str, Any]) -> dict[str, str]:
+    """Legend texts for losses that are not the plain cross-entropy: a DARTS retrain's training loss
+    adds its auxiliary head's, weighted (the evaluation losses do not)."""
+    weight = config.get("auxiliary_weight")
+    if config.get("auxiliary", True) and isinstance(weight, (int, float)) and weight > 0:
+        return {"train_loss": f"train_loss (with {weight:g} x auxiliary loss)"}
+    return {}
+
+
+def _typical_se(run: RunData) -> float | None:
+    """The binomial standard error of the run's last accuracy (validation, else test): how finely
+    its accuracy axis may be read."""
+    last = {**run.metrics[-1], **(run.result or {})}
+    for key in ("val_acc", "test_acc"):
+        acc, n = valid(last.get(key)), last.get(key.replace("_acc", "_images"))
+        if isinstance(acc, (int, float)) and isinstance(n, int):
+            return binomial_se(float(acc), n)
+    return None
+
+
 def _darts(run: RunData, out: Path, prefix: str, heading: str) -> list[str]:
     from report import darts_report
 
     lines = darts_report.search_parts(run.metrics, run.config, out, prefix, heading)   # step variant, collapse
     lines += [f"{heading}# Architecture weights", "",
-             "The softmax weight of every operation on every edge (node <- input), after each epoch; the "
+             "The softmax weight of every operation on every edge (node <- input; the cell's inputs are 0 = c_{k-2} "
+             "and 1 = c_{k-1}, its nodes 2, 3, ..., as in the cell graphs and tables below), after each epoch; the "
              "derived cell keeps, for each node, the two strongest incoming edges (by their strongest "
              "operation other than `none`).", ""]
     with_weights = [m for m in run.metrics if isinstance(m.get("edge_weights"), dict)]
@@ -201,7 +230,7 @@ def _darts(run: RunData, out: Path, prefix: str, heading: str) -> list[str]:
                 name = f"{prefix}cell_{cell}.png"
                 plots.cell_graph([[(op, int(src)) for op, src in node] for node in nodes], out / name, cell)
                 lines += [figure(name, f"Derived {cell} cell"), ""]
-                rows = [[i, " + ".join(f"{op}({'c_k-2' if s == 0 else 'c_k-1' if s == 1 else s - 2})" for op, s in node)]
-                        for i, node in enumerate(nodes)]
+                rows = [[i, " + ".join(f"{op} from {plots.node_name(int(s))}" for op, s in node)]
+                        for i, node in enumerate(nodes, start=2)]
                 lines += [table(("node", f"{cell}: its two inputs"), rows), ""]
     return lines

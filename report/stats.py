@@ -8,13 +8,24 @@ lies within :data:`TIE_SE` standard errors of the best's (``best - acc <= 2 * se
 standard error, because the gap is measured from it (and the two are scored on the same images, so
 their difference varies less than two independent samples' would).
 
-Nothing here imports torch or the rest of the project: numbers in, numbers out.
+Chance. An accuracy no more than two standard errors above 1 / (number of classes) is *at chance*
+(:func:`at_chance`; the rule is :mod:`core.chance`'s, shared with ``hpo/results.py``): a result that
+learned nothing, never ranked or called tied as if it meant something.
+
+Seed noise. Where one configuration ran with several seeds, :func:`seed_spread` pools the
+seed-to-seed standard deviation, and ties and verdicts use the larger of it and the binomial
+standard error (:class:`Noise`).
+
+Nothing here imports torch: numbers in, numbers out.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
+
+from core.chance import CHANCE_SE, chance_level, chance_limit, chance_text  # noqa: F401  (the shared rule)
+from core.chance import at_chance as _at_chance
 
 #: Trials within this many of the best's standard errors are "tied" with it.
 TIE_SE = 2.0
@@ -133,3 +144,56 @@ def importance(columns: dict[str, Sequence[Any]], y: Sequence[float]) -> Importa
         total = total / total.sum()
     return Importance(names, tuple(float(v) for v in total), tuple(float(v) for v in grouped.std(axis=0)),
                       float(forest.oob_score_), len(y))
+
+
+# --- chance and seed noise ---------------------------------------------------------------------------
+
+
+
+def at_chance(acc: float | None, n: int | None, classes: int | None) -> bool | None:
+    """Whether an accuracy measured on ``n`` images of a ``classes``-class problem is at chance: at
+    most :data:`CHANCE_SE` standard errors (of a guess's accuracy) above 1 / classes, or below it.
+    None when any of the three is unknown. The rule lives in :mod:`core.chance`, which
+    ``hpo/results.py`` shares; every part of the reports calls it through this function."""
+    return _at_chance(acc, n, classes)
+
+
+def seed_spread(groups: Sequence[Sequence[float]]) -> tuple[float, int] | None:
+    """The seed-to-seed standard deviation of one configuration's accuracy, pooled over the
+    configurations run more than once (``groups``: each configuration's accuracies, one per seed):
+    ``sqrt(sum of squared deviations from each one's mean / sum of (runs - 1))``, and over how many
+    configurations. None when no configuration was run twice."""
+    repeated = [list(g) for g in groups if len(g) >= 2]
+    if not repeated:
+        return None
+    squares = sum(sum((v - sum(g) / len(g)) ** 2 for v in g) for g in repeated)
+    dof = sum(len(g) - 1 for g in repeated)
+    return math.sqrt(squares / dof), len(repeated)
+
+
+@dataclass(frozen=True)
+class Noise:
+    """What a tie or a verdict counts as noise: a binomial standard error (validation sampling) and,
+    where the same configuration ran with several seeds, the seed-to-seed standard deviation;
+    ties use the larger."""
+
+    se: float | None                    # the binomial standard error
+    seed_sd: float | None = None        # the seed-to-seed spread (None: nothing was repeated)
+    repeats: int = 0                    # configurations that ran with several seeds
+
+    @property
+    def value(self) -> float | None:
+        if self.se is None and self.seed_sd is None:
+            return None
+        return max(v for v in (self.se, self.seed_sd) if v is not None)
+
+    def text(self) -> str:
+        """Which noise the verdict counts, in one clause."""
+        if self.seed_sd is None:
+            return ("it counts validation sampling only (the binomial standard error): no configuration ran with "
+                    "more than one seed, so the seed-to-seed spread, often larger, is not in it")
+        which = "the seed-to-seed spread" if self.se is None or self.seed_sd >= self.se else \
+            "the binomial standard error"
+        se = "unknown" if self.se is None else f"{self.se:.4f}"
+        return (f"it counts the larger of the binomial standard error ({se}) and the seed-to-seed standard deviation "
+                f"({self.seed_sd:.4f}, from {self.repeats} configuration(s) run with several seeds): {which}")

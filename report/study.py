@@ -19,10 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from core.chance import classes_of
 from core.errors import UserError
+from core.paths import REPO_ROOT
+from core.retrains import read_json_file
 from report import darts_report, experiment_report as er, run_report
+from report import trials as table_of
 from report.common import Md, is_run_folder, md, read_config, read_dict, read_metrics, table, valid
-from report.stats import binomial_se
+from report.stats import CHANCE_SE, TIE_SE, at_chance, binomial_se, chance_text
 
 #: The kinds of source, in the lab report's order, and what each is called.
 KINDS = {"hpo": "HPO experiment", "classic_nas": "classic-NAS experiment", "darts": "one-shot DARTS search",
@@ -120,9 +124,15 @@ class Measured:
     config: dict[str, Any]
     metrics: list[dict[str, Any]]
     kind: str = ""              # which references apply (REFERENCES' keys)
+    images: int | None = None   # the images the accuracy was measured on
+    classes: int | None = None  # the data's number of classes (core.chance)
 
     def data_text(self) -> Md:
         return data_text(self.config, self.metrics)
+
+    @property
+    def at_chance(self) -> bool | None:
+        return at_chance(self.acc, self.images, self.classes)
 
 
 def data_name(config: dict[str, Any]) -> Md:
@@ -165,7 +175,7 @@ def _experiment_measured(exp: er.ExperimentData, what: str, kind: str) -> Measur
     config, metrics = _trial_run(best)
     return Measured(f"{what}: trial {best.trial.trial_id} ({exp.label(best)}), validation accuracy", best.valid_final,
                     best.se, f"{best.trial.epochs_run} per trial ({er.epochs_spent(exp)} trial-epochs in all)", config,
-                    metrics, kind)
+                    metrics, kind, best.images, best.classes)
 
 
 def _run_measured(run: run_report.RunData, what: str, key: str, kind: str) -> Measured:
@@ -177,7 +187,7 @@ def _run_measured(run: run_report.RunData, what: str, key: str, kind: str) -> Me
     planned = run.config.get("epochs")
     shown = f"{epochs}" + (f" of {planned} planned (unfinished)" if run.result is None and planned else "")
     return Measured(what, acc, binomial_se(acc, n) if isinstance(n, int) else None, shown, run.config, run.metrics,
-                    kind)
+                    kind, n if isinstance(n, int) else None, classes_of(run.config, run.result))
 
 
 def retrain_kind(run: run_report.RunData) -> tuple[str, str]:
@@ -207,10 +217,12 @@ def measured(study: Study) -> list[Measured]:
             search = src.data.settings.get("search") or {}
             acc = valid(winner.get("select_val_acc"))
             select = read_dict(src.data.folder / f"select-seed{winner.get('seed')}" / "result.json") or {}
+            n = select.get("val_images")
             out.append(Measured(f"DARTS protocol: seed {winner.get('seed', '?')}'s cell, short-retrain validation "
-                                "accuracy", acc, binomial_se(acc, select.get("val_images")),
+                                "accuracy", acc, binomial_se(acc, n),
                                 f"{search.get('epochs')} search + {src.data.settings.get('select_epochs')} short "
-                                "retrain", search, [], "darts"))
+                                "retrain", search, [], "darts", n if isinstance(n, int) else None,
+                                classes_of(search, select)))
         elif kind == "darts":
             out.append(_run_measured(src.data, "DARTS search: validation accuracy of the supernet", "val_acc", "darts"))
         else:
@@ -251,9 +263,13 @@ def closing(study: Study) -> list[str]:
         refs = REFERENCES.get(m.kind, ())
         lab = [r for r in refs if r.who == "the lab"]
         paper = [r for r in refs if r.who != "the lab"]
-        rows.append([m.what, _pct(m.acc, m.se), m.epochs, m.data_text(),
+        rows.append([m.what, _pct(m.acc, m.se) + (" (at chance)" if m.at_chance else ""), m.epochs, m.data_text(),
                      "; ".join(r.text() for r in lab) or "-", "; ".join(r.text() for r in paper) or "-"])
         notes += [_plainly(m, r) for r in refs]
+        if m.at_chance:
+            notes.append(f"- **{md(m.what.split(':')[0])} is at chance** (within {CHANCE_SE:g} standard errors of "
+                         f"{chance_text(m.classes)}): that stage learned nothing at this budget, and its number says "
+                         "nothing about the method.")
     if not rows:
         return []
     lines = ["## This study beside the lab's and the DARTS paper's", "",
@@ -288,10 +304,112 @@ def _winner_taken(study: Study) -> list[str]:
     if p.names(exp.profile.experiment_id, exp.exp_dir) and p.trial == best.trial_id:
         return [f"**The classic-NAS experiment took this study's HPO winner** (--from-hpo): trial "
                 f"{md(best.trial_id)}'s optimizer {md(p.optimizer)} and lr {md(p.lr)}, in {p.trials} of its {p.of} "
-                "finished trials.", ""]
+                "finished trials.", "", winner_ties(exp), ""]
     return [f"**The classic-NAS experiment took another HPO winner** than this study's ({md(p.source, code=True)}, "
             f"trial {md(p.trial)}: optimizer {md(p.optimizer)}, lr {md(p.lr)}; this study's HPO best is trial "
             f"{md(best.trial_id)} of {md(exp.profile.experiment_id, code=True)}).", ""]
+
+
+def winner_ties(exp: er.ExperimentData) -> str:
+    """Whether the HPO winner classic NAS took stood out: at chance, tied with other configurations,
+    or ahead of every other by more than the noise."""
+    best = exp.best
+    if best.at_chance:
+        return (f"**The HPO winner it took is at chance** ({best.valid_final:.4f}, within {CHANCE_SE:g} standard "
+                f"errors of {chance_text(best.classes)}): the HPO search learned nothing at its budget, so its "
+                "optimizer and lr are an arbitrary pick.")
+    if len(table_of.by_rank(exp.rows)) == 1:
+        return "The HPO winner it took was the only HPO configuration that finished: nothing to be tied with."
+    if best.se is None:
+        return ("Whether the HPO winner it took was tied with other configurations is unknown: its trials did not "
+                "record how many validation images they were scored on.")
+    tied = [r for r in table_of.by_rank(exp.rows) if r is not best and r.tied]
+    if not tied:
+        return (f"The HPO winner it took was ahead of every other HPO configuration by more than {TIE_SE:g} standard "
+                f"errors ({TIE_SE * best.se:.4f}; validation sampling only).")
+    shown = ", ".join(f"{md(r.trial.trial_id)} ({md(exp.label(r))}, {r.valid_final:.4f})" for r in tied[:10]) + \
+        (f" and {len(tied) - 10} more" if len(tied) > 10 else "")
+    return (f"**The HPO winner it took was tied with {len(tied)} other configuration(s)** within {TIE_SE:g} standard "
+            f"errors ({TIE_SE * best.se:.4f}): {shown}. The HPO search could not tell them apart at its budget, so "
+            "the optimizer and lr classic NAS trained with were one pick among equals.")
+
+
+# --- is the retrained cell the searched one? ---------------------------------------------------------
+
+#: The published cells the DARTS stage ships (``oneshot_darts/archs/``), read here as files.
+ARCHS_DIR = REPO_ROOT / "oneshot_darts" / "archs"
+
+
+def _canonical(arch: Any) -> dict[str, list] | None:
+    """A cell pair as comparable data: per cell, each node's two (operation, input) edges sorted
+    (a node's sum does not depend on their order); None when it is not a cell pair."""
+    if not isinstance(arch, dict) or not all(isinstance(arch.get(c), list) for c in ("normal", "reduce")):
+        return None
+    try:
+        return {c: [sorted((str(op), int(src)) for op, src in node) for node in arch[c]] for c in ("normal", "reduce")}
+    except (TypeError, ValueError):
+        return None
+
+
+def _published(arch: dict[str, list] | None, arc: Any) -> str | None:
+    """The published cell a retrain trained, by its architecture file (``--arc`` in
+    ``oneshot_darts/archs/``) or by equality with one of the JSON cells there: ``DARTS-V2``."""
+    name = lambda path: Path(path).stem.upper().replace("_", "-")   # noqa: E731
+    if isinstance(arc, str) and Path(arc).parts[-3:-1] == ARCHS_DIR.parts[-2:]:   # any checkout's archs/
+        return name(arc)
+    for path in sorted(ARCHS_DIR.glob("*.json")):
+        try:
+            if arch is not None and _canonical(read_json_file(path)) == arch:
+                return name(path)
+        except UserError:
+            continue
+    return None
+
+
+def searched_cell(study: Study) -> tuple[dict[str, list] | None, Md]:
+    """This study's searched cell (the protocol's selected one, else the search's last derived
+    cell) and where it comes from."""
+    src = study.sources.get("darts")
+    if src is None:
+        return None, Md("")
+    if isinstance(src.data, darts_report.ProtocolData):
+        winner = ((src.data.selection or {}).get("winner") or {})
+        final = src.data.folder / "final_arch.json"
+        try:
+            arch = read_json_file(final)
+        except UserError:
+            arch = None
+        arch = arch if isinstance(arch, dict) else winner.get("genotype")
+        return _canonical(arch), Md(f"the protocol's selected cell (seed {md(winner.get('seed', '?'))}, "
+                                    f"{md(final, code=True)})")
+    return _canonical(src.data.arch), Md(f"the search's derived cell ({md(src.data.run_dir, code=True)}, its last "
+                                         "epoch)")
+
+
+def cell_check(study: Study) -> list[str]:
+    """For a retrained DARTS cell: whether it is the cell this study searched, a published cell
+    (DARTS-V2, ...) or another one."""
+    src = study.sources.get("retrain")
+    if src is None or retrain_kind(src.data)[0] != "darts_retrain":
+        return []
+    run = src.data
+    arch = _canonical(run.arch)
+    arc = run.config.get("arc")
+    searched, where = searched_cell(study)
+    published = _published(arch, arc)
+    lines = ["### Is it the searched cell?", ""]
+    if arch is None:
+        return lines + [f"Its cell cannot be checked: the run folder holds no `arch.json` (it trained {md(arc, code=True)}).", ""]
+    if searched is not None and arch == searched:
+        return lines + [f"**Yes: the retrained cell is this study's searched cell**, {where}.", ""]
+    what = (f"the published {md(published)} cell" if published else f"another cell (from {md(arc, code=True)})" if arc else
+            "another cell")
+    if searched is None:
+        return lines + [f"It retrained {what}; this study holds no DARTS search to check it against.", ""]
+    differ = sum(a != b for c in ("normal", "reduce") for a, b in zip(arch[c], searched[c])) + \
+        sum(abs(len(arch[c]) - len(searched[c])) for c in ("normal", "reduce"))
+    return lines + [f"**No: the retrain trained {what}, not this study's searched cell** ({where}; {differ} node(s) "
+                    "differ). Its test accuracy measures that cell, not this study's search.", ""]
 
 
 def render(study: Study, out: Path) -> str:
@@ -315,6 +433,8 @@ def render(study: Study, out: Path) -> str:
             lines += [run_report.render_run(src.data, out, prefix=f"{kind}_", heading="##",
                                             title=f"{i}. {what} {md(src.data.run_dir.name, code=True)}").rstrip("\n"),
                       ""]
+            if kind == "retrain":
+                lines += cell_check(study)
     lines += closing(study)
     return "\n".join(lines) + "\n"
 

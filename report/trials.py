@@ -4,7 +4,7 @@ figures, ``trials.csv`` and ``trials.json``, comparisons and the study report.
 One :class:`TrialRow` per trial, in start order, failed and early-stopped ones included: what the
 trial ran (its parameters as :mod:`core.experiments` recovers them), how it ended, its final result
 (or why that is invalid), the number of validation images the result was measured on, its standard
-error, its rank and whether it is tied with the best (:mod:`report.stats`).
+error, its rank, whether it is tied with the best and whether it is at chance (:mod:`report.stats`).
 """
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from typing import Any, Sequence
 from core.files import atomic_write_text
 from core.errors import UserError
 from core.experiments import Trial, ranked
-from report.common import Invalid, md, read_metrics
-from report.stats import TIE_SE, binomial_se, tied_with
+from core.chance import classes_of
+from report.common import Invalid, md, read_config, read_metrics
+from report.stats import CHANCE_SE, TIE_SE, at_chance, binomial_se, tied_with
 
 #: The final-result and metrics key holding how many validation images a trial was scored on.
 IMAGES_KEY = "val_images"
@@ -30,7 +31,7 @@ CSV_FILE = "trials.csv"
 JSON_FILE = "trials.json"
 #: The columns of trials.csv before the parameters (``params_<name>``) and after them.
 CSV_HEAD = ("sequence_id", "trial_id", "status", "nni_status", "rank", "final", "final_se", "val_images", "tied",
-            "best_intermediate", "epochs", "duration_s", "start_time", "end_time")
+            "at_chance", "best_intermediate", "epochs", "duration_s", "start_time", "end_time")
 CSV_TAIL = ("params_source", "final_invalid", "error", "run_folder")
 
 
@@ -44,6 +45,8 @@ class TrialRow:
     se: float | None = None                  # its binomial standard error
     rank: int | None = None                  # 1 = the best; None: no valid final result
     tied: bool | None = None                 # within TIE_SE standard errors of the best (None: unknown)
+    classes: int | None = None               # the data's number of classes (core.chance)
+    at_chance: bool | None = None            # its final result is at chance (report.stats.at_chance; None: unknown)
 
     @property
     def status(self) -> str:
@@ -96,7 +99,45 @@ def build(trials: Sequence[Trial], invalid_finals: dict[str, Any]) -> list[Trial
         for row in rows:
             if row.valid_final is not None:
                 row.tied = True if row is best else tied_with(best.valid_final, best.se, row.valid_final)
+    mark_chance(rows)
     return rows
+
+
+def _classes(trial: Trial) -> int | None:
+    """The number of classes of a trial's data: its final result says so, else its run folder's
+    config (:func:`core.chance.classes_of`)."""
+    config = read_config(Path(trial.log_dir)) if trial.log_dir else {}
+    return classes_of(config, trial.final_metrics)
+
+
+def mark_chance(rows: Sequence[TrialRow]) -> None:
+    """Each row's number of classes (a trial that did not record it takes the one the experiment's
+    other trials on the same data recorded) and whether its final result is at chance. When the
+    best is at chance no trial is better than another: nothing is called tied (``tied`` None)."""
+    data = {id(r): read_config(Path(r.trial.log_dir)).get("data") if r.trial.log_dir else None for r in rows}
+    for row in rows:
+        row.classes = _classes(row.trial)
+    known: dict[Any, int] = {}
+    for row in rows:
+        if row.classes is not None:
+            known.setdefault(data[id(row)], row.classes)
+    for row in rows:
+        if row.classes is None:
+            row.classes = known.get(data[id(row)])
+        if row.valid_final is not None:
+            row.at_chance = at_chance(row.valid_final, row.images, row.classes)
+    best = best_row(rows)
+    if best is not None and best.at_chance:
+        for row in rows:
+            row.tied = None
+
+
+def chance_of(rows: Sequence[TrialRow]) -> int | None:
+    """The experiment's number of classes (its best trial's, else any trial's), for its chance line."""
+    best = best_row(rows)
+    if best is not None and best.classes is not None:
+        return best.classes
+    return next((r.classes for r in rows if r.classes is not None), None)
 
 
 def best_row(rows: Sequence[TrialRow]) -> TrialRow | None:
@@ -140,7 +181,8 @@ def record(row: TrialRow) -> dict[str, Any]:
             "early_stopped": t.early_stopped, "params": t.params, "params_source": t.params_source,
             "rank": row.rank, "final": row.valid_final,
             "final_invalid": str(row.final.raw) if isinstance(row.final, Invalid) else None,
-            "final_se": row.se, "val_images": row.images, "tied": row.tied,
+            "final_se": row.se, "val_images": row.images, "tied": row.tied, "at_chance": row.at_chance,
+            "classes": row.classes,
             "best_intermediate": row.best_intermediate, "intermediates": list(t.intermediates),
             "epochs": t.epochs_run, "duration_s": row.duration, "start_time": _iso(t.start_ms),
             "end_time": _iso(t.end_ms), "error": t.error, "run_folder": t.log_dir}
@@ -199,6 +241,7 @@ def write_exports(rows: Sequence[TrialRow], keys: Sequence[str], out: Path, abou
     csv_name, json_name = f"{prefix}{CSV_FILE}", f"{prefix}{JSON_FILE}"
     atomic_write_text(out / csv_name, csv_text(rows, keys))
     data = {**about, "tie_rule": f"within {TIE_SE:g} standard errors of the best's final result",
+            "chance_rule": f"at most {CHANCE_SE:g} standard errors (of a guess's accuracy) above 1 / classes",
             "trials": [record(r) for r in rows]}
     atomic_write_text(out / json_name, json.dumps(_strict(data), indent=1, allow_nan=False, default=str) + "\n")
     return [csv_name, json_name]

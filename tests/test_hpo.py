@@ -38,6 +38,21 @@ class Recorder(NniTrial):
         self.finals.append(final)
 
 
+def test_an_nni_trial_records_its_command_as_the_shell_expanded_it(tmp_path, monkeypatch):
+    import nni
+
+    from core.nni_trial import COMMAND_FILE
+
+    monkeypatch.setattr(nni, "get_next_parameter", lambda: {"lr": 0.01})
+    monkeypatch.setattr(sys, "argv", ["trial.py", "--epochs", "30", "--seed", "7"])
+    monkeypatch.setenv("NNI_PLATFORM", "local")
+    monkeypatch.setenv("NNI_OUTPUT_DIR", str(tmp_path))
+    monkeypatch.setenv("CIFAR_AUTOML_TRIAL_FLAGS", "--seed 7")
+    assert NniTrial.from_environment().params == {"lr": 0.01}
+    assert json.loads((tmp_path / COMMAND_FILE).read_text()) == {"argv": ["trial.py", "--epochs", "30", "--seed", "7"],
+                                                                 "trial_flags": "--seed 7"}
+
+
 def _config(argv, params=None) -> trial.HpoTrialConfig:
     return trial.resolve_config(trial.build_parser().parse_args(argv), params or {})
 
@@ -349,9 +364,24 @@ def test_results_command_and_bad_source(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "best: trial AAAAA final 0.3000" in proc.stdout and '"epochs_saved": 1' in proc.stdout
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line[:5] in ("AAAAA", "BBBBB")}
+    assert lines["BBBBB"].split()[1] == "EARLY_STOPPED" and "USER_CANCELED" not in proc.stdout   # the reports' word
     proc = subprocess.run([sys.executable, str(REPO / "hpo/results.py"), str(tmp_path / "missing")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_results_table_marks_results_at_chance():
+    def t(tid, final, images=1000, classes=10):
+        return results.Trial(trial_id=tid, status="SUCCEEDED", params={"lr": 0.01}, final=final, intermediates=[final],
+                             final_metrics={"default": final, "val_images": images, "classes": classes})
+
+    # 10 classes, 1,000 validation images: at chance up to 0.1 + 2 x 0.0095
+    table = {line.split()[0]: line for line in results.format_table([t("LOW01", 0.1), t("EDGE1", 0.118),
+                                                                      t("ABOVE", 0.121), t("UNKNW", 0.1, classes=None)]
+                                                                     ).splitlines()[1:]}
+    assert table["LOW01"].endswith("(at chance)") and table["EDGE1"].endswith("(at chance)")
+    assert "at chance" not in table["ABOVE"] and "at chance" not in table["UNKNW"]    # classes unknown: not said
 
 
 # --- retrain ------------------------------------------------------------------------------------
@@ -555,6 +585,24 @@ def _recipe_rank():
     return module
 
 
+def test_recipe_rank_ties_use_the_seed_spread_of_its_control():
+    recipe_rank = _recipe_rank()
+    names = ["a", "b", "c"]
+    acc = {("default", 0): [0.60, 0.57, 0.40], ("nni", 0): [0.50, 0.55, 0.45], ("default", 1): [0.56, 0.60, 0.41]}
+    noise = recipe_rank.noise_summary(acc, names, 2000, classes=10)
+    spread = ((0.04 ** 2 + 0.03 ** 2 + 0.01 ** 2) / 2 / 3) ** 0.5      # pooled over the 3 configurations
+    assert noise["seed_sd"] == pytest.approx(spread) and noise["noise"] == pytest.approx(spread)
+    assert noise["binomial_se"] == pytest.approx((0.57 * 0.43 / 2000) ** 0.5)       # the largest of the column
+    # 0.57 is 0.03 behind 0.60: more than 2 binomial errors (0.022), within 2 seed-to-seed deviations (0.058)
+    assert noise["tied_with_best"]["default seed 0"] == ["a", "b"] and "seed-to-seed" in noise["counts"]
+    assert noise["best_at_chance"] == {"default seed 0": False, "nni seed 0": False, "default seed 1": False}
+    alone = recipe_rank.noise_summary({k: v for k, v in acc.items() if k[1] == 0}, names, 2000)
+    assert alone["seed_sd"] is None and alone["tied_with_best"]["default seed 0"] == ["a"]
+    assert "validation sampling only" in alone["counts"]
+    low = recipe_rank.noise_summary({("default", 0): [0.11, 0.10], ("nni", 0): [0.1, 0.1]}, ["a", "b"], 1000, 10)
+    assert low["best_at_chance"]["default seed 0"] is True
+
+
 def test_recipe_rank_smoke_continues_and_refuses_other_settings(tmp_path, capsys):
     recipe_rank = _recipe_rank()
     assert len(recipe_rank.grid(recipe_rank.read_space(REPO / "configs/hpo_quick.yml"))) == 16
@@ -572,7 +620,8 @@ def test_recipe_rank_smoke_continues_and_refuses_other_settings(tmp_path, capsys
     assert {c["batch_size"] for c in runs.values()} == {8}             # the sizes are the same for both
     assert "Kendall's tau, default vs recipe_nni_example (seed 0): " in printed
     assert "Kendall's tau, default seed 0 vs seed 1 (noise floor): " in printed
-    assert set(result) == {"recipes", "seeds", "table", "best"} and result["recipes"]["n"] == 3
+    assert set(result) == {"recipes", "seeds", "table", "best", "noise"} and result["recipes"]["n"] == 3
+    assert "ties: within 2 x " in printed
     assert json.loads((out / "result.json").read_text()) == result
     from scipy.stats import kendalltau
 

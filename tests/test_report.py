@@ -6,6 +6,7 @@ The end-to-end tests (test_hpo_nni.py, test_classic_nas_e2e.py, test_darts_nni.p
 from the real experiments they run, with :func:`check_report`."""
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+import yaml
 
 from core import checkpoint as core_checkpoint
 from report.cli import main as report_main
@@ -93,12 +95,16 @@ def test_importance_finds_the_parameter_that_matters_and_not_noise():
 
 # --- an experiment database, as NNI 3.0 writes it -----------------------------------------------
 
-def _fake_experiment(exp_dir: Path, stage: str, trials: list[dict], images: int | None = None) -> Path:
+def _fake_experiment(exp_dir: Path, stage: str, trials: list[dict], images: int | None = None, *,
+                     config: str = "data: fake\nepochs: 3\nbatch_size: 8\n", profile: dict | None = None,
+                     flags: str | None = None) -> Path:
     """``exp_dir/db/nni.sqlite`` with a profile and ``trials`` ({id, params, curve, final, status},
     optionally ``error``: the ``error:`` line a failed trial left in its trial.stderr, ``extra``: more
     fields of its final result), each with a
     run folder holding a metrics.jsonl and config.yaml; ``images``: the validation images each
-    trial reports it was scored on (``val_images``; None: not reported, as before it was)."""
+    trial reports it was scored on (``val_images``; None: not reported, as before it was);
+    ``config``: each trial's config.yaml; ``profile``: fields of the experiment's config replaced;
+    ``flags``: the CIFAR_AUTOML_TRIAL_FLAGS each trial records it ran with (None: no record)."""
     (exp_dir / "db").mkdir(parents=True)
     con = sqlite3.connect(exp_dir / "db" / "nni.sqlite")
     con.execute("CREATE TABLE TrialJobEvent (timestamp integer, trialJobId text, event text, data text, "
@@ -111,7 +117,7 @@ def _fake_experiment(exp_dir: Path, stage: str, trials: list[dict], images: int 
              for k in trials[0]["params"]}
     profile = {"experimentName": "report-test", "searchSpace": space, "trialCommand": "python3 trial.py",
                "trialCodeDirectory": str(REPO / stage), "maxTrialNumber": len(trials), "trialConcurrency": 1,
-               "tuner": {"name": "TPE"}, "assessor": {"name": "Medianstop"}}
+               "tuner": {"name": "TPE"}, "assessor": {"name": "Medianstop"}, **(profile or {})}
     con.execute("INSERT INTO ExperimentProfile VALUES (?,?,?,?,?,?,?,?)",
                 (json.dumps(profile), exp_dir.name, 10, 1000, 2000, str(exp_dir), len(trials), 1))
     metric = lambda v: json.dumps(json.dumps(v))  # noqa: E731  (NNI's double encoding)
@@ -119,7 +125,10 @@ def _fake_experiment(exp_dir: Path, stage: str, trials: list[dict], images: int 
     for seq, t in enumerate(trials):
         run = exp_dir / "environments" / "local-env" / "trials" / t["id"]
         run.mkdir(parents=True)
-        run.joinpath("config.yaml").write_text("data: fake\nepochs: 3\nbatch_size: 8\n")
+        run.joinpath("config.yaml").write_text(config)
+        if flags is not None:
+            run.joinpath("trial_command.json").write_text(json.dumps({"argv": ["trial.py", *flags.split()],
+                                                                      "trial_flags": flags}))
         counted = {"val_images": images} if images else {}
         run.joinpath("metrics.jsonl").write_text("".join(
             json.dumps({"epoch": e, "val_acc": v, "train_loss": 2.0 - v, "train_seconds": 1.5, **counted}) + "\n"
@@ -197,20 +206,22 @@ def test_experiment_report_and_top_k_retrains_resume_and_rank(tmp_path, monkeypa
     report = report_main([str(exp), "--retrains", str(runs)])
     assert report == exp / "report" / "report.md"
     text = check_report(report, [t["id"] for t in HPO_TRIALS])
-    for figure in ("trials.png", "curves.png", "effect_lr.png", "effect_optimizer.png", "effect_model.png",
-                   "search_vs_retrain.png"):
+    for figure in ("trials.png", "curves.png", "effect_lr.png", "effect_optimizer.png", "effect_model.png"):
         assert f"({figure})" in text
-    assert "## Model x optimizer" in text and "| mobilenet | 0.5000 (lr 0.001) |" in text
-    tau = tau_in(text)
-    test_accs = [json.loads((runs / f"hpo_retrain-exp0report-{t}" / "result.json").read_text())["test_acc"]
-                 for t in ("aaaaa", "ddddd", "ccccc")]
-    assert tau == pytest.approx(kendall([0.5, 0.4, 0.3], test_accs).tau, abs=1e-3)
-    if test_accs[0] < max(test_accs):
-        assert "**The search's winner (aaaaa" in text and "is not the retrain's winner" in text
-    elif test_accs.count(max(test_accs)) > 1:
-        assert "The search's winner (aaaaa mobilenet Adam 0.001) ties for the retrain's best" in text
-    else:
-        assert "The search's winner (aaaaa mobilenet Adam 0.001) is also the retrain's winner" in text
+    assert "## Model x optimizer" in text and "| mobilenet | not tried | 0.5000 (lr 0.001) |" in text
+    # two batches of 16 images per epoch learn nothing: every retrain is at chance on the synthetic test images
+    # it was scored on (at most 0.1 + 2 standard errors of a guess), and the report says so instead of ranking
+    # them or giving a tau
+    results = [json.loads((runs / f"hpo_retrain-exp0report-{t}" / "result.json").read_text())
+               for t in ("aaaaa", "ddddd", "ccccc")]
+    test_accs = [r["test_acc"] for r in results]
+    assert all(r["classes"] == 10 for r in results)                      # the runs record their classes
+    assert max(test_accs) <= 0.1 + 2 * (0.1 * 0.9 / results[0]["test_images"]) ** 0.5
+    assert "- chance 0.1000 (1 / 10 classes)" in text
+    assert text.split("Does the ranking survive", 1)[1].count(" (at chance) |") == 3
+    assert "**At chance: the retrains learned nothing at this budget.**" in text
+    assert "(search_vs_retrain.png)" not in text and "Kendall's tau =" not in text and "The search's winner" not in \
+        text.split("Does the ranking survive", 1)[1]
     # a retrain run folder of its own
     check_report(report_main([str(second)]), ["hpo_retrain-exp0report-ddddd", "exp0report", "Final test accuracy"])
 
@@ -269,6 +280,165 @@ def test_bad_sources_fail_with_one_line_and_write_nothing(tmp_path, monkeypatch,
                 "no finished trial": "no trial finished yet", "no metrics": "no per-epoch metrics",
                 "plain folder": "neither an NNI experiment folder"}[case]
     assert expected in lines[0]
+
+
+# --- chance, noise and figures that neither exaggerate nor hide ------------------------------------
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Every figure a report draws, by file name, as matplotlib objects (read after it was saved)."""
+    from report import plots
+
+    drawn = {}
+    real_save = plots._save
+
+    def save(fig, path, *args, **kwargs):
+        result = real_save(fig, path, *args, **kwargs)
+        drawn[Path(path).name] = fig
+        return result
+    monkeypatch.setattr(plots, "_save", save)
+    return drawn
+
+
+def _chance_lines(ax) -> list[float]:
+    """The levels of the dotted chance lines an axes draws (horizontal ones)."""
+    return [line.get_ydata()[0] for line in ax.get_lines() if str(line.get_label()).startswith("chance")]
+
+
+def _check_texts_fit(figs: dict) -> None:
+    from report.plots import clipped_texts
+
+    for name, fig in figs.items():
+        assert clipped_texts(fig) == [], f"{name}: a title or axis label reaches outside the figure"
+
+
+P = lambda model, optimizer, lr: {"model": model, "optimizer": optimizer, "lr": lr}  # noqa: E731
+CHANCE_TRIALS = [                  # synthetic data, one epoch: what a first quick search on a CPU gives
+    {"id": "aaaaa", "params": P("mobilenet", "Adam", 0.01), "curve": [0.10], "final": 0.10, "status": "SUCCEEDED"},
+    {"id": "bbbbb", "params": P("mobilenet", "Adam", 0.001), "curve": [0.104], "status": "USER_CANCELED"},
+    {"id": "ccccc", "params": P("vgg", "Adamax", 0.001), "curve": [0.09], "status": "USER_CANCELED"},
+    {"id": "ddddd", "params": P("vgg", "Adam", 0.01), "curve": [0.112], "final": 0.112, "status": "SUCCEEDED"},
+    {"id": "eeeee", "params": P("vgg", "SGD", 0.01), "curve": [0.095], "status": "FAILED", "error": "error: boom"},
+]
+
+
+def test_a_search_at_chance_says_so_and_ranks_nothing(tmp_path, figures):
+    exp = _fake_experiment(tmp_path / "exp0chance", "hpo", CHANCE_TRIALS, images=1000)
+    text = check_report(report_main([str(exp), "-o", str(tmp_path / "out")]), ["aaaaa"])
+    # 1 / 10 classes; 2 standard errors of a guess on 1,000 images: 0.019
+    assert "- chance 0.1000 (1 / 10 classes)" in text and "that is 0.1190 or less" in text
+    assert "**At chance: the search learned nothing at this budget.**" in text
+    assert "| 0.1120 ± 0.0100 (at chance) | - |" in text and "| 0.1000 ± 0.0095 (at chance) | - |" in text
+    assert "are tied with it" not in text and "ahead of every other" not in text
+    rows = {r["trial_id"]: r for r in csv.DictReader(open(tmp_path / "out" / "trials.csv"))}
+    assert rows["ddddd"]["at_chance"] == "true" and rows["ddddd"]["tied"] == "" and rows["bbbbb"]["at_chance"] == ""
+    # every accuracy axis draws the chance line
+    for name in ("trials.png", "curves.png", "budget.png", "effect_lr.png", "effect_model.png"):
+        assert _chance_lines(figures[name].axes[0]) == [pytest.approx(0.1)], name
+    # the model x optimizer table shows every searched value, and why a pair has no number
+    table = text.split("## Model x optimizer", 1)[1]
+    assert "| model | Adam | Adamax | SGD |" in table
+    assert "| vgg | 0.1120 ± 0.0100 (at chance) (lr 0.01) | no finished trial (1 early-stopped) | no finished trial " \
+           "(1 failed) |" in table
+    # the effect of lr: lr 0.001's trials were all stopped, and still show (hollow), with the failed one
+    ax = figures["effect_lr.png"].axes[0]
+    hollow = {(round(float(y), 3), line.get_marker()) for line in ax.get_lines() if line.get_markerfacecolor() == "none"
+              for y in line.get_ydata()}
+    assert hollow == {(0.104, "o"), (0.09, "o"), (0.095, "s")}
+    assert [t.get_text().split("\n") for t in ax.get_xticklabels()] == [
+        ["0.001", "0 finished", "2 stopped"], ["0.01", "2 finished", "1 failed"]]
+    assert any(c.__class__.__name__ == "LineCollection" for c in ax.collections), "no error bar on the mean"
+    # one epoch: whole-number ticks only
+    ax = figures["curves.png"].axes[0]
+    lo, hi = ax.get_xlim()
+    assert [t for t in ax.get_xticks() if lo <= t <= hi] == [1.0]
+    _check_texts_fit(figures)
+
+
+def test_accuracy_axes_span_a_few_standard_errors_and_best_so_far_has_its_band(tmp_path, figures):
+    from report.stats import binomial_se
+
+    # two results two images apart on 1,000: today's 0.155-0.157 must not fill the axis
+    trials = [{"id": "aaaaa", "params": P("mobilenet", "Adam", 0.01), "curve": [0.12, 0.155], "final": 0.155,
+               "status": "SUCCEEDED"},
+              {"id": "bbbbb", "params": P("vgg", "Adam", 0.01), "curve": [0.13, 0.157], "final": 0.157,
+               "status": "SUCCEEDED"}]
+    exp = _fake_experiment(tmp_path / "exp0span", "hpo", trials, images=1000)
+    text = check_report(report_main([str(exp), "-o", str(tmp_path / "out")]), ["bbbbb"])
+    assert "**At chance" not in text and "(at chance)" not in text        # 0.155 is above 0.119
+    se = binomial_se(0.157, 1000)
+    for name in ("trials.png", "budget.png", "curves.png"):
+        lo, hi = figures[name].axes[0].get_ylim()
+        assert hi - lo >= 6 * se, (name, lo, hi)               # a few standard errors, not 0.155 to 0.157
+    for name in ("trials.png", "budget.png"):           # the best so far carries a band of ± its standard error
+        bands = [c for c in figures[name].axes[0].collections if c.__class__.__name__ in ("PolyCollection",
+                                                                                          "FillBetweenPolyCollection")]
+        ys = [v[1] for band in bands for path in band.get_paths() for v in path.vertices]
+        assert ys and min(ys) == pytest.approx(0.155 - binomial_se(0.155, 1000), abs=1e-6)
+        assert max(ys) == pytest.approx(0.157 + se, abs=1e-6)
+    _check_texts_fit(figures)
+
+
+def _fake_retrain(runs: Path, exp: str, trial: dict, seed: int, acc: float, images: int = 2000) -> Path:
+    """A finished retrain folder of ``trial`` as hpo/retrain.py --top K --seeds writes one."""
+    run = runs / f"hpo_retrain-{exp}-{trial['id']}-seed{seed}"
+    run.mkdir(parents=True)
+    (run / "origin.json").write_text(json.dumps({"experiment_id": exp, "stage": "hpo_retrain", "trial_id": trial["id"],
+                                                 "rank": 1, "seed": seed, "params": trial["params"]}))
+    (run / "config.yaml").write_text(yaml.safe_dump({**trial["params"], "data": "fake", "epochs": 2, "seed": seed}))
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 2, "test_acc": acc, "test_images": images}) + "\n")
+    (run / "result.json").write_text(json.dumps({"test_acc": acc, "test_images": images, "classes": 10, "epoch": 2}))
+    return run
+
+
+def test_retrains_are_tied_by_the_seed_spread_and_labelled_on_their_own_points(tmp_path, figures):
+    from matplotlib.text import Text
+
+    exp = _fake_experiment(tmp_path / "exp0retr", "hpo", HPO_TRIALS, images=1000)
+    runs = tmp_path / "runs"
+    by_id = {t["id"]: t for t in HPO_TRIALS}
+    for trial_id, seed, acc in [("aaaaa", 0, 0.60), ("aaaaa", 1, 0.56), ("ddddd", 0, 0.62), ("ddddd", 1, 0.60),
+                                ("ccccc", 0, 0.40)]:
+        _fake_retrain(runs, "exp0retr", by_id[trial_id], seed, acc)
+    # the runs folder given twice (as the default and with --retrains) is one folder
+    text = check_report(report_main([str(exp), "--retrains", str(runs), "--retrains", str(runs) + "/", "-o",
+                                     str(tmp_path / "out")]), ["hpo_retrain-exp0retr-aaaaa-seed1"])
+    found = next(line for line in text.splitlines() if line.startswith("Retrains found in"))
+    assert found.count(f"`{runs}`") == 1 and ": 5 run(s) of 3 configuration(s)" in found
+    # seed-to-seed spread pooled over aaaaa (0.60, 0.56) and ddddd (0.62, 0.60): sqrt((0.0008 + 0.0002) / 2)
+    spread = ((0.02 ** 2 * 2 + 0.01 ** 2 * 2) / 2) ** 0.5
+    assert f"the larger of the seed-to-seed standard deviation ({spread:.4f}, pooled over the 2 configuration(s)" in text
+    # ddddd leads (0.61); its noise is max(0.0224 / sqrt 2, binomial 0.0109): aaaaa's 0.58 is within 2 x 0.0158
+    row = next(line for line in text.splitlines() if line.startswith("| 1 | aaaaa | mobilenet Adam 0.001 |"))
+    assert "| 0.5800 ± 0.0283 (n=2) | 0.6000, 0.5600 | yes |" in row
+    assert "is not the retrain's winner" in text and "Within the noise it is tied with it" in text
+    tau = tau_in(text)
+    assert tau == pytest.approx(kendall([0.5, 0.4, 0.3], [0.58, 0.61, 0.40]).tau, abs=1e-3)
+    ax = figures["search_vs_retrain.png"].axes[0]
+    assert f"n = 3" in ax.get_title() and "tau" in ax.get_title()
+    labels = [t for t in ax.texts if t.get_text().split()[0] in by_id]
+    assert len(labels) == 3
+    from report.plots import clipped_texts
+
+    fig = figures["search_vs_retrain.png"]
+    assert clipped_texts(fig) == []                              # draws it again, for the boxes below
+    renderer = fig.canvas.get_renderer()
+    for t in labels:                      # each label points at its own configuration, with a line to it
+        trial = by_id[t.get_text().split()[0]]
+        assert t.xy[0] == pytest.approx(trial["final"]) and t.arrow_patch is not None
+    boxes = [Text.get_window_extent(t, renderer) for t in labels]           # the text alone, not its line
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), "labels on top of each other"
+    assert all(ax.bbox.contains(b.x0, b.y0) and ax.bbox.contains(b.x1, b.y1) for b in boxes), "a label outside"
+    _check_texts_fit(figures)
+
+    # two configurations: Kendall's tau is +1 or -1 whatever they are, and is kept out of the title
+    two = tmp_path / "runs2"
+    for trial_id, acc in [("aaaaa", 0.6), ("ddddd", 0.5)]:
+        _fake_retrain(two, "exp0retr", by_id[trial_id], 0, acc)
+    text = check_report(report_main([str(exp), "--retrains", str(two), "-o", str(tmp_path / "out2")]), [])
+    assert "over two configurations it is +1 or -1 whatever they are" in text
+    assert "tau" not in figures["search_vs_retrain.png"].axes[0].get_title()
+    assert "its binomial standard error only: no configuration was retrained with more than one seed" in text
 
 
 # --- -o OUT replaced: killed at any moment, OUT is the old report or the new one ---------------------

@@ -157,6 +157,7 @@ def check_study_report(hpo_exp: Path, nas_exp: Path, darts_run: Path, retrain_ru
     assert "**This study's budget is smaller than the DARTS paper's**" in closing
     taken = "**The classic-NAS experiment took this study's HPO winner** (--from-hpo)"
     assert (taken in text) is from_hpo
+    assert "### Is it the searched cell?" in text.split("## 4. retrain", 1)[1]       # the retrain's cell checked
     marker = json.loads((out / ".report.json").read_text())
     assert marker["study"] is True and set(marker["files"]) == {p.name for p in out.iterdir()} - {".report.json"}
     assert {"hpo_trials.csv", "hpo_trials.json", "nas_trials.csv", "nas_trials.json"} <= set(marker["files"])
@@ -179,7 +180,7 @@ def test_each_accuracy_has_its_standard_error_and_the_tied_trials_are_marked(tmp
     assert f"| 0.4900 ± {binomial_se(0.49, 1000):.4f} | yes |" in text                 # tied
     assert f"| 0.3000 ± {binomial_se(0.3, 1000):.4f} |  |" in text                      # not tied
     assert "(1,000 validation images; binomial)" in text and "are tied with it: 1 (ddddd" in text
-    assert f"| mobilenet | 0.5000 ± {se:.4f} (lr 0.001) |" in text                      # model x optimizer too
+    assert f"| mobilenet | not tried | 0.5000 ± {se:.4f} (lr 0.001) |" in text          # model x optimizer too
     assert "shaded: tied with the best" in text
 
     # trials that did not record how many images they were scored on: said so, no tie claimed
@@ -299,15 +300,16 @@ def test_comparison_of_two_experiments_of_one_stage(tmp_path, capsys):
     assert "**tied**" in whole or "found the better configuration" in whole or "is ahead, tied with" in whole
 
     # the verdict with the noise, by construction: 0.80 vs 0.79 at n 5000 is tied; vs 0.70 it is not
-    def one(name, acc):
+    def one(name, acc, tuner):
         return _fake_experiment(tmp_path / name, "hpo", [{"id": f"{name[-3:]}01", "params": HPO_TRIALS[0]["params"],
                                                           "curve": [acc], "final": acc, "status": "SUCCEEDED"}],
-                                images=5000)
-    text = check_report(report_main([str(one("exp0hi", 0.80)), str(one("exp0lo", 0.79)), "-o", str(tmp_path / "c2")]),
-                        [])
+                                images=5000, profile={"tuner": {"name": tuner}})
+    text = check_report(report_main([str(one("exp0hi", 0.80, "TPE")), str(one("exp0lo", 0.79, "Random")), "-o",
+                                     str(tmp_path / "c2")]), [])
     assert "**tied** (exp0hi: 0.8000 ± 0.0057" in text and "these experiments cannot be told apart" in text
-    text = check_report(report_main([str(tmp_path / "exp0hi"), str(one("exp0wo", 0.70)), "-o", str(tmp_path / "c3")]),
-                        [])
+    assert "it counts validation sampling only" in text                # nothing ran with two seeds
+    text = check_report(report_main([str(tmp_path / "exp0hi"), str(one("exp0wo", 0.70, "Anneal")), "-o",
+                                     str(tmp_path / "c3")]), [])
     assert "**exp0hi found the better configuration**" in text
 
     # mistakes: one line, exit 2, nothing written
@@ -334,6 +336,49 @@ def test_comparison_of_two_experiments_of_one_stage(tmp_path, capsys):
     for source in (a, run):     # -o "" is no folder for one source either (not the default folder)
         one_error_line(*run_report([source, "-o", ""], capsys), "-o: the folder's name is empty")
         assert not (source / "report").exists()
+
+
+def _seeded(tmp_path: Path, name: str, seed: int, finals: dict[tuple, float], tuner: str = "TPE") -> Path:
+    """An HPO experiment whose trials ran ``--seed SEED`` through CIFAR_AUTOML_TRIAL_FLAGS (as its trials record
+    it) and scored ``finals`` (model, optimizer, lr -> validation accuracy on 1,000 images)."""
+    trials = [{"id": f"{name[-3:]}{i:02d}", "params": {"model": m, "optimizer": o, "lr": lr}, "curve": [acc],
+               "final": acc, "status": "SUCCEEDED"} for i, ((m, o, lr), acc) in enumerate(finals.items())]
+    return _fake_experiment(tmp_path / name, "hpo", trials, images=1000, flags=f"--seed {seed}",
+                            config=f"data: fake\nepochs: 2\nbatch_size: 64\nweight_decay: 0.0005\nseed: {seed}\n",
+                            profile={"trialCommand": "python3 trial.py --epochs 2 ${CIFAR_AUTOML_TRIAL_FLAGS:-}",
+                                     "tuner": {"name": tuner}, "maxTrialNumber": 4})
+
+
+def test_comparison_shows_what_differs_and_calls_a_seed_repeat_one(tmp_path):
+    from report.stats import binomial_se
+
+    mob, shu = ("mobilenet", "Adamax", 0.01), ("shufflenetg2", "Adam", 0.001)
+    # the issue's case: the same configuration scored 0.205 with one seed and 0.168 with the other
+    a = _seeded(tmp_path, "exp0sda", 0, {mob: 0.205, shu: 0.150})
+    b = _seeded(tmp_path, "exp0sdb", 1, {mob: 0.168, shu: 0.160})
+    text = check_report(report_main([str(a), str(b), "-o", str(tmp_path / "c1")]), [])
+    assert text.index("## What differs") < text.index("## Side by side")
+    assert "- `exp0sda` ran its trials as `python3 trial.py --epochs 2 --seed 0`" in text     # the flags expanded
+    assert "${CIFAR_AUTOML_TRIAL_FLAGS" not in text          # each experiment's what-ran says it the same way
+    assert "- trial command: `python3 trial.py --epochs 2 --seed 1` (as its trials ran it" in text
+    assert "| seed | trials' seed 0 | trials' seed 1 |" in text
+    assert "The same in all: search space, tuner, assessor, budget, data, recipe, trial command." in text
+    assert "**A seed repeat, not two search strategies**" in text and "## The same search with another seed" in text
+    assert "found the better configuration" not in text and "## Which found the better" not in text
+    # the seed-to-seed spread of the two configurations both ran, pooled: several times the binomial error
+    spread = (((0.205 - 0.168) ** 2 + (0.150 - 0.160) ** 2) / 4) ** 0.5
+    assert f"a standard deviation of {spread:.4f} from seed to seed (2 configuration(s) ran in more than one)" in text
+
+    # another tuner too: ranked as search strategies, with the seed spread in the noise (0.205 vs 0.170 is
+    # 2.7 binomial standard errors apart, but within 2 seed-to-seed standard deviations)
+    c = _seeded(tmp_path, "exp0sdc", 2, {mob: 0.170, shu: 0.150}, tuner="Random")
+    text = check_report(report_main([str(a), str(c), "-o", str(tmp_path / "c2")]), [])
+    assert "| tuner | TPE | Random |" in text and "A seed repeat" not in text
+    assert 0.205 - 0.170 > 2 * binomial_se(0.205, 1000)
+    spread = (((0.205 - 0.170) ** 2 + 0) / 4) ** 0.5
+    assert "**tied** (exp0sda: 0.2050 ± 0.0128" in text
+    assert f"and the seed-to-seed standard deviation ({spread:.4f}, from 2 configuration(s) run with several seeds)" \
+        in text
 
 
 # --- the study report ----------------------------------------------------------------------------
@@ -365,6 +410,9 @@ def fake_darts_retrain(folder: Path) -> Path:
         {"epoch": e, "train_loss": 1.0 / e, "test_acc": 0.3 * e, "test_images": 200, "train_images": 16,
          "train_seconds": 1.0}) + "\n" for e in (1, 2)))
     (folder / "result.json").write_text(json.dumps({"test_acc": 0.6, "epoch": 2, "test_images": 200}))
+    (folder / "arch.json").write_text(json.dumps(   # the cell fake_darts_search derives, as retrain.py records it
+        {c: [[["sep_conv_3x3", 0], ["skip_connect", 1]], [["sep_conv_3x3", 0], ["max_pool_3x3", 2]]]
+         for c in ("normal", "reduce")}))
     return folder
 
 
@@ -382,6 +430,7 @@ def test_study_report_of_the_four_stages(tmp_path, capsys, monkeypatch):
     darts, retrain = fake_darts_search(tmp_path / "darts_search"), fake_darts_retrain(tmp_path / "darts_retrain")
     text = check_study_report(hpo, nas, darts, retrain, tmp_path)
     assert "in 4 of its 4 finished trials" in text and "| HPO best configuration: trial aaaaa" in text
+    assert "**Yes: the retrained cell is this study's searched cell**" in text
 
     # any subset; the classic-NAS experiment without --from-hpo says so; the default folder is in the runs folder
     monkeypatch.setenv("CIFAR_AUTOML_RUNS", str(tmp_path / "runs"))
@@ -404,6 +453,82 @@ def test_study_report_of_the_four_stages(tmp_path, capsys, monkeypatch):
                          ([tmp_path / "plain"], "no such file or folder")]:
         one_error_line(*run_report(["--study", *argv, "-o", tmp_path / "bad"], capsys), needle)
     assert not (tmp_path / "bad").exists()
+
+
+def test_study_checks_the_retrained_cell_and_whether_the_hpo_winner_stood_out(tmp_path):
+    darts = fake_darts_search(tmp_path / "darts_search")
+    searched = json.loads((darts / "result.json").read_text())["arch"]
+    same = fake_darts_retrain(tmp_path / "same_cell")
+    # the searched cell, its nodes' edges in another order: the same cell
+    (same / "arch.json").write_text(json.dumps({c: [list(reversed(node)) for node in nodes]
+                                                for c, nodes in searched.items()}))
+    text = check_report(report_main(["--study", str(darts), str(same), "-o", str(tmp_path / "s1")]), [])
+    assert "**Yes: the retrained cell is this study's searched cell**, the search's derived cell" in text
+
+    v2 = fake_darts_retrain(tmp_path / "v2_cell")
+    (v2 / "arch.json").write_text((REPO / "oneshot_darts" / "archs" / "darts_v2.json").read_text())
+    text = check_report(report_main(["--study", str(darts), str(v2), "-o", str(tmp_path / "s2")]), [])
+    assert "**No: the retrain trained the published DARTS-V2 cell, not this study's searched cell**" in text
+
+    # the HPO winner classic NAS took: tied with another configuration at 100 validation images
+    hpo = _fake_experiment(tmp_path / "hpoexp7", "hpo", HPO_TRIALS, images=100)
+    nas = _nas_from(hpo, tmp_path, "nasexp7", winner="aaaaa")
+    text = check_report(report_main(["--study", str(hpo), str(nas), "-o", str(tmp_path / "s3")]), [])
+    assert "**The HPO winner it took was tied with 1 other configuration(s)** within 2 standard errors (0.1000): ddddd " \
+           "(shufflenetg2 Adam 0.001, 0.4000)" in text
+    hpo = _fake_experiment(tmp_path / "hpoexp8", "hpo", HPO_TRIALS, images=5000)
+    nas = _nas_from(hpo, tmp_path, "nasexp8", winner="aaaaa")
+    text = check_report(report_main(["--study", str(hpo), str(nas), "-o", str(tmp_path / "s4")]), [])
+    assert "The HPO winner it took was ahead of every other HPO configuration by more than 2 standard errors" in text
+
+    # a retrain at chance: marked in the closing table and said plainly
+    low = fake_darts_retrain(tmp_path / "low")
+    (low / "result.json").write_text(json.dumps({"test_acc": 0.11, "epoch": 2, "test_images": 200, "classes": 10}))
+    text = check_report(report_main(["--study", str(low), "-o", str(tmp_path / "s5")]), [])
+    closing = text.split("## This study beside", 1)[1]
+    assert "| 11.00 ± 2.21 % (at chance) |" in closing and "**retrain (a DARTS cell retrained) is at chance**" in closing
+    assert "this study holds no DARTS search to check it against" in text
+
+
+def test_darts_figures_number_nodes_alike_label_the_auxiliary_loss_and_tick_whole_epochs(tmp_path):
+    from report import plots
+
+    drawn = {}
+    real_save = plots._save
+
+    def save(fig, path, *args, **kwargs):
+        drawn[Path(path).name] = fig
+        return real_save(fig, path, *args, **kwargs)
+    search = fake_darts_search(tmp_path / "search")
+    retrain = fake_darts_retrain(tmp_path / "retrain")
+    one = tmp_path / "one_epoch"
+    one.mkdir()
+    (one / "config.yaml").write_text("data: fake\nepochs: 1\n")
+    (one / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 2.0, "val_acc": 0.3, "val_images": 500,
+                                                   "train_seconds": 1.0}) + "\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "_save", save)
+        text = check_report(report_main([str(search), "-o", str(tmp_path / "r1")]), [])
+        titles = {ax.get_title() for ax in drawn["edge_weights_normal.png"].axes if ax.get_title()}
+        graph = {t.get_text() for t in drawn["cell_normal.png"].axes[0].texts}
+        check_report(report_main([str(retrain), "-o", str(tmp_path / "r2")]), [])
+        legend = [t.get_text() for t in drawn["curves.png"].axes[0].get_legend().get_texts()]
+        check_report(report_main([str(one), "-o", str(tmp_path / "r3")]), [])
+        curves, times = drawn["curves.png"], drawn["epoch_time.png"]
+    # nodes 2 and 3, inputs 0 = c_{k-2} and 1 = c_{k-1}: the edge weights, the cell graph and the table alike
+    assert titles == {"node 2 <- c_{k-2} (0)", "node 2 <- c_{k-1} (1)", "node 3 <- c_{k-2} (0)",
+                      "node 3 <- c_{k-1} (1)", "node 3 <- node 2"}
+    assert {"0: $c_{k-2}$", "1: $c_{k-1}$", "2", "3", "$c_{k}$"} <= graph and "0" not in graph
+    # (a table cell is escaped as data: c\_{k-2} shows as c_{k-2})
+    assert "| 2 | sep_conv_3x3 from c\\_{k-2} (0) + skip_connect from c\\_{k-1} (1) |" in text
+    assert "| 3 | sep_conv_3x3 from c\\_{k-2} (0) + max_pool_3x3 from node 2 |" in text
+    assert "train_loss (with 0.4 x auxiliary loss)" in legend
+    for fig in (curves, times):             # one epoch: the tick is 1, never 0.96, 0.98, ...
+        for ax in fig.axes:
+            lo, hi = ax.get_xlim()
+            assert [t for t in ax.get_xticks() if lo <= t <= hi] == [1.0]
+    for fig in drawn.values():
+        assert plots.clipped_texts(fig) == []
 
 
 def fake_protocol(folder: Path, accs: dict[int, float], images: int = 1000) -> Path:
@@ -435,8 +560,17 @@ def test_study_report_takes_a_darts_protocol_and_shows_its_noise(tmp_path):
                          "(darts_seed0_cell_normal.png)"])
     se = binomial_se(0.62, 1000)
     assert f"| 0 | 0.4000 ± {binomial_se(0.4, 100):.4f} | 0.6200 ± {se:.4f} |" in text
-    assert "(tied with it): seed 1." in text                    # 0.60 within 2 x 0.0153 of 0.62; 0.50 is not
+    assert "(tied with it): seed 1. It counts validation sampling only" in text   # 0.60 within 2 x 0.0153 of 0.62
     assert f"| DARTS protocol: seed 0's cell, short-retrain validation accuracy | 62.00 ± {100 * se:.2f} % |" in text
+    assert "The search itself, run with 3 seeds: validation accuracy 0.4000 ± 0.0000" in text
+
+    # short retrains at chance: the selection is arbitrary, no tie and no rank correlation is stated
+    chance = fake_protocol(tmp_path / "chance-protocol", {0: 0.11, 1: 0.10})
+    text = check_report(report_main([str(chance), "-o", str(tmp_path / "out2")]), [])
+    assert "**At chance: the short retrains learned nothing at this budget.**" in text
+    assert f"0.1100 ± {binomial_se(0.11, 1000):.4f} (at chance)" in text and "(tied with it)" not in text
+    assert "No rank correlation between search and short-retrain accuracy is stated" in text
+    assert "Kendall's tau" not in text
 
 
 # --- --top K --seeds -----------------------------------------------------------------------------
@@ -475,9 +609,15 @@ def test_top_k_retrains_with_seeds_give_mean_and_std_per_configuration(tmp_path,
     mean = {t: sum(v) / 2 for t, v in accs.items()}
     std = {t: abs(v[0] - v[1]) / 2 ** 0.5 for t, v in accs.items()}
     assert "4 run(s) of 2 configuration(s) (4 finished with a valid test accuracy)" in text
-    assert f"| 3, 7 | {mean['aaaaa']:.4f} ± {std['aaaaa']:.4f} (n=2) |" in text
+    assert f"| 3, 7 | {mean['aaaaa']:.4f} ± {std['aaaaa']:.4f} (n=2)" in text
+    # the pooled seed-to-seed spread sets the ties (two configurations, two seeds each)
+    spread = (((accs["aaaaa"][0] - accs["aaaaa"][1]) ** 2 + (accs["ddddd"][0] - accs["ddddd"][1]) ** 2) / 4) ** 0.5
+    assert f"the larger of the seed-to-seed standard deviation ({spread:.4f}, pooled over the 2" in text
     k = kendall([0.5, 0.4], [mean["aaaaa"], mean["ddddd"]])
-    if k is None:
+    n = json.loads((runs / "hpo_retrain-exp0seeds-aaaaa-seed3" / "result.json").read_text())["test_images"]
+    if max(mean.values()) <= 0.1 + 2 * (0.1 * 0.9 / n) ** 0.5:        # one epoch of 2 batches: at chance
+        assert "**At chance: the retrains learned nothing at this budget.**" in text and "Kendall's tau =" not in text
+    elif k is None:
         assert "Kendall's tau is undefined" in text
     else:
         assert tau_in(text) == pytest.approx(k.tau, abs=1e-3) and f"(p = {k.p:.3g}, n = 2;" in text
@@ -549,13 +689,13 @@ def check_inert(text: str, out: Path) -> None:
             assert not any(line.startswith(part.strip()) for line in text.splitlines() if part.strip()), part
 
 
-def _hostile_hpo(folder: Path) -> Path:
+def _hostile_hpo(folder: Path, **kwargs) -> Path:
     trials = [{"id": f"h{i}abc", "params": {"model": v, "optimizer": HOSTILE[-1 - i], HOSTILE_KEY: i % 2, "lr": 0.001},
                "curve": [0.2, 0.3 + i / 100], "final": 0.3 + i / 100, "status": "SUCCEEDED"}
               for i, v in enumerate(HOSTILE)]
     trials.append({"id": "i<u>|`d", "params": {"model": "m", "optimizer": "o", HOSTILE_KEY: 0, "lr": 0.01},
                    "curve": [0.1], "status": "FAILED", "error": "error: <script>alert(1)</script> | `x` [a](javascript:b)"})
-    exp = _fake_experiment(folder, "hpo", trials, images=1000)
+    exp = _fake_experiment(folder, "hpo", trials, images=1000, **kwargs)
     con = sqlite3.connect(exp / "db" / "nni.sqlite")
     params = json.loads(con.execute("SELECT params FROM ExperimentProfile").fetchone()[0])
     params.update(experimentName="<script>n</script>\n# a heading", tuner={"name": "[t](javascript:x)"})
@@ -569,8 +709,10 @@ def test_every_report_shows_names_and_parameters_as_text(tmp_path, monkeypatch):
     """Parameters, parameter names, experiment and trial names, folders, error lines, a run's config
     and origin, a DARTS protocol's rule and operations, holding line breaks, ``|``, HTML, links and
     backticks, are escaped (one function, :func:`report.common.md`) in every kind of report: an
-    experiment's, a comparison, a run folder's, a DARTS protocol's and the study. (The figures are
-    not drawn here, only written as files: this is about the Markdown.)"""
+    experiment's, a comparison (its seed-repeat section and what differs: trial commands with their
+    flags, recipes), a run folder's, a DARTS protocol's and the study (the HPO winner's ties, whether
+    the retrained cell is the searched one). (The figures are not drawn here, only written as
+    files: this is about the Markdown.)"""
     import inspect
 
     from report import plots
@@ -594,11 +736,23 @@ def test_every_report_shows_names_and_parameters_as_text(tmp_path, monkeypatch):
 
     other = _hostile_hpo(tmp_path / "exp2[x](javascript:y)")
     report_main([str(hpo), str(other), "-o", str(tmp_path / "comparison")])
-    check_inert((tmp_path / "comparison" / "report.md").read_text(), tmp_path / "comparison")
+    text = (tmp_path / "comparison" / "report.md").read_text()
+    check_inert(text, tmp_path / "comparison")
+    assert "**A repeat, not two search strategies**" in text and "## The same search with another seed" in text
+    # what differs: the trial command as the trials ran it, the recipe, with hostile flags and values
+    command = {"trialCommand": "python3 trial.py ${CIFAR_AUTOML_TRIAL_FLAGS:-} <b>|`c`"}
+    differs = [_hostile_hpo(tmp_path / f"exp{i}<d>|`{i}", profile=command, flags=f"--seed {i} --note <i>|`{i}`",
+                            config=f"data: fake\nepochs: 3\nscheduler: '<s{i}>|`x`'\n") for i in (3, 4)]
+    report_main([*map(str, differs), "-o", str(tmp_path / "differs")])
+    text = (tmp_path / "differs" / "report.md").read_text()
+    check_inert(text, tmp_path / "differs")
+    section = text.split("## What differs", 1)[1].split("## Side by side", 1)[0]
+    assert "| trial command |" in section and "| recipe |" in section
+    assert "--note &lt;i&gt;\\|\\`3\\` &lt;b&gt;\\|\\`c\\`" in section and "&lt;s4&gt;\\|\\`x\\`" in section
 
     run = fake_darts_retrain(tmp_path / "run<b>|x")
-    (run / "config.yaml").write_text((run / "config.yaml").read_text() + 'model: "<img src=x>"\n'
-                                     'optimizer: "a|b\\nc"\n')
+    config = (run / "config.yaml").read_text().replace("arc: final_arch.json", 'arc: "<a>|`x`"')
+    (run / "config.yaml").write_text(config + 'model: "<img src=x>"\noptimizer: "a|b\\nc"\n')
     (run / "origin.json").write_text(json.dumps({"experiment_id": "<script>e", "trial_id": "[t](javascript:x)",
                                                  "params": {"lr": "<b>|"}, "rank": "|1|", "seed": "`s`",
                                                  "stage": "x\ny"}))
@@ -619,6 +773,7 @@ def test_every_report_shows_names_and_parameters_as_text(tmp_path, monkeypatch):
     settings["settings"]["search"]["data"] = HOSTILE[3]
     settings["settings"]["select_epochs"] = HOSTILE[4]
     (protocol / "protocol.json").write_text(json.dumps(settings))
+    (protocol / "final_arch.json").write_text(json.dumps(selection["seeds"][0]["genotype"]))
     report_main([str(protocol), "-o", str(tmp_path / "protocol_report")])
     check_inert((tmp_path / "protocol_report" / "report.md").read_text(), tmp_path / "protocol_report")
 
@@ -631,3 +786,7 @@ def test_every_report_shows_names_and_parameters_as_text(tmp_path, monkeypatch):
     text = (tmp_path / "study" / "report.md").read_text()
     check_inert(text, tmp_path / "study")
     assert "**The classic-NAS experiment took this study's HPO winner**" in text
+    # the HPO winner's ties name trials and their parameters; the cell check names files
+    assert "**The HPO winner it took was tied with" in text and "h3abc (a\\|b a\\|b 1 0.001, 0.3300)" in text
+    assert "**No: the retrain trained another cell (from &lt;a&gt;\\|\\`x\\`)" in text
+    assert "(seed 1, " in text and "protocol\\`&lt;p&gt;/final_arch.json)" in text

@@ -45,3 +45,5 @@ def test_study_report_of_hpo_classic_nas_darts_and_retrain(hpo_study_exp, nas_fr
     (retrain,) = (runs / "retrain").iterdir()
     text = check_study_report(hpo_study_exp.exp_dir, nas_from_hpo_exp, search, retrain, tmp_path)
     assert "in 2 of its 2 finished trials" in text and "optimizer Adam and lr 0.01" in text
+    assert "**Yes: the retrained cell is this study's searched cell**" in text       # its final_arch.json
+    assert "The HPO winner it took " in text                   # and whether it stood out (or is at chance)
