@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.files import atomic_write_text
-from core.errors import UserError, cli_main
+from core.errors import ArgumentParser, UserError, cli_main
 from core.experiments import Trial, ranked
 from core.experiments import load_experiment as _load_experiment
 
@@ -50,7 +50,7 @@ def format_table(trials: Sequence[Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m classic_nas.export", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m classic_nas.export", description=__doc__.splitlines()[0])
     parser.add_argument("source", help="experiment id, experiment folder, nni.sqlite, or an nnictl export .json/.csv")
     parser.add_argument("--experiments-dir", help="folder holding <id>/ (default: found via ~/nni-experiments)")
     parser.add_argument("--out", default="best_arch.json", help="architecture file to write (default: %(default)s)")

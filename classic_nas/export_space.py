@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from core.files import atomic_write_text
 from core.config import parse_json
-from core.errors import cli_main
+from core.errors import ArgumentParser, cli_main
 
 #: The file the nnictl configs of this stage name as ``searchSpaceFile``.
 SEARCH_SPACE_FILE = Path(__file__).resolve().parent / "search_space.json"
@@ -30,7 +30,7 @@ def render(space_json: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m classic_nas.export_space", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m classic_nas.export_space", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(SEARCH_SPACE_FILE),
                         help="where to write it ('-' = standard output; default: %(default)s)")
     parser.add_argument("--check", action="store_true",

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import yaml
 
 from core.config import UniqueKeyLoader, read_text
-from core.errors import UserError, cli_main, first_line
+from core.errors import ArgumentParser, UserError, cli_main, first_line
 
 #: Fields NNI 3.0 asserts are positive (``ExperimentConfig._validate_canonical``): integers here...
 POSITIVE_INTS = ("trialConcurrency", "maxTrialNumber")
@@ -76,7 +76,7 @@ def check_experiment_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core.nni_config", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m core.nni_config", description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="+", metavar="CONFIG", help="nnictl experiment config (YAML)")
     return parser
 

@@ -15,7 +15,7 @@ import math
 import os
 from typing import Any, Sequence
 
-from core.errors import UserError, cli_main
+from core.errors import ArgumentParser, UserError, cli_main
 from core.experiments import Trial, best_trial, ranked
 from core.experiments import load_experiment as _load_experiment
 from hpo import BUDGET_KEY, PARAM_KEYS
@@ -75,7 +75,7 @@ def format_table(trials: Sequence[Trial], top: int = 0) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python hpo/results.py", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python hpo/results.py", description=__doc__.splitlines()[0])
     parser.add_argument("source", help="experiment id, experiment folder, nni.sqlite, or an nnictl export .json/.csv")
     parser.add_argument("--experiments-dir", help="folder holding <id>/ (default: found via ~/nni-experiments)")
     parser.add_argument("--top", type=int, default=0, help="list only the N best trials (0 = all, in start order)")
