@@ -7,9 +7,9 @@ bare ``assert`` statements: ``trialConcurrency: 0`` ends in a traceback with an 
 ``AssertionError`` (see docs/nni.md). This module runs the same validation first and says what is
 wrong: the fields NNI asserts on are checked here by name (:data:`POSITIVE`), a key repeated in the
 YAML is refused (NNI would keep the last silently), so is a search space with ``#`` or ``//`` in a
-name or value (:data:`COMMENT_MARKS`: NNI would start the experiment and never run a trial), and
-whatever else NNI's schema rejects is passed on as one line. Where the project starts ``nnictl create`` itself (the test harness, the Colab
-notebook) it calls :func:`check_experiment_config` first.
+name or value (:data:`COMMENT_MARKS`: NNI would start the experiment, then hang), and whatever else
+NNI's schema rejects is passed on as one line. Where the project starts ``nnictl create`` itself
+(the test harness, the Colab notebook) it calls :func:`check_experiment_config` first.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def check_search_space(space: Any, where: str) -> None:
         at, text, mark = found
         raise UserError(f"{where}: search space {at}: {text!r} contains {mark!r}, which NNI's message reader strips "
                         "as a comment even inside a string: its dispatcher could not read a trial's parameters and "
-                        "the experiment would stay RUNNING; use a name without '#' and '//'")
+                        "the experiment would stay RUNNING; use names and values without '#' and '//'")
 
 
 def check_experiment_config(path: str | os.PathLike) -> dict[str, Any]:

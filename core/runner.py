@@ -123,7 +123,7 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
     except KeyboardInterrupt:
         raise Interrupted(interrupted_message(run, trainer) if run else "interrupted") from None
     except OSError as exc:     # a checkpoint or metrics line that cannot be written: a full disk, say
-        if run is None or exc.filename is None:
+        if run is None or exc.filename is None or not Path(exc.filename).is_relative_to(run.dir):
             raise
         raise UserError(write_failed_message(run, trainer, exc)) from None
     result: dict[str, Any] = {**(history[-1] if history else {}), "params": n_params, "run_dir": run_path}
