@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from core.errors import ArgumentParser, cli_main
+
 REPO = Path(__file__).resolve().parents[1]
 COMPARISONS = ("order", "partial", "nni", "retrain")
 
@@ -230,8 +232,9 @@ def retrain_images_per_s(args, device: torch.device, tmp: Path) -> tuple[float, 
     return result["images_per_s"], result["params_without_auxiliary"]  # the second (warm) epoch's
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--compare", nargs="+", choices=COMPARISONS, default=list(COMPARISONS),
                    help="what to measure (default: all)")
     p.add_argument("--channels", type=int, default=8, help="search width C (paper: 16)")
@@ -249,7 +252,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     p.add_argument("--child", metavar="JSON", help=argparse.SUPPRESS)   # one variant, in this process
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     _quiet()
     if args.threads:

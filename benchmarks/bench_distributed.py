@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from core.errors import ArgumentParser, cli_main
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -43,8 +45,9 @@ def images_per_s(nproc: int, args: argparse.Namespace, out: Path, threads: int |
     return metrics[-1]["images_per_s"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nproc", type=int, default=2, help="processes of the data-parallel run")
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--batch-size", type=int, default=64, help="global batch")
@@ -53,7 +56,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2, help="alternating 1-process and N-process runs; the "
                         "medians are compared (on a shared machine the load moves between runs)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     ones, manys, singles = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):

@@ -12,13 +12,13 @@ as ``torchvision.datasets.CIFAR10`` does. Prints both rates and their ratio.
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
 
 from core.data import ImageSet, make_splits
+from core.errors import ArgumentParser, cli_main
 from core.loader import BatchLoader
 from core.train import resolve_device
 
@@ -80,8 +80,9 @@ def time_project(data: ImageSet, mean, std, batch_size: int, images: int, device
     return seen / (time.perf_counter() - start)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(SHARED) if SHARED.exists() else "fake")
     p.add_argument("--data-root", default="data")
     p.add_argument("--images", type=int, default=20000, help="images per measurement")
@@ -89,7 +90,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="baseline DataLoader workers")
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=3)
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     splits = make_splits(args.data, args.data_root, val_fraction=0.0)
     device = resolve_device(args.device)

@@ -52,6 +52,7 @@ import yaml
 from bench_loader import SHARED, usual_recipe_loader
 from core.config import ModelConfig, from_dict
 from core.data import Splits
+from core.errors import ArgumentParser, cli_main
 from core.device import resolve_device
 from core.runner import load_splits
 from core.train import Trainer, evaluate, make_loader, seed_everything
@@ -378,8 +379,9 @@ def compare_concurrency(args: argparse.Namespace, variant: dict[str, Any]) -> No
         print(f"{n:<16}{total:>12,.1f}{total / n:>11,.1f}{(f'{total / one:.2f}x' if one else '-'):>7}", flush=True)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(SHARED) if SHARED.exists() else "fake",
                    help="as every command's --data (default: the JPEG CIFAR-10 copy in ../shared, else fake)")
     p.add_argument("--data-root", default=str(Path(__file__).resolve().parents[1] / "data"))

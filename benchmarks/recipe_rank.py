@@ -40,7 +40,7 @@ import yaml
 
 from core.files import atomic_write_text
 from core.config import read_json, read_text
-from core.errors import UserError, cli_main
+from core.errors import ArgumentParser, UserError, cli_main
 from core.nni_trial import NniTrial
 from core.paths import REPO_ROOT, default_data, default_data_root, default_out_dir, resolve
 from core.runner import load_splits
@@ -143,7 +143,7 @@ def format_tau(label: str, k: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python benchmarks/recipe_rank.py", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python benchmarks/recipe_rank.py", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="as for every command: cifar10, fake, or an image folder / "
                         ".tar.gz (env CIFAR_AUTOML_DATA)")
     parser.add_argument("--data-root", default=None, help="download and decode cache (env CIFAR_AUTOML_DATA_ROOT)")

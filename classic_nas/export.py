@@ -11,6 +11,9 @@ architecture is the ``skip1`` ... ``skip6`` keys the trial repeats in its final 
 NNI 3.0 recording another concurrent trial's parameters; the reader prefers them), else its
 parameters, written as ``{"skip1": 0 or 1, ...}`` for ``classic_nas/retrain.py --arc``. The table of every
 trial, best first, goes to standard output.
+
+An existing ``--out`` file is replaced only when it holds such an architecture (an earlier export,
+say); any other file is refused, and left as it is, unless ``--overwrite`` is given.
 """
 from __future__ import annotations
 
@@ -20,8 +23,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.files import atomic_write_text
-from core.errors import UserError, cli_main
+from core.files import add_overwrite_argument, atomic_write_text, check_output_file
+from core.errors import ArgumentParser, UserError, cli_main
 from core.experiments import Trial, ranked
 from core.experiments import load_experiment as _load_experiment
 
@@ -51,11 +54,21 @@ def format_table(trials: Sequence[Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m classic_nas.export", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m classic_nas.export", description=__doc__.splitlines()[0])
     parser.add_argument("source", help="experiment id, experiment folder, nni.sqlite, or an nnictl export .json/.csv")
     parser.add_argument("--experiments-dir", help="folder holding <id>/ (default: found via ~/nni-experiments)")
-    parser.add_argument("--out", default="best_arch.json", help="architecture file to write (default: %(default)s)")
+    parser.add_argument("--out", default="best_arch.json", help="architecture file to write (default: %(default)s); "
+                        "an existing file is replaced only when it holds an architecture")
+    add_overwrite_argument(parser)
     return parser
+
+
+def holds_arch(text: str) -> bool:
+    """Whether ``text`` is what this command writes: a classic-NAS architecture file."""
+    from classic_nas.space import validate_arch
+
+    validate_arch(json.loads(text))
+    return True
 
 
 @cli_main
@@ -64,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
     out = Path(args.out)
     if out.is_dir():
         raise UserError(f"--out: {str(out)!r} is a folder; give the file to write, e.g. {str(out / 'best_arch.json')!r}")
+    check_output_file(out, "--out", "a classic-NAS architecture", holds_arch, args.overwrite)
     parent = next((p for p in out.absolute().parents if p.exists()), None)
     if parent is not None and not os.access(parent, os.W_OK | os.X_OK):   # said before the experiment is read
         raise UserError(f"--out: cannot write {str(out)!r} ({str(parent)!r} is not writable)")

@@ -4,6 +4,10 @@
     python -m classic_nas.export_space --check    # exit 1 if that file is out of date
     python -m classic_nas.export_space --out -    # print it
 
+An existing ``--out`` file is replaced only when it holds a search space of this stage (one
+``{"_type": ..., "_value": ...}`` per skip label: an earlier or stale export); any other file is
+refused, and left as it is, unless ``--overwrite`` is given.
+
 The JSON holds one ``{"_type": "choice", "_value": [0, 1]}`` per skip label, in NNI's HPO format;
 the tuner's parameters are then exactly this stage's architecture format (``{"skip1": 0 or 1, ...}``).
 """
@@ -15,9 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.files import atomic_write_text
+from core.files import add_overwrite_argument, atomic_write_text, check_output_file
 from core.config import parse_json
-from core.errors import cli_main
+from core.errors import ArgumentParser, cli_main
 
 #: The file the nnictl configs of this stage name as ``searchSpaceFile``.
 SEARCH_SPACE_FILE = Path(__file__).resolve().parent / "search_space.json"
@@ -30,12 +34,24 @@ def render(space_json: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m classic_nas.export_space", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m classic_nas.export_space", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(SEARCH_SPACE_FILE),
                         help="where to write it ('-' = standard output; default: %(default)s)")
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 if --out differs from the generated JSON")
+    add_overwrite_argument(parser)
     return parser
+
+
+def holds_space(text: str) -> bool:
+    """Whether ``text`` is what this command writes: a search space over this stage's skip labels
+    (perhaps a stale one, with only some of them or other choices)."""
+    from classic_nas.space import SKIP_LABELS
+
+    space = parse_json(text)
+    return (isinstance(space, dict) and bool(space)
+            and all(label in SKIP_LABELS and isinstance(spec, dict) and set(spec) == {"_type", "_value"}
+                    for label, spec in space.items()))
 
 
 @cli_main
@@ -57,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(1)
         print(f"{out} matches the search space")
         return 0
+    check_output_file(out, "--out", "a search space of this stage", holds_space, args.overwrite)
     atomic_write_text(out, text)
     print(f"wrote {out} ({len(json.loads(text))} choices)")
     return 0

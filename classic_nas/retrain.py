@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.config import TrainConfig, add_config_arguments, check_resume_only, config_from_args, field
-from core.errors import UserError, cli_main
+from core.errors import ArgumentParser, UserError, cli_main
 from core.experiments import Trial
 from core.from_hpo import add_from_hpo_argument, winner_from_args
 from core.retrains import add_new_folder_argument, add_seeds_argument, check_seeds, retrain_top_of
@@ -50,7 +50,7 @@ class RetrainConfig(TrainConfig):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python classic_nas/retrain.py", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python classic_nas/retrain.py", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--arc", "--arch", dest="arc", metavar="JSON",
                         help="architecture file, e.g. best_arch.json from python -m classic_nas.export")

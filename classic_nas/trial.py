@@ -27,7 +27,7 @@ import json
 from typing import Any, Sequence
 
 from core.config import SearchTrialConfig, add_config_arguments, config_from_args, field
-from core.errors import UserError, cli_main
+from core.errors import ArgumentParser, UserError, cli_main
 from core.from_hpo import add_from_hpo_argument, winner_from_args
 from core.nni_trial import NniTrial
 
@@ -44,7 +44,7 @@ class TrialConfig(SearchTrialConfig):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python classic_nas/trial.py", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python classic_nas/trial.py", description=__doc__.splitlines()[0])
     parser.add_argument("--arc", "--arch", dest="arc", metavar="JSON", help="architecture file {\"skip1\": 0 or "
                         "1, ...}; only outside NNI (under nnictl the tuner chooses the architecture)")
     add_from_hpo_argument(parser, env=True)

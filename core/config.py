@@ -19,7 +19,7 @@ from typing import Any, Callable, Literal, Sequence, TypeVar
 
 import yaml
 
-from core.errors import UserError, first_line
+from core.errors import ArgumentParser, UserError, first_line
 from core.paths import NAMED_SOURCES, absolute_paths, default_data, default_data_root, default_out_dir
 
 C = TypeVar("C", bound="TrainConfig")
@@ -457,7 +457,7 @@ def check_resume_only(cls: type, args: argparse.Namespace, extra: Sequence[str] 
 def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: str | None = None,
                  parser: argparse.ArgumentParser | None = None) -> tuple[C, argparse.Namespace]:
     """Parse ``argv`` into a config of type ``cls``; ``parser`` may carry extra, non-config options."""
-    parser = parser or argparse.ArgumentParser(description=description)
+    parser = parser or ArgumentParser(description=description)
     add_config_arguments(parser, cls)
     args = parser.parse_args(argv)
     return config_from_args(cls, args), args

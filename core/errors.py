@@ -1,6 +1,7 @@
 """User-facing errors and the one place that turns them into a clean exit."""
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
@@ -23,6 +24,15 @@ class Interrupted(UserError):
     """The user stopped a run (Ctrl-C); the message says where it can be resumed from."""
 
     exit_code = 130  # the shell's convention for SIGINT
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The argument parser of every command: a bad flag or value is a :class:`UserError`, so that
+    :func:`cli_main` prints it as the one ``error:`` line of any other mistake (exit 2), not
+    argparse's usage block followed by its message. ``--help`` still prints the usage."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def first_line(exc: BaseException) -> str:

@@ -6,9 +6,10 @@
 bare ``assert`` statements: ``trialConcurrency: 0`` ends in a traceback with an empty
 ``AssertionError`` (see docs/nni.md). This module runs the same validation first and says what is
 wrong: the fields NNI asserts on are checked here by name (:data:`POSITIVE`), a key repeated in the
-YAML is refused (NNI would keep the last silently), and whatever else NNI's schema rejects is passed
-on as one line. Where the project starts ``nnictl create`` itself (the test harness, the Colab
-notebook) it calls :func:`check_experiment_config` first.
+YAML is refused (NNI would keep the last silently), so is a search space with ``#`` or ``//`` in a
+name or value (:data:`COMMENT_MARKS`: NNI would start the experiment, then hang), and whatever else
+NNI's schema rejects is passed on as one line. Where the project starts ``nnictl create`` itself
+(the test harness, the Colab notebook) it calls :func:`check_experiment_config` first.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any, Sequence
 import yaml
 
 from core.config import UniqueKeyLoader, read_text
-from core.errors import UserError, cli_main, first_line
+from core.errors import ArgumentParser, UserError, cli_main, first_line
 
 #: Fields NNI 3.0 asserts are positive (``ExperimentConfig._validate_canonical``): integers here...
 POSITIVE_INTS = ("trialConcurrency", "maxTrialNumber")
@@ -42,10 +43,47 @@ def _duration_seconds(value: Any) -> float | None:
     return None
 
 
+#: What NNI 3.0's JSON reader (json_tricks, ``ignore_comments=True``, in
+#: ``nni/runtime/command_channel/websocket/connection.py``) takes for the start of a comment, even
+#: inside a string: a message that carries such a string (a trial's parameters, when the trial ends)
+#: is cut there and cannot be read, the dispatcher cannot go on, and the experiment stays RUNNING.
+COMMENT_MARKS = ("//", "#")
+
+
+def _comment_mark(value: Any, where: str) -> tuple[str, str, str] | None:
+    """The first string of a search space (a key or a value, at any depth) holding a
+    :data:`COMMENT_MARKS`: (where, the string, the mark); None when there is none."""
+    if isinstance(value, str):
+        mark = next((m for m in COMMENT_MARKS if m in value), None)
+        return (where, value, mark) if mark else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{where}.{key}" if where else str(key)
+            found = _comment_mark(str(key), inner) or _comment_mark(item, inner)
+            if found:
+                return found
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _comment_mark(item, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def check_search_space(space: Any, where: str) -> None:
+    """Refuse a search space that NNI would accept but could not run (:data:`COMMENT_MARKS`)."""
+    found = _comment_mark(space, "")
+    if found:
+        at, text, mark = found
+        raise UserError(f"{where}: search space {at}: {text!r} contains {mark!r}, which NNI's message reader strips "
+                        "as a comment even inside a string: its dispatcher could not read a trial's parameters and "
+                        "the experiment would stay RUNNING; use names and values without '#' and '//'")
+
+
 def check_experiment_config(path: str | os.PathLike) -> dict[str, Any]:
     """Validate the nnictl config at ``path`` as ``nnictl create`` will (and a little more: named
-    fields, repeated keys); returns the YAML mapping. Any mistake is a :class:`UserError` naming
-    the file and the field."""
+    fields, repeated keys, a search-space string NNI could not pass on); returns the YAML mapping.
+    Any mistake is a :class:`UserError` naming the file and the field."""
     p = Path(path)
     where = f"nnictl config {str(p)!r}"
     try:
@@ -68,15 +106,16 @@ def check_experiment_config(path: str | os.PathLike) -> dict[str, Any]:
     from nni.experiment.config import ExperimentConfig
 
     try:
-        ExperimentConfig.load(str(p)).canonical_copy()
+        canonical = ExperimentConfig.load(str(p)).canonical_copy()
     except (AssertionError, ValueError, TypeError, KeyError, AttributeError) as exc:
         text = first_line(exc) if str(exc).strip() else f"{type(exc).__name__} in NNI's ExperimentConfig"
         raise UserError(f"{where}: NNI rejects it: {text}") from None
+    check_search_space(canonical.search_space, where)
     return config
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core.nni_config", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m core.nni_config", description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="+", metavar="CONFIG", help="nnictl experiment config (YAML)")
     return parser
 

@@ -1,6 +1,7 @@
 """One folder per run or trial: resolved config, log, per-epoch metrics (JSON lines), checkpoint."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.files import atomic_write_text
+from core.files import atomic_write_text, write_error
 from core.config import parse_json, to_dict, write_yaml
 from core.errors import UserError
 
@@ -100,8 +101,10 @@ class Run:
 
 
 def append_text(path: Path, text: str) -> None:
-    """Append ``text`` to a file of a run folder, never through a symbolic link (a link there could
-    point at anyone's file: it is refused with one line, nothing written)."""
+    """Append ``text`` to a file of a run folder, whole or not at all, never through a symbolic link
+    (a link there could point at anyone's file: it is refused with one line, nothing written). A
+    write that fails (no space left, an I/O error) cuts the file back to what it held before, and
+    the error names ``path`` (:func:`core.files.write_error`)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as exc:
@@ -109,8 +112,18 @@ def append_text(path: Path, text: str) -> None:
             raise UserError(f"{str(path)!r} is a symbolic link; files in a run folder are never written through "
                             "one (remove the link to continue)") from None
         raise
-    with os.fdopen(fd, "a") as fh:
-        fh.write(text)
+    try:
+        size = os.fstat(fd).st_size
+        data = memoryview(text.encode())
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)      # no half line left for the next append to continue
+            raise write_error(exc, path) from None
+    finally:
+        os.close(fd)
 
 
 def _finite(value: Any) -> Any:

@@ -124,6 +124,10 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
         history = trainer.fit(on_epoch=on_epoch)
     except KeyboardInterrupt:
         raise Interrupted(interrupted_message(run, trainer) if run else "interrupted") from None
+    except OSError as exc:     # a checkpoint or metrics line that cannot be written: a full disk, say
+        if run is None or exc.filename is None or not Path(exc.filename).is_relative_to(run.dir):
+            raise
+        raise UserError(write_failed_message(run, trainer, exc)) from None
     result: dict[str, Any] = {**(history[-1] if history else {}), "params": n_params, "run_dir": run_path,
                               CLASSES_KEY: splits.num_classes}
     result.update(trainer.finish())
@@ -139,9 +143,19 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
 
 def interrupted_message(run: Run, trainer: Trainer) -> str:
     """Where an interrupted run can be continued from, and the command that does it."""
+    return "interrupted in epoch " + _where_to_continue(run, trainer)
+
+
+def write_failed_message(run: Run, trainer: Trainer, exc: OSError) -> str:
+    """A file of the run that could not be written (no space left, a read-only file system, an I/O
+    error): which, why, and the intact checkpoint to continue from once that is fixed."""
+    return (f"cannot write {exc.filename!r} ({exc.strerror or type(exc).__name__}) in epoch "
+            + _where_to_continue(run, trainer))
+
+
+def _where_to_continue(run: Run, trainer: Trainer) -> str:
     done = trainer.start_epoch
     if not done or not run.checkpoint_path.exists():
-        return f"interrupted in epoch {done + 1} before any epoch was saved; run folder {run.dir}"
+        return f"{done + 1} before any epoch was saved; run folder {run.dir}"
     command = f"python {sys.argv[0]} --resume {run.checkpoint_path}" if sys.argv and sys.argv[0] else "--resume"
-    return (f"interrupted in epoch {done + 1}; the last checkpoint is {run.checkpoint_path} (after epoch {done}); "
-            f"continue with: {command}")
+    return f"{done + 1}; the last checkpoint is {run.checkpoint_path} (after epoch {done}); continue with: {command}"

@@ -10,11 +10,11 @@ import json
 from typing import Sequence
 
 from core.config import ModelConfig, add_config_arguments, add_resume_argument, check_resume_only, config_from_args
-from core.errors import cli_main
+from core.errors import ArgumentParser, cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core.train_model", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m core.train_model", description=__doc__.splitlines()[0])
     add_resume_argument(parser)
     add_config_arguments(parser, ModelConfig)
     return parser

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import yaml
 
 from core.chance import at_chance, classes_of
-from core.errors import UserError, cli_main
+from core.errors import ArgumentParser, UserError, cli_main
 from core.run import CONFIG_FILE
 from core.experiments import Trial, best_trial, rank_problem, ranked
 from core.experiments import load_experiment as _load_experiment
@@ -102,7 +102,7 @@ def format_table(trials: Sequence[Trial], top: int = 0, mode: str = "maximize") 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python hpo/results.py", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python hpo/results.py", description=__doc__.splitlines()[0])
     parser.add_argument("source", help="experiment id, experiment folder, nni.sqlite, or an nnictl export .json/.csv")
     parser.add_argument("--experiments-dir", help="folder holding <id>/ (default: found via ~/nni-experiments)")
     parser.add_argument("--top", type=int, default=0, help="list only the N best trials (those that may be ranked: a final accuracy in [0, 1], not "

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from core.files import atomic_write_text
 from core.config import ModelConfig, add_config_arguments, check_resume_only, config_from_args, field
-from core.errors import UserError, cli_main
+from core.errors import ArgumentParser, UserError, cli_main
 from core.experiments import Trial, trials_from_export
 from core.retrains import add_new_folder_argument, add_seeds_argument, check_seeds, retrain_top_of
 from hpo import PARAM_KEYS
@@ -49,7 +49,7 @@ class RetrainConfig(ModelConfig):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python hpo/retrain.py", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python hpo/retrain.py", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--experiment", metavar="ID_OR_DIR",
                         help="experiment id (or its folder, or its db/nni.sqlite)")

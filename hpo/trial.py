@@ -29,7 +29,7 @@ import math
 from typing import Any, Callable, Sequence
 
 from core.config import ModelConfig, Optimizer, SearchTrialConfig, add_config_arguments, config_from_args, field
-from core.errors import UserError, cli_main
+from core.errors import ArgumentParser, UserError, cli_main
 from core.nni_trial import NniTrial
 from hpo import BUDGET_KEY, PARAM_KEYS
 
@@ -81,7 +81,7 @@ def run_trial(cfg: HpoTrialConfig, trial: NniTrial,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python hpo/trial.py", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python hpo/trial.py", description=__doc__.splitlines()[0])
     add_config_arguments(parser, HpoTrialConfig)
     return parser
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from core.config import add_config_arguments, add_resume_argument
-from core.errors import UserError
+from core.errors import ArgumentParser, UserError
 
 #: Reduction cells sit at one and two thirds of the depth, so a network needs at least this many cells.
 MIN_LAYERS = 3
@@ -27,7 +27,7 @@ def check_network_shape(layers: int, partial_channels: int = 1, **positive: int)
 
 
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = ArgumentParser(prog=prog, description=description)
     add_resume_argument(parser)
     parser.add_argument("--nni", action="store_true",
                         help="run as an NNI trial: take the trial's parameters as config overrides, write into "

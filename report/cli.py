@@ -39,7 +39,7 @@ from typing import Sequence
 
 from core.files import atomic_write_text
 from core.config import loads_json
-from core.errors import UserError, cli_main
+from core.errors import ArgumentParser, UserError, cli_main
 from core.paths import default_out_dir
 from core.run import METRICS_FILE
 from report.common import is_run_folder
@@ -51,7 +51,7 @@ MARKER_KIND = "python -m report"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m report", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m report", description=__doc__.splitlines()[0])
     parser.add_argument("sources", nargs="+", metavar="source", help="experiment id, experiment folder, its "
                         "db/nni.sqlite, or a run folder; several experiments of one stage: a comparison")
     parser.add_argument("-o", "--out", help="report folder (default: <experiment or run folder>/report); it must be "

@@ -490,3 +490,45 @@ def test_retrain_from_hpo_and_not_with_resume(tmp_path, capsys):
         retrain.main(["--resume", str(run / "checkpoint.pt"), "--from-hpo", str(exp)])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.startswith("error: --from-hpo: not allowed with --resume")
+
+
+# --- output files the user names -------------------------------------------------------------------
+
+#: each option that names an output file: the command before its --out
+OUTPUTS = {"export": ["-m", "classic_nas.export", "EXP"], "export_space": ["-m", "classic_nas.export_space"]}
+
+
+@pytest.mark.parametrize("command", sorted(OUTPUTS))
+def test_an_output_file_the_command_did_not_write_is_never_replaced(tmp_path, monkeypatch, command):
+    from classic_nas import export
+    from tests.test_bad_input import one_error_line, run
+
+    monkeypatch.setattr(export, "load_experiment", lambda source, experiments_dir=None: [_trial("t", 0.5, ALL_ON)])
+    argv = OUTPUTS[command]
+    notes = tmp_path / "notes.txt"
+    for content in (b"my notes\n", b"", json.dumps({"skip1": 1, "note": "mine"}).encode(),
+                    json.dumps(ALL_ON)[:-1].encode(), b"\xff\xfe"):
+        notes.write_bytes(content)
+        one_error_line(run([*argv, "--out", str(notes)]),
+                       f"--out: {str(notes)!r} exists and does not hold", "add --overwrite to replace it")
+        assert notes.read_bytes() == content and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    proc = run([*argv, "--out", str(notes), "--overwrite"])                  # asked for: replaced
+    assert proc.returncode == 0, proc.stderr
+    written = notes.read_text()
+    assert json.loads(written) in (ALL_ON, search_space_json())
+    proc = run([*argv, "--out", str(notes)])                                  # its own file: replaced again
+    assert proc.returncode == 0 and notes.read_text() == written, proc.stderr
+    link = tmp_path / "link.json"
+    link.symlink_to(notes)
+    one_error_line(run([*argv, "--out", str(link), "--overwrite"]), "is a symbolic link")
+    assert notes.read_text() == written and link.is_symlink()
+
+
+def test_export_space_replaces_a_stale_space_of_this_stage_only(tmp_path):
+    from tests.test_bad_input import one_error_line, run
+
+    hpo_space = tmp_path / "space.json"
+    hpo_space.write_text((REPO / "hpo" / "search_space.json").read_text())      # another stage's space
+    one_error_line(run(["-m", "classic_nas.export_space", "--out", str(hpo_space)]), "does not hold a search space "
+                   "of this stage")
+    assert hpo_space.read_text() == (REPO / "hpo" / "search_space.json").read_text()

@@ -73,3 +73,121 @@ def test_smoke_run_and_resume_from_another_folder(tmp_path):
     assert res.returncode == 2 and res.stderr.strip() == ("error: --epochs: not allowed with --resume, which "
                                                           "continues with the config stored in the checkpoint; "
                                                           "pass --resume alone")
+
+
+# --- a full disk -------------------------------------------------------------------------------------
+
+FULL_DISK_ARGS = ["--model", "mobilenet", "--data", "fake", "--batch-size", "16", "--epochs", "3", "--max-batches",
+                  "3", "--device", "cpu", "--no-progress"]
+
+
+def _train_in_process(argv, monkeypatch):
+    """``python -m core.train_model ARGV`` in this process, with a small CNN for the model; returns
+    (exit status, stderr)."""
+    import contextlib
+    import io
+
+    from torch import nn
+
+    import models
+    from core import train_model
+
+    def small_cnn(name, num_classes):
+        return nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+
+    monkeypatch.setattr(models, "create_model", small_cnn)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            train_model.main(argv)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+    return code, err.getvalue()
+
+
+def _fill(disk: Path) -> Path:
+    """Take every free byte of the file system of ``disk``; returns the file that holds them."""
+    import errno
+    import os
+
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 65536)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs (mounting needs root: skipped where that is impossible)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.parametrize("disk", ["tmpfs", "simulated"])
+def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_space(tmp_path, monkeypatch, request, disk):
+    import errno
+    import os
+
+    import torch
+
+    code, err = _train_in_process([*FULL_DISK_ARGS, "--out-dir", str(tmp_path / "whole")], monkeypatch)
+    assert code == 0, err
+    [reference] = list((tmp_path / "whole").iterdir())
+    out = request.getfixturevalue("small_disk") if disk == "tmpfs" else tmp_path / "full"
+    filled, replace, fsync, checkpoints = [], os.replace, os.fsync, [0]
+
+    def replace_then_fill(src, dst, *args, **kwargs):        # the disk is full after the first checkpoint
+        replace(src, dst, *args, **kwargs)
+        if str(dst).endswith("checkpoint.pt") and not filled:
+            filled.append(_fill(out))
+
+    def fsync_no_space_at_second_checkpoint(fd):
+        if ".checkpoint.pt." in os.readlink(f"/proc/self/fd/{fd}"):
+            checkpoints[0] += 1
+            if checkpoints[0] == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return fsync(fd)
+
+    if disk == "tmpfs":
+        monkeypatch.setattr(os, "replace", replace_then_fill)
+    else:
+        monkeypatch.setattr(os, "fsync", fsync_no_space_at_second_checkpoint)
+    code, err = _train_in_process([*FULL_DISK_ARGS, "--out-dir", str(out)], monkeypatch)
+    [run] = [p for p in out.iterdir() if p.is_dir() and p.name != "lost+found"]
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"error: cannot write '{run}/") and "(No space left on device) in epoch 2" in lines[0]
+    assert f"continue with: python {sys.argv[0]} --resume {run / 'checkpoint.pt'}" in lines[0], lines[0]
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1      # the last good one, intact
+    assert not list(run.glob(".*.tmp")), "the failed write's temporary file is removed"
+    # space is freed: the same run resumes from its checkpoint and ends as if nothing happened
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    for path in filled:
+        path.unlink()
+    code, err = _train_in_process(["--resume", str(run / "checkpoint.pt")], monkeypatch)
+    assert code == 0, err
+
+    def metrics(folder):
+        return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    assert [m["epoch"] for m in metrics(run)] == [1, 2, 3]
+    for a, b in zip(metrics(run), metrics(reference)):
+        assert (a["train_loss"], a["val_loss"], a["val_acc"]) == (b["train_loss"], b["val_loss"], b["val_acc"])
+    assert json.loads((run / "result.json").read_text())["test_acc"] == \
+        json.loads((reference / "result.json").read_text())["test_acc"]

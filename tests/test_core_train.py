@@ -93,6 +93,49 @@ def test_checkpoint_is_atomic_and_weights_only(tmp_path):
         load_checkpoint(path)
 
 
+def test_a_failed_checkpoint_write_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"epoch": 1})
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError) as exc:
+        save_checkpoint(path, {"epoch": 2})
+    assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(path)   # cli_main's one line names it
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"], "the failed write's temporary file is removed"
+
+
+def test_a_failed_append_leaves_no_half_line(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from core.run import append_text
+
+    path = tmp_path / "metrics.jsonl"
+    append_text(path, '{"epoch": 1}\n')
+    real_write = os.write
+
+    def full_after_three_bytes(fd, data):
+        if len(data) > 3:
+            return real_write(fd, bytes(data[:3]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full_after_three_bytes)
+    with pytest.raises(OSError) as exc:
+        append_text(path, '{"epoch": 2}\n')
+    assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(path)
+    monkeypatch.undo()
+    assert path.read_text() == '{"epoch": 1}\n'
+    append_text(path, '{"epoch": 2}\n')
+    assert [m["epoch"] for m in Run(tmp_path).read_metrics()] == [1, 2]
+
+
 def test_diverging_loss_raises(tmp_path):
     cfg = tiny_cfg(lr=1e6, optimizer="SGD", max_batches=40, subset=1280, epochs=1, scheduler="none")
     with pytest.raises(TrainingDiverged, match="training diverged: the loss became .* in epoch 1 by batch"):

@@ -76,3 +76,28 @@ def test_help_and_flag_checks_come_before_torch_and_nni(command):
 def test_a_bad_flag_of_a_trial_is_reported_before_torch_loads():
     res = run(["-c", _PROBE, "classic_nas/trial.py", "--data", "fake", "--lr", "-1"], REPO)
     assert "error: lr" in res.stderr and res.stdout.strip().splitlines()[-1] == "HEAVY: []", res.stdout + res.stderr
+
+
+#: Every command of the project: each module that runs as a script (``if __name__ == "__main__":``).
+COMMANDS = sorted(str(p.relative_to(REPO).with_suffix("")).replace("/", ".") for p in REPO.glob("*/*.py")
+                  if not p.is_relative_to(REPO / "tests") and 'if __name__ == "__main__":' in p.read_text())
+
+
+def test_every_command_is_found():
+    assert {"hpo.trial", "report.__main__", "core.nni_config", "benchmarks.bench_darts"} <= set(COMMANDS)
+    assert len(COMMANDS) >= 17
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_a_bad_flag_is_one_error_line_without_the_usage_block(module, capsys, monkeypatch):
+    import importlib
+
+    monkeypatch.syspath_prepend(str(REPO / module.split(".")[0]))    # as a script sees its folder
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as exit_:
+        main(["--no-such-flag"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert "usage:" not in err and "--no-such-flag" in err or "required" in err, err
+    assert "--help" in err, err

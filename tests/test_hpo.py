@@ -145,6 +145,58 @@ def test_wide_space_and_the_nni_example_recipe_are_the_issue_s():
     assert {k: getattr(nni_cfg, k) for k in same} == {k: getattr(default, k) for k in same}   # only the two differ
 
 
+@pytest.mark.parametrize("text", ["see http://x", "a#b"])
+def test_nni_cannot_read_back_a_parameter_with_a_comment_mark(text):
+    """Why such a search space is refused: the message that ends a trial carries its parameters,
+    and NNI 3.0's dispatcher reads it with comments stripped (NNI's own reader, as its websocket
+    connection calls it)."""
+    import nni
+
+    hyper_params = json.dumps({"parameter_id": 0, "parameters": {"optimizer": text}, "parameter_index": 0})
+    message = json.dumps({"type": "EN", "content": json.dumps({"trial_job_id": "a", "hyper_params": hyper_params})})
+    with pytest.raises(ValueError):
+        nni.load(message)
+    plain = message.replace(text, "Adam")
+    assert nni.load(nni.load(nni.load(plain)["content"])["hyper_params"])["parameters"] == {"optimizer": "Adam"}
+
+
+@pytest.mark.parametrize("where, space, named", [
+    ("file", {"optimizer": {"_type": "choice", "_value": ["Adam", "see http://x"]}},
+     "search space optimizer._value[1]: 'see http://x' contains '//'"),
+    ("inline", {"optimizer": {"_type": "choice", "_value": ["Adam", "a#b"]}},
+     "search space optimizer._value[1]: 'a#b' contains '#'"),
+    ("inline", {"lr#2": {"_type": "choice", "_value": [0.1]}}, "search space lr#2: 'lr#2' contains '#'"),
+    ("file", {"net": {"_type": "choice", "_value": [{"_name": "a", "note": "x // y"}]}},
+     "search space net._value[0].note: 'x // y' contains '//'"),
+])
+def test_a_search_space_string_with_a_comment_mark_is_refused_before_nnictl_create(tmp_path, capsys, where, space,
+                                                                                  named):
+    from core import nni_config
+
+    config = yaml.safe_load((REPO / "configs/hpo_smoke.yml").read_text())
+    config["trialCodeDirectory"] = config["tuner"]["codeDirectory"] = str(REPO / "hpo")
+    if where == "file":
+        (tmp_path / "space.json").write_text(json.dumps(space))
+        config["searchSpaceFile"] = str(tmp_path / "space.json")
+    else:
+        del config["searchSpaceFile"]
+        config["searchSpace"] = space
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as exit_:
+        nni_config.main([str(path)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: nnictl config {str(path)!r}: {named}, which NNI's message reader strips"), err
+    assert "stay RUNNING" in err
+    text = json.dumps(space).replace("#", "-").replace("//", "/")        # the same space, without the marks
+    if where == "file":
+        (tmp_path / "space.json").write_text(text)
+    else:
+        path.write_text(yaml.safe_dump({**config, "searchSpace": json.loads(text)}))
+    assert nni_config.main([str(path)]) == 0
+
+
 # --- running trials -----------------------------------------------------------------------------
 
 def test_trial_standalone_from_repo_root_and_from_hpo(tmp_path):
