@@ -48,6 +48,20 @@ def _out_of_memory(exc: BaseException) -> bool:
     return torch is not None and isinstance(exc, torch.OutOfMemoryError)
 
 
+#: What gloo says when a collective loses a peer that exited (NCCL raises ``DistError``s).
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def _peer_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another torchrun rank is gone (read without
+    importing torch, as :func:`_out_of_memory`)."""
+    dist = sys.modules.get("torch.distributed")
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(exc, dist_error):
+        return True
+    return any(words in str(exc) for words in PEER_GONE)
+
+
 def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
     """Decorate a command's ``main``: a :class:`UserError` becomes ``error: <message>`` and its
     exit code; so does an ``OSError`` about a file (``error: Permission denied: '/x'``, exit 2), and
@@ -97,6 +111,14 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
                 _die_by_sigint()
             raise SystemExit(Interrupted.exit_code) from None
         except RuntimeError as exc:
+            if several and _peer_gone(exc):
+                # another rank stopped and this one's collective lost its peer. Rank 0 alone writes
+                # the run folder (a full disk, say, stops it alone) and says why; another rank leaves
+                # without a traceback of its own. Rank 0 says that another rank stopped it.
+                if os.environ.get("RANK", "0") == "0":
+                    print(f"error: another torchrun process of this command stopped ({first_line(exc)[:200]})",
+                          file=sys.stderr, flush=True)
+                raise SystemExit(1) from None
             if not _out_of_memory(exc):   # a bug, shown whole
                 raise
             # the engine says more where it knows the model (core.train.Trainer.out_of_memory)

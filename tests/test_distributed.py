@@ -152,3 +152,36 @@ def test_top_k_refused_under_torchrun_is_one_line_and_writes_nothing(tmp_path):
     assert len(errors) == 1 and "with other options (epochs 1 there, 2 now)" in errors[0], res.stderr[-3000:]
     assert not any(line.startswith("[rank") for line in lines), res.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+
+def test_a_write_failing_on_rank_0_alone_is_its_one_line_and_no_other_rank_traceback(tmp_path, launcher):
+    """Rank 0 alone writes the run folder: when its checkpoint cannot be written (no space left)
+    it stops with its one ``error:`` line while rank 1 waits in the next collective, which then
+    loses its peer; rank 1 leaves without a traceback (core.errors.cli_main), and the checkpoint
+    of the epoch before is intact."""
+    wrapper = tmp_path / "full_disk_rank0.py"
+    wrapper.write_text(
+        "import errno, os, runpy, sys\n"
+        "import core.checkpoint as ck\n"
+        "calls = [0]\n"
+        "real = ck.atomic_write_bytes\n"
+        "def full(path, data):\n"
+        "    calls[0] += 1\n"
+        "    if os.environ.get('RANK') == '0' and calls[0] == 2:\n"
+        "        raise OSError(errno.ENOSPC, 'No space left on device', str(path))\n"
+        "    return real(path, data)\n"
+        "ck.atomic_write_bytes = full\n"
+        f"sys.argv = [{str(launcher)!r}, *sys.argv[1:]]\n"
+        f"runpy.run_path({str(launcher)!r}, run_name='__main__')\n")
+    out = tmp_path / "runs"
+    env = {**os.environ, "SMALL_CNN_BN": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(_command(wrapper, 2, [*ARGS, "--epochs", "3", "--max-batches", "1", "--out-dir", str(out)]),
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "checkpoint.pt" in errors[0], proc.stderr[-3000:]
+    assert not any(line.startswith("[rank") for line in proc.stderr.splitlines()), proc.stderr[-3000:]
+    [run] = list(out.iterdir())
+    import torch
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1
