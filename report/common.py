@@ -2,6 +2,7 @@
 the check that every number a report shows is a valid one (:func:`number_problem`)."""
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -76,6 +77,29 @@ def checked(record: dict[str, Any], where: str, problems: list[str] | None) -> d
 def valid(value: Any) -> float | None:
     """A number to draw or compare: None for a missing or :class:`Invalid` one."""
     return None if value is None or isinstance(value, Invalid) else value
+
+
+#: What a file name made from data may hold (:func:`file_part`), and the longest such part.
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+_HASHED = re.compile(r"-[0-9a-f]{10}$")
+MAX_NAME_PART = 60
+
+
+def file_part(value: Any) -> str:
+    """``value`` (data: a parameter name, an experiment id) as a part of a file name the report
+    writes (``effect_<part>.png``, ``<part>_trials.csv``): the value itself when it is made of
+    letters, digits, ``.``, ``_`` and ``-`` only; else each run of other characters becomes one
+    ``_``, leading and trailing dots go (never ``.`` or ``..``), it is cut to
+    :data:`MAX_NAME_PART` characters and ``-`` and 10 hex digits of the value's SHA-256 follow, so
+    two values never share a name (``a/b`` is ``a_b-<hash>``, ``a_b`` stays ``a_b``; a value
+    that ends as such a hash does is hashed too). The one function every name built from data goes
+    through."""
+    text = str(value)
+    safe = _UNSAFE_NAME.sub("_", text).strip(".")[:MAX_NAME_PART]
+    if safe and safe == text and not _HASHED.search(text):
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{safe}-{digest}" if safe else digest
 
 
 class Md(str):

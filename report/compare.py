@@ -22,7 +22,7 @@ from core.paths import TRIAL_FLAGS_ENV
 from core.retrains import HOW_IT_RAN
 from report import experiment_report as er
 from report import trials as table_of
-from report.common import md, read_config, seconds, table
+from report.common import file_part, md, read_config, seconds, table
 from report.stats import CHANCE_SE, TIE_SE, Noise, chance_text, seed_spread, tied_with, with_se
 from report.trials import TrialRow
 
@@ -310,8 +310,9 @@ def render(cmp: Comparison, out: Path) -> str:
                                      "comparison of search strategies)", spread)]
         lines += [""]
     lines += [*er.budget_section(exps, out, "budget.png", 2)]
-    for e in exps:
-        prefix = f"{_name(e)}_"
+    names = [_name(e) for e in exps]
+    for i, e in enumerate(exps):         # one experiment id twice (a copy of its folder): each its own files
+        prefix = file_part(names[i] if names.count(names[i]) == 1 else f"{names[i]} ({i + 1})") + "_"
         lines += [f"## Experiment {md(_name(e), code=True)}", "", *er.what_ran(e), *er.hpo_winner_note(e), "",
                   *er.best_section(e, 3), er.heading(3, f"Its {min(TOP, len(e.rows))} best trials" if len(e.rows) > TOP
                                                      else "Its trials"), "",

@@ -24,8 +24,8 @@ from core.experiments import (Profile, Trial, accuracy_problem, find_experiment,
                               ranked, read_profile)
 from core.retrains import match_retrains, read_json_file
 from report import plots, trials as table_of
-from report.common import (Invalid, Md, checked, figure, md, number_problem, read_config, read_metrics, seconds, table,
-                           valid)
+from report.common import (Invalid, Md, checked, figure, file_part, md, number_problem, read_config, read_metrics,
+                           seconds, table, valid)
 from report.run_report import load_run, render_run
 from core.chance import classes_of
 from report.stats import (CHANCE_SE, MIN_TRIALS_FOR_IMPORTANCE, TIE_SE, Noise, at_chance, binomial_se, chance_level,
@@ -345,7 +345,7 @@ def effects_section(exp: ExperimentData, out: Path, prefix: str, level: int) -> 
         if on_off:
             labelled = [(("on" if k == "1" else "off" if k == "0" else k), v) for k, v in labelled]
         finished = [[r for r in rows if r.rank is not None] for _, rows in labelled]
-        name = f"{prefix}effect_{key}.png"
+        name = f"{prefix}effect_{file_part(key)}.png"
         plots.effect(key, [(k, [r.valid_final for r in f]) for (k, _), f in zip(labelled, finished)], out / name,
                      METRIC, stopped=[[r.trial.intermediates[-1] for r in rows
                                        if r.rank is None and r.trial.early_stopped] for _, rows in labelled],

@@ -25,7 +25,7 @@ from core.paths import REPO_ROOT
 from core.retrains import read_json_file
 from report import darts_report, experiment_report as er, run_report
 from report import trials as table_of
-from report.common import Md, is_run_folder, md, read_config, read_dict, read_metrics, table, valid
+from report.common import Md, file_part, is_run_folder, md, read_config, read_dict, read_metrics, table, valid
 from report.stats import CHANCE_SE, TIE_SE, at_chance, binomial_se, chance_text
 
 #: The kinds of source, in the lab report's order, and what each is called.
@@ -440,11 +440,11 @@ def render(study: Study, out: Path) -> str:
 
 
 def default_name(study: Study) -> str:
-    """A name for the study's report folder: its sources' names."""
+    """A name for the study's report folder: its sources' names (each through :func:`file_part`)."""
     names = []
     for kind in KINDS:
         src = study.sources.get(kind)
         if src is not None:
-            names.append(src.data.profile.experiment_id if kind in ("hpo", "classic_nas") else
-                         Path(os.path.normpath(src.arg)).name)
+            names.append(file_part(src.data.profile.experiment_id if kind in ("hpo", "classic_nas") else
+                                   Path(os.path.normpath(src.arg)).name))
     return "study-" + "-".join(names)[:120]

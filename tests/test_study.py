@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -705,14 +705,9 @@ def _hostile_hpo(folder: Path, **kwargs) -> Path:
     return exp
 
 
-def test_every_report_shows_names_and_parameters_as_text(tmp_path, monkeypatch):
-    """Parameters, parameter names, experiment and trial names, folders, error lines, a run's config
-    and origin, a DARTS protocol's rule and operations, holding line breaks, ``|``, HTML, links and
-    backticks, are escaped (one function, :func:`report.common.md`) in every kind of report: an
-    experiment's, a comparison (its seed-repeat section and what differs: trial commands with their
-    flags, recipes), a run folder's, a DARTS protocol's and the study (the HPO winner's ties, whether
-    the retrained cell is the searched one). (The figures are not drawn here, only written as
-    files: this is about the Markdown.)"""
+def _no_drawing(monkeypatch) -> None:
+    """Every figure function of report.plots writes a placeholder file where it would draw (tests
+    about the Markdown and the files' names, not the figures)."""
     import inspect
 
     from report import plots
@@ -724,6 +719,17 @@ def test_every_report_shows_names_and_parameters_as_text(tmp_path, monkeypatch):
                 path.write_bytes(b"a figure")
                 return path
             monkeypatch.setattr(plots, name, placeholder)
+
+
+def test_every_report_shows_names_and_parameters_as_text(tmp_path, monkeypatch):
+    """Parameters, parameter names, experiment and trial names, folders, error lines, a run's config
+    and origin, a DARTS protocol's rule and operations, holding line breaks, ``|``, HTML, links and
+    backticks, are escaped (one function, :func:`report.common.md`) in every kind of report: an
+    experiment's, a comparison (its seed-repeat section and what differs: trial commands with their
+    flags, recipes), a run folder's, a DARTS protocol's and the study (the HPO winner's ties, whether
+    the retrained cell is the searched one). (The figures are not drawn here, only written as
+    files: this is about the Markdown.)"""
+    _no_drawing(monkeypatch)
     hpo = _hostile_hpo(tmp_path / "exp<i>|`1")
     out = tmp_path / "exp_report"
     report_main([str(hpo), "-o", str(out)])
@@ -790,3 +796,61 @@ def test_every_report_shows_names_and_parameters_as_text(tmp_path, monkeypatch):
     assert "**The HPO winner it took was tied with" in text and "h3abc (a\\|b a\\|b 1 0.001, 0.3300)" in text
     assert "**No: the retrain trained another cell (from &lt;a&gt;\\|\\`x\\`)" in text
     assert "(seed 1, " in text and "protocol\\`&lt;p&gt;/final_arch.json)" in text
+
+
+# --- file names made from data ---------------------------------------------------------------------
+
+def _report_files(out: Path) -> tuple[str, list[str]]:
+    """The Markdown of the report in ``out`` and the files its marker lists, checked: ``out`` holds
+    plain files only (nothing went into a subfolder), exactly those, and every link names one."""
+    text = (out / "report.md").read_text()
+    listed = json.loads((out / ".report.json").read_text())["files"]
+    assert all(p.is_file() and not p.is_symlink() for p in out.iterdir()), sorted(out.iterdir())
+    assert {p.name for p in out.iterdir()} == {*listed, ".report.json"}
+    for target in re.findall(r"\]\(([^)]*)\)", text):
+        assert "/" not in unquote(target) and (out / unquote(target)).is_file(), target
+    return text, listed
+
+
+def test_file_names_made_from_data_stay_in_the_report_folder_and_apart(tmp_path, monkeypatch):
+    """Parameter names and experiment ids holding ``/``, ``..`` or characters a file name cannot
+    hold name figures and exports (``effect_<param>.png``, ``<id>_trials.csv``) and the study's
+    default folder through one function, report.common.file_part: every file is written into the
+    report folder, two values never share a file (``a/b`` and ``a_b``), and each link names the file."""
+    from report.common import file_part
+
+    assert file_part("lr") == "lr" and file_part("a_b") == "a_b" and file_part("a/b") != "a_b"
+    assert file_part("a/b").startswith("a_b-") and file_part("..") not in ("", ".", "..")
+    assert len(file_part("x" * 300)) <= 80 and re.fullmatch(r"[A-Za-z0-9._-]+", file_part("é/\x00:*?"))
+    assert file_part(file_part("a/b")) != file_part("a/b")   # a name shaped like a hashed one is hashed too
+
+    _no_drawing(monkeypatch)
+    keys = ["lr/../../x", "lr_.._.._x", "..", "a\x00b*"]      # the first two map to one name but for the hash
+    trials = [{"id": f"f{i}abc", "params": {k: (i + j) % 2 for j, k in enumerate(keys)}, "curve": [0.3 + i / 100],
+               "final": 0.3 + i / 100, "status": "SUCCEEDED"} for i in range(4)]
+    exps = []
+    for folder, exp_id in (("exp0names", "../a/b"), ("exp0plain", "a_b")):
+        exp = _fake_experiment(tmp_path / "exps" / folder, "hpo", trials, images=1000)
+        con = sqlite3.connect(exp / "db" / "nni.sqlite")
+        con.execute("UPDATE ExperimentProfile SET id = ?", (exp_id,))
+        con.commit()
+        con.close()
+        exps.append(exp)
+
+    report_main([str(exps[0]), "-o", str(tmp_path / "one")])
+    text, listed = _report_files(tmp_path / "one")
+    effects = [f for f in listed if f.startswith("effect_")]
+    assert len(effects) == len(keys) and all(f"]({quote(f)})" in text for f in effects), effects
+    assert "(trials.csv)" in text
+
+    report_main([*map(str, exps), "-o", str(tmp_path / "both")])
+    text, listed = _report_files(tmp_path / "both")
+    exports = sorted(f for f in listed if f.endswith("_trials.csv"))
+    assert len(exports) == 2 and "a_b_trials.csv" in exports and all(f"]({quote(f)})" in text for f in exports)
+    assert len([f for f in listed if f.endswith("_trials.png")]) == 2
+
+    monkeypatch.setenv("CIFAR_AUTOML_RUNS", str(tmp_path / "runs"))
+    path = report_main(["--study", str(exps[0])])
+    assert path.parent.parent == tmp_path / "runs" and path.parent.name == f"study-{file_part('../a/b')}"
+    _report_files(path.parent)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["both", "exps", "one", "runs"]
