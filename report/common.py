@@ -59,12 +59,26 @@ def number_problem(key: str, value: Any) -> str | None:
     return None
 
 
+#: The endings of the keys whose values are numbers in a run's records (``metrics.jsonl``,
+#: ``result.json``, ``origin.json``, a protocol's selection): accuracies, losses, times, image
+#: counts, a DARTS search's collapse counts; and :data:`NUMBER_KEYS`, whole keys.
+NUMBER_ENDINGS = ("_acc", "_loss", "seconds", "_images", "_skip_connect", "_param_free")
+NUMBER_KEYS = ("epoch", "default", "search_metric", "classes")
+
+
+def is_number_key(key: str) -> bool:
+    """Whether the value of ``key`` in a run's records is a number (so a string, a list or an
+    object there is as invalid as NaN; under other keys only numbers are checked)."""
+    return key.endswith(NUMBER_ENDINGS) or key in NUMBER_KEYS
+
+
 def checked(record: dict[str, Any], where: str, problems: list[str] | None) -> dict[str, Any]:
     """``record`` with each invalid top-level number replaced by :class:`Invalid` (and said where,
-    into ``problems``)."""
+    into ``problems``): a number that is not valid for its key, and anything but a number under a
+    key that holds one (:func:`is_number_key`; ``"0.9"`` is not an accuracy)."""
     out = dict(record)
     for key, value in record.items():
-        if isinstance(value, (dict, list, str)) or value is None:
+        if value is None or (isinstance(value, (dict, list, str)) and not is_number_key(key)):
             continue
         why = number_problem(key, value)
         if why is not None:

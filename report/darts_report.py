@@ -115,7 +115,11 @@ def load_protocol(folder: str | Path) -> ProtocolData:
         for r in rows:
             check_cells(r["genotype"], set(), f"{str(folder / SELECTION_FILE)!r}, seed {r.get('seed')}")
         selection["seeds"] = [checked(r, f"{SELECTION_FILE}, seed {r.get('seed')}", problems) for r in rows]
-    data = ProtocolData(folder, record["settings"], record.get("steps", {}), selection, problems=problems)
+        if isinstance(selection.get("winner"), dict):
+            selection["winner"] = checked(selection["winner"], f"{SELECTION_FILE}, winner", problems)
+    steps = {k: checked(v, f"{PROTOCOL_FILE}, step {k}", problems) if isinstance(v, dict) else {}
+             for k, v in record.get("steps", {}).items()}
+    data = ProtocolData(folder, record["settings"], steps, selection, problems=problems)
     for s in seeds:
         run_dir = folder / f"search-seed{s}"
         if (run_dir / "metrics.jsonl").is_file():

@@ -25,7 +25,8 @@ from core.paths import REPO_ROOT
 from core.retrains import read_json_file
 from report import darts_report, experiment_report as er, run_report
 from report import trials as table_of
-from report.common import Md, file_part, is_run_folder, md, read_config, read_dict, read_metrics, table, valid
+from report.common import (Invalid, Md, file_part, fmt, is_run_folder, md, read_config, read_dict, read_metrics,
+                           table, valid)
 from report.stats import CHANCE_SE, TIE_SE, at_chance, binomial_se, chance_text
 
 #: The kinds of source, in the lab report's order, and what each is called.
@@ -118,7 +119,7 @@ class Measured:
     """One number of this study, with what it took to get it."""
 
     what: str
-    acc: float | None           # fraction
+    acc: float | Invalid | None  # fraction; Invalid: the run recorded something that is not an accuracy
     se: float | None
     epochs: Any
     config: dict[str, Any]
@@ -132,7 +133,7 @@ class Measured:
 
     @property
     def at_chance(self) -> bool | None:
-        return at_chance(self.acc, self.images, self.classes)
+        return at_chance(valid(self.acc), self.images, self.classes)
 
 
 def data_name(config: dict[str, Any]) -> Md:
@@ -181,13 +182,18 @@ def _experiment_measured(exp: er.ExperimentData, what: str, kind: str) -> Measur
 def _run_measured(run: run_report.RunData, what: str, key: str, kind: str) -> Measured:
     res = run.result or {}
     source = res if key in res else run.metrics[-1]
-    acc = valid(source.get(key))
-    n = source.get(key.replace("_acc", "_images"))
+    acc = source.get(key)                   # result.json and metrics.jsonl are checked: a number, Invalid or None
+    n = _count(source.get(key.replace("_acc", "_images")))
     epochs = res.get("epoch", run.metrics[-1]["epoch"])
     planned = run.config.get("epochs")
-    shown = f"{epochs}" + (f" of {planned} planned (unfinished)" if run.result is None and planned else "")
-    return Measured(what, acc, binomial_se(acc, n) if isinstance(n, int) else None, shown, run.config, run.metrics,
-                    kind, n if isinstance(n, int) else None, classes_of(run.config, run.result))
+    shown = f"{fmt(epochs)}" + (f" of {md(planned)} planned (unfinished)" if run.result is None and planned else "")
+    return Measured(what, acc, binomial_se(valid(acc), n), Md(shown), run.config, run.metrics, kind, n,
+                    classes_of(run.config, run.result))
+
+
+def _count(n: Any) -> int | None:
+    """An image count as a run records it: a whole number, else unknown."""
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
 def retrain_kind(run: run_report.RunData) -> tuple[str, str]:
@@ -215,14 +221,13 @@ def measured(study: Study) -> list[Measured]:
             sel = src.data.selection
             winner = (sel or {}).get("winner") or {}
             search = src.data.settings.get("search") or {}
-            acc = valid(winner.get("select_val_acc"))
+            acc = winner.get("select_val_acc")        # checked with selection.json: a number, Invalid or None
             select = read_dict(src.data.folder / f"select-seed{winner.get('seed')}" / "result.json") or {}
-            n = select.get("val_images")
+            n = _count(select.get("val_images"))
             out.append(Measured(f"DARTS protocol: seed {winner.get('seed', '?')}'s cell, short-retrain validation "
-                                "accuracy", acc, binomial_se(acc, n),
+                                "accuracy", acc, binomial_se(valid(acc), n),
                                 f"{search.get('epochs')} search + {src.data.settings.get('select_epochs')} short "
-                                "retrain", search, [], "darts", n if isinstance(n, int) else None,
-                                classes_of(search, select)))
+                                "retrain", search, [], "darts", n, classes_of(search, select)))
         elif kind == "darts":
             out.append(_run_measured(src.data, "DARTS search: validation accuracy of the supernet", "val_acc", "darts"))
         else:
@@ -233,9 +238,9 @@ def measured(study: Study) -> list[Measured]:
     return out
 
 
-def _pct(acc: float | None, se: float | None) -> str:
-    if acc is None:
-        return "-"
+def _pct(acc: float | Invalid | None, se: float | None) -> str:
+    if acc is None or isinstance(acc, Invalid):
+        return fmt(acc)
     return f"{100 * acc:.2f}" + (f" ± {100 * se:.2f}" if se is not None else "") + " %"
 
 
@@ -263,7 +268,7 @@ def closing(study: Study) -> list[str]:
         refs = REFERENCES.get(m.kind, ())
         lab = [r for r in refs if r.who == "the lab"]
         paper = [r for r in refs if r.who != "the lab"]
-        rows.append([m.what, _pct(m.acc, m.se) + (" (at chance)" if m.at_chance else ""), m.epochs, m.data_text(),
+        rows.append([m.what, Md(_pct(m.acc, m.se) + (" (at chance)" if m.at_chance else "")), m.epochs, m.data_text(),
                      "; ".join(r.text() for r in lab) or "-", "; ".join(r.text() for r in paper) or "-"])
         notes += [_plainly(m, r) for r in refs]
         if m.at_chance:

@@ -573,6 +573,51 @@ def test_study_report_takes_a_darts_protocol_and_shows_its_noise(tmp_path):
     assert "Kendall's tau" not in text
 
 
+def test_a_number_recorded_as_text_is_invalid_in_every_report_and_the_closing_table(tmp_path):
+    """A string (or any non-number) where a run records a number (an accuracy, an image count, an
+    epoch, its seconds, a DARTS search's skip_connects; result.json, metrics.jsonl, a protocol's
+    selection) is shown as invalid and listed, never taken for the number it spells, never a
+    traceback: in a retrain's and a DARTS search's report, an experiment's retrains and the
+    study's closing table."""
+    from tests.test_report import _fake_retrain
+
+    hpo = _fake_experiment(tmp_path / "hpoexp5", "hpo", HPO_TRIALS, images=5000)
+    runs = tmp_path / "runs"
+    retrained = _fake_retrain(runs, "hpoexp5", HPO_TRIALS[0], 0, 0.6)
+    (retrained / "result.json").write_text(json.dumps({"test_acc": "0.6", "test_images": 2000, "epoch": 2}))
+    darts = fake_darts_search(tmp_path / "darts_search")
+    lines = [json.loads(line) for line in (darts / "metrics.jsonl").read_text().splitlines()]
+    lines[-1].update(normal_skip_connect="2", train_seconds="1.0", val_images="100")
+    (darts / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    retrain = fake_darts_retrain(tmp_path / "darts_retrain")
+    (retrain / "result.json").write_text(json.dumps({"test_acc": "0.6", "epoch": "2", "test_images": "200"}))
+    (retrain / "metrics.jsonl").write_text("".join(json.dumps(
+        {"epoch": e, "train_loss": 1.0 / e, "test_acc": [0.3, "0.6"][e - 1], "train_seconds": "1.0"}) + "\n"
+        for e in (1, 2)))
+    text = check_report(report_main(["--study", str(hpo), str(darts), str(retrain), "--retrains", str(runs), "-o",
+                                     str(tmp_path / "study")]), ["## This study beside"])
+    closing = text.split("## This study beside", 1)[1]
+    assert "| retrain (a DARTS cell retrained): test accuracy | **invalid (0.6)** | **invalid (2)** |" in closing
+    assert "its retrain (a DARTS cell retrained) of **invalid (0.6)** is not comparable" in closing
+    assert "**Final test accuracy: invalid (0.6)** after **invalid (2)** epochs. (See Invalid numbers.)" in text
+    for problem in ("result.json: test_acc = '0.6' is invalid ('0.6' is not a number)",
+                    "metrics.jsonl line 2: test_acc = '0.6' is invalid",
+                    "metrics.jsonl line 2: normal_skip_connect = '2' is invalid",
+                    "metrics.jsonl line 1: train_seconds = '1.0' is invalid",
+                    "result.json: test_images = '200' is invalid"):
+        assert problem in text, problem
+    part = text.split("Does the ranking survive", 1)[1]
+    assert "| - | finished (invalid (0.6)) |" in part and "(0 finished with a valid test accuracy)" in part
+
+    protocol = fake_protocol(tmp_path / "protocol", {0: 0.62, 1: 0.60})
+    selection = json.loads((protocol / "selection.json").read_text())
+    selection["winner"]["select_val_acc"] = "0.62"
+    (protocol / "selection.json").write_text(json.dumps(selection))
+    text = check_report(report_main(["--study", str(protocol), "-o", str(tmp_path / "study2")]), [])
+    assert "| DARTS protocol: seed 0's cell, short-retrain validation accuracy | **invalid (0.62)** |" in text
+    assert "selection.json, winner: select_val_acc = '0.62' is invalid" in text
+
+
 # --- --top K --seeds -----------------------------------------------------------------------------
 
 def test_top_k_retrains_with_seeds_give_mean_and_std_per_configuration(tmp_path, capsys):
