@@ -50,6 +50,7 @@ class Trial:
     final: float | None = None                   # the final result's ``default`` (None: no final result)
     intermediates: list[float] = field(default_factory=list)  # per-epoch results, in order
     invalid_intermediates: int = 0               # per-epoch results left out as not a (valid) number
+    intermediate_epochs: list[int] = field(default_factory=list)  # the epoch of each of intermediates (see curve)
     final_metrics: dict[str, Any] = field(default_factory=dict)  # the whole final-result dict
     parameter_id: Any = None                     # NNI's id of ``params``
     params_source: str = "recorded"              # 'result', 'metrics', 'inferred' or 'recorded' (module doc)
@@ -64,6 +65,15 @@ class Trial:
         """How many epochs the trial completed (one intermediate result per epoch, those left out as
         invalid included)."""
         return len(self.intermediates) + self.invalid_intermediates
+
+    @property
+    def curve(self) -> list[tuple[int, float]]:
+        """Each intermediate result with its epoch (1 = the first): the epoch it was reported at, so
+        results after one left out as invalid keep theirs (``intermediate_epochs``; when that does
+        not match ``intermediates``, as for a trial built without it: 1, 2, ... in order)."""
+        epochs = self.intermediate_epochs if len(self.intermediate_epochs) == len(self.intermediates) \
+            else range(1, len(self.intermediates) + 1)
+        return list(zip(epochs, self.intermediates))
 
     @property
     def early_stopped(self) -> bool:
@@ -94,6 +104,20 @@ def _number(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None
+
+
+def _per_epoch(values: Iterable[Any]) -> tuple[list[float], list[int], int]:
+    """A trial's intermediate results in the order it reported them, one per epoch: the numbers
+    among them, the epoch (1, 2, ...) of each, and how many are left out (not a number)."""
+    kept, epochs, left_out = [], [], 0
+    for epoch, value in enumerate(values, 1):
+        number = _number(value)
+        if number is None:
+            left_out += 1
+        else:
+            kept.append(number)
+            epochs.append(epoch)
+    return kept, epochs, left_out
 
 
 def _result_dict(value: Any) -> dict[str, Any]:
@@ -178,18 +202,14 @@ def _assemble(events: Iterable[Sequence[Any]], metrics: Iterable[Sequence[Any]],
             trial.params = dict(record.get("parameters") or {})
             trial.parameter_id = record.get("parameter_id")
             params_by_id[str(trial.parameter_id)] = trial.params
-    periodical: dict[str, list[tuple[int, float]]] = {}
+    periodical: dict[str, list[tuple[int, Any]]] = {}
     reported_id: dict[str, str] = {}
     for _, trial_id, parameter_id, kind, seq, data in metrics:
         trial = trials.setdefault(trial_id, Trial(trial_id=trial_id, status="UNKNOWN", params={}))
         if parameter_id is not None:
             reported_id[trial_id] = str(parameter_id)
-        if kind == "PERIODICAL":
-            value = _number(data)
-            if value is not None:
-                periodical.setdefault(trial_id, []).append((seq, value))
-            else:   # an epoch all the same
-                trial.invalid_intermediates += 1
+        if kind == "PERIODICAL":     # one per epoch, a number or not (left out, still an epoch)
+            periodical.setdefault(trial_id, []).append((seq, data))
         elif kind == "FINAL":
             trial.final_metrics = _result_dict(data)
             trial.final = _number(data)
@@ -199,7 +219,8 @@ def _assemble(events: Iterable[Sequence[Any]], metrics: Iterable[Sequence[Any]],
     displaced = [t for tid, t in trials.items() if tid not in reported_id and str(t.parameter_id) in claimed]
     leftover = sorted(set(params_by_id) - claimed - (recorded_ok - claimed))
     for trial_id, trial in trials.items():
-        trial.intermediates = [v for _, v in sorted(periodical.get(trial_id, []), key=lambda sv: sv[0])]
+        trial.intermediates, trial.intermediate_epochs, trial.invalid_intermediates = _per_epoch(
+            v for _, v in sorted(periodical.get(trial_id, []), key=lambda sv: sv[0]))
         real = reported_id.get(trial_id)
         if real is not None and real in params_by_id and real != str(trial.parameter_id):
             trial.params, trial.parameter_id = dict(params_by_id[real]), _loads_deep(real)
@@ -236,10 +257,10 @@ def trials_from_export(path: str | os.PathLike, param_keys: Sequence[str] = ()) 
     for i, record in enumerate(records):
         final_metrics = _result_dict(record.get("value"))
         params = dict(record.get("parameter") or {})
+        kept, epochs, left_out = _per_epoch(record.get("intermediate") or [])
         trial = Trial(trial_id=str(record.get("trialJobId", i)), status="SUCCEEDED", params=params,
-                      final=_number(record.get("value")), final_metrics=final_metrics,
-                      intermediates=[v for v in (_number(x) for x in record.get("intermediate", [])) if v is not None],
-                      sequence_id=i)
+                      final=_number(record.get("value")), final_metrics=final_metrics, intermediates=kept,
+                      intermediate_epochs=epochs, invalid_intermediates=left_out, sequence_id=i)
         from_result = _params_from_result(final_metrics, params, param_keys)
         if from_result is not None:
             trial.params, trial.params_source = from_result, "result"
@@ -275,10 +296,10 @@ def _trials_from_csv(path: Path) -> list[Trial]:
         final = values.pop("default", values.pop("reward", None))
         final = float(final) if isinstance(final, (int, float)) else None
         intermediates = _csv_value(row.get("intermediate") or "[]")
-        numbers = [_number(v) for v in intermediates] if isinstance(intermediates, list) else []
+        kept, epochs, left_out = _per_epoch(intermediates if isinstance(intermediates, list) else [])
         trials.append(Trial(trial_id=row["trialJobId"], status="SUCCEEDED", params=values, final=final,
-                            final_metrics={"default": final, **values},
-                            intermediates=[v for v in numbers if v is not None],
+                            final_metrics={"default": final, **values}, intermediates=kept,
+                            intermediate_epochs=epochs, invalid_intermediates=left_out,
                             params_source="result", sequence_id=i))
     return trials
 

@@ -117,12 +117,13 @@ def _check_trials(trials: Sequence[Trial], problems: list[str]) -> dict[str, Any
             problems.append(f"trial {t.trial_id}: final {METRIC} {t.final!r} is invalid ({why}; from the "
                             "experiment database); the trial is left out of the ranking")
             invalid[t.trial_id], t.final = t.final, None
-        bad = [(i, v) for i, v in enumerate(t.intermediates, 1) if number_problem("default", v) is not None]
-        for i, v in bad:
-            problems.append(f"trial {t.trial_id}: intermediate result {i} = {v!r} is invalid (from the experiment "
+        bad = [(e, v) for e, v in t.curve if number_problem("default", v) is not None]
+        for e, v in bad:
+            problems.append(f"trial {t.trial_id}: intermediate result {e} = {v!r} is invalid (from the experiment "
                             "database); left out of the curves")
-        if bad:   # still epochs the trial ran (Trial.epochs_run)
-            t.intermediates = [v for v in t.intermediates if number_problem("default", v) is None]
+        if bad:   # still epochs the trial ran (Trial.epochs_run); the others keep their epochs (Trial.curve)
+            kept = [(e, v) for e, v in t.curve if number_problem("default", v) is None]
+            t.intermediate_epochs, t.intermediates = [e for e, _ in kept], [v for _, v in kept]
             t.invalid_intermediates += len(bad)
     if not ranked(trials):
         diverged = sum(rank_problem(t) == "diverged" for t in trials)
@@ -290,7 +291,7 @@ def per_trial_figures(exp: ExperimentData, out: Path, prefix: str, level: int) -
     lines += [figure(name, f"Final {METRIC} of each trial in start order, and the best so far (band: ± its standard "
                      "error)" + ("; shaded: tied with the best" if band else "")
                      + ("; dotted: chance" if chance is not None else "")), ""]
-    curves = [(t.trial_id, t.intermediates, t.early_stopped) for t in exp.trials if t.intermediates]
+    curves = [(t.trial_id, t.curve, t.early_stopped) for t in exp.trials if t.intermediates]
     if curves:
         name = f"{prefix}curves.png"
         plots.intermediate_curves(curves, out / name, METRIC, se=best.se, chance=chance)

@@ -181,20 +181,21 @@ def final_per_trial(numbers: Sequence[int], finals: Sequence[float | None], stop
     return _save(fig, path)
 
 
-def intermediate_curves(curves: Sequence[tuple[str, Sequence[float], bool]], path: Path, metric: str, *,
-                        se: float | None = None, chance: float | None = None) -> Path:
-    """Per-epoch results of every trial: ``(label, values, early_stopped)``; early-stopped dashed,
-    ending in x; ``se``: a typical standard error (the axis spans several), ``chance``: the chance
-    level (dotted)."""
+def intermediate_curves(curves: Sequence[tuple[str, Sequence[tuple[int, float]], bool]], path: Path, metric: str,
+                        *, se: float | None = None, chance: float | None = None) -> Path:
+    """Per-epoch results of every trial: ``(label, [(epoch, value), ...], early_stopped)``, each
+    point at its own epoch (an epoch whose result was left out is skipped, not closed up);
+    early-stopped dashed, ending in x; ``se``: a typical standard error (the axis spans several),
+    ``chance``: the chance level (dotted)."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     cmap = plt.get_cmap("tab20")
-    for i, (label, values, stopped) in enumerate(curves):
-        epochs = range(1, len(values) + 1)
+    for i, (label, points, stopped) in enumerate(curves):
+        epochs, values = [e for e, _ in points], [v for _, v in points]
         line, = ax.plot(epochs, values, "--" if stopped else "-", marker="." if len(values) < 30 else None,
                         color=cmap(i % 20), label=label + (" (early-stopped)" if stopped else ""))
         if stopped:
-            ax.plot([len(values)], [values[-1]], "x", color=line.get_color(), ms=9, mew=2)
-    accuracy_axis(ax, [v for _, values, _ in curves for v in values], se=se, chance=chance,
+            ax.plot([epochs[-1]], [values[-1]], "x", color=line.get_color(), ms=9, mew=2)
+    accuracy_axis(ax, [v for _, points, _ in curves for _, v in points], se=se, chance=chance,
                   label_chance=len(curves) <= 20)
     ax.set_xlabel("epoch")
     epoch_axis(ax)

@@ -183,9 +183,19 @@ def record(row: TrialRow) -> dict[str, Any]:
             "final_invalid": str(row.final.raw) if isinstance(row.final, Invalid) else None,
             "final_se": row.se, "val_images": row.images, "tied": row.tied, "at_chance": row.at_chance,
             "classes": row.classes,
-            "best_intermediate": row.best_intermediate, "intermediates": list(t.intermediates),
+            "best_intermediate": row.best_intermediate, "intermediates": per_epoch(t),
             "epochs": t.epochs_run, "duration_s": row.duration, "start_time": _iso(t.start_ms),
             "end_time": _iso(t.end_ms), "error": t.error, "run_folder": t.log_dir}
+
+
+def per_epoch(trial: Trial) -> list[float | None]:
+    """The trial's intermediate results, one per epoch it ran (``trials.json``): None at an epoch
+    whose result was left out as invalid, every other at its own epoch (:attr:`Trial.curve`)."""
+    values: list[float | None] = [None] * trial.epochs_run
+    for epoch, value in trial.curve:
+        values += [None] * (epoch - len(values))
+        values[epoch - 1] = value
+    return values
 
 
 #: What a spreadsheet takes for the start of a formula (OWASP's CSV injection list).

@@ -236,6 +236,40 @@ def test_an_invalid_intermediate_result_is_still_an_epoch_the_trial_ran(tmp_path
     assert "1 trial-epochs" in text
 
 
+def test_intermediate_results_after_an_invalid_one_keep_their_epochs(tmp_path, figures):
+    """An intermediate result left out (NaN at epoch 2; one that is not a number at all) moves no
+    later one: each is drawn, exported and counted at the epoch it was reported at."""
+    from core.experiments import load_experiment
+
+    exp = _fake_experiment(tmp_path / "exp0gap", "hpo", [
+        {"id": "aaaaa", "params": P("mobilenet", "Adam", 0.01), "curve": [0.2, float("nan"), 0.4, 0.5], "final": 0.5,
+         "status": "SUCCEEDED"},
+        {"id": "bbbbb", "params": P("vgg", "Adam", 0.01), "curve": [0.1, 0.2, 0.3], "status": "USER_CANCELED"},
+        {"id": "ccccc", "params": P("vgg", "SGD", 0.01), "curve": [0.3, 0.35, 0.45], "final": 0.45,
+         "status": "SUCCEEDED"}], images=1000)
+    con = sqlite3.connect(exp / "db" / "nni.sqlite")       # bbbbb's epoch 2: not a number (core leaves it out)
+    con.execute("UPDATE MetricData SET data = ? WHERE trialJobId = 'bbbbb' AND sequence = 1", (json.dumps('"oops"'),))
+    con.commit()
+    con.close()
+    out = tmp_path / "out"
+    text = check_report(report_main([str(exp), "-o", str(out)]), ["aaaaa"])
+    assert "trial aaaaa: intermediate result 2 = nan is invalid" in text and "- spent: 10 trial-epochs" in text
+    lines = {line.get_label(): line for line in figures["curves.png"].axes[0].get_lines()}
+    assert list(lines["aaaaa"].get_xdata()) == [1, 3, 4] and list(lines["aaaaa"].get_ydata()) == [0.2, 0.4, 0.5]
+    assert list(lines["bbbbb (early-stopped)"].get_xdata()) == [1, 3]
+    assert any(list(line.get_xdata()) == [3] and line.get_marker() == "x" for line in lines.values())
+    data = json.loads((out / "trials.json").read_text())
+    got = {t["trial_id"]: (t["intermediates"], t["epochs"], t["best_intermediate"]) for t in data["trials"]}
+    assert got == {"aaaaa": ([0.2, None, 0.4, 0.5], 4, 0.5), "bbbbb": ([0.1, None, 0.3], 3, 0.3),
+                   "ccccc": ([0.3, 0.35, 0.45], 3, 0.45)}
+    # nnictl's export (--intermediate): the same epochs
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([{"parameter": {}, "value": 0.5, "trialJobId": "aaaaa",
+                                   "intermediate": [0.2, "oops", 0.4, 0.5]}]))
+    trial, = load_experiment(export)
+    assert trial.curve == [(1, 0.2), (3, 0.4), (4, 0.5)] and trial.epochs_run == 4
+
+
 def test_classic_nas_experiment_report_shows_architectures_and_skips(tmp_path):
     trials = [{"id": f"t{i}xyz", "params": {f"skip{k}": (i >> (k - 1)) & 1 for k in range(1, 7)},
                "curve": [0.1, 0.1 + 0.05 * i], "final": 0.1 + 0.05 * i, "status": "SUCCEEDED"} for i in range(4)]
