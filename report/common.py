@@ -101,13 +101,12 @@ MAX_NAME_PART = 60
 
 def file_part(value: Any) -> str:
     """``value`` (data: a parameter name, an experiment id) as a part of a file name the report
-    writes (``effect_<part>.png``, ``<part>_trials.csv``): the value itself when it is made of
-    letters, digits, ``.``, ``_`` and ``-`` only; else each run of other characters becomes one
-    ``_``, leading and trailing dots go (never ``.`` or ``..``), it is cut to
-    :data:`MAX_NAME_PART` characters and ``-`` and 10 hex digits of the value's SHA-256 follow, so
-    two values never share a name (``a/b`` is ``a_b-<hash>``, ``a_b`` stays ``a_b``; a value
-    that ends as such a hash does is hashed too). The one function every name built from data goes
-    through."""
+    writes (``effect_<part>.png``, ``<part>_trials.csv``, the study's folder). A value of letters,
+    digits, ``.``, ``_`` and ``-`` only (at most :data:`MAX_NAME_PART` of them, no dot first or
+    last, not ending as a hash below) is itself; any other is cut down to that (each run of other
+    characters one ``_``, dots off its ends: never ``.`` or ``..``) and followed by ``-`` and 10 hex
+    digits of the value's SHA-256, so two values never share a name: ``a/b`` is ``a_b-<hash>``,
+    ``a_b`` stays ``a_b``. The one function every file name built from data goes through."""
     text = str(value)
     safe = _UNSAFE_NAME.sub("_", text).strip(".")[:MAX_NAME_PART]
     if safe and safe == text and not _HASHED.search(text):

@@ -12,6 +12,7 @@ import csv
 import json
 import random
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -893,9 +894,13 @@ def test_file_names_made_from_data_stay_in_the_report_folder_and_apart(tmp_path,
     exports = sorted(f for f in listed if f.endswith("_trials.csv"))
     assert len(exports) == 2 and "a_b_trials.csv" in exports and all(f"]({quote(f)})" in text for f in exports)
     assert len([f for f in listed if f.endswith("_trials.png")]) == 2
+    shutil.copytree(exps[1], tmp_path / "exps" / "exp0copy")             # one id twice: each its own files
+    report_main([str(exps[1]), str(tmp_path / "exps" / "exp0copy"), "-o", str(tmp_path / "copies")])
+    text, listed = _report_files(tmp_path / "copies")
+    assert len([f for f in listed if f.endswith("_trials.csv")]) == 2 and "a_b_trials.csv" not in listed
 
     monkeypatch.setenv("CIFAR_AUTOML_RUNS", str(tmp_path / "runs"))
     path = report_main(["--study", str(exps[0])])
     assert path.parent.parent == tmp_path / "runs" and path.parent.name == f"study-{file_part('../a/b')}"
     _report_files(path.parent)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["both", "exps", "one", "runs"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["both", "copies", "exps", "one", "runs"]
