@@ -1,0 +1,211 @@
+"""Mirror the lab's local working folder to the lab folder, and restore it from there after a reset.
+
+Used when the lab folder is on a FUSE mount (Google Drive on Colab, :func:`on_fuse`): the stages work
+on local disk and every change is copied to the lab folder while they run (``docs/colab.md`` says why:
+NNI's SQLite database and the per-epoch checkpoints are not written straight onto Drive's mount).
+
+- :func:`mirror` copies every file of the working folder that is new or changed since the last
+  mirror (size and modification time, recorded in the lab folder's ``.mirror.json``), each through a
+  temporary file renamed into place, so the lab folder never holds a half-copied file; it removes from
+  the lab folder the files the working folder no longer has (a report replaced as a whole, say).
+  Symbolic links, lock files, temporary files and SQLite's journals are not copied.
+- An SQLite database (``*.sqlite``: NNI's ``db/nni.sqlite``) is copied while NNI's manager may be
+  writing it, without taking a lock (a reader's lock would make the manager's next write fail with
+  SQLITE_BUSY: NNI 3.0 sets no busy timeout): the copy is kept only when the file's size, modification
+  time and SQLite change counter were the same before and after copying and the copy passes SQLite's
+  ``quick_check``; otherwise it is retried, and after three tries left for the next mirror (the lab
+  folder keeps the previous good copy).
+- :func:`restore` copies back every mirrored file that the working folder lacks, with its recorded
+  modification time, so the next mirror finds nothing changed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+MANIFEST = ".mirror.json"
+#: How often a database copy is tried before it is left for the next mirror.
+SQLITE_TRIES = 3
+
+
+@dataclass
+class Mirrored:
+    copied: int = 0
+    removed: int = 0
+    deferred: int = 0        # databases that changed during every try: copied next time
+
+
+def on_fuse(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (or the nearest folder above it that exists) is on a FUSE file system, as
+    Google Drive's mount on Colab is (``/proc/self/mounts``; False where that cannot be read)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    real = os.path.realpath(path)
+    best, fstype = "", ""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype = point, parts[2]
+    return fstype.startswith("fuse")
+
+
+def skipped(name: str) -> bool:
+    """Files never mirrored: the manifest, lock files, temporary files, SQLite journals."""
+    return (name == MANIFEST or name.endswith(".lock") or (name.startswith(".") and name.endswith(".tmp"))
+            or name.endswith(("-journal", "-wal", "-shm")))
+
+
+def _files(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
+    for folder, dirs, names in os.walk(root):          # does not follow linked folders
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(folder, name)
+            if skipped(name):
+                continue
+            try:
+                st = path.lstat()
+            except FileNotFoundError:                  # removed while walking (a trial's temporary file)
+                continue
+            if not path.is_symlink() and os.path.isfile(path):
+                yield path.relative_to(root).as_posix(), path, st
+
+
+def _change_counter(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        header = fh.read(28)
+    return header[24:28]
+
+
+def _copy_sqlite(src: Path, tmp: Path) -> bool:
+    """A consistent copy of a database another process may be writing, taken without a lock."""
+    for attempt in range(SQLITE_TRIES):
+        before = src.stat()
+        counter = _change_counter(src)
+        shutil.copyfile(src, tmp)
+        after = src.stat()
+        same = ((before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
+                and _change_counter(src) == counter == _change_counter(tmp))
+        if same:
+            try:
+                con = sqlite3.connect(f"file:{tmp}?mode=ro", uri=True)
+                try:
+                    ok = con.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+                finally:
+                    con.close()
+            except sqlite3.Error:
+                ok = False
+            if ok:
+                return True
+        time.sleep(0.05 * (attempt + 1))
+    return False
+
+
+def _copy(src: Path, dst: Path, mtime_ns: int) -> bool:
+    """``src`` to ``dst`` through a temporary file renamed into place, with ``mtime_ns``; False
+    when a database could not be copied consistently (nothing changed at ``dst`` then)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.mirror.tmp")
+    try:
+        if src.suffix == ".sqlite":
+            if not _copy_sqlite(src, tmp):
+                return False
+        else:
+            shutil.copyfile(src, tmp)
+        os.utime(tmp, ns=(mtime_ns, mtime_ns))
+        os.replace(tmp, dst)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_manifest(dst: Path) -> dict[str, list[int]]:
+    try:
+        data = json.loads((dst / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_manifest(dst: Path, manifest: dict[str, list[int]]) -> None:
+    tmp = dst / f".{MANIFEST}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(manifest, sort_keys=True))
+    os.replace(tmp, dst / MANIFEST)
+
+
+def mirror(src: str | os.PathLike, dst: str | os.PathLike) -> Mirrored:
+    """Make ``dst`` a copy of ``src`` (module doc); returns what was copied and removed."""
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    old = read_manifest(dst)
+    new: dict[str, list[int]] = {}
+    done = Mirrored()
+    for rel, path, st in _files(src):
+        sig = [st.st_size, st.st_mtime_ns]
+        if old.get(rel) == sig:
+            new[rel] = sig
+            continue
+        try:
+            copied = _copy(path, dst / rel, st.st_mtime_ns)
+        except FileNotFoundError:                      # removed since the walk saw it
+            continue
+        if copied:
+            new[rel] = sig
+            done.copied += 1
+        else:
+            done.deferred += 1
+            if rel in old:
+                new[rel] = old[rel]                    # the previous good copy stays listed
+    for rel in sorted(set(old) - set(new)):
+        if not (src / rel).exists():
+            (dst / rel).unlink(missing_ok=True)
+            done.removed += 1
+            _remove_empty_parents(dst / rel, dst)
+        elif rel in old:
+            new[rel] = old[rel]
+    _write_manifest(dst, new)
+    return done
+
+
+def _remove_empty_parents(path: Path, root: Path) -> None:
+    folder = path.parent
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def restore(dst: str | os.PathLike, src: str | os.PathLike) -> int:
+    """Copy back into ``src`` every file mirrored to ``dst`` that ``src`` lacks; returns how many."""
+    src, dst = Path(src), Path(dst)
+    count = 0
+    for rel, (_size, mtime_ns) in sorted(read_manifest(dst).items()):
+        target = src / rel
+        if target.exists() or not (dst / rel).is_file():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.restore.tmp")
+        try:
+            shutil.copyfile(dst / rel, tmp)
+            os.utime(tmp, ns=(mtime_ns, mtime_ns))
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        count += 1
+    return count
