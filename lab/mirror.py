@@ -41,19 +41,18 @@ class Mirrored:
     deferred: int = 0        # databases that changed during every try: copied next time
 
 
-def on_fuse(path: str | os.PathLike) -> bool:
-    """Whether ``path`` (or the nearest folder above it that exists) is on a FUSE file system, as
-    Google Drive's mount on Colab is (``/proc/self/mounts``; False where that cannot be read)."""
-    path = Path(os.path.abspath(path))
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    real = os.path.realpath(path)
+def on_fuse(path: str | os.PathLike, mounts: str | None = None) -> bool:
+    """Whether ``path`` is on a FUSE file system, as Google Drive's mount on Colab is: the file-system
+    type of the deepest mount point holding it in ``mounts`` (default ``/proc/self/mounts``; False
+    where that cannot be read)."""
+    real = os.path.realpath(os.path.abspath(path))
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return False
     best, fstype = "", ""
-    try:
-        lines = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return False
-    for line in lines:
+    for line in mounts.splitlines():
         parts = line.split()
         if len(parts) < 3:
             continue

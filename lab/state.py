@@ -59,6 +59,7 @@ class Lab:
             default_work_dir(self.lab_dir)
         self.mirrored = self.work != self.lab_dir
         self.record: dict[str, Any] = {}
+        self.budget: Budget = BUDGETS["smoke"]
         self._lock = None
         self._synced = 0.0
 
@@ -104,7 +105,14 @@ class Lab:
         except Timeout:
             raise UserError(f"another lab command is running in {str(self.work)!r}; wait for it to end (or stop it), "
                             "then run this one again") from None
-        restored = 0
+        try:
+            self._read(budget, data)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _read(self, budget: str | None, data: str | None) -> None:
         if self.mirrored and not (self.work / RECORD).is_file() and (self.lab_dir / RECORD).is_file():
             restored = mirroring.restore(self.lab_dir, self.work)
             print(f"restored {restored} files from {self.lab_dir} into the local working folder {self.work} "
@@ -118,27 +126,28 @@ class Lab:
             if not isinstance(self.record, dict) or self.record.get("kind") != KIND:
                 raise UserError(f"{str(path)!r} is not a lab record of this project")
             for key, asked in (("budget", budget), ("data", data)):
+                if key == "data" and asked:
+                    asked = _data_source(asked)
                 if asked and asked != self.record.get(key):
                     raise UserError(f"--{key}: {asked!r}, but the lab in {str(self.lab_dir)!r} was started with "
                                     f"{self.record.get(key)!r}; use another LAB_DIR for another {key} (or delete this one)")
-        else:
-            others = [p for p in self.lab_dir.iterdir() if p.name not in (LOCK, mirroring.MANIFEST)] \
-                if self.lab_dir.is_dir() else []
-            if others and not (self.lab_dir / RECORD).exists():
-                raise UserError(f"--lab-dir: {str(self.lab_dir)!r} holds other files and no {RECORD}; give a new or "
-                                "empty folder for the lab")
-            if not budget:
-                raise UserError("--budget: required to start a lab (smoke, quick or lab)")
-            b = BUDGETS.get(budget)
-            if b is None:
-                raise UserError(f"--budget: unknown value {budget!r}; allowed: {', '.join(BUDGETS)}")
-            if budget == "smoke" and data not in (None, "", "fake"):
-                raise UserError("--data: the smoke budget trains on synthetic data (fake) only")
-            self.record = {"kind": KIND, "budget": budget, "data": _data_source(data or b.data),
-                           "created": now(), "stages": {}}
-            self.save()
-        self.budget: Budget = BUDGETS[self.record["budget"]]
-        return self
+            self.budget = BUDGETS[self.record["budget"]]
+            return
+        others = [p for p in self.lab_dir.iterdir() if p.name not in (LOCK, mirroring.MANIFEST)] \
+            if self.lab_dir.is_dir() else []
+        if others:
+            raise UserError(f"--lab-dir: {str(self.lab_dir)!r} holds other files and no {RECORD}; give a new or "
+                            "empty folder for the lab")
+        if not budget:
+            raise UserError("--budget: required to start a lab (smoke, quick or lab)")
+        if budget not in BUDGETS:
+            raise UserError(f"--budget: unknown value {budget!r}; allowed: {', '.join(BUDGETS)}")
+        if budget == "smoke" and data not in (None, "", "fake"):
+            raise UserError("--data: the smoke budget trains on synthetic data (fake) only")
+        self.budget = BUDGETS[budget]
+        self.record = {"kind": KIND, "budget": budget, "data": _data_source(data or self.budget.data),
+                       "created": now(), "stages": {}}
+        self.save()
 
     def close(self) -> None:
         if self._lock is not None:
@@ -167,7 +176,7 @@ class Lab:
         unless ``force``); nothing to do when they are one folder."""
         if not self.mirrored:
             return
-        every = self.budget.mirror_every if self.record.get("budget") in BUDGETS else 0
+        every = self.budget.mirror_every
         if not force and time.monotonic() - self._synced < every:
             return
         done = mirroring.mirror(self.work, self.lab_dir)
