@@ -253,6 +253,8 @@ def estimate(lab: Lab, stage: str) -> tuple[float | None, list[str]]:
     todo = works(lab, stage)
     if not todo:
         return None, [f"{stage}: a report of what is there: seconds, not estimated"]
+    if not lab.budget.timed:
+        return None, [f"{stage}: the {lab.budget.name} budget takes seconds per stage; not timed"] + _runtime(None, stage)
     shares = {_key(w) + str(i): left(lab, stage, w) for i, w in enumerate(todo)}
     times = timings(lab, todo)
     total = sum(seconds(w, times[_key(w)]) * shares[_key(w) + str(i)] for i, w in enumerate(todo))
@@ -264,19 +266,26 @@ def estimate(lab: Lab, stage: str) -> tuple[float | None, list[str]]:
              + (f" for the {1 - done:.0%} of it not done yet" if done > 0.005 else "")
              + ("; at most that: the assessor stops poor trials early" if has_assessor(lab, stage) else ""),
              f"  seconds per training step: {steps}"]
+    return total, lines + _runtime(total, stage)
+
+
+def _runtime(total: float | None, stage: str) -> list[str]:
+    """How long this runtime has been up, and the warning when ``total`` seconds will not fit in it."""
     age = runtime_age()
+    if age is None:
+        return []
     limit = COLAB_HOURS * 3600
-    if age is not None:
-        lines.append(f"this runtime has been up {elapsed(age)}; Colab ends a runtime after at most {COLAB_HOURS} h "
-                     "(an idle one sooner)")
-        if total > limit - age:
-            lines.append(f"warning: {stage} will not finish before this runtime is cut (it needs about {elapsed(total)}, "
-                         f"the runtime has at most {elapsed(max(limit - age, 0))} left). After the reconnect, run the "
-                         "notebook again: it continues where it was cut (finished trials, epochs and seeds are kept)")
-    return total, lines
+    lines = [f"this runtime has been up {elapsed(age)}; Colab ends a runtime after at most {COLAB_HOURS} h "
+             "(an idle one sooner)"]
+    if total is not None and total > limit - age:
+        lines.append(f"warning: {stage} will not finish before this runtime is cut (it needs about {elapsed(total)}, "
+                     f"the runtime has at most {elapsed(max(limit - age, 0))} left). After the reconnect, run the "
+                     "notebook again: it continues where it was cut (finished trials, epochs and seeds are kept)")
+    return lines
 
 
 def has_assessor(lab: Lab, stage: str) -> bool:
+    """Whether the stage's experiment stops trials early (its estimate is then the most it takes)."""
     if stage not in EXPERIMENT_STAGES:
         return False
     exp = getattr(lab.budget, stage)

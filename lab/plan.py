@@ -104,6 +104,7 @@ class Budget:
     retrain: Size                     # the DARTS cell's retrain
     mirror_every: float               # seconds between two mirrors of a running stage (lab.mirror)
     poll: float                       # seconds between two looks at a running experiment
+    timed: bool = True                # the estimate times steps (smoke: seconds per stage, not timed)
     notes: str = ""
 
     def protocol_flags(self) -> list[str]:
@@ -128,7 +129,7 @@ _SMOKE_EVAL = ("--eval-batch-size", "16")
 BUDGETS = {
     "smoke": Budget(
         name="smoke", data="fake",
-        hpo=Experiment("configs/hpo_smoke.yml", trials=4, concurrency=2, duration="30m", models=FAST_MODELS,
+        hpo=Experiment("configs/hpo_smoke.yml", trials=2, concurrency=2, duration="30m", models=FAST_MODELS,
                        size=Size(2, 8, 1800, 32, max_batches=2, extra=_SMOKE_EVAL),
                        overrides={"searchSpace": FAST_SPACE, "searchSpaceFile": None}),
         hpo_retrain=Size(1, 8, 2000, 0, max_batches=2, extra=_SMOKE_EVAL),
@@ -139,7 +140,7 @@ BUDGETS = {
         seeds=(0, 1),
         select=Size(1, 8, 1800, 200, max_batches=2), select_config="configs/darts_select_smoke.yaml",
         retrain=Size(1, 8, 2000, 200, max_batches=2, extra=("--config", "configs/darts_retrain_smoke.yaml")),
-        mirror_every=1.0, poll=1.0,
+        mirror_every=1.0, poll=1.0, timed=False,
         notes="synthetic data, 2 batches per epoch: checks the wiring, learns nothing"),
     "quick": Budget(
         name="quick", data="cifar10",

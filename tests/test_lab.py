@@ -320,13 +320,17 @@ def test_seconds_counts_start_up_steps_and_evaluation():
 
 
 def test_the_estimate_warns_when_the_runtime_ends_first_and_counts_only_what_is_left(tmp_path, monkeypatch):
-    with open_lab(tmp_path) as lab:
-        lab.stage("darts_retrain")
-        monkeypatch.setattr(est, "timings", lambda lab_, todo: {est._key(w): est.Timing(100.0, 0.0) for w in todo})
-        monkeypatch.setattr(est, "runtime_age", lambda: 11.9 * 3600)      # 6 minutes left
+    with open_lab(tmp_path / "smoke") as lab:
+        monkeypatch.setattr(est, "runtime_age", lambda: 60.0)
+        assert est.estimate(lab, "hpo") == (None, ["hpo: the smoke budget takes seconds per stage; not timed",
+                                                   "this runtime has been up 1 min 00 s; Colab ends a runtime after "
+                                                   "at most 12 h (an idle one sooner)"])
+    with open_lab(tmp_path / "quick", "quick") as lab:
+        monkeypatch.setattr(est, "timings", lambda lab_, todo: {est._key(w): est.Timing(0.1, 0.0) for w in todo})
+        monkeypatch.setattr(est, "runtime_age", lambda: 11.95 * 3600)     # 3 minutes left
         total, lines = est.estimate(lab, "darts_retrain")
-        assert total == pytest.approx(lab.budget.retrain.epochs * (2 + 200 / 8 / 3) * 100)    # 17 minutes
-        assert any(line.startswith("this runtime has been up 11 h 54 min") for line in lines)
+        assert total == pytest.approx(5 * (521 + 10_000 / 96 / 3) * 0.1)   # about 4.6 minutes
+        assert any(line.startswith("this runtime has been up 11 h 57 min") for line in lines)
         assert any(line.startswith("warning: darts_retrain will not finish") for line in lines)
         monkeypatch.setattr(est, "runtime_age", lambda: 60.0)
         assert not any("warning" in line for line in est.estimate(lab, "darts_retrain")[1])
