@@ -25,7 +25,7 @@ import os
 import shutil
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -39,6 +39,7 @@ class Mirrored:
     copied: int = 0
     removed: int = 0
     deferred: int = 0        # databases that changed during every try: copied next time
+    manifest: dict[str, list[int]] = field(default_factory=dict)   # the lab folder's, after this mirror
 
 
 def on_fuse(path: str | os.PathLike, mounts: str | None = None) -> bool:
@@ -71,7 +72,7 @@ def skipped(name: str) -> bool:
 
 def _files(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
     for folder, dirs, names in os.walk(root):          # does not follow linked folders
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))   # temporary folders
         for name in sorted(names):
             path = Path(folder, name)
             if skipped(name):
@@ -146,11 +147,11 @@ def _write_manifest(dst: Path, manifest: dict[str, list[int]]) -> None:
     os.replace(tmp, dst / MANIFEST)
 
 
-def mirror(src: str | os.PathLike, dst: str | os.PathLike) -> Mirrored:
-    """Make ``dst`` a copy of ``src`` (module doc); returns what was copied and removed."""
+def mirror(src: str | os.PathLike, dst: str | os.PathLike, manifest: dict[str, list[int]] | None = None) -> Mirrored:
+    """Make ``dst`` a copy of ``src`` (module doc); ``manifest``: the one the last mirror returned
+    (default: read from ``dst``). Returns what was copied and removed, and the manifest now."""
     src, dst = Path(src), Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    old = read_manifest(dst)
+    old = read_manifest(dst) if manifest is None else manifest
     new: dict[str, list[int]] = {}
     done = Mirrored()
     for rel, path, st in _files(src):
@@ -158,6 +159,7 @@ def mirror(src: str | os.PathLike, dst: str | os.PathLike) -> Mirrored:
         if old.get(rel) == sig:
             new[rel] = sig
             continue
+        dst.mkdir(parents=True, exist_ok=True)
         try:
             copied = _copy(path, dst / rel, st.st_mtime_ns)
         except FileNotFoundError:                      # removed since the walk saw it
@@ -174,9 +176,12 @@ def mirror(src: str | os.PathLike, dst: str | os.PathLike) -> Mirrored:
             (dst / rel).unlink(missing_ok=True)
             done.removed += 1
             _remove_empty_parents(dst / rel, dst)
-        elif rel in old:
+        else:
             new[rel] = old[rel]
-    _write_manifest(dst, new)
+    if new != old or not (dst / MANIFEST).is_file():
+        dst.mkdir(parents=True, exist_ok=True)
+        _write_manifest(dst, new)
+    done.manifest = new
     return done
 
 

@@ -156,7 +156,7 @@ BUDGETS = {
         select=Size(3, 96, 5000, 1000), select_config="configs/darts_select_quick.yaml",
         retrain=Size(5, 96, CIFAR10_TRAIN, CIFAR10_TEST, extra=("--config", "configs/darts_retrain.yaml",
                                                                 "--channels", "16", "--layers", "8")),
-        mirror_every=30.0, poll=5.0,
+        mirror_every=10.0, poll=5.0,
         notes="real CIFAR-10 at small sizes: minutes per stage on a GPU; the numbers rank nothing"),
     "lab": Budget(
         name="lab", data="cifar10",
@@ -170,7 +170,7 @@ BUDGETS = {
         seeds=(0, 1, 2, 3),
         select=Size(100, 96, 45_000, 5_000), select_config=None,
         retrain=Size(600, 96, CIFAR10_TRAIN, CIFAR10_TEST, extra=("--config", "configs/darts_retrain.yaml")),
-        mirror_every=60.0, poll=5.0,
+        mirror_every=10.0, poll=5.0,
         notes="the seed lab's sizes: days on one GPU"),
 }
 

@@ -62,6 +62,7 @@ class Lab:
         self.budget: Budget = BUDGETS["smoke"]
         self._lock = None
         self._synced = 0.0
+        self._manifest: dict[str, list[int]] | None = None     # the lab folder's, kept between mirrors
 
     # --- paths ---------------------------------------------------------------------------------
     @property
@@ -179,7 +180,8 @@ class Lab:
         every = self.budget.mirror_every
         if not force and time.monotonic() - self._synced < every:
             return
-        done = mirroring.mirror(self.work, self.lab_dir)
+        done = mirroring.mirror(self.work, self.lab_dir, self._manifest)
+        self._manifest = done.manifest
         self._synced = time.monotonic()
         if done.deferred:
             print(f"mirror: {done.deferred} database(s) changed while being copied; copied at the next mirror",

@@ -182,10 +182,17 @@ def test_mirror_copies_what_changed_removes_what_went_and_restores_a_wiped_folde
     (src / "runs" / "a" / ".lock").write_text("")
     (src / "runs" / "a" / ".checkpoint.pt.x.tmp").write_text("half")
     (src / "runs" / "link").symlink_to(src / "runs" / "a")
+    (src / "data" / ".cifar-10-download-x").mkdir(parents=True)   # a download under way
+    (src / "data" / ".cifar-10-download-x" / "part").write_bytes(b"half")
     assert mirroring.mirror(src, dst).copied == 2
+    assert not (dst / "data").exists()
     assert not (dst / "runs" / "a" / ".lock").exists() and not (dst / "runs" / "link").exists()
     assert not (dst / "runs" / "a" / ".checkpoint.pt.x.tmp").exists()
-    assert mirroring.mirror(src, dst).copied == 0              # nothing changed
+    first = mirroring.mirror(src, dst)
+    assert first.copied == 0                                    # nothing changed
+    (dst / mirroring.MANIFEST).write_text("{}")
+    assert mirroring.mirror(src, dst, first.manifest).copied == 0   # the manifest kept in memory is used
+    (dst / mirroring.MANIFEST).write_text(json.dumps(first.manifest))
     with open(src / "runs" / "a" / "metrics.jsonl", "a") as fh:
         fh.write('{"epoch": 2}\n')
     (src / "reports" / "hpo" / "old.png").unlink()              # a report replaced as a whole
