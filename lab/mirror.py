@@ -10,11 +10,10 @@ NNI's SQLite database and the per-epoch checkpoints are not written straight ont
   the lab folder the files the working folder no longer has (a report replaced as a whole, say).
   Symbolic links, lock files, temporary files and SQLite's journals are not copied.
 - An SQLite database (``*.sqlite``: NNI's ``db/nni.sqlite``) is copied while NNI's manager may be
-  writing it, without taking a lock (a reader's lock would make the manager's next write fail with
-  SQLITE_BUSY: NNI 3.0 sets no busy timeout): the copy is kept only when the file's size, modification
-  time and SQLite change counter were the same before and after copying and the copy passes SQLite's
-  ``quick_check``; otherwise it is retried, and after three tries left for the next mirror (the lab
-  folder keeps the previous good copy).
+  writing it: first with SQLite's backup API into a hidden temporary file beside it on local disk (a
+  consistent snapshot, never half a transaction; its read lock lasts milliseconds, well within the
+  1 s that NNI's manager waits on a lock: node-sqlite3's default busy timeout, which NNI 3.0 keeps),
+  then that file is copied to the lab folder like any other.
 - :func:`restore` copies back every mirrored file that the working folder lacks, with its recorded
   modification time, so the next mirror finds nothing changed.
 """
@@ -24,21 +23,17 @@ import json
 import os
 import shutil
 import sqlite3
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 MANIFEST = ".mirror.json"
-#: How often a database copy is tried before it is left for the next mirror.
-SQLITE_TRIES = 3
 
 
 @dataclass
 class Mirrored:
     copied: int = 0
     removed: int = 0
-    deferred: int = 0        # databases that changed during every try: copied next time
     manifest: dict[str, list[int]] = field(default_factory=dict)   # the lab folder's, after this mirror
 
 
@@ -85,52 +80,35 @@ def _files(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
                 yield path.relative_to(root).as_posix(), path, st
 
 
-def _change_counter(path: Path) -> bytes:
-    with open(path, "rb") as fh:
-        header = fh.read(28)
-    return header[24:28]
+def _snapshot_sqlite(src: Path, snapshot: Path) -> None:
+    """A consistent copy of a database another process may be writing (SQLite's backup API)."""
+    source = sqlite3.connect(src, timeout=30)
+    try:
+        target = sqlite3.connect(snapshot)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+    finally:
+        source.close()
 
 
-def _copy_sqlite(src: Path, tmp: Path) -> bool:
-    """A consistent copy of a database another process may be writing, taken without a lock."""
-    for attempt in range(SQLITE_TRIES):
-        before = src.stat()
-        counter = _change_counter(src)
-        shutil.copyfile(src, tmp)
-        after = src.stat()
-        same = ((before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
-                and _change_counter(src) == counter == _change_counter(tmp))
-        if same:
-            try:
-                con = sqlite3.connect(f"file:{tmp}?mode=ro", uri=True)
-                try:
-                    ok = con.execute("PRAGMA quick_check").fetchone()[0] == "ok"
-                finally:
-                    con.close()
-            except sqlite3.Error:
-                ok = False
-            if ok:
-                return True
-        time.sleep(0.05 * (attempt + 1))
-    return False
-
-
-def _copy(src: Path, dst: Path, mtime_ns: int) -> bool:
-    """``src`` to ``dst`` through a temporary file renamed into place, with ``mtime_ns``; False
-    when a database could not be copied consistently (nothing changed at ``dst`` then)."""
+def _copy(src: Path, dst: Path, mtime_ns: int) -> None:
+    """``src`` to ``dst`` through a temporary file renamed into place, with ``mtime_ns``."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.mirror.tmp")
+    snapshot = src.with_name(f".{src.name}.{os.getpid()}.snapshot.tmp")
     try:
         if src.suffix == ".sqlite":
-            if not _copy_sqlite(src, tmp):
-                return False
+            _snapshot_sqlite(src, snapshot)
+            shutil.copyfile(snapshot, tmp)
         else:
             shutil.copyfile(src, tmp)
         os.utime(tmp, ns=(mtime_ns, mtime_ns))
         os.replace(tmp, dst)
-        return True
     finally:
         tmp.unlink(missing_ok=True)
+        snapshot.unlink(missing_ok=True)
 
 
 def read_manifest(dst: Path) -> dict[str, list[int]]:
@@ -161,16 +139,11 @@ def mirror(src: str | os.PathLike, dst: str | os.PathLike, manifest: dict[str, l
             continue
         dst.mkdir(parents=True, exist_ok=True)
         try:
-            copied = _copy(path, dst / rel, st.st_mtime_ns)
+            _copy(path, dst / rel, st.st_mtime_ns)
         except FileNotFoundError:                      # removed since the walk saw it
             continue
-        if copied:
-            new[rel] = sig
-            done.copied += 1
-        else:
-            done.deferred += 1
-            if rel in old:
-                new[rel] = old[rel]                    # the previous good copy stays listed
+        new[rel] = sig
+        done.copied += 1
     for rel in sorted(set(old) - set(new)):
         if not (src / rel).exists():
             (dst / rel).unlink(missing_ok=True)

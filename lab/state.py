@@ -183,9 +183,6 @@ class Lab:
         done = mirroring.mirror(self.work, self.lab_dir, self._manifest)
         self._manifest = done.manifest
         self._synced = time.monotonic()
-        if done.deferred:
-            print(f"mirror: {done.deferred} database(s) changed while being copied; copied at the next mirror",
-                  flush=True)
 
     # --- the environment of the stages' commands ---------------------------------------------
     def env(self, trial_flags: list[str] | None = None, from_hpo: Path | None = None) -> dict[str, str]:

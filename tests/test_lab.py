@@ -213,28 +213,29 @@ def _db(path: Path) -> sqlite3.Connection:
     return con
 
 
-def test_a_database_copied_while_another_process_writes_it_is_consistent_and_never_locks_the_writer(tmp_path):
+def test_a_database_copied_while_another_process_writes_it_is_consistent_and_the_writer_never_fails(tmp_path):
     src, dst = tmp_path / "work", tmp_path / "drive"
     (src / "db").mkdir(parents=True)
     _db(src / "db" / "nni.sqlite").close()
     stop, errors, started = threading.Event(), [], threading.Event()
 
-    def write():                             # as NNI 3.0's manager: no busy timeout, one write now and then
+    def write():                             # as NNI 3.0's manager: node-sqlite3's 1 s busy timeout
         con = _db(src / "db" / "nni.sqlite")
-        con.execute("PRAGMA busy_timeout = 0")
+        con.execute("PRAGMA busy_timeout = 1000")
         k = 0
         while not stop.is_set():
             k += 1
-            try:
+            try:                             # a transaction of many pages: a copy taken meanwhile tears it
                 con.execute("BEGIN")
-                con.execute("INSERT INTO t VALUES (?, ?)", (k, "x" * 3000))
-                con.execute("INSERT INTO t VALUES (?, ?)", (-k, "y" * 3000))
+                for j in range(40):
+                    con.execute("INSERT INTO t VALUES (?, ?)", (k * 100 + j, "x" * 4000))
+                    con.execute("INSERT INTO t VALUES (?, ?)", (-(k * 100 + j), "y" * 4000))
                 con.execute("COMMIT")
-            except sqlite3.Error as exc:     # SQLITE_BUSY: a reader held a lock
+            except sqlite3.Error as exc:     # SQLITE_BUSY: a reader held its lock too long
                 errors.append(exc)
                 con.execute("ROLLBACK")
             started.set()
-            time.sleep(0.01)
+            time.sleep(0.001)
         con.close()
 
     writer = threading.Thread(target=write)
@@ -255,30 +256,6 @@ def test_a_database_copied_while_another_process_writes_it_is_consistent_and_nev
         stop.set()
         writer.join()
     assert not errors and copies >= 2
-
-
-def test_a_database_that_changes_during_every_copy_keeps_the_previous_copy(tmp_path, monkeypatch):
-    src, dst = tmp_path / "work", tmp_path / "drive"
-    (src / "db").mkdir(parents=True)
-    con = _db(src / "db" / "nni.sqlite")
-    con.execute("INSERT INTO t VALUES (1, 'a')")
-    assert mirroring.mirror(src, dst).copied == 1
-    con.execute("INSERT INTO t VALUES (2, 'b')")
-    copy = mirroring.shutil.copyfile
-
-    def copy_then_write(a, b):
-        copy(a, b)
-        if str(a).endswith(".sqlite"):
-            con.execute("INSERT INTO t VALUES (3, 'c')")       # the manager wrote during the copy
-
-    monkeypatch.setattr(mirroring.shutil, "copyfile", copy_then_write)
-    done = mirroring.mirror(src, dst)
-    assert (done.copied, done.deferred) == (0, 1)
-    kept = sqlite3.connect(dst / "db" / "nni.sqlite")
-    assert kept.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 1
-    kept.close()
-    monkeypatch.setattr(mirroring.shutil, "copyfile", copy)
-    assert mirroring.mirror(src, dst).copied == 1              # copied at the next mirror
 
 
 def test_on_fuse_reads_the_mount_of_the_path():
