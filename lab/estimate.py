@@ -230,7 +230,8 @@ def timings(lab: Lab, todo: list[Work]) -> dict[str, Timing]:
                 times = json.loads((out / "times.json").read_text())
                 for w in group:
                     t = times[w.probe[len("model:"):]]
-                    known[_key(w)] = {"step_s": t["step_s"], "other_s": t["other_s"], "measured": time.strftime("%F %T")}
+                    known[_key(w)] = {"step_s": t["step_s"], "other_s": t["other_s"],
+                                      "measured": time.strftime("%F %T")}
             else:
                 from lab.probe import step_seconds
 
@@ -254,7 +255,8 @@ def estimate(lab: Lab, stage: str) -> tuple[float | None, list[str]]:
     if not todo:
         return None, [f"{stage}: a report of what is there: seconds, not estimated"]
     if not lab.budget.timed:
-        return None, [f"{stage}: the {lab.budget.name} budget takes seconds per stage; not timed"] + _runtime(None, stage)
+        return None, [f"{stage}: the {lab.budget.name} budget takes seconds per stage; not timed",
+                      *_runtime(None, stage)]
     shares = {_key(w) + str(i): left(lab, stage, w) for i, w in enumerate(todo)}
     times = timings(lab, todo)
     total = sum(seconds(w, times[_key(w)]) * shares[_key(w) + str(i)] for i, w in enumerate(todo))

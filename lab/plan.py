@@ -125,6 +125,9 @@ FAST_SPACE = {"lr": {"_type": "choice", "_value": [0.01, 0.001]},
               "optimizer": {"_type": "choice", "_value": ["Adadelta", "Adagrad", "Adam", "Adamax"]},
               "model": {"_type": "choice", "_value": list(FAST_MODELS)}}
 _SMOKE_EVAL = ("--eval-batch-size", "16")
+#: smoke runs train on one CPU thread: on a loaded 2-core machine, torch's two threads made a smoke DARTS
+#: search step 10x slower (3.6 s against 0.38 s)
+_ONE_THREAD = ("--threads", "1")
 
 BUDGETS = {
     "smoke": Budget(
@@ -132,14 +135,16 @@ BUDGETS = {
         hpo=Experiment("configs/hpo_smoke.yml", trials=2, concurrency=2, duration="30m", models=FAST_MODELS,
                        size=Size(2, 8, 1800, 32, max_batches=2, extra=_SMOKE_EVAL),
                        overrides={"searchSpace": FAST_SPACE, "searchSpaceFile": None}),
-        hpo_retrain=Size(1, 8, 2000, 0, max_batches=2, extra=_SMOKE_EVAL),
+        hpo_retrain=Size(1, 8, 2000, 0, max_batches=2, extra=(*_SMOKE_EVAL, *_ONE_THREAD)),
         classic_nas=Experiment("classic_nas/config_small.yml", trials=2, concurrency=1, duration="30m",
                                size=Size(1, 8, 1800, 32, max_batches=2,
-                                         extra=(*_SMOKE_EVAL, "--threads", "1", "--subset", "0", "--val-subset", "0"))),
-        search=Size(1, 8, 1000, 200, max_batches=2, extra=("--config", "configs/darts_search_smoke.yaml")),
+                                         extra=(*_SMOKE_EVAL, *_ONE_THREAD, "--subset", "0", "--val-subset", "0"))),
+        search=Size(1, 8, 1000, 200, max_batches=2,
+                    extra=("--config", "configs/darts_search_smoke.yaml", *_ONE_THREAD)),
         seeds=(0, 1),
         select=Size(1, 8, 1800, 200, max_batches=2), select_config="configs/darts_select_smoke.yaml",
-        retrain=Size(1, 8, 2000, 200, max_batches=2, extra=("--config", "configs/darts_retrain_smoke.yaml")),
+        retrain=Size(1, 8, 2000, 200, max_batches=2,
+                     extra=("--config", "configs/darts_retrain_smoke.yaml", *_ONE_THREAD)),
         mirror_every=1.0, poll=1.0, timed=False,
         notes="synthetic data, 2 batches per epoch: checks the wiring, learns nothing"),
     "quick": Budget(

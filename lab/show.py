@@ -80,8 +80,8 @@ def table(lab: Lab, stage: str) -> str:
                  f"{'seed':>4}  {'search val. acc.':<16}  {'short retrain val. acc.':<23}  cell"]
         for s in selection.get("seeds", []):
             mark = " (selected)" if s.get("seed") == winner else ""
-            lines.append(f"{s.get('seed'):>4}  {_fmt(s.get('search_val_acc')):<16}  {_fmt(s.get('select_val_acc')):<23}  "
-                         f"{s.get('cell')}{mark}")
+            search, select = _fmt(s.get("search_val_acc")), _fmt(s.get("select_val_acc"))
+            lines.append(f"{s.get('seed'):>4}  {search:<16}  {select:<23}  {s.get('cell')}{mark}")
         return "\n".join(lines)
     if stage == "study":
         text = (report / "report.md").read_text() if (report / "report.md").is_file() else ""

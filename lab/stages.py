@@ -27,7 +27,6 @@ a trial ends (:meth:`lab.state.Lab.sync`).
 from __future__ import annotations
 
 import json
-import os
 import queue
 import re
 import shutil
@@ -365,7 +364,8 @@ def check_ready(lab: Lab, stage: str) -> None:
 
 def run_stage(lab: Lab, stage: str, port: int, *, wait: bool = True) -> None:
     """Run, continue or read ``stage`` (module doc). ``wait`` False: start an experiment stage and
-    return while it runs (``python -m lab start``)."""
+    return while it runs (``python -m lab start``). The record's ``seconds`` add up the time of the
+    commands that trained the stage and wrote its report (not that of a cut attempt)."""
     rec = lab.stage(stage)
     if rec.get("status") == "done":
         say(f"{stage}: finished earlier ({rec.get('finished')}); read from {lab.path(rec['report'])}, not run again")
@@ -378,19 +378,14 @@ def run_stage(lab: Lab, stage: str, port: int, *, wait: bool = True) -> None:
             exp_id = start_experiment(lab, stage, port)
             if not wait:
                 return
-            counts = wait_experiment(lab, stage, exp_id, port)
-            rec.update(trials=counts, source=rec["experiment_dir"])
-        elif stage == "study":
-            rec.update(source=None)
-        else:
+            rec.update(trials=wait_experiment(lab, stage, exp_id, port), source=rec["experiment_dir"])
+        elif stage != "study":
             rec["source"] = train_stage(lab, stage)
-        if stage != "study":
-            rec["status"] = "trained"
-            rec["seconds"] = round(rec.get("seconds", 0) + time.monotonic() - t0, 1)
-            lab.save()
+        rec["status"] = "trained"
+        lab.save()
     elif not wait:
         return
     write_report(lab, stage)
-    rec["seconds"] = round(rec.get("seconds", 0) + (time.monotonic() - t0 if stage == "study" else 0), 1)
+    rec["seconds"] = round(rec.get("seconds", 0) + time.monotonic() - t0, 1)
     lab.save()
     say(f"{stage}: done; report {lab.path(rec['report']) / 'report.md'}")

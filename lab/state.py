@@ -27,7 +27,7 @@ from typing import Any
 
 from core.errors import UserError
 from core.files import atomic_write_text
-from core.paths import DATA_ENV, DATA_ROOT_ENV, FROM_HPO_ENV, REPO_ROOT, RUNS_ENV, TRIAL_FLAGS_ENV
+from core.paths import DATA_ENV, DATA_ROOT_ENV, FROM_HPO_ENV, RUNS_ENV, TRIAL_FLAGS_ENV
 from lab import mirror as mirroring
 from lab.plan import BUDGETS, STAGES, Budget
 
@@ -131,7 +131,8 @@ class Lab:
                     asked = _data_source(asked)
                 if asked and asked != self.record.get(key):
                     raise UserError(f"--{key}: {asked!r}, but the lab in {str(self.lab_dir)!r} was started with "
-                                    f"{self.record.get(key)!r}; use another LAB_DIR for another {key} (or delete this one)")
+                                    f"{self.record.get(key)!r}; use another LAB_DIR for another {key} (or delete "
+                                    "this one)")
             self.budget = BUDGETS[self.record["budget"]]
             return
         others = [p for p in self.lab_dir.iterdir() if p.name not in (LOCK, mirroring.MANIFEST)] \
@@ -213,6 +214,3 @@ def _data_source(data: str) -> str:
         raise UserError(f"--data: {data!r}: no such file or folder (cifar10, fake, or an image folder / .tar.gz)")
     return str(path)
 
-
-def repo_path(relative: str) -> str:
-    return str(REPO_ROOT / relative)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -355,7 +354,8 @@ def test_show_lists_the_key_figures_in_the_reports_order(tmp_path):
         for name in ("budget.png", "trials.png", "effect_lr.png"):
             (report / name).write_bytes(b"png")
         (report / "report.md").write_text("![a](trials.png)\n![b](effect_lr.png)\n![c](budget.png)\n![d](curves.png)\n")
-        (report / "trials.csv").write_text("rank,trial_id,final,final_se,params_lr\n2,b,0.1,0.01,0.1\n1,a,0.2,0.01,0.01\n")
+        (report / "trials.csv").write_text("rank,trial_id,final,final_se,params_lr\n"
+                                           "2,b,0.1,0.01,0.1\n1,a,0.2,0.01,0.01\n")
         assert figures(report, "hpo") == [report / "trials.png", report / "budget.png"]
         lab.stage("hpo").update(status="done", report="reports/hpo", experiment="e1")
         text = show(lab, "hpo")

@@ -128,7 +128,8 @@ def check_offline_outputs(nb, text: str, lab_dir: Path, versions: dict[str, str]
     assert re.search(line + r", NNI 3\.0, CUDA available: (True|False)", text), (line, text[-3000:])
     record = json.loads((lab_dir / "lab.json").read_text())
     assert {s: record["stages"][s]["status"] for s in STAGES} == dict.fromkeys(STAGES, "done")
-    assert "## This study beside the lab's and the DARTS paper's" in (lab_dir / "reports" / "study" / "report.md").read_text()
+    study = (lab_dir / "reports" / "study" / "report.md").read_text()
+    assert "## This study beside the lab's and the DARTS paper's" in study
     for cell in nb.cells:
         match = re.search(r'show\("(\w+)"\)', cell.source) if cell.cell_type == "code" else None
         if match:
