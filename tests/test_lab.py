@@ -361,3 +361,20 @@ def test_show_lists_the_key_figures_in_the_reports_order(tmp_path):
         text = show(lab, "hpo")
         assert text.index("   1  a") < text.index("   2  b") and "lr=0.01" in text
         assert text.splitlines()[-2:] == [f"figure: {report / 'trials.png'}", f"figure: {report / 'budget.png'}"]
+
+
+@pytest.mark.parametrize("name", plan.BUDGETS)
+def test_every_probe_command_is_a_valid_command_line(tmp_path, name):
+    """The timing probes of the stage commands (the HPO models' probe: the test above) take their flags."""
+    with open_lab(tmp_path, name) as lab:
+        for stage in plan.STAGES:
+            for work in est.works(lab, stage):
+                if work.probe.startswith("model:"):
+                    continue
+                argv = est.probe_command(lab, work, tmp_path)
+                proc = subprocess.run([*argv, "--print-config"], cwd=REPO, env=lab.env(), capture_output=True,
+                                      text=True, timeout=300)
+                assert proc.returncode == 0, (argv, proc.stderr[-2000:])
+                cfg = yaml.safe_load(proc.stdout)
+                assert (cfg["epochs"], cfg["max_batches"]) == (2, min(est.PROBE_STEPS, work.size.max_batches or 3))
+                assert cfg["batch_size"] == work.size.batch_size and cfg["out_dir"] == str(tmp_path)
