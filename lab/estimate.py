@@ -258,7 +258,10 @@ def estimate(lab: Lab, stage: str) -> tuple[float | None, list[str]]:
         return None, [f"{stage}: the {lab.budget.name} budget takes seconds per stage; not timed",
                       *_runtime(None, stage)]
     shares = {_key(w) + str(i): left(lab, stage, w) for i, w in enumerate(todo)}
-    times = timings(lab, todo)
+    try:
+        times = timings(lab, todo)
+    except UserError as exc:           # no estimate is no reason to stop the lab
+        return None, [f"{stage}: no estimate: {exc}", *_runtime(None, stage)]
     total = sum(seconds(w, times[_key(w)]) * shares[_key(w) + str(i)] for i, w in enumerate(todo))
     device = device_name()
     steps = ", ".join(f"{w.probe.replace('model:', '')} {times[_key(w)].step_s:.3g} s" for w in todo)

@@ -324,6 +324,12 @@ def test_the_estimate_warns_when_the_runtime_ends_first_and_counts_only_what_is_
         lab.stage("hpo")["status"] = "done"
         assert est.estimate(lab, "hpo")[0] is None
 
+        def fails(lab_, todo):
+            raise UserError("the timing probe `x` failed (exit 2):\nerror: out of memory")
+
+        monkeypatch.setattr(est, "timings", fails)                # a failed probe: no estimate, the lab goes on
+        assert est.estimate(lab, "darts_retrain")[1][0].startswith("darts_retrain: no estimate: the timing probe")
+
 
 def test_left_counts_the_epochs_a_cut_retrain_finished(tmp_path):
     with open_lab(tmp_path, "quick") as lab:
