@@ -25,8 +25,15 @@ from lab.state import Lab
 COMMANDS = ("plan", "estimate", "start", "run", "show")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """A bad flag or value is a :class:`UserError` (one ``error:`` line, exit 2), not argparse's usage block."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m lab", description=__doc__.splitlines()[0])
     parser.add_argument("--lab-dir", required=True, help="the lab folder: everything the lab writes, its record")
     parser.add_argument("--work-dir", help="where the stages work when the lab folder is on a FUSE mount (Drive)")
     parser.add_argument("--budget", choices=tuple(plan.BUDGETS), help="the stages' sizes (fixed by the first command)")

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
 from core.config import parse_json
+from core.errors import cli_main
 
 
 def step_seconds(run_dir: Path) -> tuple[float, float]:
@@ -29,8 +29,11 @@ def step_seconds(run_dir: Path) -> tuple[float, float]:
     return float(lines[-1]["step_seconds"]), sum(float(m.get("train_seconds", 0)) for m in lines)
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lab.probe", description=__doc__.splitlines()[0])
+    from lab.cli import ArgumentParser
+
+    parser = ArgumentParser(prog="python -m lab.probe", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON file of the times")
     parser.add_argument("--models", nargs="+", required=True)
     parser.add_argument("flags", nargs=argparse.REMAINDER, help="-- then python -m core.train_model's flags")
@@ -50,4 +53,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -163,7 +163,9 @@ def test_a_stage_waits_for_the_stages_it_needs(tmp_path):
 
 
 def test_cli_mistakes_are_one_line(tmp_path):
-    for argv, message in ((["start", "hpo_retrain"], "only the experiment stages"), (["run"], "name a stage")):
+    for argv, message in ((["start", "hpo_retrain"], "only the experiment stages"), (["run"], "name a stage"),
+                          (["run", "hpo", "--no-such-flag"], "unrecognized arguments: --no-such-flag (see python -m lab "
+                                                             "--help)")):
         proc = subprocess.run([sys.executable, "-m", "lab", "--lab-dir", str(tmp_path / "l"), "--budget", "smoke",
                                *argv], cwd=REPO, capture_output=True, text=True)
         assert proc.returncode == 2 and proc.stderr.strip().startswith("error:") and message in proc.stderr
