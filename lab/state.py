@@ -36,11 +36,13 @@ KIND = "cifar-automl lab"
 LOCK = ".lab.lock"
 #: Where the working folder of a lab folder on a FUSE mount goes when none is given.
 LOCAL_WORK = Path.home() / "cifar-automl-lab-work"
+#: Where Colab mounts Google Drive (a folder below it is on Drive whatever the mount table says).
+COLAB_DRIVE = Path("/content/drive")
 
 
 def default_work_dir(lab_dir: Path) -> Path:
-    """The lab folder itself, or a local folder when it is on a FUSE mount (Google Drive)."""
-    if not mirroring.on_fuse(lab_dir):
+    """The lab folder itself, or a local folder when it is on Google Drive or another FUSE mount."""
+    if not (mirroring.on_fuse(lab_dir) or lab_dir.is_relative_to(COLAB_DRIVE)):
         return lab_dir
     digest = hashlib.sha1(str(lab_dir).encode()).hexdigest()[:8]
     return LOCAL_WORK / f"{lab_dir.name}-{digest}"

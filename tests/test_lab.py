@@ -266,6 +266,13 @@ def test_on_fuse_reads_the_mount_of_the_path():
     assert not mirroring.on_fuse("/content/lab", mounts) and not mirroring.on_fuse("/content/drivelab", mounts)
 
 
+def test_a_lab_on_drive_works_in_a_local_folder():
+    from lab.state import LOCAL_WORK
+
+    lab = Lab("/content/drive/MyDrive/cifar-automl-lab")
+    assert lab.mirrored and lab.work.parent == LOCAL_WORK and lab.work.name.startswith("cifar-automl-lab-")
+
+
 def test_a_lab_on_a_mirrored_folder_restores_its_working_folder_after_a_reset(tmp_path):
     drive, work = tmp_path / "drive", tmp_path / "local"
     with Lab(drive, work).open("smoke", None) as lab:
