@@ -99,8 +99,14 @@ class Lab:
         start) the record; a budget or data other than the record's is an error."""
         from filelock import FileLock, Timeout
 
-        if self.lab_dir.exists() and not self.lab_dir.is_dir():
-            raise UserError(f"--lab-dir: {str(self.lab_dir)!r} is a file, not a folder")
+        for folder, flag in ((self.lab_dir, "--lab-dir"), (self.work, "--work-dir")):
+            if folder.exists() and not folder.is_dir():
+                raise UserError(f"{flag}: {str(folder)!r} is a file, not a folder")
+        if not (self.work / RECORD).is_file() and not (self.lab_dir / RECORD).is_file():   # a new lab
+            for folder, flag in ((self.lab_dir, "--lab-dir"), (self.work, "--work-dir")):
+                if folder.is_dir() and any(p.name not in (LOCK, mirroring.MANIFEST) for p in folder.iterdir()):
+                    raise UserError(f"{flag}: {str(folder)!r} holds other files and no {RECORD}; give a new or "
+                                    "empty folder for the lab")
         self.work.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(str(self.work / LOCK))
         try:
@@ -137,11 +143,6 @@ class Lab:
                                     "this one)")
             self.budget = BUDGETS[self.record["budget"]]
             return
-        others = [p for p in self.lab_dir.iterdir() if p.name not in (LOCK, mirroring.MANIFEST)] \
-            if self.lab_dir.is_dir() else []
-        if others:
-            raise UserError(f"--lab-dir: {str(self.lab_dir)!r} holds other files and no {RECORD}; give a new or "
-                            "empty folder for the lab")
         if not budget:
             raise UserError("--budget: required to start a lab (smoke, quick or lab)")
         if budget not in BUDGETS:

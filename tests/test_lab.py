@@ -148,6 +148,9 @@ def test_a_lab_folder_keeps_its_budget_and_refuses_foreign_folders_and_a_second_
     (tmp_path / "mine" / "notes.txt").write_text("x")
     with pytest.raises(UserError, match="holds other files"):
         Lab(tmp_path / "mine").open("smoke", None)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]          # nothing written there
+    with pytest.raises(UserError, match="--work-dir: .* holds other files"):
+        Lab(tmp_path / "drive", tmp_path / "mine").open("smoke", None)
     with pytest.raises(UserError, match="--budget: required"):
         Lab(tmp_path / "new").open(None, None)
     with Lab(tmp_path / "lab").open(None, None) as lab:      # later commands may leave the budget out
