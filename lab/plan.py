@@ -14,7 +14,7 @@ Sizes are given once per run (:class:`Size`): its flags (the stage command's own
 over its config file: an nnictl trial takes them through ``CIFAR_AUTOML_TRIAL_FLAGS``) and the work
 they mean (epochs, training steps per epoch, images evaluated per epoch), which the estimate
 (:mod:`lab.estimate`) multiplies by a timed step. ``tests/test_lab.py`` checks that each command
-resolves the sizes stated here (``--print-config``).
+resolves the sizes stated here (the commands' own config classes, as they parse these flags).
 """
 from __future__ import annotations
 
