@@ -103,14 +103,14 @@ def test_notebook_installs_into_colab_shaped_python_313_keeping_its_packages(col
     env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"   # as on Colab: its python3 first
     env.setdefault("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))  # HOME is a temporary folder there
 
-    nb, outputs, home = run_offline(tmp_path, kernel_name=KERNEL, env=env)
+    nb, text, lab_dir = run_offline(tmp_path, kernel_name=KERNEL, env=env)
     install = next(i for i, c in enumerate(nb.cells) if '"pip", "install"' in c.source)
     timing = nb.cells[install].metadata.get("execution", {})
     if "iopub.execute_input" in timing and "shell.execute_reply" in timing:
         took = (datetime.fromisoformat(timing["shell.execute_reply"].replace("Z", "+00:00"))
                 - datetime.fromisoformat(timing["iopub.execute_input"].replace("Z", "+00:00")))
         print(f"the notebook's install cell took {took.total_seconds():.0f} s")
-    check_offline_outputs("\n".join(outputs.values()), home, pins)
+    check_offline_outputs(nb, text, lab_dir, pins)
 
     after = installed(python)
     assert "cifar-automl" in after and after.get("nni") == "3.0"

@@ -50,7 +50,7 @@ LIGHT = {"hpo/trial.py": ["--help"], "hpo/retrain.py": ["--help"], "hpo/results.
          "classic_nas/trial.py": ["--data", "fake", "--print-config"],
          "classic_nas/retrain.py": ["--arc", "best_arch.json", "--data", "fake", "--print-config"],
          "classic_nas/export.py": ["--help"], "classic_nas/export_space.py": ["--help"], "-m report": ["--help"],
-         "-m core.train_model": ["--help"], "-m core.nni_config": ["--help"]}
+         "-m core.train_model": ["--help"], "-m core.nni_config": ["--help"], "-m lab": ["--help"]}
 _PROBE = """\
 import runpy, sys
 script, *argv = sys.argv[1:]

@@ -15,7 +15,7 @@ import yaml
 from core.paths import ENV_PREFIX
 from tests.conftest import REPO
 
-PACKAGES = ("core", "models", "hpo", "classic_nas", "oneshot_darts", "report")
+PACKAGES = ("core", "models", "hpo", "classic_nas", "oneshot_darts", "report", "lab")
 STAGES = ("hpo", "classic_nas", "oneshot_darts")
 
 
@@ -56,9 +56,17 @@ def test_report_reads_stages_through_core_only_and_nothing_imports_it():
     wrong = {mod: names - {"core", "report"} for mod, names in project_imports("report").items()
              if names - {"core", "report"}}
     assert not wrong, f"report/ reads every stage's outputs, so it imports core/ only: {wrong}"
-    users = {mod for package in ("core", "models", *STAGES) for mod, names in project_imports(package).items()
+    users = {mod for package in ("core", "models", *STAGES, "lab") for mod, names in project_imports(package).items()
              if "report" in names}
     assert not users, f"report/ is a tool on top; nothing of the project imports it: {users}"
+
+
+def test_the_lab_driver_runs_the_stages_through_their_commands_and_nothing_imports_it():
+    wrong = {mod: names - {"core", "lab"} for mod, names in project_imports("lab").items() if names - {"core", "lab"}}
+    assert not wrong, f"lab/ runs every stage and report as a command (a subprocess), so it imports core/ only: {wrong}"
+    users = {mod for package in ("core", "models", *STAGES, "report") for mod, names in project_imports(package).items()
+             if "lab" in names}
+    assert not users, f"lab/ is the driver on top; nothing of the project imports it: {users}"
 
 
 # --- paths -------------------------------------------------------------------------------------
