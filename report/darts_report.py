@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
+from core.words import count_of
 from report import plots
 from report.common import checked, figure, fmt, read_dict, table, valid
 from report.stats import TIE_SE, binomial_se, kendall, tied_with, with_se
@@ -38,7 +39,7 @@ def variant(config: dict[str, Any]) -> str:
     if isinstance(k, int) and k > 1:
         parts.append(f"PC-DARTS with K = {k} (1/{k} of each edge's channels, edge normalisation)")
     if config.get("arch_warmup_epochs"):
-        parts.append(f"architecture frozen for the first {config['arch_warmup_epochs']} epochs")
+        parts.append(f"architecture frozen for the first {count_of(config['arch_warmup_epochs'], 'epoch')}")
     guard = config.get("max_skip_connect", -1)
     parts.append(f"P-DARTS guard: at most {guard} skip_connect in the normal cell" if isinstance(guard, int)
                  and guard >= 0 else "no collapse guard")
@@ -49,6 +50,8 @@ def search_parts(metrics: list[dict[str, Any]], config: dict[str, Any], out: Pat
                  heading: str) -> list[str]:
     """The variant line and the collapse counts per epoch (figure and table) of a DARTS search."""
     lines = [f"{heading}# Search step", "", f"- {variant(config)}", ""]
+    if metrics and still_uniform(metrics[-1]):
+        lines += [still_uniform_text(metrics[-1]), ""]
     counted = [m for m in metrics if valid(m.get("normal_skip_connect")) is not None]
     if not counted:
         return lines
@@ -74,6 +77,23 @@ def search_parts(metrics: list[dict[str, Any]], config: dict[str, Any], out: Pat
     lines += [table(("epoch", "skip_connect", "parameter-free", *(["replaced by the guard"] if guarded else [])),
                     rows), ""]
     return lines
+
+
+def still_uniform(record: dict[str, Any]) -> bool:
+    """Whether a search's record (an epoch's metrics, its result, a protocol's row) says its
+    architecture weights were still uniform (``arch_uniform``), so that its derived cell is arbitrary."""
+    uniform = record.get("arch_uniform")
+    return isinstance(uniform, dict) and uniform.get("uniform") is True
+
+
+def still_uniform_text(last: dict[str, Any]) -> str:
+    """What the search's record of architecture weights still uniform (``arch_uniform``) means."""
+    low, high = ((last["arch_uniform"].get("weight_range") or []) + [None, None])[:2]
+    tolerance = valid(last["arch_uniform"].get("tolerance"))
+    within = f"within {tolerance:.0%} of 1/8" if isinstance(tolerance, (int, float)) else "close to 1/8"
+    return (f"**The derived cell is arbitrary:** after epoch {last.get('epoch')} the architecture weights are still "
+            f"uniform (every operation weight {fmt(low)}-{fmt(high)}, {within}): the search has not yet told the "
+            "operations apart.")
 
 
 # --- a protocol folder -----------------------------------------------------------------------------

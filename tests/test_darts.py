@@ -588,7 +588,7 @@ def test_search_variants_record_their_steps_and_collapse_counts(tmp_path, one_th
         assert all("arch_loss" in m for m in metrics) and "order 2" in log
     else:
         assert "arch_loss" not in metrics[0] and "arch_loss" in metrics[1]
-        assert "PC-DARTS K=2" in log and "architecture frozen for 1 epochs" in log
+        assert "PC-DARTS K=2" in log and "architecture frozen for 1 epoch)" in log
         inputs = metrics[-1]["input_weights"]
         assert set(inputs) == {"normal/2", "normal/3", "reduce/2", "reduce/3"}
         assert all(len(w) == int(k.split("/")[1]) and abs(sum(w) - 1) < 1e-5 for k, w in inputs.items())
@@ -750,6 +750,67 @@ def test_search_killed_after_first_epoch_resumes_exactly(tmp_path, one_thread):
     for name in ("final_arch.json", "arch_weights.json"):
         assert (checkpoint.parent / name).read_text() == (Path(straight["run_dir"]) / name).read_text()
     assert "resumed from" in (checkpoint.parent / "train.log").read_text()
+
+
+def test_search_epoch_trains_every_weight_image_and_cycles_the_architecture_half(tmp_path, one_thread):
+    """32 weight images and 8 architecture images, batch 8: every epoch takes 4 steps, trains the
+    weights on all 32 and the architecture on the 8 cycled four times, and its log says so (an
+    epoch used to stop with the shorter half: 8 weight images); interrupted after its first epoch
+    and resumed, the search ends exactly where an uninterrupted one ends."""
+    from oneshot_darts.search import SearchConfig, main as search, run_search
+
+    sizes = {"subset": 32, "val_subset": 8, "epochs": 2}
+    flags = [*TINY_SEARCH, "--max-batches", "0", *(f"--{k.replace('_', '-')}={v}" for k, v in sizes.items())]
+    straight = search([*flags, "--out-dir", str(tmp_path / "straight")])
+    metrics = Run(straight["run_dir"]).read_metrics()
+    assert [(m["train_images"], m["arch_images"]) for m in metrics] == [(32, 32), (32, 32)]
+    log = (Path(straight["run_dir"]) / "train.log").read_text()
+    assert ("32 images for the weights, 8 for the architecture; each epoch 4 steps of 8 images: the weights "
+            "train on all 32, the architecture on 32 draws from its 8 (cycled, 4.0 passes)") in log
+    assert "train_images=32 arch_images=32" in log
+
+    cfg = SearchConfig(data="fake", channels=4, layers=3, n_nodes=2, batch_size=8, eval_batch_size=100,
+                       device="cpu", progress=False, out_dir=str(tmp_path), **sizes)
+
+    def interrupt(m):
+        if m["epoch"] == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(Interrupted):
+        run_search(cfg, run_dir=tmp_path / "killed", on_epoch=interrupt)
+    torch.manual_seed(1234)
+    search(["--resume", str(tmp_path / "killed" / "checkpoint.pt")])
+    a = load_checkpoint(Path(straight["run_dir"]) / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
+    assert b["epoch"] == 2 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert untimed(Run(tmp_path / "killed").read_metrics()) == untimed(metrics)
+
+
+def test_architecture_weights_still_uniform_are_flagged(tmp_path, one_thread):
+    """After two steps at the paper's architecture lr every edge's weights are within 1 % of 1/8:
+    the search's log, metrics and result.json (beside final_arch.json) say the derived cell is
+    arbitrary, and so does its report; weights that moved (a large architecture lr) are not flagged."""
+    from oneshot_darts.derive import still_uniform
+    from oneshot_darts.search import main as search
+    from report.cli import main as report
+
+    ops = (*OP_NAMES, "none")
+    assert still_uniform({"normal/2_0": {op: 0.125 * (1 + 0.009 * (-1) ** i) for i, op in enumerate(ops)}})
+    assert not still_uniform({"normal/2_0": {op: 0.125 * (1 + 0.02 * (-1) ** i) for i, op in enumerate(ops)}})
+
+    early = search([*TINY_SEARCH, "--epochs", "1", "--out-dir", str(tmp_path / "early")])
+    run_dir = Path(early["run_dir"])
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["arch_uniform"] == Run(run_dir).read_metrics()[-1]["arch_uniform"]
+    assert result["arch_uniform"]["uniform"] is True and result["arch_uniform"]["tolerance"] == 0.01
+    low, high = result["arch_uniform"]["weight_range"]
+    assert 0.125 * 0.99 <= low < high <= 0.125 * 1.01
+    assert "final_arch.json: the architecture weights are still uniform" in (run_dir / "train.log").read_text()
+    text = Path(report([str(run_dir), "-o", str(tmp_path / "report")])).read_text()
+    assert "still uniform" in text and "arbitrary" in text
+
+    moved = search([*TINY_SEARCH, "--epochs", "1", "--arch-lr", "0.3", "--out-dir", str(tmp_path / "moved")])
+    assert moved["arch_uniform"]["uniform"] is False
+    assert "uniform" not in (Path(moved["run_dir"]) / "train.log").read_text()
 
 
 # --- the paper's protocol ---------------------------------------------------------------------
