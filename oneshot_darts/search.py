@@ -350,8 +350,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     group.add_argument("--select-epochs", type=int, metavar="E",
                        help=f"epochs of each short retrain (default: the paper's {protocol.PAPER_SELECT_EPOCHS})")
     group.add_argument("--select-config", metavar="YAML",
-                       help="retrain fields for the short retrains (default: the paper's retrain recipe, "
-                            f"val_fraction {protocol.SELECT_VAL_FRACTION})")
+                       help="retrain fields for the short retrains (default: the paper's retrain recipe on the "
+                            "search's data, its C 36 x 20 cells shrunk as far as the search's supernet is from C 16 x 8, "
+                            f"val_fraction {protocol.SELECT_VAL_FRACTION}; --print-config shows it)")
     args = parser.parse_args(argv)
     if args.resume:
         check_resume_only(SearchConfig, args, extra=("nni", "seeds", "select_epochs", "select_config"))
@@ -367,10 +368,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                             "(run it as a plain command)")
         if "seed" in vars(args):
             raise UserError("--seed: not allowed with --seeds, which gives each search its seed")
+    print_protocol = args.seeds is not None and args.print_config
+    if print_protocol:
+        args.print_config = False        # the protocol prints its searches' and short retrains' configs below
     cfg = config_from_args(SearchConfig, args)
     if args.seeds is not None:
         values = read_yaml(args.select_config) if args.select_config else {}
         epochs = protocol.PAPER_SELECT_EPOCHS if args.select_epochs is None else args.select_epochs
+        if print_protocol:
+            print(protocol.settings_yaml(cfg, args.seeds, epochs, values, f"--select-config {args.select_config!r}"),
+                  end="")
+            raise SystemExit(0)
         return _finish(protocol.run_protocol(cfg, args.seeds, epochs, values,
                                              f"--select-config {args.select_config!r}"))
     if args.nni:

@@ -166,10 +166,10 @@ def render_protocol(data: ProtocolData, out: Path, prefix: str = "", level: int 
              f"- folder: `{data.folder}`",
              f"- the DARTS paper's selection (Liu et al. 2019, section 3.2): {len(seeds)} searches (seeds "
              f"{', '.join(map(str, seeds))}), each derived cell trained from scratch for "
-             f"{settings.get('select_epochs')} epochs and compared on a validation split held out of the training "
+             f"{count_of(settings.get('select_epochs'), 'epoch', fmt)} and compared on a validation split held out of the training "
              "split; the test split is never read",
              f"- search: {variant(search)}; C={search.get('channels')}, {search.get('layers')} cells x "
-             f"{search.get('n_nodes')} nodes, {search.get('epochs')} epochs, batch {search.get('batch_size')}, data "
+             f"{search.get('n_nodes')} nodes, {count_of(search.get('epochs'), 'epoch', fmt)}, batch {search.get('batch_size')}, data "
              f"{search.get('data')}",
              f"- short retrains: C={select.get('channels')}, {select.get('layers')} cells, batch "
              f"{select.get('batch_size')}, validation split {select.get('val_fraction')}, seed {select.get('seed')} "
@@ -193,6 +193,11 @@ def render_protocol(data: ProtocolData, out: Path, prefix: str = "", level: int 
                   f"its {sel.get('select_epochs')}-epoch retrain (the rule: {sel.get('rule')}). Its cell is "
                   f"`final_arch.json`; retrain it with `python oneshot_darts/retrain.py --arc "
                   f"{data.folder / 'final_arch.json'}`.", ""]
+    uniform = [s for s in seeds if still_uniform(rows_by_seed.get(s) or {})]
+    if uniform:
+        lines += [f"**Arbitrary cells:** the search{'es' if len(uniform) > 1 else ''} of seed{'s' if len(uniform) > 1 else ''} "
+                  f"{', '.join(map(str, uniform))} ended with the architecture weights still uniform (within 1 % of "
+                  "1/8), so their derived cells are arbitrary, not chosen by the search.", ""]
     rows, shown = [], []
     for s in seeds:
         r = rows_by_seed.get(s, {})

@@ -870,6 +870,69 @@ def test_protocol_killed_twice_resumes_to_the_same_selection(tmp_path, one_threa
     assert load_arch(folder / "final_arch.json").to_json() == selection["winner"]["genotype"]
 
 
+def test_short_retrains_take_the_search_s_data_and_a_network_scaled_like_it(tmp_path, capsys):
+    """The short retrains read the search's data flags; a search narrower or shallower than the
+    paper's (C 16, 8 cells) shrinks their network by the same factors from the paper's 36 x 20,
+    unless --select-config sets it; --print-config shows both configs and writes nothing."""
+    from core.config import from_dict
+    from oneshot_darts.protocol import selection_config
+    from oneshot_darts.search import SearchConfig, main as search
+
+    data = {"data": "fake", "subset": 2000, "val_subset": 500, "max_batches": 3}
+    small = from_dict(SearchConfig, {**data, "channels": 4, "layers": 3, "out_dir": str(tmp_path)})
+    cfg = selection_config(small, 1, {}, "test")
+    assert {k: getattr(cfg, k) for k in data} == data
+    assert (cfg.channels, cfg.layers, cfg.epochs, cfg.val_fraction) == (9, 8, 1, 0.1)    # 36 x 4/16, 20 x 3/8
+    assert (selection_config(small, 1, {"channels": 4}, "test").channels, cfg.layers) == (4, 8)
+    for shape, expected in (((16, 8), (36, 20)), ((32, 12), (36, 20)), ((8, 8), (18, 20)), ((1, 3), (2, 8))):
+        search_cfg = dataclasses.replace(small, channels=shape[0], layers=shape[1])
+        got = selection_config(search_cfg, 1, {}, "test")
+        assert (got.channels, got.layers) == expected, shape
+
+    with pytest.raises(SystemExit) as stop:
+        search(["--data", "fake", "--channels", "4", "--layers", "3", "--subset", "2000", "--val-subset", "500",
+                "--seeds", "0", "1", "--select-epochs", "1", "--print-config", "--out-dir", str(tmp_path / "runs")])
+    assert stop.value.code == 0
+    import yaml
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["seeds"] == [0, 1] and printed["select_epochs"] == 1
+    assert (printed["search"]["channels"], printed["search"]["subset"]) == (4, 2000)
+    assert {k: printed["select"][k] for k in ("channels", "layers", "subset", "val_subset", "epochs")} == {
+        "channels": 9, "layers": 8, "subset": 2000, "val_subset": 500, "epochs": 1}
+    assert not (tmp_path / "runs").exists()
+
+
+def test_interrupted_protocol_says_to_run_the_same_command_again(tmp_path, one_thread, monkeypatch, capsys):
+    """Ctrl-C in the protocol's second search: one line that names the step and says to run the
+    same command again (the step's own --resume would continue that search alone); run again,
+    the protocol continues that search from its checkpoint and finishes."""
+    import oneshot_darts.search as search_module
+
+    args = [*_protocol_args(tmp_path, "runs"), "--epochs", "2", "--select-epochs", "1", "--max-batches", "1"]
+    run_search = search_module.run_search
+
+    def interrupted_in_seed1(cfg, **kwargs):
+        def stop(metrics):
+            if cfg.seed == 1:
+                raise KeyboardInterrupt
+        return run_search(cfg, **kwargs, on_epoch=stop)
+    monkeypatch.setattr(search_module, "run_search", interrupted_in_seed1)
+    monkeypatch.setattr(sys, "argv", ["oneshot_darts/search.py", *args])
+    with pytest.raises(SystemExit) as stop:
+        search_module.main(args)
+    assert stop.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resume" not in err[0], err
+    assert err[0].startswith("error: protocol interrupted in search-seed1; to continue the whole protocol, run the "
+                             "same command again (finished steps are skipped, search-seed1 resumes from its last "
+                             "checkpoint): python oneshot_darts/search.py --data fake"), err
+    monkeypatch.setattr(search_module, "run_search", run_search)
+    done = search_module.main(args)
+    folder = Path(done["folder"])
+    assert "resumed from" in (folder / "search-seed1" / "train.log").read_text()
+    assert [r["seed"] for r in done["seeds"]] == [0, 1]
+
+
 class _Unreadable:
     """A test split that fails the test as soon as anything looks at it."""
 
@@ -935,8 +998,12 @@ def test_protocol_never_reads_the_test_split_and_continues_only_itself(tmp_path,
                                                 "search_vs_select.png", "collapse.png", "Seed 1"])
     winner = json.loads(selection)["winner"]
     assert f"**Selected: the cell of seed {winner['seed']}**" in text
+    # one architecture step each: every seed's weights are still uniform, and both the record and the report say so
+    assert winner["arch_uniform"]["uniform"] and all(r["arch_uniform"]["uniform"] for r in json.loads(selection)["seeds"])
+    assert "**Arbitrary cells:** the searches of seeds 0, 1 ended with the architecture weights still uniform" in text
     text = check_report(report([str(folder / "search-seed0")]), ["## Search step", "first order", "no collapse guard",
-                                                                 "## Collapse watch", "collapse.png"])
+                                                                 "## Collapse watch", "collapse.png",
+                                                                 "**The derived cell is arbitrary:**"])
 
 
 def test_retrain_interrupted_after_first_epoch_resumes_exactly(tmp_path, one_thread):
