@@ -56,6 +56,7 @@ from core.errors import ArgumentParser, cli_main
 from core.device import resolve_device
 from core.runner import load_splits
 from core.train import Trainer, evaluate, make_loader, seed_everything
+from core.words import count
 from models import MODELS, create_model
 
 #: The trial recipe every side trains with (NNI's example trial with Adam 1e-3).
@@ -417,11 +418,11 @@ def main(argv: list[str] | None = None) -> None:
         trial_config(args, args.models[0], v)  # a bad field or value: one error before any work
     splits = load_data(args)
     device = resolve_device(args.device)
-    batches = f"{args.max_batches} batches" if args.max_batches else "whole epochs"
+    batches = count(args.max_batches, "batch", "batches") if args.max_batches else "whole epochs"
     print(f"device {device.type}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
           + f"; data {args.data}: {len(splits.train):,} training images; batch {args.batch_size}, Adam 1e-3; "
-          f"{batches} x {args.epochs} epoch(s) timed after {args.warmup} warm-up batch(es); limit: {args.steps} steps; "
-          f"{args.repeats} repeat(s); torch threads {torch.get_num_threads()}; load average {load_average()}")
+          f"{batches} x {count(args.epochs, 'epoch')} timed after {count(args.warmup, 'warm-up batch', 'warm-up batches')}; "
+          f"limit: {count(args.steps, 'step')}; {count(args.repeats, 'repeat')}; torch threads {torch.get_num_threads()}; load average {load_average()}")
     if args.ab:
         compare_ab(args, splits, args.ab, variants[0])
     elif not args.compile_cache or args.concurrent:

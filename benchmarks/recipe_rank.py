@@ -44,6 +44,7 @@ from core.errors import ArgumentParser, UserError, cli_main
 from core.nni_trial import NniTrial
 from core.paths import REPO_ROOT, default_data, default_data_root, default_out_dir, resolve
 from core.runner import load_splits
+from core.words import count
 from hpo import PARAM_KEYS
 from hpo import trial as hpo_trial
 from report import stats
@@ -231,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     total, started = len(runs_plan) * len(configs), time.monotonic()
     print(f"{len(configs)} configurations x {len(runs_plan)} runs = {total} trials ({len(measured)} already done) "
-          f"in {out}; {args.subset} training / {args.val_subset} validation images, {args.epochs} epochs, "
+          f"in {out}; {args.subset} training / {args.val_subset} validation images, {count(args.epochs, 'epoch')}, "
           f"batch {args.batch_size}, data {args.data}", flush=True)
     for i, ((recipe, seed), params) in enumerate(itertools.product(runs_plan, configs), 1):
         if key(recipe, seed, params) in measured:

@@ -35,6 +35,17 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
+class StoppedByNni(Interrupted):
+    """NNI stopped this trial (its assessor's early stop, or the experiment's stop or a cancel: NNI 3.0
+    sends the trial SIGINT). Not a mistake and not for the user to continue (NNI runs the trials):
+    one plain line, without ``error:`` and without a ``--resume`` to run."""
+
+
+def under_nni() -> bool:
+    """Whether NNI started this process (it sets ``NNI_PLATFORM`` for its trials)."""
+    return bool(os.environ.get("NNI_PLATFORM"))
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type when the message is empty."""
     lines = str(exc).strip().splitlines()
@@ -93,7 +104,7 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
                 leave()
             return result
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+            print(str(exc) if isinstance(exc, StoppedByNni) else f"error: {exc}", file=sys.stderr, flush=True)
             if isinstance(exc, Interrupted) and signalled:
                 _die_by_sigint()
             raise SystemExit(exc.exit_code) from None
@@ -106,7 +117,7 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
             print(f"error: {exc.strerror or type(exc).__name__}: {where}", file=sys.stderr, flush=True)
             raise SystemExit(UserError.exit_code) from None
         except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr, flush=True)
+            print("stopped by NNI" if under_nni() else "error: interrupted", file=sys.stderr, flush=True)
             if signalled:
                 _die_by_sigint()
             raise SystemExit(Interrupted.exit_code) from None

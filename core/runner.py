@@ -20,9 +20,10 @@ from core.checkpoint import load_checkpoint
 from core.files import atomic_write_text
 from core.config import TrainConfig, from_dict
 from core.data import Splits, make_splits
-from core.errors import Interrupted, UserError
+from core.errors import Interrupted, StoppedByNni, UserError, under_nni
 from core.run import RESULT_FILE, Run, to_json
 from core.train import EpochCallback, LossFn, Trainer, config_id, cross_entropy, seed_everything
+from core.words import count
 
 
 
@@ -50,7 +51,7 @@ def config_from_checkpoint(cls: type, path: str | Path) -> tuple[Any, dict[str, 
         raise UserError(f"{where}: its config says epochs {cfg.epochs} but its schedule was built for {t_max}; a "
                         "checkpoint's config cannot be edited: start a new run (or resume the original)")
     if not 0 <= state["epoch"] <= cfg.epochs:
-        raise UserError(f"{where}: epoch {state['epoch']} is outside its run of {cfg.epochs} epochs")
+        raise UserError(f"{where}: epoch {state['epoch']} is outside its run of {count(cfg.epochs, 'epoch')}")
     return cfg, state
 
 
@@ -123,6 +124,8 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
     try:
         history = trainer.fit(on_epoch=on_epoch)
     except KeyboardInterrupt:
+        if under_nni():    # NNI's SIGINT: an assessor's early stop, or the experiment's stop
+            raise StoppedByNni(stopped_by_nni_message(run, trainer)) from None
         raise Interrupted(interrupted_message(run, trainer) if run else "interrupted") from None
     except OSError as exc:     # a checkpoint or metrics line that cannot be written: a full disk, say
         if run is None or exc.filename is None or not Path(exc.filename).is_relative_to(run.dir):
@@ -139,6 +142,12 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
     if run:
         atomic_write_text(run.dir / RESULT_FILE, to_json(result, indent=2) + "\n")
     return result
+
+
+def stopped_by_nni_message(run: Run | None, trainer: Trainer) -> str:
+    """What a trial NNI stopped says (to its trial.stderr): when, and where its run folder is."""
+    return (f"stopped by NNI in epoch {trainer.start_epoch + 1}, after {count(trainer.start_epoch, 'completed epoch')} "
+            "(an assessor's early stop, or the experiment was stopped)" + (f"; run folder {run.dir}" if run else ""))
 
 
 def interrupted_message(run: Run, trainer: Trainer) -> str:

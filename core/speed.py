@@ -88,8 +88,8 @@ def choose_precision(device: torch.device, amp: bool, *, capability: tuple[int, 
     if not amp:
         return _fp32("fp32: --no-amp")
     if device.type != "cuda":
-        return _fp32(f"fp32: mixed precision is for GPUs; on the {device.type} bf16 autocast measured slower than "
-                     "float32 (NOTES.md: 255 vs 360 img/s on the 2-core test CPU)")
+        return _fp32(f"fp32: mixed precision is for GPUs; the {device.type} trains in float32 (docs/speed.md, "
+                     "'The choices': what was measured on the CPU)")
     major, minor = capability if capability is not None else torch.cuda.get_device_capability(device)
     where = f"compute capability {major}.{minor}"
     if (major, minor) >= BF16_MIN_CAPABILITY:

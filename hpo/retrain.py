@@ -36,6 +36,7 @@ from core.config import ModelConfig, add_config_arguments, check_resume_only, co
 from core.errors import ArgumentParser, UserError, cli_main
 from core.experiments import Trial, trials_from_export
 from core.retrains import add_new_folder_argument, add_seeds_argument, check_seeds, retrain_top_of
+from core.words import count
 from hpo import PARAM_KEYS
 from hpo.results import best_trial, load_experiment, searched_params
 
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cfg, _ = config_from_checkpoint(RetrainConfig, args.resume)
     else:
         print(f"best trial {origin['trial_id']} of {origin['source']}: {json.dumps(params, sort_keys=True)} "
-              f"(validation accuracy {origin['val_acc']:.4f}); retraining for {cfg.epochs} epochs", flush=True)
+              f"(validation accuracy {origin['val_acc']:.4f}); retraining for {count(cfg.epochs, 'epoch')}", flush=True)
     result = train(cfg, lambda n: create_model(cfg.model, num_classes=n), name=f"hpo_retrain-{cfg.model}",
                    resume=args.resume, eval_splits=("val",) if cfg.val_fraction > 0 else (), final_test=True)
     if origin is not None and distributed.is_main():  # under torchrun rank 0 writes

@@ -8,6 +8,10 @@ rule (with PC-DARTS's edge normalisation), the collapse counts and P-DARTS's gua
 - **Collapse** (Zela et al. 2020, "RobustDARTS"; Liang et al. 2019, "DARTS+"; Chen et al. 2019,
   "P-DARTS"): long searches drift to parameter-free operations in the normal cell, skip_connect
   first. :func:`collapse_counts` counts them in a derived cell; the search records them every epoch.
+- **Still uniform** (:func:`still_uniform`): while every edge's operation weights lie within
+  :data:`UNIFORM_TOLERANCE` of 1/8, the derivation ranks differences the architecture step has not
+  made (NNI starts every alpha at 1e-3 x N(0, 1)): the derived cell is arbitrary, and the search
+  says so.
 - **Guard** (P-DARTS, Chen, Xie, Wu, Tian, ICCV 2019, section 3.3 "architecture refinement"): keep at
   most M skip_connects in the derived normal cell (the paper's M = 2); while there are more, the
   chosen skip_connect with the smallest weight is taken out of its edge's candidates and the cell is
@@ -31,6 +35,25 @@ def edge_weights(alphas: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[s
     names = (*OP_NAMES, NONE_OP)
     return {f"{cell}/{edge}": dict(zip(names, torch.softmax(alpha.float(), -1).tolist()))
             for cell in CELLS for edge, alpha in alphas[cell].items()}
+
+
+#: Architecture weights count as still uniform while every operation weight of every edge lies
+#: within this fraction of 1/K (K = the edge's candidates, 'none' included; 1 % of 1/8: 0.12375 to
+#: 0.12625): ten times the spread NNI's initialisation gives them (alphas 1e-3 x N(0, 1)).
+UNIFORM_TOLERANCE = 0.01
+
+
+def weight_range(weights: dict[str, dict[str, float]]) -> tuple[float, float]:
+    """The smallest and largest operation weight over every edge (of :func:`edge_weights`)."""
+    values = [w for ops in weights.values() for w in ops.values()]
+    return min(values), max(values)
+
+
+def still_uniform(weights: dict[str, dict[str, float]], tolerance: float = UNIFORM_TOLERANCE) -> bool:
+    """Whether every operation weight of every edge lies within ``tolerance`` x 1/K of 1/K (K the
+    edge's candidates): the architecture step has not yet separated the operations, so the
+    derived cell is arbitrary."""
+    return all(abs(w * len(ops) - 1) <= tolerance for ops in weights.values() for w in ops.values())
 
 
 def input_weights(betas: dict[str, dict[str, torch.Tensor]]) -> dict[str, list[float]]:

@@ -4,15 +4,19 @@
 
 1. one search per seed (the search config with that seed), each in its own run folder
    ``search-seed<S>/``;
-2. each derived cell trained from scratch for E epochs (``--select-epochs``) at the retrain's network
-   size (:class:`~oneshot_darts.retrain.RetrainConfig`: the paper's retrain recipe; a
-   ``--select-config`` YAML overrides its fields) on the training split with a validation split held
-   out (``val_fraction``, 0.1 unless the YAML says otherwise), in ``select-seed<S>/``; every cell
-   with the same seed (the select config's), so that only the cell differs;
+2. each derived cell trained from scratch for E epochs (``--select-epochs``) with the paper's retrain
+   recipe (:class:`~oneshot_darts.retrain.RetrainConfig`) on the search's data (its ``data``,
+   ``subset``, ``val_subset``, ``max_batches``, ...), at the paper's retrain size (C 36, 20 cells) or,
+   when the search's supernet is narrower or shallower than the paper's (C 16, 8 cells), that size
+   shrunk by the same factors (:func:`scaled_network`); a ``--select-config`` YAML overrides any of
+   these fields. The training split has a validation split held out (``val_fraction``, 0.1 unless
+   the YAML says otherwise), in ``select-seed<S>/``; every cell with the same seed (the select
+   config's), so that only the cell differs. ``--print-config`` with ``--seeds`` prints both configs;
 3. the cell whose short retrain ends with the best validation accuracy (the last epoch's; ties: the
    seed listed first) is written to ``final_arch.json``; ``selection.json`` holds every seed's cell,
-   search validation accuracy (on the architecture half) and short-retrain validation accuracy, and
-   the winner.
+   search validation accuracy (on the architecture half), whether its search ended with the
+   architecture weights still uniform (``arch_uniform``: its cell is arbitrary), short-retrain
+   validation accuracy, and the winner.
 
 The test split is never read: the searches measure on their architecture half, the short retrains
 on their held-out validation split, and the selection uses nothing else.
@@ -21,7 +25,8 @@ It trains nothing itself: each step is :func:`~oneshot_darts.search.run_search` 
 :func:`~oneshot_darts.retrain.run_retrain` (so :func:`core.runner.train`) in a folder inside the
 protocol folder ``<out_dir>/<run_name or darts-protocol>/``. Its progress is recorded in
 ``protocol.json`` there (the settings, and each step's outcome as it finishes). Killed at any point,
-the same command continues where it was, with the rule of ``--top K`` retrains
+the same command continues where it was (the interrupted run says so, and names the step), with the
+rule of ``--top K`` retrains
 (:mod:`core.retrains`): a step whose folder holds ``result.json`` is not redone, one with a
 checkpoint resumes from it, the others start. A protocol folder is continued only with the settings
 it was started with (the fields that say how a run runs, such as the device, aside); otherwise one
@@ -42,12 +47,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import shlex
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from core.files import atomic_write_text, temp_files
 from core.config import from_dict, to_dict
-from core.errors import UserError
+from core.errors import Interrupted, UserError
 from core.paths import absolute_paths
 from core.retrains import config_differences, read_json_file
 from core.run import CHECKPOINT_FILE, METRICS_FILE, RESULT_FILE, Run
@@ -64,10 +72,27 @@ PAPER_SELECT_EPOCHS = 100
 #: The validation split the short retrains hold out of the training split, unless --select-config says.
 SELECT_VAL_FRACTION = 0.1
 #: Search config fields the short retrains take over (where and how runs run, and the data).
-SHARED_FIELDS = ("data", "data_root", "image_size", "device", "amp", "channels_last", "progress", "max_batches",
-                 "eval_batch_size")
+SHARED_FIELDS = ("data", "data_root", "subset", "val_subset", "image_size", "device", "amp", "channels_last",
+                 "progress", "max_batches", "eval_batch_size")
 #: Retrain fields the protocol sets itself, so a --select-config may not.
 PROTOCOL_FIELDS = ("epochs", "arc", "out_dir", "run_name")
+
+
+def scaled_network(search_cfg: Any) -> dict[str, int]:
+    """The short retrains' network when the search's supernet is narrower or shallower than the
+    paper's (C 16, 8 cells): the paper's retrain network (C 36, 20 cells) shrunk by the same factors
+    (rounded, at least 1 channel and 3 cells); empty (the paper's) otherwise."""
+    from oneshot_darts.common import MIN_LAYERS
+    from oneshot_darts.retrain import RetrainConfig
+    from oneshot_darts.search import SearchConfig
+
+    scaled = {}
+    for name, least in (("channels", 1), ("layers", MIN_LAYERS)):
+        searched, paper_search, paper_retrain = (getattr(search_cfg, name), getattr(SearchConfig, name),
+                                                 getattr(RetrainConfig, name))
+        if searched < paper_search:
+            scaled[name] = max(least, math.floor(paper_retrain * searched / paper_search + 0.5))
+    return scaled
 
 
 def selection_config(search_cfg: Any, select_epochs: int, values: dict[str, Any], source: str) -> Any:
@@ -82,7 +107,7 @@ def selection_config(search_cfg: Any, select_epochs: int, values: dict[str, Any]
     if select_epochs < 1:
         raise UserError(f"--select-epochs: {select_epochs} is not allowed; it must be at least 1")
     merged = {**{k: getattr(search_cfg, k) for k in SHARED_FIELDS}, "val_fraction": SELECT_VAL_FRACTION,
-              **values, "epochs": select_epochs, "out_dir": search_cfg.out_dir}
+              **scaled_network(search_cfg), **values, "epochs": select_epochs, "out_dir": search_cfg.out_dir}
     cfg = from_dict(RetrainConfig, absolute_paths(merged), source=source)
     if not cfg.val_fraction > 0:
         raise UserError(f"{source}: val_fraction {cfg.val_fraction} is not allowed for the selection; the short "
@@ -151,6 +176,16 @@ def _settings(search_cfg: Any, seeds: Sequence[int], select_epochs: int, select_
     search = to_dict(search_cfg)
     search.pop("seed")                                   # the protocol's seeds replace it
     return {"seeds": list(seeds), "select_epochs": select_epochs, "search": search, "select": to_dict(select_cfg)}
+
+
+def settings_yaml(search_cfg: Any, seeds: Sequence[int], select_epochs: int, select_values: dict[str, Any],
+                  select_source: str = "--select-config") -> str:
+    """``--print-config`` with ``--seeds``: the settings the protocol records in ``protocol.json`` (the
+    seeds, the search config, the short retrains' config), as YAML."""
+    import yaml
+
+    select_cfg = selection_config(search_cfg, select_epochs, select_values, select_source)
+    return yaml.safe_dump(_settings(search_cfg, seeds, select_epochs, select_cfg), sort_keys=False)
 
 
 def _check_same(recorded: dict[str, Any], asked: dict[str, Any], folder: Path) -> None:
@@ -232,15 +267,19 @@ def run_protocol(search_cfg: Any, seeds: Sequence[int], select_epochs: int, sele
             record["steps"][name] = outcome
             atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
         atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
+        shrunk = sorted(set(scaled_network(search_cfg)) - set(select_values))
         print(f"DARTS protocol: {len(seeds)} searches (seeds {', '.join(map(str, seeds))}), then a {select_epochs}-epoch "
-              f"retrain of each cell (C={select_cfg.channels}, {select_cfg.layers} cells, validation split "
-              f"{select_cfg.val_fraction:g}); folder {folder}", flush=True)
+              f"retrain of each cell (C={select_cfg.channels}, {select_cfg.layers} cells"
+              + (f": {' and '.join(shrunk)} scaled from the paper's C=36, 20 cells as the search's C={search_cfg.channels}"
+                 f", {search_cfg.layers} cells are from its C=16, 8 cells" if shrunk else "")
+              + f", validation split {select_cfg.val_fraction:g}); folder {folder}", flush=True)
         rows = []
         for s in seeds:
             name = f"search-seed{s}"
             result = _step(folder / name, f"[seed {s}] search", lambda d, s=s: run_search(configs[s], run_dir=d),
                            lambda ck, s=s: run_search(configs[s], resume=ck))
-            note(name, {"seed": s, "val_acc": result["val_acc"], "arch": result["arch"]})
+            note(name, {"seed": s, "val_acc": result["val_acc"], "arch": result["arch"],
+                        "arch_uniform": result.get("arch_uniform")})
         genotypes = {}
         for s in seeds:   # every reused short retrain checked before any is trained
             searched = record["steps"][f"search-seed{s}"]
@@ -255,19 +294,45 @@ def run_protocol(search_cfg: Any, seeds: Sequence[int], select_epochs: int, sele
             note(name, {"seed": s, "val_acc": result["val_acc"], "params": result.get("params_without_auxiliary")})
             rows.append({"seed": s, "search_run": f"search-seed{s}", "search_val_acc": searched["val_acc"],
                          "cell": genotype.describe(), "genotype": genotype.to_json(), "select_run": name,
-                         "select_val_acc": result["val_acc"], "params": result.get("params_without_auxiliary")})
+                         "select_val_acc": result["val_acc"], "params": result.get("params_without_auxiliary"),
+                         "arch_uniform": searched.get("arch_uniform")})
         winner = max(rows, key=lambda r: r["select_val_acc"])    # the first of equal maxima: the seed listed first
         selection = {"rule": "the cell with the best validation accuracy after its short retrain (the last epoch's); "
                              "ties: the seed listed first; the test split is never read",
                      "select_epochs": select_epochs, "seeds": rows,
-                     "winner": {k: winner[k] for k in ("seed", "select_val_acc", "search_val_acc", "cell", "genotype")}}
+                     "winner": {k: winner[k] for k in ("seed", "select_val_acc", "search_val_acc", "cell", "genotype",
+                                                       "arch_uniform")}}
         atomic_write_text(folder / FINAL_ARCH_FILE, parse_arch(winner["genotype"]).dumps())
         atomic_write_text(folder / SELECTION_FILE, json.dumps(selection, indent=1) + "\n")
+    except (Interrupted, KeyboardInterrupt):
+        raise Interrupted(interrupted_message(folder, seeds)) from None
     finally:
         lock.release()
     for r in rows:
         print(f"seed {r['seed']}: search val_acc {r['search_val_acc']:.4f}, short retrain val_acc "
               f"{r['select_val_acc']:.4f}" + ("  <- selected" if r is winner else ""), flush=True)
+    uniform = [r["seed"] for r in rows if (r["arch_uniform"] or {}).get("uniform")]
+    if uniform:
+        several = len(uniform) > 1
+        print(f"seed{'s' if several else ''} {', '.join(map(str, uniform))}: the search{'es' if several else ''} ended "
+              f"with the architecture weights still uniform, so {'their cells are' if several else 'its cell is'} "
+              "arbitrary" + ("; the selected cell is one of them" if several and winner["seed"] in uniform else
+                             "; it is the selected cell" if winner["seed"] in uniform else ""), flush=True)
     print(f"wrote {folder / SELECTION_FILE} and {folder / FINAL_ARCH_FILE}; retrain the selected cell with: "
           f"python oneshot_darts/retrain.py --arc {folder / FINAL_ARCH_FILE}", flush=True)
     return {**selection, "folder": str(folder)}
+
+
+def interrupted_message(folder: Path, seeds: Sequence[int]) -> str:
+    """Where an interrupted protocol stopped, and that the same command continues all of it (a
+    step's own ``--resume`` would continue that step alone)."""
+    steps = [f"{kind}-seed{s}" for kind in ("search", "select") for s in seeds]
+    step = next((name for name in steps if not (folder / name / RESULT_FILE).is_file()), None)
+    where = "" if step is None else f" in {step}"
+    resumes = "" if step is None else (
+        f", {step} resumes from its last checkpoint" if (folder / step / CHECKPOINT_FILE).is_file() else
+        f", {step} starts again (it saved no epoch)")
+    command = ("python " + shlex.join(sys.argv) if sys.argv and Path(sys.argv[0]).name == "search.py"
+               else "the command that started it")
+    return (f"protocol interrupted{where}; to continue the whole protocol, run the same command again (finished "
+            f"steps are skipped{resumes}): {command}")

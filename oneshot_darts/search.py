@@ -10,14 +10,20 @@ order, NNI's own; 2 = the paper's unrolled second order), then an SGD step of th
 a batch of the first half. It runs as the step of the project's one training engine
 (:class:`DartsSearch`, a :class:`~core.train.Trainer`) rather than in Lightning, so that it
 checkpoints and resumes exactly like every other command (optimizers, schedule, loaders' random
-state, every epoch). The test split is never read.
+state, every epoch). The test split is never read. An epoch is one pass of the longer half with the
+shorter one cycled (reshuffled on each pass), so every image of both halves trains every epoch; the
+first log line says what one epoch draws, and every epoch's metrics count it (``train_images`` for
+the weights, ``arch_images`` for the architecture).
 
 The run folder gets ``final_arch.json`` (this project's architecture format; ``retrain.py --arc``
 reads it), ``arch_weights.json`` (the softmax weights of every edge, and for PC-DARTS under
 ``inputs`` those of every node's inputs, rewritten every epoch),
 ``metrics.jsonl`` (per epoch: losses, validation accuracy on the second half, the derived
-architecture, the collapse counts of its normal cell, and the softmax weight of every operation on
-every edge), ``train.log``, ``config.yaml``, ``checkpoint.pt`` and ``result.json``.
+architecture, the collapse counts of its normal cell, the softmax weight of every operation on
+every edge, and ``arch_uniform``: whether those weights are still uniform, so that the derived cell
+is arbitrary, :func:`~oneshot_darts.derive.still_uniform`), ``train.log`` (which says so when they
+are), ``config.yaml``, ``checkpoint.pt`` and ``result.json`` (the last epoch's metrics, ``arch_uniform``
+included: the record beside ``final_arch.json``).
 
 Under nnictl (``--nni``, ``config.yml``) every epoch's intermediate result is ``{"default": validation
 accuracy, "normal_param_free": n, "normal_skip_connect": n}``, so the web UI shows the collapse counts.
@@ -42,10 +48,12 @@ from core.nni_trial import NniTrial, final_metrics, quiet_nni_imports
 from core.run import Run
 from core.runner import config_from_checkpoint, train
 from core.train import Trainer, autocast, check_trains
+from core.words import count
 from oneshot_darts import architect
 from oneshot_darts.arch import Genotype
 from oneshot_darts.common import START_HINT, build_parser, check_network_shape
-from oneshot_darts.derive import NO_GUARD, collapse_counts, derive_genotype, edge_weights, input_weights
+from oneshot_darts.derive import (NO_GUARD, UNIFORM_TOLERANCE, collapse_counts, derive_genotype, edge_weights,
+                                  input_weights, still_uniform, weight_range)
 
 FINAL_ARCH_FILE = "final_arch.json"
 WEIGHTS_FILE = "arch_weights.json"
@@ -131,6 +139,7 @@ class DartsSearch(Trainer):
         self.arch_loader = self.make_loader(splits.val, train=True, seed=cfg.seed + 1)
         check_trains(self.arch_loader, "architecture-half")
         self.epoch = 0
+        self.arch_images = 0   # images the architecture step trained on in this epoch
 
     def parameters(self) -> list[nn.Parameter]:
         alpha_ids = {id(p) for p in self.alphas}
@@ -150,7 +159,10 @@ class DartsSearch(Trainer):
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         self.epoch = epoch  # the architecture warm-up asks for it
-        return super().train_epoch(epoch)
+        self.arch_images = 0
+        metrics = super().train_epoch(epoch)
+        metrics["arch_images"] = self.arch_images   # beside train_images, the weights' count
+        return metrics
 
     def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
         """One DARTS step: the architecture weights descend the validation loss of a batch of the
@@ -163,6 +175,7 @@ class DartsSearch(Trainer):
         weights = self.optimizer.param_groups[0]["params"]
         out: dict[str, torch.Tensor] = {}
         if self.epoch >= cfg.arch_warmup_epochs:
+            self.arch_images += len(ya)
             self.a_optimizer.zero_grad(set_to_none=True)
             if cfg.order == 2:  # float32, unscaled gradients
                 out["arch_loss"] = architect.second_order(model, self.alphas, weights, (x, y), (xa, ya), self.optimizer)
@@ -220,8 +233,11 @@ class DartsSearch(Trainer):
         metrics.update(collapse_counts(searched))
         if self.cfg.max_skip_connect != NO_GUARD:
             metrics["guard_replaced"] = metrics["normal_skip_connect"] - collapse_counts(genotype)["normal_skip_connect"]
+        metrics.update(uniform_record(weights))
         if self.run is not None:
             self.run.log(f"architecture after epoch {metrics['epoch']}: {genotype.describe()}")
+            if metrics["arch_uniform"]["uniform"]:
+                self.run.log(uniform_warning(metrics["arch_uniform"]["weight_range"]))
             guard = (f"; the guard replaced {metrics['guard_replaced']} (max_skip_connect "
                      f"{self.cfg.max_skip_connect})") if metrics.get("guard_replaced") else ""
             self.run.log(f"normal cell: {metrics['normal_skip_connect']} skip_connect, {metrics['normal_param_free']} "
@@ -237,21 +253,67 @@ class DartsSearch(Trainer):
             atomic_write_text(path, genotype.dumps())
             result["final_arch"] = str(path)
             self.run.log(f"final architecture: {genotype.describe()}")
+            uniform = self.history[-1].get("arch_uniform") if self.history else None
+            if uniform and uniform["uniform"]:
+                self.run.log(f"{FINAL_ARCH_FILE}: " + uniform_warning(uniform["weight_range"]))
             self.run.log(f"wrote {path}; retrain it with: python oneshot_darts/retrain.py --arch {path}")
         return result
 
 
 class _Zip:
-    """Both halves' batches side by side, with a length (for the progress bar)."""
+    """Both halves' batches side by side, with a length (for the progress bar): one pass of the
+    longer loader, the shorter one cycled (each new pass reshuffled by its own generator), so every
+    image of both halves trains every epoch."""
 
     def __init__(self, *loaders: Any):
         self.loaders = loaders
 
     def __len__(self) -> int:
-        return min(len(loader) for loader in self.loaders)
+        return max(len(loader) for loader in self.loaders)
 
     def __iter__(self):
-        return zip(*self.loaders)
+        passes = [iter(loader) for loader in self.loaders]
+        for _ in range(len(self)):
+            batch = []
+            for i, loader in enumerate(self.loaders):
+                try:
+                    batch.append(next(passes[i]))
+                except StopIteration:       # the shorter half: its next pass
+                    passes[i] = iter(loader)
+                    batch.append(next(passes[i]))
+            yield tuple(batch)
+
+
+def epoch_coverage(search: "DartsSearch") -> str:
+    """What one search epoch trains on, in words: its steps, and for each half how many of its
+    images it draws (whole batches; the shorter half cycled)."""
+    steps, batch = len(search.batches()), search.cfg.batch_size
+
+    def half(loader: Any, images: int) -> str:
+        one_pass = len(loader) * batch      # whole batches only; --max-batches may cut a pass short
+        if len(loader) == steps:
+            return f"all {images:,}" if one_pass >= images else f"{one_pass:,} of its {images:,}"
+        return f"{steps * batch:,} draws from its {images:,} (cycled, {steps / len(loader):.1f} passes)"
+
+    return (f"each epoch {count(steps, 'step')} of {batch} images: the weights train on "
+            f"{half(search.train_loader, len(search.splits.train))}, the architecture on "
+            f"{half(search.arch_loader, len(search.splits.val))}")
+
+
+def uniform_record(weights: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The per-epoch (and final) record ``arch_uniform``: whether the architecture weights are still
+    uniform (:func:`~oneshot_darts.derive.still_uniform`; then the derived cell is arbitrary), their
+    smallest and largest value, and the tolerance."""
+    low, high = weight_range(weights)
+    return {"arch_uniform": {"uniform": still_uniform(weights), "weight_range": [round(low, 6), round(high, 6)],
+                             "tolerance": UNIFORM_TOLERANCE}}
+
+
+def uniform_warning(weight_range: Sequence[float]) -> str:
+    """The log line of architecture weights still uniform."""
+    return (f"the architecture weights are still uniform (every operation weight {weight_range[0]:.4f}-"
+            f"{weight_range[1]:.4f}, within {UNIFORM_TOLERANCE:.0%} of 1/8): the derived cell is arbitrary, not "
+            "chosen by the search; search longer (more epochs or images) before retraining it")
 
 
 def run_search(cfg: SearchConfig, *, resume: str | Path | None = None, run_dir: str | Path | None = None,
@@ -269,14 +331,15 @@ def run_search(cfg: SearchConfig, *, resume: str | Path | None = None, run_dir: 
     def describe(search: Trainer) -> str:
         assert isinstance(search, DartsSearch)
         variant = (f"order {cfg.order}" + (f", PC-DARTS K={cfg.partial_channels}" if cfg.partial_channels > 1 else "")
-                   + (f", architecture frozen for {cfg.arch_warmup_epochs} epochs" if cfg.arch_warmup_epochs else "")
+                   + (f", architecture frozen for {count(cfg.arch_warmup_epochs, 'epoch')}"
+                      if cfg.arch_warmup_epochs else "")
                    + (f", at most {cfg.max_skip_connect} skip_connect (P-DARTS guard)"
                       if cfg.max_skip_connect != NO_GUARD else ""))
         return (f"darts search ({variant}): supernet of {cfg.layers} cells x {cfg.n_nodes} nodes, C={cfg.channels}, "
                 f"{sum(p.numel() for p in search.parameters()):,} weights + "
                 f"{sum(p.numel() for p in search.alphas)} architecture weights; {len(search.splits.train):,} "
-                f"images for the weights, {len(search.splits.val):,} for the architecture; device "
-                f"{search.device.type}")
+                f"images for the weights, {len(search.splits.val):,} for the architecture; {epoch_coverage(search)}; "
+                f"device {search.device.type}")
 
     return train(cfg, build, name=cfg.run_name or "darts-search", run_dir=run_dir, resume=resume,
                  eval_splits=("val",), final_test=False, on_epoch=on_epoch, trainer_cls=DartsSearch,
@@ -296,8 +359,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     group.add_argument("--select-epochs", type=int, metavar="E",
                        help=f"epochs of each short retrain (default: the paper's {protocol.PAPER_SELECT_EPOCHS})")
     group.add_argument("--select-config", metavar="YAML",
-                       help="retrain fields for the short retrains (default: the paper's retrain recipe, "
-                            f"val_fraction {protocol.SELECT_VAL_FRACTION})")
+                       help="retrain fields for the short retrains (default: the paper's retrain recipe on the "
+                            "search's data, its C 36 x 20 cells shrunk as far as the search's supernet is from C 16 x 8, "
+                            f"val_fraction {protocol.SELECT_VAL_FRACTION}; --print-config shows it)")
     args = parser.parse_args(argv)
     if args.resume:
         check_resume_only(SearchConfig, args, extra=("nni", "seeds", "select_epochs", "select_config"))
@@ -313,10 +377,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                             "(run it as a plain command)")
         if "seed" in vars(args):
             raise UserError("--seed: not allowed with --seeds, which gives each search its seed")
+    print_protocol = args.seeds is not None and args.print_config
+    if print_protocol:
+        args.print_config = False        # the protocol prints its searches' and short retrains' configs below
     cfg = config_from_args(SearchConfig, args)
     if args.seeds is not None:
         values = read_yaml(args.select_config) if args.select_config else {}
         epochs = protocol.PAPER_SELECT_EPOCHS if args.select_epochs is None else args.select_epochs
+        if print_protocol:
+            print(protocol.settings_yaml(cfg, args.seeds, epochs, values, f"--select-config {args.select_config!r}"),
+                  end="")
+            raise SystemExit(0)
         return _finish(protocol.run_protocol(cfg, args.seeds, epochs, values,
                                              f"--select-config {args.select_config!r}"))
     if args.nni:

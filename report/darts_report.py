@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
+from core.words import count_of
 from report import plots
 from report.common import checked, figure, fmt, md, read_dict, table, valid
 from core.chance import classes_of
@@ -40,7 +41,7 @@ def variant(config: dict[str, Any]) -> str:
     if isinstance(k, int) and k > 1:
         parts.append(f"PC-DARTS with K = {k} (1/{k} of each edge's channels, edge normalisation)")
     if config.get("arch_warmup_epochs"):
-        parts.append(f"architecture frozen for the first {md(config['arch_warmup_epochs'])} epochs")
+        parts.append(f"architecture frozen for the first {count_of(config['arch_warmup_epochs'], 'epoch', md)}")
     guard = config.get("max_skip_connect", -1)
     parts.append(f"P-DARTS guard: at most {guard} skip_connect in the normal cell" if isinstance(guard, int)
                  and guard >= 0 else "no collapse guard")
@@ -51,6 +52,8 @@ def search_parts(metrics: list[dict[str, Any]], config: dict[str, Any], out: Pat
                  heading: str) -> list[str]:
     """The variant line and the collapse counts per epoch (figure and table) of a DARTS search."""
     lines = [f"{heading}# Search step", "", f"- {variant(config)}", ""]
+    if metrics and still_uniform(metrics[-1]):
+        lines += [still_uniform_text(metrics[-1]), ""]
     counted = [m for m in metrics if valid(m.get("normal_skip_connect")) is not None]
     if not counted:
         return lines
@@ -76,6 +79,23 @@ def search_parts(metrics: list[dict[str, Any]], config: dict[str, Any], out: Pat
     lines += [table(("epoch", "skip_connect", "parameter-free", *(["replaced by the guard"] if guarded else [])),
                     rows), ""]
     return lines
+
+
+def still_uniform(record: dict[str, Any]) -> bool:
+    """Whether a search's record (an epoch's metrics, its result, a protocol's row) says its
+    architecture weights were still uniform (``arch_uniform``), so that its derived cell is arbitrary."""
+    uniform = record.get("arch_uniform")
+    return isinstance(uniform, dict) and uniform.get("uniform") is True
+
+
+def still_uniform_text(last: dict[str, Any]) -> str:
+    """What the search's record of architecture weights still uniform (``arch_uniform``) means."""
+    low, high = ((last["arch_uniform"].get("weight_range") or []) + [None, None])[:2]
+    tolerance = valid(last["arch_uniform"].get("tolerance"))
+    within = f"within {tolerance:.0%} of 1/8" if isinstance(tolerance, (int, float)) else "close to 1/8"
+    return (f"**The derived cell is arbitrary:** after epoch {last.get('epoch')} the architecture weights are still "
+            f"uniform (every operation weight {fmt(low)}-{fmt(high)}, {within}): the search has not yet told the "
+            "operations apart.")
 
 
 # --- a protocol folder -----------------------------------------------------------------------------
@@ -181,10 +201,10 @@ def render_protocol(data: ProtocolData, out: Path, prefix: str = "", level: int 
              f"- folder: {md(data.folder, code=True)}",
              f"- the DARTS paper's selection (Liu et al. 2019, section 3.2): {len(seeds)} searches (seeds "
              f"{', '.join(map(str, seeds))}), each derived cell trained from scratch for "
-             f"{md(settings.get('select_epochs'))} epochs and compared on a validation split held out of the training "
+             f"{count_of(settings.get('select_epochs'), 'epoch', md)} and compared on a validation split held out of the training "
              "split; the test split is never read",
              f"- search: {variant(search)}; C={md(search.get('channels'))}, {md(search.get('layers'))} cells x "
-             f"{md(search.get('n_nodes'))} nodes, {md(search.get('epochs'))} epochs, batch "
+             f"{md(search.get('n_nodes'))} nodes, {count_of(search.get('epochs'), 'epoch', md)}, batch "
              f"{md(search.get('batch_size'))}, data {md(search.get('data'))}",
              f"- short retrains: C={md(select.get('channels'))}, {md(select.get('layers'))} cells, batch "
              f"{md(select.get('batch_size'))}, validation split {md(select.get('val_fraction'))}, seed "
@@ -208,6 +228,11 @@ def render_protocol(data: ProtocolData, out: Path, prefix: str = "", level: int 
         lines += [f"**Selected: the cell of seed {md(winner)}**, validation accuracy {fmt(w.get('select_val_acc'))} "
                   f"after its {md(sel.get('select_epochs'))}-epoch retrain (the rule: {md(sel.get('rule'))}). Its cell "
                   f"is `final_arch.json`; retrain it with {retrain}.", ""]
+    uniform = [s for s in seeds if still_uniform(rows_by_seed.get(s) or {})]
+    if uniform:
+        lines += [f"**Arbitrary cells:** the search{'es' if len(uniform) > 1 else ''} of seed{'s' if len(uniform) > 1 else ''} "
+                  f"{', '.join(md(s) for s in uniform)} ended with the architecture weights still uniform (within 1 % of "
+                  "1/8), so their derived cells are arbitrary, not chosen by the search.", ""]
     rows, shown = [], []
     for s in seeds:
         r = rows_by_seed.get(s, {})

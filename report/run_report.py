@@ -9,6 +9,7 @@ from typing import Any
 from core.errors import UserError
 from core.retrains import ORIGIN_FILE, RESULT_FILE
 from core.run import METRICS_FILE
+from core.words import count_of
 from report import plots
 from report.common import figure, fmt, md, read_config, read_dict, read_metrics, number_problem, seconds, table, valid
 from core.chance import classes_of
@@ -120,7 +121,7 @@ def _final(run: RunData) -> list[str]:
     last = run.metrics[-1]
     planned = run.config.get("epochs")
     if run.result is None:
-        return [f"Still running (or stopped): {last['epoch']} of {md(planned or '?')} epochs done; "
+        return [f"Still running (or stopped): {last['epoch']} of {count_of(planned, 'epoch', md) if planned else '? epochs'} done; "
                 "no result.json yet. The last epoch's numbers:",
                 "", table(("metric", "value"), [(k, last[k]) for k in SERIES if k in last])]
     res = run.result
@@ -134,7 +135,7 @@ def _final(run: RunData) -> list[str]:
             value = res[key]
             ok = isinstance(valid(value), (int, float))
             headline = (f"**Final {name}: {f'{value:.4f}' if ok else md(value)}** after "
-                        f"{fmt(res.get('epoch', last['epoch']))} epochs." + ("" if ok else " (See Invalid numbers.)"))
+                        f"{count_of(res.get('epoch', last['epoch']), 'epoch', fmt)}." + ("" if ok else " (See Invalid numbers.)"))
             n = res.get(key.replace("_acc", "_images"))
             se = binomial_se(float(value), n) if ok and isinstance(n, int) else None
             if se is not None:

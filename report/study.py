@@ -23,6 +23,7 @@ from core.chance import classes_of
 from core.errors import UserError
 from core.paths import REPO_ROOT
 from core.retrains import read_json_file
+from core.words import count
 from report import darts_report, experiment_report as er, run_report
 from report import trials as table_of
 from report.common import (Invalid, Md, file_part, fmt, is_run_folder, md, read_config, read_dict, read_metrics,
@@ -49,7 +50,7 @@ class Reference:
 
     def text(self) -> str:
         return (f"{self.what}: {self.acc:.2f}{f' ± {self.pm:.2f}' if self.pm is not None else ''} % after "
-                f"{self.epochs} epochs ({self.data})")
+                f"{count(self.epochs, 'epoch')} ({self.data})")
 
 
 #: The lab report's numbers and the DARTS paper's (Liu et al. 2019, Table 1: 2.76 +- 0.09 % test error
@@ -256,7 +257,7 @@ def _plainly(m: Measured, ref: Reference) -> str:
     if images is not None and images < CIFAR10_TRAIN:
         smaller.append(f"{images:,} training images per epoch against {CIFAR10_TRAIN:,}")
     if not smaller:
-        return (f"- {md(m.what)} beside {ref.who}'s {ref.text()}: the same budget ({ref.epochs} epochs on CIFAR-10); "
+        return (f"- {md(m.what)} beside {ref.who}'s {ref.text()}: the same budget ({count(ref.epochs, 'epoch')} on CIFAR-10); "
                 "the difference is the study's result.")
     return (f"- **This study's budget is smaller than {ref.who}'s** ({'; '.join(smaller)}): its "
             f"{md(m.what.split(':')[0])} of {_pct(m.acc, m.se)} is not comparable with {ref.who}'s {ref.acc:.2f} %.")

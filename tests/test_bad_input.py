@@ -320,6 +320,27 @@ def test_12_ctrl_c_says_where_to_resume(tmp_path):
     assert f"--resume {checkpoint}" in lines[0]
 
 
+def test_12_a_trial_nni_stops_says_so_without_error_or_resume(tmp_path):
+    """NNI stops a trial (its assessor's early stop, the experiment's stop) with SIGINT: the trial says
+    it was stopped by NNI, in one line that is neither an ``error:`` (which the reports would show as
+    the trial's error) nor a ``--resume`` to run (NNI runs its trials), and dies by that SIGINT."""
+    out = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "core.train_model", "--model", "shufflenetg2", "--data", "fake",
+                             "--epochs", "50", "--max-batches", "2", "--batch-size", "16", "--eval-batch-size", "50",
+                             "--out-dir", str(out), "--no-progress", "--device", "cpu"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "NNI_PLATFORM": "local"})
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*/checkpoint.pt")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    lines = stderr.strip().splitlines()
+    assert proc.returncode == -signal.SIGINT and len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith("stopped by NNI in epoch ") and "--resume" not in lines[0], lines
+    assert f"run folder {next(out.iterdir())}" in lines[0]
+
+
 # --- 13. tracebacks that must be one line -----------------------------------------------------------
 
 def _bad_file(tmp_path, name, content: bytes) -> Path:

@@ -636,7 +636,7 @@ def test_search_variants_record_their_steps_and_collapse_counts(tmp_path, one_th
         assert all("arch_loss" in m for m in metrics) and "order 2" in log
     else:
         assert "arch_loss" not in metrics[0] and "arch_loss" in metrics[1]
-        assert "PC-DARTS K=2" in log and "architecture frozen for 1 epochs" in log
+        assert "PC-DARTS K=2" in log and "architecture frozen for 1 epoch)" in log
         inputs = metrics[-1]["input_weights"]
         assert set(inputs) == {"normal/2", "normal/3", "reduce/2", "reduce/3"}
         assert all(len(w) == int(k.split("/")[1]) and abs(sum(w) - 1) < 1e-5 for k, w in inputs.items())
@@ -825,6 +825,67 @@ def test_search_killed_after_first_epoch_resumes_exactly(tmp_path, one_thread):
     assert "resumed from" in (checkpoint.parent / "train.log").read_text()
 
 
+def test_search_epoch_trains_every_weight_image_and_cycles_the_architecture_half(tmp_path, one_thread):
+    """32 weight images and 8 architecture images, batch 8: every epoch takes 4 steps, trains the
+    weights on all 32 and the architecture on the 8 cycled four times, and its log says so (an
+    epoch used to stop with the shorter half: 8 weight images); interrupted after its first epoch
+    and resumed, the search ends exactly where an uninterrupted one ends."""
+    from oneshot_darts.search import SearchConfig, main as search, run_search
+
+    sizes = {"subset": 32, "val_subset": 8, "epochs": 2}
+    flags = [*TINY_SEARCH, "--max-batches", "0", *(f"--{k.replace('_', '-')}={v}" for k, v in sizes.items())]
+    straight = search([*flags, "--out-dir", str(tmp_path / "straight")])
+    metrics = Run(straight["run_dir"]).read_metrics()
+    assert [(m["train_images"], m["arch_images"]) for m in metrics] == [(32, 32), (32, 32)]
+    log = (Path(straight["run_dir"]) / "train.log").read_text()
+    assert ("32 images for the weights, 8 for the architecture; each epoch 4 steps of 8 images: the weights "
+            "train on all 32, the architecture on 32 draws from its 8 (cycled, 4.0 passes)") in log
+    assert "train_images=32 arch_images=32" in log
+
+    cfg = SearchConfig(data="fake", channels=4, layers=3, n_nodes=2, batch_size=8, eval_batch_size=100,
+                       device="cpu", progress=False, out_dir=str(tmp_path), **sizes)
+
+    def interrupt(m):
+        if m["epoch"] == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(Interrupted):
+        run_search(cfg, run_dir=tmp_path / "killed", on_epoch=interrupt)
+    torch.manual_seed(1234)
+    search(["--resume", str(tmp_path / "killed" / "checkpoint.pt")])
+    a = load_checkpoint(Path(straight["run_dir"]) / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
+    assert b["epoch"] == 2 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert untimed(Run(tmp_path / "killed").read_metrics()) == untimed(metrics)
+
+
+def test_architecture_weights_still_uniform_are_flagged(tmp_path, one_thread):
+    """After two steps at the paper's architecture lr every edge's weights are within 1 % of 1/8:
+    the search's log, metrics and result.json (beside final_arch.json) say the derived cell is
+    arbitrary, and so does its report; weights that moved (a large architecture lr) are not flagged."""
+    from oneshot_darts.derive import still_uniform
+    from oneshot_darts.search import main as search
+    from report.cli import main as report
+
+    ops = (*OP_NAMES, "none")
+    assert still_uniform({"normal/2_0": {op: 0.125 * (1 + 0.009 * (-1) ** i) for i, op in enumerate(ops)}})
+    assert not still_uniform({"normal/2_0": {op: 0.125 * (1 + 0.02 * (-1) ** i) for i, op in enumerate(ops)}})
+
+    early = search([*TINY_SEARCH, "--epochs", "1", "--out-dir", str(tmp_path / "early")])
+    run_dir = Path(early["run_dir"])
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["arch_uniform"] == Run(run_dir).read_metrics()[-1]["arch_uniform"]
+    assert result["arch_uniform"]["uniform"] is True and result["arch_uniform"]["tolerance"] == 0.01
+    low, high = result["arch_uniform"]["weight_range"]
+    assert 0.125 * 0.99 <= low < high <= 0.125 * 1.01
+    assert "final_arch.json: the architecture weights are still uniform" in (run_dir / "train.log").read_text()
+    text = Path(report([str(run_dir), "-o", str(tmp_path / "report")])).read_text()
+    assert "still uniform" in text and "arbitrary" in text
+
+    moved = search([*TINY_SEARCH, "--epochs", "1", "--arch-lr", "0.3", "--out-dir", str(tmp_path / "moved")])
+    assert moved["arch_uniform"]["uniform"] is False
+    assert "uniform" not in (Path(moved["run_dir"]) / "train.log").read_text()
+
+
 # --- the paper's protocol ---------------------------------------------------------------------
 
 #: The protocol at the tiny sizes: two seeds, 3-epoch searches, 3-epoch short retrains of tiny networks.
@@ -880,6 +941,69 @@ def test_protocol_killed_twice_resumes_to_the_same_selection(tmp_path, one_threa
     assert [r["seed"] for r in selection["seeds"]] == [0, 1]
     assert selection["winner"]["seed"] == max(selection["seeds"], key=lambda r: r["select_val_acc"])["seed"]
     assert load_arch(folder / "final_arch.json").to_json() == selection["winner"]["genotype"]
+
+
+def test_short_retrains_take_the_search_s_data_and_a_network_scaled_like_it(tmp_path, capsys):
+    """The short retrains read the search's data flags; a search narrower or shallower than the
+    paper's (C 16, 8 cells) shrinks their network by the same factors from the paper's 36 x 20,
+    unless --select-config sets it; --print-config shows both configs and writes nothing."""
+    from core.config import from_dict
+    from oneshot_darts.protocol import selection_config
+    from oneshot_darts.search import SearchConfig, main as search
+
+    data = {"data": "fake", "subset": 2000, "val_subset": 500, "max_batches": 3}
+    small = from_dict(SearchConfig, {**data, "channels": 4, "layers": 3, "out_dir": str(tmp_path)})
+    cfg = selection_config(small, 1, {}, "test")
+    assert {k: getattr(cfg, k) for k in data} == data
+    assert (cfg.channels, cfg.layers, cfg.epochs, cfg.val_fraction) == (9, 8, 1, 0.1)    # 36 x 4/16, 20 x 3/8
+    assert (selection_config(small, 1, {"channels": 4}, "test").channels, cfg.layers) == (4, 8)
+    for shape, expected in (((16, 8), (36, 20)), ((32, 12), (36, 20)), ((8, 8), (18, 20)), ((1, 3), (2, 8))):
+        search_cfg = dataclasses.replace(small, channels=shape[0], layers=shape[1])
+        got = selection_config(search_cfg, 1, {}, "test")
+        assert (got.channels, got.layers) == expected, shape
+
+    with pytest.raises(SystemExit) as stop:
+        search(["--data", "fake", "--channels", "4", "--layers", "3", "--subset", "2000", "--val-subset", "500",
+                "--seeds", "0", "1", "--select-epochs", "1", "--print-config", "--out-dir", str(tmp_path / "runs")])
+    assert stop.value.code == 0
+    import yaml
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["seeds"] == [0, 1] and printed["select_epochs"] == 1
+    assert (printed["search"]["channels"], printed["search"]["subset"]) == (4, 2000)
+    assert {k: printed["select"][k] for k in ("channels", "layers", "subset", "val_subset", "epochs")} == {
+        "channels": 9, "layers": 8, "subset": 2000, "val_subset": 500, "epochs": 1}
+    assert not (tmp_path / "runs").exists()
+
+
+def test_interrupted_protocol_says_to_run_the_same_command_again(tmp_path, one_thread, monkeypatch, capsys):
+    """Ctrl-C in the protocol's second search: one line that names the step and says to run the
+    same command again (the step's own --resume would continue that search alone); run again,
+    the protocol continues that search from its checkpoint and finishes."""
+    import oneshot_darts.search as search_module
+
+    args = [*_protocol_args(tmp_path, "runs"), "--epochs", "2", "--select-epochs", "1", "--max-batches", "1"]
+    run_search = search_module.run_search
+
+    def interrupted_in_seed1(cfg, **kwargs):
+        def stop(metrics):
+            if cfg.seed == 1:
+                raise KeyboardInterrupt
+        return run_search(cfg, **kwargs, on_epoch=stop)
+    monkeypatch.setattr(search_module, "run_search", interrupted_in_seed1)
+    monkeypatch.setattr(sys, "argv", ["oneshot_darts/search.py", *args])
+    with pytest.raises(SystemExit) as stop:
+        search_module.main(args)
+    assert stop.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resume" not in err[0], err
+    assert err[0].startswith("error: protocol interrupted in search-seed1; to continue the whole protocol, run the "
+                             "same command again (finished steps are skipped, search-seed1 resumes from its last "
+                             "checkpoint): python oneshot_darts/search.py --data fake"), err
+    monkeypatch.setattr(search_module, "run_search", run_search)
+    done = search_module.main(args)
+    folder = Path(done["folder"])
+    assert "resumed from" in (folder / "search-seed1" / "train.log").read_text()
+    assert [r["seed"] for r in done["seeds"]] == [0, 1]
 
 
 class _Unreadable:
@@ -947,8 +1071,12 @@ def test_protocol_never_reads_the_test_split_and_continues_only_itself(tmp_path,
                                                 "search_vs_select.png", "collapse.png", "Seed 1"])
     winner = json.loads(selection)["winner"]
     assert f"**Selected: the cell of seed {winner['seed']}**" in text
+    # one architecture step each: every seed's weights are still uniform, and both the record and the report say so
+    assert winner["arch_uniform"]["uniform"] and all(r["arch_uniform"]["uniform"] for r in json.loads(selection)["seeds"])
+    assert "**Arbitrary cells:** the searches of seeds 0, 1 ended with the architecture weights still uniform" in text
     text = check_report(report([str(folder / "search-seed0")]), ["## Search step", "first order", "no collapse guard",
-                                                                 "## Collapse watch", "collapse.png"])
+                                                                 "## Collapse watch", "collapse.png",
+                                                                 "**The derived cell is arbitrary:**"])
 
 
 def test_protocol_rerun_cleans_its_temporary_files_and_checks_the_cell_each_short_retrain_trained(

@@ -197,6 +197,29 @@ def test_a_search_space_string_with_a_comment_mark_is_refused_before_nnictl_crea
     assert nni_config.main([str(path)]) == 0
 
 
+def test_quick_nni_example_config_is_the_quick_experiment_with_the_other_recipe():
+    """configs/hpo_quick_nni_example.yml is configs/hpo_quick.yml (space, budget, tuner, assessor,
+    data sizes, epochs, batch) with NNI's example recipe: its trials differ from the quick
+    experiment's in weight decay and schedule only, the two settings that make the recipes differ."""
+    import shlex
+
+    from core.config import to_dict
+
+    quick = yaml.safe_load((REPO / "configs/hpo_quick.yml").read_text())
+    other = yaml.safe_load((REPO / "configs/hpo_quick_nni_example.yml").read_text())
+    keys = set(quick) - {"experimentName", "trialCommand"}
+    assert set(other) == set(quick) and {k: other[k] for k in keys} == {k: quick[k] for k in keys}
+
+    def resolved(config: dict) -> dict:
+        words = shlex.split(config["trialCommand"].replace("${CIFAR_AUTOML_TRIAL_FLAGS:-}", ""))
+        assert words[:2] == ["python3", "trial.py"]
+        args = [str((REPO / "hpo" / w).resolve()) if w.startswith("../") else w for w in words[2:]]
+        return to_dict(_config([*args, "--data", "fake"], {"model": "mobilenet", "optimizer": "Adam", "lr": 0.01}))
+    a, b = resolved(quick), resolved(other)
+    assert {k for k in a if a[k] != b[k]} == {"weight_decay", "scheduler"}
+    assert (b["weight_decay"], b["scheduler"], b["batch_size"], b["epochs"], b["subset"]) == (0.0, "none", 64, 2, 2000)
+
+
 # --- running trials -----------------------------------------------------------------------------
 
 def test_trial_standalone_from_repo_root_and_from_hpo(tmp_path):

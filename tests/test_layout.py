@@ -173,3 +173,37 @@ def test_trial_commands_split_cleanly():
     for config in _nnictl_configs():
         command = yaml.safe_load(config.read_text())["trialCommand"]
         assert shlex.split(command)[0] == "python3", config
+
+
+def test_the_code_and_docs_cite_only_documents_the_repository_holds():
+    """A log line, message or page that points the reader to a document (``docs/speed.md``,
+    ``README.md``) points to one a user of the repository has."""
+    import re
+
+    cited = {}
+    for path in subprocess.run(["git", "ls-files", "*.py", "*.md", "*.yml", "*.yaml", "*.toml", "*.ipynb"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.split():
+        for name in re.findall(r"\b([A-Z][A-Z_]+\.md|docs/[a-z_]+\.md)\b", (REPO / path).read_text(errors="replace")):
+            cited.setdefault(name, set()).add(path)
+    assert "docs/speed.md" in cited
+    missing = {name: sorted(where) for name, where in cited.items() if not (REPO / name).is_file()}
+    assert not missing, missing
+
+
+def test_counts_of_epochs_are_worded_in_the_singular_for_one():
+    """'1 epoch', never '1 epochs': no message writes '{n} epochs' by hand; core.words.count does."""
+    import re
+
+    from core.words import count, count_of
+
+    assert (count(1, "epoch"), count(2, "epoch"), count(1000, "image")) == ("1 epoch", "2 epochs", "1,000 images")
+    assert (count(1, "batch", "batches"), count_of(None, "epoch"), count_of(1, "epoch")) == (
+        "1 batch", "None epochs", "1 epoch")
+    by_hand = re.compile(r"\{[^{}]+\} epoch(s\b|\(s\))")
+    hits = []
+    for path in subprocess.run(["git", "ls-files", "*.py"], cwd=REPO, capture_output=True, text=True,
+                               check=True).stdout.split():
+        if not path.startswith("tests/"):
+            hits += [f"{path}:{i}" for i, line in enumerate((REPO / path).read_text().splitlines(), 1)
+                     if by_hand.search(line)]
+    assert not hits, hits
