@@ -102,6 +102,7 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
             result = fn(*args, **kwargs)
             if several:
                 leave()
+                _exit_after_leaving()
             return result
         except UserError as exc:
             print(str(exc) if isinstance(exc, StoppedByNni) else f"error: {exc}", file=sys.stderr, flush=True)
@@ -142,6 +143,23 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
                 _set_sigint(previous)
 
     return wrapper
+
+
+def _exit_after_leaving() -> None:
+    """End a torchrun rank whose command succeeded and left the process group, without the
+    interpreter's teardown: gloo's background threads can still abort a finished rank while Python
+    finalises ('terminate called without an active exception', exit -6: seen after a resumed
+    2-process run had finished and left together), which torchrun reports as a failed command. The
+    command has written and closed its files; what is buffered is flushed here."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)
 
 
 def _set_sigint(handler):
