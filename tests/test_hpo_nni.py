@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from core import experiments
+from core.chance import FAKE_CLASSES, at_chance
 from hpo import results, retrain
 from hpo.nni_fixes import RECEIVED_TAG
 from report.cli import main as report_main
@@ -172,8 +173,18 @@ def test_smoke_experiment_web_ui_and_best_trial(tmp_path):
         assert sorted(p.name for p in runs.iterdir()) == sorted(f"hpo_retrain-{exp.id}-{t.trial_id}" for t in good[:2])
     text = check_report(report_main([str(exp.exp_dir), "--retrains", str(runs)]), [j["trialJobId"] for j in jobs])
     assert "(trials.png)" in text and "(curves.png)" in text and "(effect_model.png)" in text
+    # the rank correlation is stated only where the report's rules allow it (synthetic data: results
+    # often at chance, and a trial may diverge, leaving one configuration to retrain)
     finals, accs = [t.final for t in good[:2]], [r["test_acc"] for r in rows]
-    if finals[0] != finals[1] and accs[0] != accs[1]:
+    top = max(rows, key=lambda r: r["test_acc"])
+    top_images = json.loads((Path(top["run_dir"]) / "result.json").read_text())["test_images"]
+    if at_chance(top["test_acc"], top_images, FAKE_CLASSES):
+        assert "At chance: the retrains learned nothing" in text and "Kendall's tau" not in text
+    elif at_chance(best.final, best.final_metrics["val_images"], FAKE_CLASSES):
+        assert "The search's results are at chance" in text and "Kendall's tau" not in text
+    elif len(rows) < 2:
+        assert "Fewer than two configurations have a finished retrain" in text and "Kendall's tau" not in text
+    elif finals[0] != finals[1] and accs[0] != accs[1]:
         assert tau_in(text) in (-1.0, 1.0)
     else:
         assert "Kendall's tau is undefined" in text
