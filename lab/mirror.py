@@ -116,7 +116,11 @@ def read_manifest(dst: Path) -> dict[str, list[int]]:
         data = json.loads((dst / MANIFEST).read_text())
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    # only paths inside the mirror: a removal never leaves ``dst`` whatever the file says
+    return {rel: sig for rel, sig in data.items()
+            if isinstance(rel, str) and rel and not Path(rel).is_absolute() and ".." not in Path(rel).parts}
 
 
 def _write_manifest(dst: Path, manifest: dict[str, list[int]]) -> None:

@@ -396,3 +396,18 @@ def test_every_probe_command_is_a_valid_command_line(tmp_path, name):
                 cfg = yaml.safe_load(proc.stdout)
                 assert (cfg["epochs"], cfg["max_batches"]) == (2, min(est.PROBE_STEPS, work.size.max_batches or 3))
                 assert cfg["batch_size"] == work.size.batch_size and cfg["out_dir"] == str(tmp_path)
+
+
+def test_a_mirror_removes_nothing_outside_its_folder_whatever_its_manifest_says(tmp_path):
+    """The manifest names what the mirror copied; one edited to name a path outside the mirror
+    (``..``, absolute) never makes it remove that file."""
+    from lab.mirror import MANIFEST, mirror
+
+    src, dst = tmp_path / "src", tmp_path / "lab" / "dst"
+    src.mkdir()
+    dst.mkdir(parents=True)
+    outside = tmp_path / "lab" / "notes.txt"          # beside the mirror; nothing of that name in src's parent
+    outside.write_text("the user's")
+    (dst / MANIFEST).write_text(json.dumps({"../notes.txt": [1, 1], str(outside): [1, 1]}))
+    mirror(src, dst)
+    assert outside.read_text() == "the user's"
