@@ -88,8 +88,8 @@ def peak_rss() -> int:
 
 def measure_search(args, device: torch.device, order: int = 1, partial_channels: int = 1) -> dict:
     """Seconds of every timed search step, and the memory the search took (see the module docstring)."""
-    from core.runner import load_splits
-    from core.train import seed_everything
+    from core.run_training import load_splits
+    from core.trainer import seed_everything
     from oneshot_darts.search import DartsSearch, SearchConfig
     from oneshot_darts.space import build_supernet
 

@@ -20,7 +20,7 @@ import torch
 from core.data import ImageSet, make_splits
 from core.errors import ArgumentParser, cli_main
 from core.loader import BatchLoader
-from core.train import resolve_device
+from core.trainer import resolve_device
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 

@@ -12,7 +12,7 @@ same batch size, in this one process (same torch threads):
   ``cudnn.benchmark`` on a GPU. Without its bugs: the optimizer is the one named (it builds Adam for
   'Adamax'), nothing is selected on the test set, and no ``DataParallel`` wraps a single GPU.
 - **trial**: the project's trial path: data decoded once, ``core.loader.BatchLoader``,
-  ``core.train.Trainer.train_epoch`` with the engine's choices for this device and model (memory
+  ``core.trainer.Trainer.train_epoch`` with the engine's choices for this device and model (memory
   format, precision, compile: ``core/speed.py``; ``--variant`` overrides config fields).
 - **limit**: the pure-compute limit of that trial: the same ``Trainer``'s own ``train_step`` (same
   memory format, precision, compile, threads) repeated on one batch already in memory, no data path.
@@ -54,8 +54,8 @@ from core.config import ModelConfig, from_dict
 from core.data import Splits
 from core.errors import ArgumentParser, cli_main
 from core.device import resolve_device
-from core.runner import load_splits
-from core.train import Trainer, evaluate, make_loader, seed_everything
+from core.run_training import load_splits
+from core.trainer import Trainer, evaluate, make_loader, seed_everything
 from core.words import count
 from models import MODELS, create_model
 

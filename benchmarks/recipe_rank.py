@@ -1,6 +1,6 @@
 """Do two trial recipes rank an HPO space's configurations differently? Kendall's tau between the rankings.
 
-Every configuration of a grid space (default: configs/hpo_quick.yml's 2 lr x 4 optimizers x 2
+Every configuration of a grid space (default: hpo/config_quick.yml's 2 lr x 4 optimizers x 2
 models = 16) is trained once under each recipe by the HPO trial itself (``hpo/trial.py``'s config
 resolution and :func:`hpo.trial.run_trial`, outside NNI), on the same images, epochs and seed, and
 scored by its validation accuracy. The two rankings are compared with Kendall's tau-b and its
@@ -23,7 +23,7 @@ holds the table and the taus at the end.
         --max-batches 1 --epochs 1 --limit 3 --out /tmp/recipe_rank_smoke                  # seconds: smoke
 
 The default measurement is 48 trials (16 configurations x 2 recipes + the 16-trial seed control) of
-2,000 training images x 2 epochs and 1,000 validation images, the size of configs/hpo_quick.yml's
+2,000 training images x 2 epochs and 1,000 validation images, the size of hpo/config_quick.yml's
 trials; expected, from those trials' measured 30-40 s each: 20-30 minutes on a quiet 2-core CPU
 (docs/hpo.md).
 """
@@ -41,15 +41,15 @@ import yaml
 from core.files import atomic_write_text
 from core.config import read_json, read_text
 from core.errors import ArgumentParser, UserError, cli_main
-from core.nni_trial import NniTrial
+from experiments.nni_trial import NniTrial
 from core.paths import REPO_ROOT, default_data, default_data_root, default_out_dir, resolve
-from core.runner import load_splits
+from core.run_training import load_splits
 from core.words import count
 from hpo import PARAM_KEYS
 from hpo import trial as hpo_trial
 from report import stats
 
-DEFAULT_SPACE = REPO_ROOT / "configs" / "hpo_quick.yml"
+DEFAULT_SPACE = REPO_ROOT / "hpo" / "config_quick.yml"
 DEFAULT_RECIPES = ("default", str(REPO_ROOT / "configs" / "recipe_nni_example.yml"))
 TRIALS_FILE, SETTINGS_FILE, RESULT_FILE = "trials.json", "settings.json", "result.json"
 
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                         ".tar.gz (env CIFAR_AUTOML_DATA)")
     parser.add_argument("--data-root", default=None, help="download and decode cache (env CIFAR_AUTOML_DATA_ROOT)")
     parser.add_argument("--space", default=str(DEFAULT_SPACE), help="nnictl config or search-space JSON whose "
-                        "choice parameters lr, optimizer, model are the grid (default: configs/hpo_quick.yml)")
+                        "choice parameters lr, optimizer, model are the grid (default: hpo/config_quick.yml)")
     parser.add_argument("--recipes", nargs=2, default=list(DEFAULT_RECIPES), metavar=("A", "B"),
                         help="two recipes: 'default' or a YAML of trial options (default: default "
                         "configs/recipe_nni_example.yml)")
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-subset", type=int, default=1000, help="validation images per trial (default 1000)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per trial (default 2)")
     parser.add_argument("--batch-size", type=int, default=64,
-                        help="training batch (default 64, as configs/hpo_quick.yml)")
+                        help="training batch (default 64, as hpo/config_quick.yml)")
     parser.add_argument("--max-batches", type=int, default=0, help="batches per epoch and evaluation (0: all; "
                         "a smoke run)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N configurations (0: all; a smoke run)")

@@ -3,9 +3,9 @@
     python -m classic_nas.export EXPERIMENT_ID [--out best_arch.json]
     python -m classic_nas.export ~/nni-experiments/EXPERIMENT_ID        # a folder, nni.sqlite or export file
 
-The experiment is read without the web UI by the shared reader :mod:`core.experiments` (the
+The experiment is read without the web UI by the shared reader :mod:`experiments.reader` (the
 experiment's sqlite database, or an ``nnictl experiment export`` file). The best trial is the one
-with the highest final ``default`` (validation accuracy) of those :func:`core.experiments.ranked`
+with the highest final ``default`` (validation accuracy) of those :func:`experiments.reader.ranked`
 ranks (a valid accuracy in [0, 1], not diverged: the rule every reader ranks by). Its
 architecture is the ``skip1`` ... ``skip6`` keys the trial repeats in its final result (robust to
 NNI 3.0 recording another concurrent trial's parameters; the reader prefers them), else its
@@ -25,8 +25,8 @@ from typing import Any, Sequence
 
 from core.files import add_overwrite_argument, atomic_write_text, check_output_file
 from core.errors import ArgumentParser, UserError, cli_main
-from core.experiments import Trial, ranked
-from core.experiments import load_experiment as _load_experiment
+from experiments.reader import Trial, ranked
+from experiments.reader import load_experiment as _load_experiment
 
 
 def load_experiment(source: str | os.PathLike, experiments_dir: str | os.PathLike | None = None) -> list[Trial]:

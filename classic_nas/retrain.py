@@ -8,21 +8,21 @@
 The architecture file is ``{"skip1": 0 or 1, ..., "skip6": 0 or 1}`` (what
 ``python -m classic_nas.export`` writes). Training, the run folder (config.yaml, train.log,
 metrics.jsonl, checkpoint.pt, arch.json, result.json) and the final test accuracy come from
-:func:`core.runner.train`, the retrain path every stage shares; the checkpoint holds the
+:func:`core.run_training.train`, the retrain path every stage shares; the checkpoint holds the
 architecture and the config, so ``--resume`` needs nothing else. By default it trains on the
 whole training split and logs the test accuracy after every epoch; the result is the last epoch's
 (no epoch is picked on test).
 
 ``--experiment ID --top K`` retrains the K best architectures of a search one after the other,
 each in its own run folder ``<out_dir>/classic_nas_retrain-<experiment>-<trial>/`` with an
-``origin.json`` (see :mod:`core.retrains`); the same command again skips finished ones and
+``origin.json`` (see :mod:`experiments.top_k`); the same command again skips finished ones and
 continues a killed one from its checkpoint, when the options are the same (other options: an error
 naming them, or a new folder with ``--new-folder``); ``--seeds S1 S2 ...`` retrains each once per seed,
 each in its own folder ``...-<trial>-seed<S>/``; ``python -m report ID`` compares the rankings (mean
 +- std over seeds, Kendall's tau with its p-value).
 
 ``--from-hpo EXPERIMENT`` trains with the optimizer and learning rate of that HPO experiment's best
-trial (:mod:`core.from_hpo`), as a search started with it did.
+trial (:mod:`experiments.from_hpo`), as a search started with it did.
 """
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ from typing import Any, Sequence
 
 from core.config import TrainConfig, add_config_arguments, check_resume_only, config_from_args, field
 from core.errors import ArgumentParser, UserError, cli_main
-from core.experiments import Trial
-from core.from_hpo import add_from_hpo_argument, winner_from_args
-from core.retrains import add_new_folder_argument, add_seeds_argument, check_seeds, retrain_top_of
+from experiments.reader import Trial
+from experiments.from_hpo import add_from_hpo_argument, winner_from_args
+from experiments.top_k import add_new_folder_argument, add_seeds_argument, check_seeds, retrain_top_of
 
 STAGE = "classic_nas_retrain"
 
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.resume:
         check_resume_only(RetrainConfig, args, extra=("experiments_dir", "from_hpo"))
         from classic_nas.space import validate_arch
-        from core.runner import config_from_checkpoint
+        from core.run_training import config_from_checkpoint
 
         cfg, state = config_from_checkpoint(RetrainConfig, args.resume)
         arch = validate_arch(state.get("arch"), source=f"checkpoint {args.resume!r} architecture")
@@ -107,7 +107,7 @@ def _config(args: argparse.Namespace) -> RetrainConfig:
 
 def _train_arch(cfg: RetrainConfig, arch: dict[str, int], **kwargs: Any) -> dict[str, Any]:
     from classic_nas.space import arch_name, build_model
-    from core.runner import train
+    from core.run_training import train
 
     # Nothing is selected here, so with no validation split the test split is logged every epoch
     # (monitoring only; the result is the last epoch's).

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from core.config import read_json
 from core.errors import UserError
-from core.nni_trial import quiet_nni_imports
+from experiments.nni_trial import quiet_nni_imports
 from models.mobilenet import STEM_CHANNELS, BlockSpec, DepthwiseSeparable, make_stem, parse_block_spec
 
 quiet_nni_imports()

@@ -5,7 +5,7 @@ architecture ``{"skip1": 0 or 1, ...}``), or by hand on one architecture file::
 
     python classic_nas/trial.py --arc best_arch.json --data fake --epochs 1 --max-batches 2
 
-Training goes through the shared core (:func:`core.runner.train`); every epoch reports the
+Training goes through the shared core (:func:`core.run_training.train`); every epoch reports the
 validation accuracy to NNI as an intermediate result and the final result's ``default`` is the
 last epoch's validation accuracy (a trial whose network no longer computes, in training or evaluation, reports 0.0
 with ``diverged: 1`` and exits cleanly). The test split is never evaluated here: model selection only looks at the
@@ -15,7 +15,7 @@ beside NNI's files (the checkpoint is deleted at the end unless ``--keep-checkpo
 
 ``--from-hpo EXPERIMENT`` (for every trial of an nnictl experiment: ``CIFAR_AUTOML_FROM_HPO`` in
 the shell that runs ``nnictl create``) trains with the optimizer and learning rate of that HPO
-experiment's best trial instead of the config's (:mod:`core.from_hpo`); the rest of the recipe
+experiment's best trial instead of the config's (:mod:`experiments.from_hpo`); the rest of the recipe
 stays this stage's. Each trial repeats the optimizer, lr, experiment and HPO trial in its final
 result. ``--optimizer`` / ``--lr`` flags cannot be combined with it.
 """
@@ -28,8 +28,8 @@ from typing import Any, Sequence
 
 from core.config import SearchTrialConfig, add_config_arguments, config_from_args, field
 from core.errors import ArgumentParser, UserError, cli_main
-from core.from_hpo import add_from_hpo_argument, winner_from_args
-from core.nni_trial import NniTrial
+from experiments.from_hpo import add_from_hpo_argument, winner_from_args
+from experiments.nni_trial import NniTrial
 
 STAGE = "classic_nas"
 
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # torch and NNI's NAS API (seconds) once the flags are known good: --help, --print-config and a bad
     # flag end before it
     from classic_nas.space import arch_name, build_model, read_arch, validate_arch
-    from core.nni_trial import run_search_trial
+    from experiments.nni_trial import run_search_trial
 
     trial = NniTrial.from_environment()
     if trial.active:

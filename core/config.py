@@ -29,7 +29,7 @@ C = TypeVar("C", bound="TrainConfig")
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 512
 
 #: The allowed values of the choice fields, each named once; the config check, the command-line
-#: help and the factories in core.train all read them from here.
+#: help and the factories in core.trainer all read them from here.
 Optimizer = Literal["SGD", "Adadelta", "Adagrad", "Adam", "Adamax"]
 Scheduler = Literal["cosine", "none"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -65,7 +65,7 @@ class Range:
         return f"{text} {self.note}".rstrip()
 
 
-#: What :class:`core.run.Run` appends to a run name (``-YYYYmmdd-HHMMSS-k``), at its longest.
+#: What :class:`core.run_folder.Run` appends to a run name (``-YYYYmmdd-HHMMSS-k``), at its longest.
 RUN_NAME_SUFFIX = "-20260101-000000-9999"
 
 

@@ -2,12 +2,12 @@
 
 ``torchrun --nproc_per_node N python_script_or_-m_module ARGS`` starts N copies of a training
 command with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and a rendezvous address in their
-environment. :func:`setup` (called by :func:`core.runner.train`) joins the process group: NCCL
+environment. :func:`setup` (called by :func:`core.run_training.train`) joins the process group: NCCL
 when training on CUDA (one GPU per process, ``cuda:LOCAL_RANK``), gloo on the CPU. Without
 ``torchrun`` (``WORLD_SIZE`` unset or 1) every function here is a no-op and a command runs as one
 process, exactly as before.
 
-The rules the engine follows (``core.train.Trainer``, ``core.loader.BatchLoader``):
+The rules the engine follows (``core.trainer.Trainer``, ``core.loader.BatchLoader``):
 
 - the config's ``batch_size`` is the global batch: every rank draws the same global batch from
   the same seeded generator and trains on its ``batch_size / N`` slice; DistributedDataParallel

@@ -133,7 +133,7 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
                 raise SystemExit(1) from None
             if not _out_of_memory(exc):   # a bug, shown whole
                 raise
-            # the engine says more where it knows the model (core.train.Trainer.out_of_memory)
+            # the engine says more where it knows the model (core.trainer.Trainer.out_of_memory)
             said = ". ".join(first_line(exc).split(". ")[:2]).rstrip(".")   # torch's what and how much
             print(f"error: out of memory ({said}); try a smaller --batch-size or --eval-batch-size, --amp on a GPU, "
                   "or fewer trials per GPU (maxTrialNumberPerGpu in the nnictl config)", file=sys.stderr, flush=True)

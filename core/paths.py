@@ -20,7 +20,7 @@ Every variable has the prefix :data:`ENV_PREFIX`:
                            (they come last, so they win): ``--max-batches 2 --device cpu``, say
 ``CIFAR_AUTOML_FROM_HPO``  classic-NAS trials train every architecture with the optimizer and lr
                            of this HPO experiment's best trial (id or folder; the default of the
-                           trial's ``--from-hpo``, :mod:`core.from_hpo`)
+                           trial's ``--from-hpo``, :mod:`experiments.from_hpo`)
 ========================== ===================================================================
 """
 from __future__ import annotations

@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         check_resume_only(ModelConfig, args)
     else:
         cfg = config_from_args(ModelConfig, args)   # bad flags and --print-config end here, before torch loads
-    from core.runner import config_from_checkpoint, train
+    from core.run_training import config_from_checkpoint, train
     from models import create_model
 
     if args.resume:

@@ -1,5 +1,5 @@
 """The HPO stage's view of an experiment: its trials read by the shared reader
-(:mod:`core.experiments`, with the HPO parameters ``model``, ``optimizer``, ``lr`` recovered from
+(:mod:`experiments.reader`, with the HPO parameters ``model``, ``optimizer``, ``lr`` recovered from
 each trial's final result), Hyperband's trial-epoch accounting, and a command line.
 
     python hpo/results.py ID_OR_PATH [--top 10] [--epochs N]
@@ -19,9 +19,9 @@ import yaml
 
 from core.chance import at_chance, classes_of
 from core.errors import ArgumentParser, UserError, cli_main
-from core.run import CONFIG_FILE
-from core.experiments import Trial, best_trial, rank_problem, ranked
-from core.experiments import load_experiment as _load_experiment
+from core.run_folder import CONFIG_FILE
+from experiments.reader import Trial, best_trial, rank_problem, ranked
+from experiments.reader import load_experiment as _load_experiment
 from hpo import BUDGET_KEY, PARAM_KEYS
 
 __all__ = ["Trial", "best_trial", "ranked", "load_experiment", "searched_params", "configuration_key",

@@ -16,7 +16,7 @@ The run folder holds the resolved config, log, metrics, checkpoint, ``result.jso
 
 ``--top K`` retrains the K best trials one after the other, each in its own run folder
 ``<out_dir>/hpo_retrain-<experiment>-<trial>/`` with an ``origin.json`` (see
-:mod:`core.retrains`); running the same command again skips the finished ones and continues a
+:mod:`experiments.top_k`); running the same command again skips the finished ones and continues a
 killed one from its checkpoint, when the options are the same: other options are an error naming
 them, or, with ``--new-folder``, a retrain in a new folder. A second ``--top`` started meanwhile
 leaves each trial being retrained to the first. ``--seeds S1 S2 ...`` retrains each of the K once per
@@ -34,8 +34,8 @@ from typing import Any, Sequence
 from core.files import atomic_write_text
 from core.config import ModelConfig, add_config_arguments, check_resume_only, config_from_args, field
 from core.errors import ArgumentParser, UserError, cli_main
-from core.experiments import Trial, trials_from_export
-from core.retrains import add_new_folder_argument, add_seeds_argument, check_seeds, retrain_top_of
+from experiments.reader import Trial, trials_from_export
+from experiments.top_k import add_new_folder_argument, add_seeds_argument, check_seeds, retrain_top_of
 from core.words import count
 from hpo import PARAM_KEYS
 from hpo.results import best_trial, load_experiment, searched_params
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                          export=bool(args.export))
         cfg = config_from_args(RetrainConfig, args, base=params)   # bad flags, --print-config: before torch
     from core import distributed
-    from core.runner import config_from_checkpoint, train
+    from core.run_training import config_from_checkpoint, train
     from models import create_model
 
     if args.resume:
@@ -127,7 +127,7 @@ def retrain_top_trials(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise UserError("--top needs --experiment ID_OR_DIR (the retrains are filed under the experiment's id)")
     seeds = check_seeds(args)
     first = config_from_args(RetrainConfig, args)   # bad flags: an error before anything is written
-    from core.runner import train
+    from core.run_training import train
     from models import create_model
 
     def config_for(trial: Trial) -> RetrainConfig:

@@ -7,7 +7,7 @@ epochs), or on its own with the same defaults and options::
     python hpo/trial.py --model mobilenet --optimizer Adam --lr 0.001 --data fake --epochs 1 --max-batches 2
 
 Settings resolve as: defaults (:class:`HpoTrialConfig`) < ``--config`` YAML < command-line flags
-< the tuner's parameters. Training goes through the shared core (:func:`core.runner.train`);
+< the tuner's parameters. Training goes through the shared core (:func:`core.run_training.train`);
 each epoch reports the validation accuracy as an intermediate result, and the final result is a
 dict whose ``default`` is the last epoch's validation accuracy (the test accuracy is recorded
 beside it, never used by the search). The final dict also repeats the parameters the trial
@@ -17,8 +17,8 @@ start at once (see ``hpo/results.py``).
 A parameter set naming an unknown model or optimizer, or a learning rate <= 0, stops the trial at
 once with one ``error: ...`` line (exit 2) and NNI goes on with the next trial. A trial whose
 network no longer computes (a NaN or infinite training loss, or a non-finite validation or test loss
-or output: :class:`core.train.TrainingDiverged`) reports a minimal final result (``default`` 0.0,
-``diverged`` 1) and exits cleanly; readers never rank it (:func:`core.experiments.rank_problem`).
+or output: :class:`core.trainer.TrainingDiverged`) reports a minimal final result (``default`` 0.0,
+``diverged`` 1) and exits cleanly; readers never rank it (:func:`experiments.reader.rank_problem`).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 from core.config import ModelConfig, Optimizer, SearchTrialConfig, add_config_arguments, config_from_args, field
 from core.errors import ArgumentParser, UserError, cli_main
-from core.nni_trial import NniTrial
+from experiments.nni_trial import NniTrial
 from hpo import BUDGET_KEY, PARAM_KEYS
 
 
@@ -40,7 +40,7 @@ class HpoTrialConfig(SearchTrialConfig, ModelConfig):
 
     model: str = field("mobilenet", "a name from models.MODELS")
     optimizer: Optimizer = field("Adam", "the torch optimizer (hpo/search_space.json searches all but SGD; "
-                                 "configs/hpo_wide.yml all five)")
+                                 "hpo/config_wide.yml all five)")
     lr: float = field(0.001, "initial learning rate (> 0)")
     epochs: int = field(30, "training epochs of one trial")
     final_test: bool = field(True, "evaluate the test split once at the end (recorded beside the result, never "
@@ -70,7 +70,7 @@ def resolve_config(args: argparse.Namespace, params: dict[str, Any]) -> HpoTrial
 def run_trial(cfg: HpoTrialConfig, trial: NniTrial,
               build_model: Callable[[int], Any] | None = None) -> dict[str, Any]:
     """Train one configuration and report it; returns the final dict that was reported."""
-    from core.nni_trial import run_search_trial
+    from experiments.nni_trial import run_search_trial
     from models import create_model
 
     final, _ = run_search_trial(cfg, build_model or (lambda n: create_model(cfg.model, num_classes=n)), trial,

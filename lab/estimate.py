@@ -97,7 +97,7 @@ def hpo_winner_model(lab: Lab) -> str | None:
     rec = lab.stage("hpo")
     if not rec.get("experiment_dir"):
         return None
-    from core.experiments import best_trial, trials_from_db
+    from experiments.reader import best_trial, trials_from_db
 
     db = lab.path(rec["experiment_dir"]) / "db" / "nni.sqlite"
     try:
@@ -136,7 +136,7 @@ def left(lab: Lab, stage: str, work: Work) -> float:
     """The share of ``work`` not yet done (finished trials, epochs, seeds are done)."""
     rec = lab.stage(stage)
     if stage in EXPERIMENT_STAGES and rec.get("experiment_dir"):
-        from core.experiments import FINISHED, trials_from_db
+        from experiments.reader import FINISHED, trials_from_db
 
         db = lab.path(rec["experiment_dir"]) / "db" / "nni.sqlite"
         try:

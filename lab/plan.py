@@ -119,7 +119,7 @@ class Budget:
 
 
 HPO_MODELS = ("vgg", "resnet18", "googlenet", "densenet121", "mobilenet", "dpn92", "shufflenetg2", "senet18")
-#: configs/hpo_quick.yml's space: the full lr and optimizer choices, the two fastest models on a CPU
+#: hpo/config_quick.yml's space: the full lr and optimizer choices, the two fastest models on a CPU
 FAST_MODELS = ("mobilenet", "shufflenetg2")
 FAST_SPACE = {"lr": {"_type": "choice", "_value": [0.01, 0.001]},
               "optimizer": {"_type": "choice", "_value": ["Adadelta", "Adagrad", "Adam", "Adamax"]},
@@ -132,7 +132,7 @@ _ONE_THREAD = ("--threads", "1")
 BUDGETS = {
     "smoke": Budget(
         name="smoke", data="fake",
-        hpo=Experiment("configs/hpo_smoke.yml", trials=2, concurrency=2, duration="30m", models=FAST_MODELS,
+        hpo=Experiment("hpo/config_smoke.yml", trials=2, concurrency=2, duration="30m", models=FAST_MODELS,
                        size=Size(2, 8, 1800, 32, max_batches=2, extra=_SMOKE_EVAL),
                        overrides={"searchSpace": FAST_SPACE, "searchSpaceFile": None}),
         hpo_retrain=Size(1, 8, 2000, 0, max_batches=2, extra=(*_SMOKE_EVAL, *_ONE_THREAD)),
@@ -140,26 +140,26 @@ BUDGETS = {
                                size=Size(1, 8, 1800, 32, max_batches=2,
                                          extra=(*_SMOKE_EVAL, *_ONE_THREAD, "--subset", "0", "--val-subset", "0"))),
         search=Size(1, 8, 1000, 200, max_batches=2,
-                    extra=("--config", "configs/darts_search_smoke.yaml", *_ONE_THREAD)),
+                    extra=("--config", "configs/darts_search_smoke.yml", *_ONE_THREAD)),
         seeds=(0, 1),
-        select=Size(1, 8, 1800, 200, max_batches=2), select_config="configs/darts_select_smoke.yaml",
+        select=Size(1, 8, 1800, 200, max_batches=2), select_config="configs/darts_select_smoke.yml",
         retrain=Size(1, 8, 2000, 200, max_batches=2,
-                     extra=("--config", "configs/darts_retrain_smoke.yaml", *_ONE_THREAD)),
+                     extra=("--config", "configs/darts_retrain_smoke.yml", *_ONE_THREAD)),
         mirror_every=1.0, poll=1.0, timed=False,
         notes="synthetic data, 2 batches per epoch: checks the wiring, learns nothing"),
     "quick": Budget(
         name="quick", data="cifar10",
-        hpo=Experiment("configs/hpo_quick.yml", trials=6, concurrency=1, duration="6h",
+        hpo=Experiment("hpo/config_quick.yml", trials=6, concurrency=1, duration="6h",
                        models=FAST_MODELS,
                        size=Size(2, 64, 2000, 1000, extra=("--subset", "2000", "--val-subset", "1000"))),
         hpo_retrain=Size(3, 128, CIFAR10_TRAIN, 0),
         classic_nas=Experiment("classic_nas/config_small.yml", trials=5, concurrency=1, duration="6h",
                                size=Size(2, 64, 2000, 1000, extra=("--subset", "2000", "--val-subset", "1000"))),
-        search=Size(3, 64, 4000, 2000, extra=("--config", "configs/darts_search.yaml", "--channels", "8",
+        search=Size(3, 64, 4000, 2000, extra=("--config", "configs/darts_search.yml", "--channels", "8",
                                               "--layers", "5", "--subset", "4000", "--val-subset", "2000")),
         seeds=(0, 1),
-        select=Size(3, 96, 5000, 1000), select_config="configs/darts_select_quick.yaml",
-        retrain=Size(5, 96, CIFAR10_TRAIN, CIFAR10_TEST, extra=("--config", "configs/darts_retrain.yaml",
+        select=Size(3, 96, 5000, 1000), select_config="configs/darts_select_quick.yml",
+        retrain=Size(5, 96, CIFAR10_TRAIN, CIFAR10_TEST, extra=("--config", "configs/darts_retrain.yml",
                                                                 "--channels", "16", "--layers", "8")),
         mirror_every=10.0, poll=5.0,
         notes="real CIFAR-10 at small sizes: minutes per stage on a GPU; the numbers rank nothing"),
@@ -171,10 +171,10 @@ BUDGETS = {
         hpo_retrain=Size(200, 128, CIFAR10_TRAIN, 0),
         classic_nas=Experiment("classic_nas/config.yml", trials=20, concurrency=1, duration="60d",
                                size=Size(10, 128, 45_000, 5_000)),
-        search=Size(50, 64, 25_000, 25_000, extra=("--config", "configs/darts_search.yaml")),
+        search=Size(50, 64, 25_000, 25_000, extra=("--config", "configs/darts_search.yml")),
         seeds=(0, 1, 2, 3),
         select=Size(100, 96, 45_000, 5_000), select_config=None,
-        retrain=Size(600, 96, CIFAR10_TRAIN, CIFAR10_TEST, extra=("--config", "configs/darts_retrain.yaml")),
+        retrain=Size(600, 96, CIFAR10_TRAIN, CIFAR10_TEST, extra=("--config", "configs/darts_retrain.yml")),
         mirror_every=10.0, poll=5.0,
         notes="the seed lab's sizes: days on one GPU"),
 }

@@ -214,7 +214,7 @@ def start_experiment(lab: Lab, stage: str, port: int) -> str:
         lab.save()
         return exp_id
     config = write_config(lab, stage)
-    from core.nni_config import check_experiment_config
+    from experiments.nni_config import check_experiment_config
 
     check_experiment_config(config)
     out = run_command(lab, [nnictl(), "create", "--config", config, "--port", port], env, "nnictl create")

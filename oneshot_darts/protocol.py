@@ -22,12 +22,12 @@ The test split is never read: the searches measure on their architecture half, t
 on their held-out validation split, and the selection uses nothing else.
 
 It trains nothing itself: each step is :func:`~oneshot_darts.search.run_search` or
-:func:`~oneshot_darts.retrain.run_retrain` (so :func:`core.runner.train`) in a folder inside the
+:func:`~oneshot_darts.retrain.run_retrain` (so :func:`core.run_training.train`) in a folder inside the
 protocol folder ``<out_dir>/<run_name or darts-protocol>/``. Its progress is recorded in
 ``protocol.json`` there (the settings, and each step's outcome as it finishes). Killed at any point,
 the same command continues where it was (the interrupted run says so, and names the step), with the
 rule of ``--top K`` retrains
-(:mod:`core.retrains`): a step whose folder holds ``result.json`` is not redone, one with a
+(:mod:`experiments.top_k`): a step whose folder holds ``result.json`` is not redone, one with a
 checkpoint resumes from it, the others start. A protocol folder is continued only with the settings
 it was started with (the fields that say how a run runs, such as the device, aside); otherwise one
 line names the differences and nothing is written. One process at a time holds its ``.lock``; it
@@ -57,13 +57,13 @@ from core.files import atomic_write_text, temp_files
 from core.config import from_dict, to_dict
 from core.errors import Interrupted, UserError
 from core.paths import absolute_paths
-from core.retrains import config_differences, read_json_file
-from core.run import CHECKPOINT_FILE, METRICS_FILE, RESULT_FILE, Run
+from experiments.top_k import config_differences, read_json_file
+from core.run_folder import CHECKPOINT_FILE, METRICS_FILE, RESULT_FILE, Run
 from oneshot_darts.arch import Genotype, parse_arch
 
 PROTOCOL_FILE = "protocol.json"
 SELECTION_FILE = "selection.json"
-#: What a short retrain records of the cell it trains (``core.runner.train``'s ``arch``).
+#: What a short retrain records of the cell it trains (``core.run_training.train``'s ``arch``).
 TRAINED_ARCH_FILE = "arch.json"
 LOCK_FILE = ".lock"
 DEFAULT_NAME = "darts-protocol"
@@ -119,7 +119,7 @@ def selection_config(search_cfg: Any, select_epochs: int, values: dict[str, Any]
 def _step(run_dir: Path, label: str, start: Callable[[Path], dict[str, Any]],
           resume: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
     """One step in its folder: finished (``result.json``): skipped; a checkpoint: resumed; else
-    (re)started, as a ``--top K`` retrain is (:mod:`core.retrains`)."""
+    (re)started, as a ``--top K`` retrain is (:mod:`experiments.top_k`)."""
     if run_dir.is_dir():   # what a killed atomic write left (a resume also does it, a skip or a restart not)
         Run(run_dir).remove_temp_files()
     result = read_json_file(run_dir / RESULT_FILE)

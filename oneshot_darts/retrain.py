@@ -21,9 +21,9 @@ from torch import nn
 
 from core.config import TrainConfig, check_resume_only, config_from_args, field
 from core.errors import UserError, cli_main
-from core.nni_trial import NniTrial, final_metrics, quiet_nni_imports
-from core.runner import config_from_checkpoint, train
-from core.train import Trainer, cross_entropy
+from experiments.nni_trial import NniTrial, final_metrics, quiet_nni_imports
+from core.run_training import config_from_checkpoint, train
+from core.trainer import Trainer, cross_entropy
 from oneshot_darts.arch import Genotype, load_arch, parse_arch
 from oneshot_darts.common import START_HINT, build_parser, check_network_shape
 

@@ -1,4 +1,4 @@
-"""DARTS search: ``python oneshot_darts/search.py [--config configs/darts_search.yaml]``.
+"""DARTS search: ``python oneshot_darts/search.py [--config configs/darts_search.yml]``.
 
 NNI 3.0's ``strategy.DARTS`` turns :class:`~oneshot_darts.space.DartsSpace` into its differentiable
 supernet (``mutate_model``: every cell becomes NNI's ``DifferentiableMixedCell``, a softmax over the
@@ -8,7 +8,7 @@ is the bilevel step: an Adam step of the architecture weights on a batch of the 
 training split, with the gradient rule ``--order`` picks (:mod:`oneshot_darts.architect`: 1 = first
 order, NNI's own; 2 = the paper's unrolled second order), then an SGD step of the network weights on
 a batch of the first half. It runs as the step of the project's one training engine
-(:class:`DartsSearch`, a :class:`~core.train.Trainer`) rather than in Lightning, so that it
+(:class:`DartsSearch`, a :class:`~core.trainer.Trainer`) rather than in Lightning, so that it
 checkpoints and resumes exactly like every other command (optimizers, schedule, loaders' random
 state, every epoch). The test split is never read. An epoch is one pass of the longer half with the
 shorter one cycled (reshuffled on each pass), so every image of both halves trains every epoch; the
@@ -44,10 +44,10 @@ from core.files import atomic_write_text
 from core.config import Range, TrainConfig, check_resume_only, config_from_args, field, read_yaml
 from core.data import Splits
 from core.errors import UserError, cli_main
-from core.nni_trial import NniTrial, final_metrics, quiet_nni_imports
-from core.run import Run
-from core.runner import config_from_checkpoint, train
-from core.train import Trainer, autocast, check_trains
+from experiments.nni_trial import NniTrial, final_metrics, quiet_nni_imports
+from core.run_folder import Run
+from core.run_training import config_from_checkpoint, train
+from core.trainer import Trainer, autocast, check_trains
 from core.words import count
 from oneshot_darts import architect
 from oneshot_darts.arch import Genotype
@@ -122,7 +122,7 @@ class DartsSearch(Trainer):
     """The core engine with DARTS's bilevel step: the supernet's network weights are what the
     core's optimizer and schedule train; the architecture weights get their own Adam optimizer and
     a second loader over the other half of the training split. Everything else (loop, metrics,
-    checkpoints, exact resume, divergence check) is :class:`~core.train.Trainer`'s."""
+    checkpoints, exact resume, divergence check) is :class:`~core.trainer.Trainer`'s."""
 
     uses_grad_scaler = True  # both steps scale their losses with the engine's scaler (fp16 GPUs)
 
@@ -319,7 +319,7 @@ def uniform_warning(weight_range: Sequence[float]) -> str:
 def run_search(cfg: SearchConfig, *, resume: str | Path | None = None, run_dir: str | Path | None = None,
                on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Search with ``cfg`` (or continue the checkpoint ``resume``) through the core's
-    :func:`~core.runner.train` and write the run folder (see the module docstring)."""
+    :func:`~core.run_training.train` and write the run folder (see the module docstring)."""
     quiet_nni_imports()
     from oneshot_darts.space import build_supernet
 

@@ -3,9 +3,9 @@ search), read offline: ``python -m report EXPERIMENT_ID_OR_FOLDER [-o OUT/]``; c
 experiments of one stage (``python -m report A B ... -o OUT/``) and the study report of all stages
 (``python -m report --study ...``).
 
-Experiments are read through the shared reader :mod:`core.experiments` into one table of trials
+Experiments are read through the shared reader :mod:`experiments.reader` into one table of trials
 (:mod:`report.trials`) that every section, export, comparison and study reads; retrains of an
 experiment's best trials (``--top K [--seeds ...]`` of the retrain commands) through
-:mod:`core.retrains`. Like every tool that reads several stages' outputs, this package imports only
+:mod:`experiments.top_k`. Like every tool that reads several stages' outputs, this package imports only
 ``core/``.
 """

@@ -41,7 +41,7 @@ from core.files import atomic_write_text
 from core.config import loads_json
 from core.errors import ArgumentParser, UserError, cli_main
 from core.paths import default_out_dir
-from core.run import METRICS_FILE
+from core.run_folder import METRICS_FILE
 from report.common import is_run_folder
 
 REPORT_FILE = "report.md"

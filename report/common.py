@@ -14,9 +14,9 @@ import yaml
 
 from core.config import loads_json
 from core.errors import UserError
-from core.experiments import accuracy_problem
-from core.retrains import read_json_file
-from core.run import CONFIG_FILE, METRICS_FILE
+from experiments.reader import accuracy_problem
+from experiments.top_k import read_json_file
+from core.run_folder import CONFIG_FILE, METRICS_FILE
 
 def is_run_folder(path: Path) -> bool:
     """A run folder (a retrain, a DARTS search, ``python -m core.train_model``), not an experiment's."""
@@ -42,7 +42,7 @@ class Invalid:
 def number_problem(key: str, value: Any) -> str | None:
     """Why ``value`` is not a valid ``key`` (``test_acc``, ``val_loss``, ``train_seconds``, ...), or
     None when it is: every number must be finite; accuracies lie in [0, 1] (the rule that decides
-    which trials may be ranked: :func:`core.experiments.accuracy_problem`), losses, times and counts
+    which trials may be ranked: :func:`experiments.reader.accuracy_problem`), losses, times and counts
     are 0 or more (an epoch's time at most :data:`MAX_SECONDS`)."""
     if value is None:
         return None

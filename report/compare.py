@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from core.errors import UserError
 from core.paths import TRIAL_FLAGS_ENV
-from core.retrains import HOW_IT_RAN
+from experiments.top_k import HOW_IT_RAN
 from report import experiment_report as er
 from report import trials as table_of
 from report.common import file_part, md, read_config, seconds, table

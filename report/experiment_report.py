@@ -18,11 +18,11 @@ from typing import Any, Sequence
 from urllib.parse import quote
 
 from core.errors import UserError
-from core.nni_trial import COMMAND_FILE
+from experiments.nni_trial import COMMAND_FILE
 from core.paths import TRIAL_FLAGS_ENV
-from core.experiments import (Profile, Trial, accuracy_problem, find_experiment, load_experiment, rank_problem,
+from experiments.reader import (Profile, Trial, accuracy_problem, find_experiment, load_experiment, rank_problem,
                               ranked, read_profile)
-from core.retrains import match_retrains, read_json_file
+from experiments.top_k import match_retrains, read_json_file
 from report import plots, trials as table_of
 from report.common import (Invalid, Md, checked, figure, file_part, md, number_problem, read_config, read_metrics,
                            seconds, table, valid)
@@ -108,7 +108,7 @@ def _distinct_folders(folders: Sequence[str | os.PathLike]) -> list[str]:
 
 def _check_trials(trials: Sequence[Trial], problems: list[str]) -> dict[str, Any]:
     """Trials' results that are not valid accuracies (NaN, infinite, outside [0, 1]: the rule of
-    :func:`core.experiments.rank_problem`, which leaves them out of the ranking) are said where they
+    :func:`experiments.reader.rank_problem`, which leaves them out of the ranking) are said where they
     are; returns the invalid final results by trial id. An error when no trial can be ranked."""
     invalid = {}
     for t in trials:
@@ -167,7 +167,7 @@ def epochs_spent(exp: ExperimentData) -> int:
 def trial_command(exp: ExperimentData) -> tuple[str, bool]:
     """The trial command as the trials ran it: the experiment's ``trialCommand`` with the flags its
     trials found in ``CIFAR_AUTOML_TRIAL_FLAGS`` put in place of the variable (each NNI trial records
-    them, :data:`core.nni_trial.COMMAND_FILE`), and whether they were recorded."""
+    them, :data:`experiments.nni_trial.COMMAND_FILE`), and whether they were recorded."""
     command = exp.profile.trial_command
     for row in [exp.best, *exp.rows]:
         if not row.trial.log_dir:

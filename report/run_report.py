@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.retrains import ORIGIN_FILE, RESULT_FILE
-from core.run import METRICS_FILE
+from experiments.top_k import ORIGIN_FILE, RESULT_FILE
+from core.run_folder import METRICS_FILE
 from core.words import count_of
 from report import plots
 from report.common import figure, fmt, md, read_config, read_dict, read_metrics, number_problem, seconds, table, valid

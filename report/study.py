@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from core.chance import classes_of
 from core.errors import UserError
 from core.paths import REPO_ROOT
-from core.retrains import read_json_file
+from experiments.top_k import read_json_file
 from core.words import count
 from report import darts_report, experiment_report as er, run_report
 from report import trials as table_of

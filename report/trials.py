@@ -2,7 +2,7 @@
 figures, ``trials.csv`` and ``trials.json``, comparisons and the study report.
 
 One :class:`TrialRow` per trial, in start order, failed and early-stopped ones included: what the
-trial ran (its parameters as :mod:`core.experiments` recovers them), how it ended, its final result
+trial ran (its parameters as :mod:`experiments.reader` recovers them), how it ended, its final result
 (or why that is invalid), the number of validation images the result was measured on, its standard
 error, its rank, whether it is tied with the best and whether it is at chance (:mod:`report.stats`).
 """
@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from core.files import atomic_write_text
 from core.errors import UserError
-from core.experiments import Trial, ranked
+from experiments.reader import Trial, ranked
 from core.chance import classes_of
 from report.common import Invalid, md, read_config, read_metrics
 from report.stats import CHANCE_SE, TIE_SE, at_chance, binomial_se, tied_with

@@ -71,13 +71,13 @@ def study_tuner_seed(space: dict) -> int:
 
 @pytest.fixture(scope="session")
 def hpo_study_exp(tmp_path_factory) -> HpoStudyExperiment:
-    """A real HPO experiment (nnictl, configs/hpo_smoke.yml with the shipped tuner FixedTpe and
+    """A real HPO experiment (nnictl, hpo/config_smoke.yml with the shipped tuner FixedTpe and
     Medianstop from epoch 2, one trial at a time) whose three trials succeed, are early-stopped and
     fail (STUDY_LRS), with nothing set in the shell: the harness passes the test's own environment."""
     from tests.nni_harness import nni_experiment
 
     assert "NNI_INCLUDE_INTERMEDIATE_RESULTS" not in os.environ      # nothing set in the shell
-    smoke_path = REPO / "configs/hpo_smoke.yml"
+    smoke_path = REPO / "hpo/config_smoke.yml"
     smoke = yaml.safe_load(smoke_path.read_text())
     space = {"model": {"_type": "choice", "_value": ["shufflenetg2"]},
              "optimizer": {"_type": "choice", "_value": ["Adam"]},

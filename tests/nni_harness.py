@@ -2,7 +2,7 @@
 
 Tests import it as ``from tests.nni_harness import nni_experiment`` (``tests/`` is a package).
 
->>> with nni_experiment(REPO / "configs/hpo_smoke.yml", tmp_path, timeout=240) as exp:
+>>> with nni_experiment(REPO / "hpo/config_smoke.yml", tmp_path, timeout=240) as exp:
 ...     status = exp.wait_done()
 ...     assert status["status"] == "DONE"
 ...     trials, metrics = exp.trials(), exp.metrics()
@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from core.errors import UserError
-from core.nni_config import check_experiment_config
+from experiments.nni_config import check_experiment_config
 
 BIN = Path(sys.executable).parent           # the venv's bin: nnictl, and the python3 trials run
 FINAL_STATES = ("DONE", "STOPPED", "ERROR")

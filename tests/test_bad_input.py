@@ -25,7 +25,7 @@ from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import TrainConfig, from_dict, read_yaml
 from core.data import load_source
 from core.errors import UserError
-from core.run import Run
+from core.run_folder import Run
 from tests.conftest import REPO
 
 FAST = ["--data", "fake", "--epochs", "1", "--max-batches", "2", "--batch-size", "16", "--eval-batch-size", "50",
@@ -90,7 +90,7 @@ def test_1_training_set_smaller_than_one_batch_is_an_error_not_a_result(tmp_path
     one_error_line(proc, "batch_size: 128 is more than the 100 training images", "lower --batch-size")
     assert not out.exists()
     # the DARTS search: a batch larger than its architecture half (fake data: 2,000 images, half 1,000... of 64)
-    proc = run(["oneshot_darts/search.py", "--config", "configs/darts_search_smoke.yaml", "--subset", "40",
+    proc = run(["oneshot_darts/search.py", "--config", "configs/darts_search_smoke.yml", "--subset", "40",
                 "--val-subset", "10", "--batch-size", "16", "--out-dir", str(out)])
     one_error_line(proc, "batch_size: 16 is more than the 10 architecture-half images")
     assert not out.exists()
@@ -136,7 +136,7 @@ def test_4_non_finite_floats_are_refused(tmp_path, flag, value):
 
 
 def test_4_result_files_are_strict_json():
-    from core.run import to_json
+    from core.run_folder import to_json
 
     assert json.loads(to_json({"val_loss": float("nan"), "x": [float("inf"), 1.0]})) == {"val_loss": None,
                                                                                          "x": [None, 1.0]}

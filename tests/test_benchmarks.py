@@ -13,7 +13,7 @@ from torch import nn
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import TrainConfig, from_dict
 from core.data import make_splits
-from core.train import Trainer, seed_everything
+from core.trainer import Trainer, seed_everything
 from tests.conftest import REPO
 
 
@@ -72,7 +72,7 @@ def test_compile_trains_checkpoints_and_resumes_like_the_plain_engine(tmp_path):
         torch.testing.assert_close(saved[key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
-@pytest.mark.parametrize("config", ["configs/hpo_gpu.yml", "configs/classic_nas_gpu.yml"])
+@pytest.mark.parametrize("config", ["hpo/config_gpu.yml", "classic_nas/config_gpu.yml"])
 def test_gpu_configs_share_one_gpu_among_their_concurrent_trials(config):
     from nni.experiment.config import ExperimentConfig
 

@@ -19,7 +19,7 @@ from classic_nas.space import (SEARCH_PLAN, SKIP_LABELS, MobileNetSkipSpace, all
                                validate_arch)
 from core.config import from_dict, read_yaml
 from core.errors import UserError
-from core.nni_trial import final_metrics
+from experiments.nni_trial import final_metrics
 from models.mobilenet import DepthwiseSeparable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -281,12 +281,12 @@ def test_trial_on_real_jpeg_cifar10(tmp_path, cifar_jpeg, data_root):
 
 def test_a_diverged_trial_reports_zero_flagged_and_exits_cleanly(tmp_path, monkeypatch, capsys):
     from core.config import TrainConfig
-    from core.train import TrainingDiverged
+    from core.trainer import TrainingDiverged
 
     def diverge(*args, **kwargs):
         raise TrainingDiverged(0, 20, math.nan, TrainConfig())
 
-    monkeypatch.setattr("core.runner.train", diverge)     # what run_search_trial calls
+    monkeypatch.setattr("core.run_training.train", diverge)     # what run_search_trial calls
     arch_file = tmp_path / "arch.json"
     arch_file.write_text(json.dumps(ALL_ON))
     result = trial.main(["--arch", str(arch_file), "--data", "fake"])
@@ -297,7 +297,7 @@ def test_a_diverged_trial_reports_zero_flagged_and_exits_cleanly(tmp_path, monke
 # --- export of the best architecture -----------------------------------------------------------------
 
 def _trial(tid, final, params, final_metrics=None, seq=0):
-    from core.experiments import Trial
+    from experiments.reader import Trial
 
     return Trial(trial_id=tid, status="SUCCEEDED", params=params, final=final,
                  final_metrics=final_metrics if final_metrics is not None else {"default": final},
@@ -306,7 +306,7 @@ def _trial(tid, final, params, final_metrics=None, seq=0):
 
 def test_export_ranks_by_validation_accuracy_and_trusts_the_reported_arch(tmp_path):
     from classic_nas.export import load_experiment, trial_arch
-    from core.experiments import ranked
+    from experiments.reader import ranked
 
     recorded_wrong = {**ALL_OFF}             # what NNI recorded (another concurrent trial's parameters)
     really_ran = {**ALL_OFF, "skip3": 1}     # what the trial repeated in its final result
@@ -357,7 +357,7 @@ def _hpo_experiment(tmp_path: Path, trials=None) -> Path:
 
 
 def test_from_hpo_reads_the_best_finished_trial(tmp_path, capsys):
-    from core.from_hpo import hpo_winner
+    from experiments.from_hpo import hpo_winner
 
     exp = _hpo_experiment(tmp_path)
     winner = hpo_winner(exp)

@@ -91,7 +91,7 @@ def test_nnictl_trials_train_with_the_hpo_winner_named_in_the_environment(nas_fr
     """CIFAR_AUTOML_FROM_HPO in the shell that runs `nnictl create`: every classic-NAS trial trains
     with that HPO experiment's best optimizer and lr (the session's shared experiments,
     tests/conftest.py: the HPO experiment's one finished trial ran Adam at lr 0.01)."""
-    from core import experiments as results
+    from experiments import reader as results
 
     winner = results.best_trial(results.load_experiment(hpo_study_exp.exp_dir))
     assert (winner.params["optimizer"], winner.params["lr"]) == ("Adam", 0.01)

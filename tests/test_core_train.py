@@ -11,9 +11,9 @@ import torch
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import ModelConfig, TrainConfig, from_dict, parse_config
 from core.errors import UserError
-from core.run import Run
-from core.runner import load_splits
-from core.train import OPTIMIZERS, Trainer, TrainingDiverged, build_optimizer, seed_everything
+from core.run_folder import Run
+from core.run_training import load_splits
+from core.trainer import OPTIMIZERS, Trainer, TrainingDiverged, build_optimizer, seed_everything
 from models import create_model
 
 
@@ -115,7 +115,7 @@ def test_a_failed_append_leaves_no_half_line(tmp_path, monkeypatch):
     import errno
     import os
 
-    from core.run import append_text
+    from core.run_folder import append_text
 
     path = tmp_path / "metrics.jsonl"
     append_text(path, '{"epoch": 1}\n')
@@ -170,7 +170,7 @@ def test_an_evaluation_that_no_longer_computes_diverges_from_its_epoch(tmp_path)
 
 
 def test_a_final_test_that_no_longer_computes_diverges(tmp_path):
-    from core.runner import train
+    from core.run_training import train
 
     cfg = tiny_cfg(epochs=1, out_dir=str(tmp_path))
     model = BreaksWhenEvaluated(10)

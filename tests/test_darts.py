@@ -23,7 +23,7 @@ import torch
 
 from core.checkpoint import load_checkpoint
 from core.errors import Interrupted
-from core.run import Run
+from core.run_folder import Run
 from oneshot_darts.arch import ArchError, load_arch, parse_arch
 from oneshot_darts.ops import OP_NAMES
 from tests.conftest import REPO
@@ -650,9 +650,9 @@ def test_search_step_runs_in_fp16_with_the_gradient_scaler(one_thread):
     """The engine picks fp16 with a gradient scaler on GPUs without bf16; the search's own step
     scales both its losses with it (CPU autocast fp16 stands in for the GPU here): both the
     architecture and the network weights move and the losses stay finite."""
-    from core.runner import load_splits
+    from core.run_training import load_splits
     from core.speed import Precision
-    from core.train import seed_everything
+    from core.trainer import seed_everything
     from oneshot_darts.search import DartsSearch, SearchConfig
     from oneshot_darts.space import build_supernet
 
@@ -675,7 +675,7 @@ def test_search_memory_estimate_counts_the_precision_its_step_computes_in(monkey
     """On an fp16 GPU (faked: the estimate runs on the meta device) the first-order step's activations
     are 16-bit, but the second-order architecture step computes in float32: its estimate is float32's."""
     from core import speed, train as engine
-    from core.runner import load_splits
+    from core.run_training import load_splits
     from core.speed import Precision, training_bytes
     from oneshot_darts.search import DartsSearch, SearchConfig
     from oneshot_darts.space import build_supernet
@@ -774,17 +774,17 @@ def test_bad_search_variant_is_one_line(tmp_path, capsys, case):
 
 
 def test_search_configs_are_the_published_recipes():
-    """configs/darts_search.yaml writes out SearchConfig's defaults (the DARTS paper's);
-    configs/pcdarts_search.yaml is PC-DARTS's published recipe."""
+    """configs/darts_search.yml writes out SearchConfig's defaults (the DARTS paper's);
+    configs/pcdarts_search.yml is PC-DARTS's published recipe."""
     from core.config import from_dict, read_yaml, to_dict
     from oneshot_darts.search import SearchConfig
 
     run_fields = ("data", "data_root", "out_dir")
-    darts = to_dict(from_dict(SearchConfig, read_yaml(REPO / "configs" / "darts_search.yaml")))
+    darts = to_dict(from_dict(SearchConfig, read_yaml(REPO / "configs" / "darts_search.yml")))
     defaults = to_dict(SearchConfig())
     assert {k: v for k, v in darts.items() if k not in run_fields} == {
         k: v for k, v in defaults.items() if k not in run_fields}
-    pc = from_dict(SearchConfig, read_yaml(REPO / "configs" / "pcdarts_search.yaml"))
+    pc = from_dict(SearchConfig, read_yaml(REPO / "configs" / "pcdarts_search.yml"))
     assert (pc.partial_channels, pc.order, pc.batch_size, pc.lr, pc.lr_min, pc.arch_lr, pc.arch_beta1, pc.arch_beta2,
             pc.arch_weight_decay, pc.epochs, pc.arch_warmup_epochs, pc.weight_decay, pc.channels, pc.layers,
             pc.val_fraction) == (4, 1, 256, 0.1, 0.001, 6e-4, 0.5, 0.999, 1e-3, 50, 15, 3e-4, 16, 8, 0.5)
@@ -893,7 +893,7 @@ TINY_PROTOCOL = [*TINY_SEARCH, "--epochs", "3", "--seeds", "0", "1", "--select-e
 
 
 def _protocol_args(tmp_path: Path, out: str) -> list[str]:
-    return [*TINY_PROTOCOL, "--select-config", str(REPO / "configs" / "darts_select_smoke.yaml"),
+    return [*TINY_PROTOCOL, "--select-config", str(REPO / "configs" / "darts_select_smoke.yml"),
             "--out-dir", str(tmp_path / out)]
 
 
@@ -1020,11 +1020,11 @@ def test_protocol_never_reads_the_test_split_and_continues_only_itself(tmp_path,
     """The protocol's searches, short retrains and selection run with a test split that fails on
     any access; run again it redoes nothing; run with other settings in the same folder it stops
     with one line naming them; its flags are refused where they make no sense."""
-    import core.runner
+    import core.run_training
     from oneshot_darts.search import main as search
 
-    make_splits = core.runner.make_splits
-    monkeypatch.setattr(core.runner, "make_splits", lambda *a, **k: dataclasses.replace(make_splits(*a, **k),
+    make_splits = core.run_training.make_splits
+    monkeypatch.setattr(core.run_training, "make_splits", lambda *a, **k: dataclasses.replace(make_splits(*a, **k),
                                                                                           test=_Unreadable()))
     args = [*_protocol_args(tmp_path, "runs"), "--epochs", "1", "--select-epochs", "1", "--max-batches", "1"]
     first = search(args)
@@ -1180,7 +1180,7 @@ def test_bench_darts_prints_order_and_partial_channel_ratios():
 DROP_PATH_PROBE = """\
 import json, sys, torch
 from core import distributed
-from core.train import seed_everything
+from core.trainer import seed_everything
 from oneshot_darts.ops import DropPath
 distributed.setup(torch.device("cpu"))
 seed_everything(0)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.run import Run
+from core.run_folder import Run
 from report.cli import main as report_main
 from tests.conftest import REPO
 from tests.nni_harness import nni_experiment

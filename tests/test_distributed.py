@@ -1,7 +1,7 @@
 """Data-parallel training under real ``torchrun --standalone --nproc_per_node 2`` (gloo, CPU).
 
 The runs train through the project's own command (``python -m core.train_model``, so
-:func:`core.runner.train`, the Trainer and :mod:`core.distributed`), started by a launcher
+:func:`core.run_training.train`, the Trainer and :mod:`core.distributed`), started by a launcher
 script this test writes: it swaps the registry's network for a two-convolution CNN (with or
 without BatchNorm) so that a run takes seconds on a 2-core machine.
 
@@ -130,7 +130,7 @@ def test_a_killed_distributed_run_resumes_and_finishes(tmp_path, launcher):
 
 
 def test_top_k_refused_under_torchrun_is_one_line_and_writes_nothing(tmp_path):
-    """``--top K`` under torchrun decides about each folder on rank 0 (core.retrains): when a folder
+    """``--top K`` under torchrun decides about each folder on rank 0 (experiments.top_k): when a folder
     was retrained with other options, every rank stops with rank 0's check, so there is one
     ``error:`` line (rank 0's), no rank's traceback, and nothing is written."""
     from tests.test_report import HPO_TRIALS, _fake_experiment

@@ -35,7 +35,7 @@ def test_no_script_edits_sys_path():
 
 
 def test_darts_retrain_runs_from_inside_its_folder(tmp_path):
-    res = run(["retrain.py", "--arc", "archs/darts_v2.json", "--config", "../configs/darts_retrain_smoke.yaml",
+    res = run(["retrain.py", "--arc", "archs/darts_v2.json", "--config", "../configs/darts_retrain_smoke.yml",
                "--epochs", "1", "--max-batches", "1", "--out-dir", str(tmp_path), "--no-progress"],
               REPO / "oneshot_darts")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -50,7 +50,7 @@ LIGHT = {"hpo/trial.py": ["--help"], "hpo/retrain.py": ["--help"], "hpo/results.
          "classic_nas/trial.py": ["--data", "fake", "--print-config"],
          "classic_nas/retrain.py": ["--arc", "best_arch.json", "--data", "fake", "--print-config"],
          "classic_nas/export.py": ["--help"], "classic_nas/export_space.py": ["--help"], "-m report": ["--help"],
-         "-m core.train_model": ["--help"], "-m core.nni_config": ["--help"], "-m lab": ["--help"]}
+         "-m core.train_model": ["--help"], "-m experiments.nni_config": ["--help"], "-m lab": ["--help"]}
 _PROBE = """\
 import runpy, sys
 script, *argv = sys.argv[1:]
@@ -84,7 +84,7 @@ COMMANDS = sorted(str(p.relative_to(REPO).with_suffix("")).replace("/", ".") for
 
 
 def test_every_command_is_found():
-    assert {"hpo.trial", "report.__main__", "core.nni_config", "benchmarks.bench_darts"} <= set(COMMANDS)
+    assert {"hpo.trial", "report.__main__", "experiments.nni_config", "benchmarks.bench_darts"} <= set(COMMANDS)
     assert len(COMMANDS) >= 17
 
 

@@ -19,7 +19,7 @@ import torch
 from tests.nni_harness import nni_experiment
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "configs/hpo_smoke.yml"
+SMOKE = REPO / "hpo/config_smoke.yml"
 KILLED = "USER_CANCELED"     # what NNI 3.0 shows for a trial killed by a signal
 
 # Test only: ``python -m core.train_model`` with a small CNN, whose process kills itself (SIGKILL)

@@ -22,10 +22,10 @@ from core.config import ModelConfig, TrainConfig, from_dict
 from core.data import ImageSet
 from core.errors import UserError
 from core.loader import BatchLoader
-from core.run import Run
-from core.runner import load_splits
+from core.run_folder import Run
+from core.run_training import load_splits
 from core.speed import Precision
-from core.train import OutOfMemory, Trainer, seed_everything
+from core.trainer import OutOfMemory, Trainer, seed_everything
 from models import create_model
 from tests.conftest import REPO
 
@@ -272,18 +272,18 @@ def needs_in_16_bit_and_fp32(model: nn.Module, batch_size: int) -> dict[str, flo
 
 
 def config_comment(name: str) -> tuple[str, dict]:
-    text = (REPO / "configs" / name).read_text()
+    text = (REPO / name).read_text()
     comment = " ".join(line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#"))
     return comment, yaml.safe_load(text)
 
 
 def test_the_gpu_configs_memory_rule():
-    """configs/hpo_gpu.yml's figures are what core.speed estimates for every model of the search
+    """hpo/config_gpu.yml's figures are what core.speed estimates for every model of the search
     space at the trials' batch size, and its rule holds for them: maxTrialNumberPerGpu trials of any
     model fit on a 16 GB card in 16-bit (the default), and in fp32 exactly the models it names do not."""
     from hpo.trial import HpoTrialConfig
 
-    comment, config = config_comment("hpo_gpu.yml")
+    comment, config = config_comment("hpo/config_gpu.yml")
     per_gpu = config["trainingService"]["maxTrialNumberPerGpu"]
     assert per_gpu >= 2   # with one GPU, NNI 3.0 starts no trial otherwise
     assert "--batch-size" not in config["trialCommand"]
@@ -304,11 +304,11 @@ def test_the_gpu_configs_memory_rule():
 
 
 def test_gpu_configs_name_the_memory_rule():
-    """configs/classic_nas_gpu.yml: its trial's figures are core.speed's estimate at the trials' batch
+    """classic_nas/config_gpu.yml: its trial's figures are core.speed's estimate at the trials' batch
     size, and maxTrialNumberPerGpu trials fit from the GPU sizes it names (and not below them)."""
     from classic_nas.space import SKIP_LABELS, build_model
 
-    comment, config = config_comment("classic_nas_gpu.yml")
+    comment, config = config_comment("classic_nas/config_gpu.yml")
     per_gpu = config["trainingService"]["maxTrialNumberPerGpu"]
     assert per_gpu >= 2   # with one GPU, NNI 3.0 starts no trial otherwise
     batch_size = yaml.safe_load((REPO / "configs" / "classic_nas.yml").read_text())["batch_size"]
@@ -334,7 +334,7 @@ def test_data_set_too_large_for_free_memory_stays_in_host_memory(monkeypatch, tm
     assert not fits and "in host memory" in where and "3.0 GiB free of 16.0 GiB" in where
     assert devices.data_fits(100 * GiB, CPU)[0]
 
-    from core import train as engine
+    from core import trainer as engine
 
     asked = []
     monkeypatch.setattr(Trainer, "_check_memory", lambda self, model: 5 * GiB)   # what training would need
@@ -407,7 +407,7 @@ def out_of_memory(*args, **kwargs):
 
 @pytest.mark.parametrize("during", ["setup (the model and data on the device)", "resume", "the final test"])
 def test_out_of_memory_anywhere_in_a_training_command_is_one_line(monkeypatch, tmp_path, capsys, during):
-    from core import train as engine, train_model
+    from core import trainer as engine, train_model
 
     args = ["--model", "mobilenet", "--data", "fake", "--subset", "64", "--val-subset", "32", "--batch-size", "16",
             "--eval-batch-size", "32", "--epochs", "1", "--max-batches", "1", "--device", "cpu", "--no-progress",
@@ -480,7 +480,7 @@ def test_fp16_with_gradient_scaler_trains_and_resumes_exactly(monkeypatch, tmp_p
     """The fp16 path a T4 takes, run under CPU autocast: the scaler scales, its state is in the
     checkpoint, and a run stopped after epoch 1 resumes to the straight run's weights and scale."""
     fp16 = Precision("fp16", torch.float16, True, "test: fp16 on the CPU")
-    monkeypatch.setattr("core.train.choose_precision", lambda *a, **k: fp16)
+    monkeypatch.setattr("core.trainer.choose_precision", lambda *a, **k: fp16)
     cfg = tiny_cfg(epochs=2, subset=128, batch_size=16, max_batches=2, grad_clip=5.0)
 
     def run(folder: Path, epochs: int) -> Trainer:

@@ -14,8 +14,8 @@ import yaml
 from torch import nn
 
 from core.errors import UserError
-from core.nni_trial import NniTrial
-from core.train import build_optimizer
+from experiments.nni_trial import NniTrial
+from core.trainer import build_optimizer
 from hpo import results, retrain, trial
 from hpo.nni_fixes import RECEIVED_TAG, FixedHyperband, FixedTpe
 
@@ -41,7 +41,7 @@ class Recorder(NniTrial):
 def test_an_nni_trial_records_its_command_as_the_shell_expanded_it(tmp_path, monkeypatch):
     import nni
 
-    from core.nni_trial import COMMAND_FILE
+    from experiments.nni_trial import COMMAND_FILE
 
     monkeypatch.setattr(nni, "get_next_parameter", lambda: {"lr": 0.01})
     monkeypatch.setattr(sys, "argv", ["trial.py", "--epochs", "30", "--seed", "7"])
@@ -121,7 +121,7 @@ def test_bad_parameter_as_a_process_exits_2_without_traceback(tmp_path):
 
 
 def test_wide_space_and_the_nni_example_recipe_are_the_issue_s():
-    wide = yaml.safe_load((REPO / "configs/hpo_wide.yml").read_text())
+    wide = yaml.safe_load((REPO / "hpo/config_wide.yml").read_text())
     space = wide["searchSpace"]
     assert space["lr"] == {"_type": "loguniform", "_value": [0.0001, 1.0]}
     assert space["optimizer"]["_value"] == ["SGD", "Adadelta", "Adagrad", "Adam", "Adamax"]
@@ -135,7 +135,7 @@ def test_wide_space_and_the_nni_example_recipe_are_the_issue_s():
         cfg = _config(["--data", "fake"], params)
         assert (cfg.optimizer, cfg.lr) == (params["optimizer"], params["lr"])
     # NNI's example recipe: what its nnictl config's trials resolve to
-    command = yaml.safe_load((REPO / "configs/hpo_nni_example.yml").read_text())["trialCommand"]
+    command = yaml.safe_load((REPO / "hpo/config_nni_example.yml").read_text())["trialCommand"]
     assert "--config ../configs/recipe_nni_example.yml" in command
     nni_cfg = _config(["--config", str(REPO / "configs/recipe_nni_example.yml"), "--data", "fake"])
     default = _config(["--data", "fake"])
@@ -171,9 +171,9 @@ def test_nni_cannot_read_back_a_parameter_with_a_comment_mark(text):
 ])
 def test_a_search_space_string_with_a_comment_mark_is_refused_before_nnictl_create(tmp_path, capsys, where, space,
                                                                                   named):
-    from core import nni_config
+    from experiments import nni_config
 
-    config = yaml.safe_load((REPO / "configs/hpo_smoke.yml").read_text())
+    config = yaml.safe_load((REPO / "hpo/config_smoke.yml").read_text())
     config["trialCodeDirectory"] = config["tuner"]["codeDirectory"] = str(REPO / "hpo")
     if where == "file":
         (tmp_path / "space.json").write_text(json.dumps(space))
@@ -198,15 +198,15 @@ def test_a_search_space_string_with_a_comment_mark_is_refused_before_nnictl_crea
 
 
 def test_quick_nni_example_config_is_the_quick_experiment_with_the_other_recipe():
-    """configs/hpo_quick_nni_example.yml is configs/hpo_quick.yml (space, budget, tuner, assessor,
+    """hpo/config_quick_nni_example.yml is hpo/config_quick.yml (space, budget, tuner, assessor,
     data sizes, epochs, batch) with NNI's example recipe: its trials differ from the quick
     experiment's in weight decay and schedule only, the two settings that make the recipes differ."""
     import shlex
 
     from core.config import to_dict
 
-    quick = yaml.safe_load((REPO / "configs/hpo_quick.yml").read_text())
-    other = yaml.safe_load((REPO / "configs/hpo_quick_nni_example.yml").read_text())
+    quick = yaml.safe_load((REPO / "hpo/config_quick.yml").read_text())
+    other = yaml.safe_load((REPO / "hpo/config_quick_nni_example.yml").read_text())
     keys = set(quick) - {"experimentName", "trialCommand"}
     assert set(other) == set(quick) and {k: other[k] for k in keys} == {k: quick[k] for k in keys}
 
@@ -381,10 +381,10 @@ def test_reader_finds_an_experiment_by_id(tmp_path, monkeypatch):
 
 
 def test_every_reader_ranks_only_valid_accuracies_of_trials_that_did_not_diverge(tmp_path, capsys, monkeypatch):
-    """One rule (core.experiments.rank_problem): a final edited to 1.5, or a trial that diverged, is
+    """One rule (experiments.reader.rank_problem): a final edited to 1.5, or a trial that diverged, is
     never best for hpo/results.py, retrain --experiment, --top K or --from-hpo."""
-    from core.experiments import rank_problem
-    from core.from_hpo import hpo_winner
+    from experiments.reader import rank_problem
+    from experiments.from_hpo import hpo_winner
     from tests.test_report import HPO_TRIALS, RETRAIN, _fake_experiment
 
     exp = _fake_experiment(tmp_path / "exp0edited", "hpo", [*HPO_TRIALS, {
@@ -408,7 +408,7 @@ def test_every_reader_ranks_only_valid_accuracies_of_trials_that_did_not_diverge
         retrain.main(["--experiment", str(exp), "--print-config"])
     assert exit_.value.code == 0 and yaml.safe_load(capsys.readouterr().out)["model"] == "mobilenet"
     trained = []
-    monkeypatch.setattr("core.runner.train", lambda cfg, *a, **k: trained.append(cfg.model) or {"test_acc": 0.1})
+    monkeypatch.setattr("core.run_training.train", lambda cfg, *a, **k: trained.append(cfg.model) or {"test_acc": 0.1})
     rows = retrain.main(["--experiment", str(exp), "--top", "1", *RETRAIN, "--out-dir", str(tmp_path / "runs")])
     assert [r["trial_id"] for r in rows] == ["aaaaa"] and trained == ["mobilenet"]
 
@@ -680,7 +680,7 @@ def test_recipe_rank_ties_use_the_seed_spread_of_its_control():
 
 def test_recipe_rank_smoke_continues_and_refuses_other_settings(tmp_path, capsys):
     recipe_rank = _recipe_rank()
-    assert len(recipe_rank.grid(recipe_rank.read_space(REPO / "configs/hpo_quick.yml"))) == 16
+    assert len(recipe_rank.grid(recipe_rank.read_space(REPO / "hpo/config_quick.yml"))) == 16
     out = tmp_path / "rank"
     argv = ["--data", "fake", "--subset", "64", "--val-subset", "48", "--epochs", "1", "--max-batches", "1",
             "--batch-size", "8", "--limit", "3", "--threads", "1", "--out", str(out)]
@@ -713,6 +713,6 @@ def test_recipe_rank_smoke_continues_and_refuses_other_settings(tmp_path, capsys
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("error: --out: ") and "(epochs)" in err
     with pytest.raises(SystemExit):
-        recipe_rank.main([*argv[:-2], "--space", str(REPO / "configs/hpo_wide.yml"), "--out", str(tmp_path / "w")])
+        recipe_rank.main([*argv[:-2], "--space", str(REPO / "hpo/config_wide.yml"), "--out", str(tmp_path / "w")])
     assert "error: --space: lr is not a 'choice' parameter" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core import experiments
+from experiments import reader as experiments
 from core.chance import FAKE_CLASSES, at_chance
 from hpo import results, retrain
 from hpo.nni_fixes import RECEIVED_TAG
@@ -28,8 +28,8 @@ pytestmark = pytest.mark.e2e   # real nnictl experiments: not in the fast suite 
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
-SMOKE = REPO / "configs/hpo_smoke.yml"
-HYPERBAND = REPO / "configs/hpo_hyperband.yml"
+SMOKE = REPO / "hpo/config_smoke.yml"
+HYPERBAND = REPO / "hpo/config_hyperband.yml"
 ENDED = ("SUCCEEDED", "USER_CANCELED", "EARLY_STOPPED")   # NNI 3.0 shows Medianstop's stops as USER_CANCELED
 
 

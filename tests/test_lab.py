@@ -18,7 +18,7 @@ import yaml
 
 from core.config import add_config_arguments, config_from_args
 from core.errors import UserError
-from core.nni_config import check_experiment_config
+from experiments.nni_config import check_experiment_config
 from lab import estimate as est
 from lab import mirror as mirroring
 from lab import plan

@@ -15,7 +15,7 @@ import yaml
 from core.paths import ENV_PREFIX
 from tests.conftest import REPO
 
-PACKAGES = ("core", "models", "hpo", "classic_nas", "oneshot_darts", "report", "lab")
+PACKAGES = ("core", "models", "experiments", "hpo", "classic_nas", "oneshot_darts", "report", "lab")
 STAGES = ("hpo", "classic_nas", "oneshot_darts")
 
 
@@ -47,24 +47,32 @@ def test_no_stage_imports_another(stage):
     assert not wrong, f"{stage}/ imports another stage (share through core/): {wrong}"
 
 
-def test_core_imports_no_stage():
-    wrong = {mod: names & set(STAGES) for mod, names in project_imports("core").items() if names & set(STAGES)}
-    assert not wrong, f"core/ imports a stage: {wrong}"
+def test_the_engine_imports_models_only():
+    wrong = {mod: names - {"core", "models"} for mod, names in project_imports("core").items()
+             if names - {"core", "models"}}
+    assert not wrong, f"core/ (the training engine) imports only models/: {wrong}"
+
+
+def test_the_experiment_layer_imports_the_engine_and_models_only():
+    wrong = {mod: names - {"experiments", "core", "models"} for mod, names in project_imports("experiments").items()
+             if names - {"experiments", "core", "models"}}
+    assert not wrong, f"experiments/ (the NNI and experiment layer) imports core/ and models/ only: {wrong}"
 
 
 def test_report_reads_stages_through_core_only_and_nothing_imports_it():
-    wrong = {mod: names - {"core", "report"} for mod, names in project_imports("report").items()
-             if names - {"core", "report"}}
-    assert not wrong, f"report/ reads every stage's outputs, so it imports core/ only: {wrong}"
-    users = {mod for package in ("core", "models", *STAGES, "lab") for mod, names in project_imports(package).items()
+    wrong = {mod: names - {"core", "experiments", "report"} for mod, names in project_imports("report").items()
+             if names - {"core", "experiments", "report"}}
+    assert not wrong, f"report/ reads every stage's outputs, so it imports core/ and experiments/ only: {wrong}"
+    users = {mod for package in ("core", "models", "experiments", *STAGES, "lab") for mod, names in project_imports(package).items()
              if "report" in names}
     assert not users, f"report/ is a tool on top; nothing of the project imports it: {users}"
 
 
 def test_the_lab_driver_runs_the_stages_through_their_commands_and_nothing_imports_it():
-    wrong = {mod: names - {"core", "lab"} for mod, names in project_imports("lab").items() if names - {"core", "lab"}}
-    assert not wrong, f"lab/ runs every stage and report as a command (a subprocess), so it imports core/ only: {wrong}"
-    users = {mod for package in ("core", "models", *STAGES, "report") for mod, names in project_imports(package).items()
+    wrong = {mod: names - {"core", "experiments", "lab"} for mod, names in project_imports("lab").items()
+             if names - {"core", "experiments", "lab"}}
+    assert not wrong, f"lab/ runs every stage and report as a command (a subprocess), so it imports core/ and experiments/ only: {wrong}"
+    users = {mod for package in ("core", "models", "experiments", *STAGES, "report") for mod, names in project_imports(package).items()
              if "lab" in names}
     assert not users, f"lab/ is the driver on top; nothing of the project imports it: {users}"
 
@@ -116,8 +124,7 @@ def test_scripts_resolve_the_same_paths_from_the_root_and_their_folder(folder, a
 
 def _nnictl_configs() -> list[Path]:
     """Local nnictl configs (the remote ones need an SSH key to load: tests/test_remote.py checks them)."""
-    return sorted(p for p in [*REPO.glob("*/config*.yml"), *REPO.glob("configs/hpo_*.yml")]
-                  if not p.name.endswith("_remote.yml"))
+    return sorted(p for p in REPO.glob("*/config*.yml") if not p.name.endswith("_remote.yml"))
 
 
 def _trial_command(config: Path) -> tuple[str, Path]:
@@ -207,3 +214,18 @@ def test_counts_of_epochs_are_worded_in_the_singular_for_one():
             hits += [f"{path}:{i}" for i, line in enumerate((REPO / path).read_text().splitlines(), 1)
                      if by_hand.search(line)]
     assert not hits, hits
+
+
+def test_experiment_configs_live_in_their_stage_and_recipes_in_configs():
+    """One rule tells an nnictl experiment config from a training recipe: an experiment config
+    (a ``trialCommand``) is ``<stage>/config*.yml``; ``configs/`` holds training recipes only (a
+    command's ``--config``); every YAML file of the project ends in ``.yml``."""
+    tracked = subprocess.run(["git", "ls-files", "*.yml", "*.yaml"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert not [p for p in tracked if p.endswith(".yaml")], "one extension: .yml"
+    experiments = {p for p in tracked if "trialCommand" in (yaml.safe_load((REPO / p).read_text()) or {})}
+    assert experiments and all(Path(p).parent.name in STAGES and Path(p).name.startswith("config")
+                               for p in experiments), sorted(experiments)
+    recipes = [p for p in tracked if p.startswith("configs/")]
+    assert recipes and not set(recipes) & experiments
+    assert not [p for p in tracked if Path(p).parent.name in STAGES and p not in experiments]

@@ -462,7 +462,7 @@ def test_16_9_an_architecture_file_with_a_repeated_key_is_refused(tmp_path):
 
 def test_16_9_every_json_and_yaml_reader_refuses_repeated_keys(tmp_path):
     from core.config import loads_json
-    from core.experiments import trials_from_export
+    from experiments.reader import trials_from_export
 
     with pytest.raises(UserError, match="'lr' appears more than once"):
         loads_json('{"a": {"lr": 1, "lr": 2}}', "x")
@@ -578,11 +578,11 @@ def test_16_11_trial_concurrency_0_is_one_line_before_nnictl_create(tmp_path):
 
     (tmp_path / "exp").mkdir()
     config = tmp_path / "hpo_smoke.yml"
-    smoke = yaml.safe_load((REPO / "configs" / "hpo_smoke.yml").read_text())
-    smoke["searchSpaceFile"] = str((REPO / "configs" / smoke["searchSpaceFile"]).resolve())
-    smoke["trialCodeDirectory"] = str((REPO / "configs" / smoke["trialCodeDirectory"]).resolve())
+    smoke = yaml.safe_load((REPO / "hpo" / "config_smoke.yml").read_text())
+    smoke["searchSpaceFile"] = str((REPO / "hpo" / smoke["searchSpaceFile"]).resolve())
+    smoke["trialCodeDirectory"] = str((REPO / "hpo" / smoke["trialCodeDirectory"]).resolve())
     config.write_text(yaml.safe_dump({**smoke, "trialConcurrency": 0}))
-    one_error_line(cli(["-m", "core.nni_config", config]), "trialConcurrency: 0 is not allowed")
+    one_error_line(cli(["-m", "experiments.nni_config", config]), "trialConcurrency: 0 is not allowed")
     with pytest.raises(pytest.fail.Exception, match="trialConcurrency: 0 is not allowed"):
         with nni_experiment(config, tmp_path / "exp"):     # the harness checks before `nnictl create`
             pass
@@ -593,7 +593,7 @@ def test_16_11_every_nnictl_config_of_the_project_passes_the_check():
     configs = sorted(p for p in [*REPO.glob("configs/*.yml"), *REPO.glob("*/config*.yml")]
                      if "trialCommand" in p.read_text() and "remote" not in p.name)   # remote: need a key file
     assert len(configs) >= 8
-    proc = cli(["-m", "core.nni_config", *configs])
+    proc = cli(["-m", "experiments.nni_config", *configs])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count(": ok") == len(configs)
 

@@ -29,8 +29,8 @@ import yaml
 from tests.nni_harness import BIN, free_port, nni_experiment
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "configs/hpo_smoke.yml"
-REMOTE = REPO / "configs/hpo_remote.yml"
+SMOKE = REPO / "hpo/config_smoke.yml"
+REMOTE = REPO / "hpo/config_remote.yml"
 SSHD = Path("/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")
 ENDED = ("SUCCEEDED", "USER_CANCELED", "EARLY_STOPPED")
@@ -119,7 +119,7 @@ def _processes_under(folder: Path) -> list[psutil.Process]:
 
 
 def remote_overrides(machine: dict) -> dict:
-    """configs/hpo_smoke.yml made remote the way configs/hpo_remote.yml is: the repository root as
+    """hpo/config_smoke.yml made remote the way hpo/config_remote.yml is: the repository root as
     the uploaded trial code, the trial started as ``hpo/trial.py`` there, the manager reachable at
     127.0.0.1, one machine."""
     smoke, remote = yaml.safe_load(SMOKE.read_text()), yaml.safe_load(REMOTE.read_text())
@@ -164,7 +164,7 @@ def test_hpo_smoke_through_the_remote_training_service(tmp_path):
                 assert tarballs and all(t.stat().st_size < 2_000_000 for t in tarballs), tarballs
                 with tarfile.open(tarballs[0]) as tar:
                     names = tar.getnames()
-                assert "hpo/trial.py" in names and "configs/hpo_smoke.yml" in names
+                assert "hpo/trial.py" in names and "hpo/config_smoke.yml" in names
                 assert not [n for n in names if n.startswith((".venv", ".git/", "data/"))]
         finally:
             # `nnictl stop` shuts the remote trial keeper down; nothing may live on under the remote HOME
@@ -187,23 +187,23 @@ def _remote_logs(home: Path, lines: int = 30) -> str:
     return "\n".join(parts)
 
 
-@pytest.mark.parametrize("name", ["hpo_remote.yml", "classic_nas_remote.yml", "darts_remote.yml"])
+@pytest.mark.parametrize("name", ["hpo/config_remote.yml", "classic_nas/config_remote.yml", "oneshot_darts/config_remote.yml"])
 def test_remote_configs_load_and_their_trial_commands_resolve(tmp_path, name):
     """Each remote config passes NNI's own validation once its key file exists, uploads the
     repository root, and its trial command, run where NNI runs it (the root of the copy), resolves."""
     from nni.experiment.config import ExperimentConfig
 
-    config = yaml.safe_load((REPO / "configs" / name).read_text())
+    config = yaml.safe_load((REPO / name).read_text())
     key = tmp_path / "id_ed25519"
     key.write_text("not read: NNI checks that the file exists\n")
     for machine in config["trainingService"]["machineList"]:
         machine["sshKeyFile"] = str(key)
     for field in ("trialCodeDirectory", "searchSpaceFile"):   # relative to the original's folder
         if field in config:
-            config[field] = str((REPO / "configs" / config[field]).resolve())
+            config[field] = str(((REPO / name).parent / config[field]).resolve())
     if isinstance(config.get("tuner", {}).get("codeDirectory"), str):
-        config["tuner"]["codeDirectory"] = str((REPO / "configs" / config["tuner"]["codeDirectory"]).resolve())
-    path = tmp_path / name
+        config["tuner"]["codeDirectory"] = str(((REPO / name).parent / config["tuner"]["codeDirectory"]).resolve())
+    path = tmp_path / Path(name).name
     path.write_text(yaml.safe_dump(config))
     loaded = ExperimentConfig.load(str(path)).canonical_copy()
     assert Path(loaded.trial_code_directory).resolve() == REPO

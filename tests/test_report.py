@@ -185,10 +185,10 @@ def test_experiment_report_and_top_k_retrains_resume_and_rank(tmp_path, monkeypa
         saves.append(state["epoch"])
         if len(saves) == 3:
             raise KeyboardInterrupt("killed")
-    monkeypatch.setattr("core.train.save_checkpoint", save_then_die)
+    monkeypatch.setattr("core.trainer.save_checkpoint", save_then_die)
     with pytest.raises((KeyboardInterrupt, SystemExit)):   # Ctrl-C: the command may exit 130 instead
         retrain.main(["--experiment", str(exp), "--top", "3", *RETRAIN, "--out-dir", str(runs)])
-    monkeypatch.setattr("core.train.save_checkpoint", real_save)
+    monkeypatch.setattr("core.trainer.save_checkpoint", real_save)
     first, second = (runs / f"hpo_retrain-exp0report-{t}" for t in ("aaaaa", "ddddd"))
     assert (first / "result.json").is_file() and not (second / "result.json").exists()
     assert (second / "checkpoint.pt").is_file() and not (runs / "hpo_retrain-exp0report-ccccc").exists()
@@ -239,7 +239,7 @@ def test_an_invalid_intermediate_result_is_still_an_epoch_the_trial_ran(tmp_path
 def test_intermediate_results_after_an_invalid_one_keep_their_epochs(tmp_path, figures):
     """An intermediate result left out (NaN at epoch 2; one that is not a number at all) moves no
     later one: each is drawn, exported and counted at the epoch it was reported at."""
-    from core.experiments import load_experiment
+    from experiments.reader import load_experiment
 
     exp = _fake_experiment(tmp_path / "exp0gap", "hpo", [
         {"id": "aaaaa", "params": P("mobilenet", "Adam", 0.01), "curve": [0.2, float("nan"), 0.4, 0.5], "final": 0.5,

@@ -72,7 +72,7 @@ def run_report(argv: list[str], capsys) -> tuple[int, str]:
 
 def check_trials_csv(exp_dir: Path, out: Path, require: tuple[str, ...] = ()) -> list[dict]:
     """``python -m report EXP -o OUT`` writes trials.csv and trials.json holding every trial of the
-    experiment's database (read here directly with sqlite, not through core.experiments): its
+    experiment's database (read here directly with sqlite, not through experiments.reader): its
     sequence id, NNI status (EARLY_STOPPED for a trial the assessor stopped: NNI's USER_CANCELED with
     intermediate results and no final one), final result, best intermediate result, epochs, and the
     parameters its final result repeats. ``require``: statuses that must be among them. Returns the

@@ -38,9 +38,9 @@ def test_trials_csv_holds_the_failed_and_the_early_stopped_trial(hpo_study_exp, 
 
 def test_study_report_of_hpo_classic_nas_darts_and_retrain(hpo_study_exp, nas_from_hpo_exp, tmp_path):
     runs = tmp_path / "runs"
-    _run("oneshot_darts/search.py", "--config", "configs/darts_search_smoke.yaml", "--out-dir", str(runs / "search"))
+    _run("oneshot_darts/search.py", "--config", "configs/darts_search_smoke.yml", "--out-dir", str(runs / "search"))
     (search,) = (runs / "search").iterdir()
-    _run("oneshot_darts/retrain.py", "--config", "configs/darts_retrain_smoke.yaml", "--arc",
+    _run("oneshot_darts/retrain.py", "--config", "configs/darts_retrain_smoke.yml", "--arc",
          str(search / "final_arch.json"), "--out-dir", str(runs / "retrain"))
     (retrain,) = (runs / "retrain").iterdir()
     text = check_study_report(hpo_study_exp.exp_dir, nas_from_hpo_exp, search, retrain, tmp_path)

@@ -44,8 +44,8 @@ import yaml
 from core.files import atomic_write_text, temp_files
 from core.config import from_dict, read_json, to_dict
 from core.errors import UserError
-from core.experiments import Trial, find_experiment, ranked, read_profile
-from core.run import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RESULT_FILE
+from experiments.reader import Trial, find_experiment, ranked, read_profile
+from core.run_folder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RESULT_FILE
 
 ORIGIN_FILE = "origin.json"
 LOCK_FILE = ".lock"
@@ -356,7 +356,7 @@ def retrain_top_of(source: str, experiments_dir: str | None, k: int, *, load: Ca
     from core import distributed
 
     if distributed.launched():   # rank 0 decides about each folder and tells the others: join the group now
-        from core.train import resolve_device
+        from core.trainer import resolve_device
 
         distributed.setup(resolve_device(base.device))
     exp_dir = find_experiment(source, experiments_dir)

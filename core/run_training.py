@@ -21,8 +21,8 @@ from core.files import atomic_write_text
 from core.config import TrainConfig, from_dict
 from core.data import Splits, make_splits
 from core.errors import Interrupted, StoppedByNni, UserError, under_nni
-from core.run import RESULT_FILE, Run, to_json
-from core.train import EpochCallback, LossFn, Trainer, config_id, cross_entropy, seed_everything
+from core.run_folder import RESULT_FILE, Run, to_json
+from core.trainer import EpochCallback, LossFn, Trainer, config_id, cross_entropy, seed_everything
 from core.words import count
 
 

@@ -21,7 +21,7 @@ from core.data import ImageSet, Splits
 from core.device import GiB, cpu_reason, data_fits, free_memory, out_of_memory_message, resolve_device
 from core.errors import UserError
 from core.loader import BatchLoader
-from core.run import Run, format_metrics
+from core.run_folder import Run, format_metrics
 from core.speed import Precision, choose_precision
 
 
@@ -61,7 +61,7 @@ class TrainingDiverged(UserError):
     """The network stopped computing numbers: the training loss became NaN or infinite (``step``:
     by which batch), or an evaluation of a split (``split``) gave a non-finite loss or non-finite
     outputs (``nonfinite`` of ``images`` images). One line for the user (epoch, where, what to try);
-    every stage treats both alike (:func:`core.nni_trial.run_search_trial`: a diverged trial)."""
+    every stage treats both alike (:func:`experiments.nni_trial.run_search_trial`: a diverged trial)."""
 
     def __init__(self, epoch: int, step: int | None, loss: float, cfg: TrainConfig, *, split: str | None = None,
                  nonfinite: int = 0, images: int = 0):

@@ -1,6 +1,6 @@
 """Check an nnictl experiment config before ``nnictl create`` starts it, with one clear line per mistake.
 
-    python -m core.nni_config hpo/config.yml [more configs ...]
+    python -m experiments.nni_config hpo/config.yml [more configs ...]
 
 ``nnictl create`` validates a config with NNI's own ``ExperimentConfig``, whose numeric checks are
 bare ``assert`` statements: ``trialConcurrency: 0`` ends in a traceback with an empty
@@ -115,7 +115,7 @@ def check_experiment_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m core.nni_config", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m experiments.nni_config", description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="+", metavar="CONFIG", help="nnictl experiment config (YAML)")
     return parser
 

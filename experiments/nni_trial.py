@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from core.files import atomic_write_text
 from core.errors import UserError
-from core.run import CHECKPOINT_FILE, RESULT_FILE, to_json
+from core.run_folder import CHECKPOINT_FILE, RESULT_FILE, to_json
 
 def quiet_nni_imports() -> None:
     """NNI 3.0 wraps every torch.nn class at import and warns about the few newer torch versions
@@ -87,14 +87,14 @@ class NniTrial:
         number, which assessors such as Medianstop compare; with ``extra`` keys a dict of
         ``default`` and those numbers, which the web UI shows as fields and assessors read through
         ``default``), and every number of the epoch as a TensorBoard scalar for the web UI's
-        TensorBoard button (:mod:`core.tensorboard`)."""
+        TensorBoard button (:mod:`experiments.tensorboard`)."""
         writer = None
 
         def report(metrics: dict[str, Any]) -> None:
             nonlocal writer
             if self.active:
                 if self.run_dir is not None:   # first: an assessor may stop the trial once it has the result
-                    from core.tensorboard import ScalarWriter
+                    from experiments.tensorboard import ScalarWriter
 
                     writer = writer or ScalarWriter(self.run_dir, os.environ.get("NNI_TRIAL_JOB_ID"))
                     writer.add_epoch(metrics)
@@ -131,14 +131,14 @@ def run_search_trial(cfg: Any, build_model: Callable[[int], Any], trial: NniTria
     Validation accuracy is reported every epoch and is the final ``default``; ``extra`` (the
     parameters or architecture really trained) is repeated in the final dict, because NNI 3.0
     can record another trial's parameters for a trial when several start at once. A trial whose
-    network no longer computes (:class:`core.train.TrainingDiverged`: a non-finite training loss,
+    network no longer computes (:class:`core.trainer.TrainingDiverged`: a non-finite training loss,
     or a non-finite loss or output when a split is evaluated) reports ``default`` 0.0 with
     ``diverged`` 1 and ends cleanly: a diverged candidate is a result of the search, not a crash,
     and never a ranked one. The checkpoint is deleted at the end
     unless ``keep_checkpoint`` (retraining starts from scratch).
     """
-    from core.runner import train
-    from core.train import TrainingDiverged
+    from core.run_training import train
+    from core.trainer import TrainingDiverged
 
     try:
         result = train(cfg, build_model, name=name, run_dir=trial.run_dir, arch=arch, final_test=final_test,

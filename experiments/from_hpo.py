@@ -4,7 +4,7 @@ HPO picks model, optimizer and learning rate; classic NAS then searches the skip
 that optimizer and learning rate (``python classic_nas/trial.py --from-hpo EXPERIMENT``, or
 ``CIFAR_AUTOML_FROM_HPO=EXPERIMENT`` in the shell that runs ``nnictl create`` for every trial of a
 classic-NAS experiment; ``classic_nas/retrain.py --from-hpo EXPERIMENT`` for a retrain). The
-experiment is read through the shared reader (:mod:`core.experiments`: an id, a folder, an
+experiment is read through the shared reader (:mod:`experiments.reader`: an id, a folder, an
 ``nni.sqlite`` or an ``nnictl experiment export`` file), so no stage imports another.
 
 What is handed on: the best trial's optimizer and learning rate (:data:`HANDED_ON`, the
@@ -12,7 +12,7 @@ parameters the HPO trial repeats in its final result), nothing else. The rest of
 (weight decay, schedule, momentum, epochs) stays the receiving stage's own, and the HPO winner's
 model is not (the classic-NAS space is a MobileNet). The best trial is the one with the highest
 final validation accuracy, among the valid ones (in [0, 1]) of trials that did not diverge
-(:func:`core.experiments.ranked`, the rule every reader ranks by).
+(:func:`experiments.reader.ranked`, the rule every reader ranks by).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from core.config import OPTIMIZER_NAMES
 from core.errors import UserError
-from core.experiments import load_experiment, ranked
+from experiments.reader import load_experiment, ranked
 from core.paths import FROM_HPO_ENV, default_from_hpo
 
 #: The config fields an HPO winner hands on (names of :class:`core.config.TrainConfig` fields).
