@@ -19,6 +19,16 @@ LOG_FILE = "train.log"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 RESULT_FILE = "result.json"
+#: the architecture a search exports (a DARTS search's run folder; also the protocol folder's winner)
+ARCH_FILE = "final_arch.json"
+
+# A protocol folder: a sequence of trainings (searches, retrains) resumable step by step.
+#: its record of the steps done (steps, their run folders, the figures each step keeps)
+PROTOCOL_FILE = "protocol.json"
+#: what a protocol selected and why (a DARTS protocol: the architecture chosen by validation)
+SELECTION_FILE = "selection.json"
+#: the lock a folder holds while one command works in it
+LOCK_FILE = ".lock"
 
 
 class Run:
