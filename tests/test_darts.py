@@ -674,7 +674,7 @@ def test_search_step_runs_in_fp16_with_the_gradient_scaler(one_thread):
 def test_search_memory_estimate_counts_the_precision_its_step_computes_in(monkeypatch, order):
     """On an fp16 GPU (faked: the estimate runs on the meta device) the first-order step's activations
     are 16-bit, but the second-order architecture step computes in float32: its estimate is float32's."""
-    from core import speed, train as engine
+    from core import speed, trainer as engine
     from core.run_training import load_splits
     from core.speed import Precision, training_bytes
     from oneshot_darts.search import DartsSearch, SearchConfig
