@@ -229,3 +229,21 @@ def test_experiment_configs_live_in_their_stage_and_recipes_in_configs():
     recipes = [p for p in tracked if p.startswith("configs/")]
     assert recipes and not set(recipes) & experiments
     assert not [p for p in tracked if Path(p).parent.name in STAGES and p not in experiments]
+
+
+def test_the_readme_is_a_short_guide_whose_test_command_is_the_one_ci_runs():
+    """README.md is a guide of at most 160 lines (the reference lives in docs/); its first code block
+    gives the install, the main job and the test command, and that command is exactly the suite
+    ``.ci/run`` runs."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 160, f"README.md has {len(readme.splitlines())} lines; move details to docs/"
+    first_block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
+    commands = [line.split(" #")[0].strip() for line in first_block.splitlines() if not line.startswith("#")]
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()
+          if re.match(r"\s*python -m pytest\b", line)]
+    assert len(ci) == 1, ci
+    assert ci[0] in commands, (ci[0], commands)
+    assert any("pip install -r requirements.txt" in c for c in commands)
+    assert "nnictl create --config hpo/config.yml --port 8080" in commands
