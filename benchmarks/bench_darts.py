@@ -9,7 +9,7 @@
 - ``retrain``: images/s of the retrain (the fixed DARTS-V2 network through the core Trainer:
   auxiliary head, drop path, cutout), warm epoch.
 
-A search step is one DARTS iteration of :meth:`oneshot_darts.search.DartsSearch.train_step`: an
+A search step is one DARTS iteration of :meth:`oneshot_darts.search_trainer.DartsSearch.train_step`: an
 architecture step on a batch of the second half and a weight step on a batch of the first half,
 on synthetic images. Each ``order``/``partial`` variant runs in a fresh process (so its peak memory
 is its own: the process's peak resident memory, and on a GPU ``torch.cuda.max_memory_allocated``),
@@ -90,7 +90,7 @@ def measure_search(args, device: torch.device, order: int = 1, partial_channels:
     """Seconds of every timed search step, and the memory the search took (see the module docstring)."""
     from core.run_training import load_splits
     from core.trainer import seed_everything
-    from oneshot_darts.search import DartsSearch, SearchConfig
+    from oneshot_darts.search_trainer import DartsSearch, SearchConfig
     from oneshot_darts.space import build_supernet
 
     steps = args.warmup + args.steps
@@ -221,7 +221,7 @@ def compare_nni(args, device: torch.device) -> None:
 
 
 def retrain_images_per_s(args, device: torch.device, tmp: Path) -> tuple[float, int]:
-    from oneshot_darts.arch import load_arch
+    from oneshot_darts.genotype import load_arch
     from oneshot_darts.retrain import RetrainConfig, run_retrain
 
     cfg = RetrainConfig(data="fake", channels=args.retrain_channels, layers=args.retrain_layers,

@@ -22,6 +22,7 @@ from core.config import TrainConfig, from_dict
 from core.data import Splits, make_splits
 from core.errors import Interrupted, StoppedByNni, UserError, under_nni
 from core.run_folder import RESULT_FILE, Run, to_json
+from core.speed import ModelNotes
 from core.trainer import EpochCallback, LossFn, Trainer, config_id, cross_entropy, seed_everything
 from core.words import count
 
@@ -80,8 +81,8 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
           arch: dict[str, Any] | None = None, eval_splits: Sequence[str] = ("val",), final_test: bool = True,
           loss_fn: LossFn = cross_entropy, epoch_start: Callable[[int], None] | None = None,
           on_epoch: EpochCallback | None = None, setup: Callable[[nn.Module], Any] | None = None,
-          trainer_cls: type[Trainer] = Trainer, describe: Callable[[Trainer], str] | None = None
-          ) -> dict[str, Any]:
+          trainer_cls: type[Trainer] = Trainer, describe: Callable[[Trainer], str] | None = None,
+          notes: ModelNotes | None = None) -> dict[str, Any]:
     """Train ``build_model(num_classes)`` with ``cfg`` and return the final result.
 
     The run folder is ``run_dir`` if given (an NNI trial's output folder, say), the checkpoint's
@@ -89,7 +90,8 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
     data loaded and the trainer was built, so bad input leaves nothing behind. ``setup(model)``
     may return the ``epoch_start`` hook that needs the built model (a drop-path schedule).
     ``trainer_cls`` is the engine (a specialisation of :class:`Trainer`, such as the DARTS
-    search) and ``describe(trainer)`` the first log line. The result (last epoch's metrics,
+    search), ``notes`` what the stage knows of its network for the speed choices
+    (:class:`core.speed.ModelNotes`) and ``describe(trainer)`` the first log line. The result (last epoch's metrics,
     parameter count, what the trainer's ``finish`` adds, and test accuracy when ``final_test``)
     is written to ``result.json`` in the run folder.
 
@@ -106,7 +108,7 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
     if setup is not None:
         epoch_start = setup(model) or epoch_start
     trainer = trainer_cls(model, cfg, splits, eval_splits=eval_splits, arch=arch, loss_fn=loss_fn,
-                          epoch_start=epoch_start)
+                          epoch_start=epoch_start, notes=notes)
     # under torchrun rank 0 alone opens and writes the run folder; the others learn its path
     run = trainer.run = open_run(cfg, name, run_dir=run_dir, resume=resume) if distributed.is_main() else None
     run_path = distributed.broadcast(str(run.dir) if run else None)

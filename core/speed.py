@@ -5,11 +5,11 @@ table, with the reason the run's log prints (figures and how to re-measure them:
 - mixed precision (:func:`choose_precision`): bf16 on GPUs that compute it natively, fp16 with a
   gradient scaler on older GPUs, float32 on the CPU and with ``--no-amp``;
 - memory format (:func:`choose_channels_last`): ``channels_last: auto`` per device *and* model
-  from :data:`CHANNELS_LAST`, else the device's rule;
+  from the stage's measurement (:class:`ModelNotes`) or :data:`CHANNELS_LAST`, else the device's rule;
 - ``torch.compile`` (:func:`choose_compile`): ``compile: auto`` where the planned training images
   pass the measured break-even :data:`COMPILE_BREAK_EVEN_IMAGES` (not for models measured to
-  gain nothing, :data:`COMPILE_NO_GAIN`), with one compile cache shared by
-  every trial and run (:func:`compile_cache_dir`);
+  gain nothing, :data:`COMPILE_NO_GAIN`, nor where the stage says why not, :class:`ModelNotes`),
+  with one compile cache shared by every trial and run (:func:`compile_cache_dir`);
 - the memory a trial needs on a GPU (:func:`training_bytes`), which the engine compares with the
   GPU's free memory (``core.device``).
 """
@@ -21,13 +21,10 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
-
-#: The model key of a one-shot supernet (a network holding NNI's architecture weights).
-DARTS_SUPERNET = "darts-supernet"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,15 +35,28 @@ class Choice:
     reason: str
 
 
-def model_key(model: nn.Module, cfg: Any = None) -> str:
+@dataclasses.dataclass(frozen=True)
+class ModelNotes:
+    """What the stage that trains a network knows of it for the choices below (the engine is told,
+    ``core.trainer.Trainer``'s ``notes``): ``key``, the name the tables and the log know it by;
+    ``channels_last``, its measured memory format per device type (device type -> (channels_last?,
+    the measurement)), taken before :data:`CHANNELS_LAST` and the device's rule; ``no_compile``,
+    why ``compile: auto`` must not compile it (its step, or the network, changes what a compile
+    would fix), said in the log after ``auto:``."""
+
+    key: str | None = None
+    channels_last: Mapping[str, tuple[bool, str]] = dataclasses.field(default_factory=dict)
+    no_compile: str | None = None
+
+
+def model_key(model: nn.Module, cfg: Any = None, notes: ModelNotes | None = None) -> str:
     """The name the tables below know a network by: the registry name (``cfg.model``) when the
-    config has one, :data:`DARTS_SUPERNET` for a one-shot supernet (NNI's differentiable modules
-    hold their architecture weights in ``_arch_alpha``), else the network's class name."""
+    config has one, else the stage's name for it (``notes.key``), else the network's class name."""
     name = getattr(cfg, "model", None)
     if name:
         return str(name)
-    if any(hasattr(m, "_arch_alpha") for m in model.modules()):
-        return DARTS_SUPERNET
+    if notes is not None and notes.key:
+        return notes.key
     return type(model).__name__
 
 
@@ -118,11 +128,6 @@ CHANNELS_LAST: dict[tuple[str, str], tuple[bool, str]] = {
     ("cpu", "dpn92"): (False, "within the noise, so the default: " + _CPU_AB.format(median=0.98, low=0.88, high=1.30)),
     ("cpu", "shufflenetg2"): (True, "faster in every pair: " + _CPU_AB.format(median=1.18, low=1.00, high=1.26)),
     ("cpu", "senet18"): (True, "faster in every pair: " + _CPU_AB.format(median=1.12, low=1.11, high=1.22)),
-    ("cpu", DARTS_SUPERNET): (False, "NNI's mixed edges stack op outputs with torch.stack, which returns "
-                                     "contiguous tensors: every edge would convert back"),
-    ("cuda", DARTS_SUPERNET): (False, "NNI's mixed edges stack op outputs with torch.stack, which returns "
-                                      "contiguous tensors: about 190 convolution inputs per forward would be "
-                                      "converted back"),
 }
 
 
@@ -136,11 +141,13 @@ def _channels_last_rule(device_type: str, precision: Precision) -> tuple[bool, s
 
 
 def choose_channels_last(setting: str, device: torch.device, key: str | None = None,
-                         precision: Precision | None = None) -> Choice:
-    """The config's ``channels_last`` ('auto', 'on', 'off') for ``device`` and the model ``key``."""
+                         precision: Precision | None = None, notes: ModelNotes | None = None) -> Choice:
+    """The config's ``channels_last`` ('auto', 'on', 'off') for ``device`` and the model ``key``
+    (with what its stage measured, ``notes``)."""
     if setting != "auto":
         return Choice(setting == "on", f"--channels-last {setting}")
-    entry = CHANNELS_LAST.get((device.type, key or ""))
+    entry = (notes.channels_last.get(device.type) if notes is not None else None) \
+        or CHANNELS_LAST.get((device.type, key or ""))
     if entry is None:
         entry = _channels_last_rule(device.type, precision or _fp32(""))
     value, why = entry
@@ -148,8 +155,8 @@ def choose_channels_last(setting: str, device: torch.device, key: str | None = N
 
 
 def use_channels_last(setting: str, device: torch.device, key: str | None = None,
-                      precision: Precision | None = None) -> bool:
-    return choose_channels_last(setting, device, key, precision).value
+                      precision: Precision | None = None, notes: ModelNotes | None = None) -> bool:
+    return choose_channels_last(setting, device, key, precision, notes).value
 
 
 # --- torch.compile ---------------------------------------------------------------------------------
@@ -168,11 +175,6 @@ COMPILE_BREAK_EVEN_IMAGES: dict[str, int] = {"cpu": 17_400}
 COMPILE_NO_GAIN: dict[tuple[str, str], str] = {
     ("cpu", "vgg"): "compiled/eager train step 1.00x, 0.96-1.10x over 5 interleaved pairs: no measured gain",
     ("cpu", "mobilenet"): "compiled/eager train step 0.94x, 0.88-1.06x over 5 interleaved pairs: no measured gain",
-}
-
-#: Model keys that are never compiled by ``auto``, and why.
-COMPILE_UNSUPPORTED: dict[str, str] = {
-    DARTS_SUPERNET: "the search's own step runs the supernet for two optimizers",
 }
 
 #: The compile cache's folder inside the data root (shared by every trial and run that uses it).
@@ -200,17 +202,17 @@ def cpu_compiler() -> str | None:
     return shutil.which(inductor_cxx())
 
 
-def choose_compile(setting: str, device: torch.device, key: str, planned: int, *, drop_path: float = 0.0) -> Choice:
+def choose_compile(setting: str, device: torch.device, key: str, planned: int, *,
+                   no_compile: str | None = None) -> Choice:
     """The config's ``compile`` ('auto', 'on', 'off'): ``auto`` compiles where ``planned`` training
     images reach the device's break-even, the model was not measured to gain nothing
-    (:data:`COMPILE_NO_GAIN`) and the network compiles once (no supernet, no drop-path probability
-    that changes every epoch and would recompile it)."""
+    (:data:`COMPILE_NO_GAIN`) and its stage gives no reason not to (``no_compile``, from
+    :attr:`ModelNotes.no_compile`: a step that runs the network for two optimizers, a network that
+    changes every epoch and would recompile)."""
     if setting != "auto":
         return Choice(setting == "on", f"--compile {setting}")
-    if key in COMPILE_UNSUPPORTED:
-        return Choice(False, f"auto: not for {key} ({COMPILE_UNSUPPORTED[key]})")
-    if drop_path:
-        return Choice(False, "auto: not with drop path (its probability changes every epoch and would recompile)")
+    if no_compile:
+        return Choice(False, f"auto: {no_compile}")
     if device.type == "cpu" and cpu_compiler() is None:
         return Choice(False, f"auto: no C++ compiler ({inductor_cxx()}) on the PATH for inductor's CPU kernels")
     break_even = COMPILE_BREAK_EVEN_IMAGES.get(device.type)

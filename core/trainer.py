@@ -178,9 +178,10 @@ class Trainer:
 
     ``eval_splits`` names attributes of ``splits`` ('val', 'test'); the search stages pass only
     'val'. ``loss_fn`` replaces plain cross-entropy (an auxiliary head, say) and ``epoch_start``
-    is called with the 0-based epoch index before each epoch (a drop-path schedule, say). With a
-    :attr:`run`, every epoch appends to its metrics and log and rewrites its checkpoint atomically;
-    ``arch`` (an architecture dict) is stored in the checkpoint beside the config.
+    is called with the 0-based epoch index before each epoch (a drop-path schedule, say); ``notes``
+    is what the stage knows of its network for the speed choices (:class:`core.speed.ModelNotes`).
+    With a :attr:`run`, every epoch appends to its metrics and log and rewrites its checkpoint
+    atomically; ``arch`` (an architecture dict) is stored in the checkpoint beside the config.
 
     A stage that trains differently specialises the hooks, and keeps everything else (memory
     format, mixed precision, the progress bar, the divergence check, metrics, checkpoints, exact
@@ -199,7 +200,8 @@ class Trainer:
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, splits: Splits, run: Run | None = None, *,
                  eval_splits: Sequence[str] = ("val",), arch: dict[str, Any] | None = None,
-                 loss_fn: LossFn = cross_entropy, epoch_start: Callable[[int], None] | None = None):
+                 loss_fn: LossFn = cross_entropy, epoch_start: Callable[[int], None] | None = None,
+                 notes: speed.ModelNotes | None = None):
         self.cfg, self.splits, self.run, self.arch = cfg, splits, run, arch
         self.device = distributed.setup(resolve_device(cfg.device))  # torchrun: this rank's device
         if distributed.world_size() > 1 and type(self).train_step is not Trainer.train_step:
@@ -214,15 +216,15 @@ class Trainer:
             # fixed shapes: cuDNN benchmarks its kernels once and keeps the fastest, some of which are not
             # deterministic, so on a GPU a resumed or repeated run is close to, not bit for bit, the original
             torch.backends.cudnn.benchmark = True
-        self.key = speed.model_key(model, cfg)
+        self.key = speed.model_key(model, cfg, notes)
         can_scale = type(self).train_step is Trainer.train_step or self.uses_grad_scaler
         self.precision = choose_precision(self.device, cfg.amp, can_scale=can_scale)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
-        layout = speed.choose_channels_last(cfg.channels_last, self.device, self.key, self.precision)
+        layout = speed.choose_channels_last(cfg.channels_last, self.device, self.key, self.precision, notes)
         self.channels_last = layout.value
         planned = speed.planned_images(cfg, len(splits.train))
         compiled = speed.choose_compile(cfg.compile, self.device, self.key, planned,
-                                        drop_path=getattr(cfg, "drop_path", 0.0))
+                                        no_compile=notes.no_compile if notes is not None else None)
         self.choices += [f"precision: {self.precision.reason}",
                          f"memory format: {'channels_last' if layout.value else 'contiguous'} ({layout.reason})",
                          f"compile: {'on' if compiled.value else 'off'} ({compiled.reason})"]

@@ -2,8 +2,8 @@
 and find those retrains again (what ``python -m report`` compares with the search).
 
 Every stage's retrain command plugs its own training in (``config_for``, ``train_one``); the loop,
-the folder names, the reuse and resume rules, the lock and the ``origin.json`` that says where a
-retrain came from live here.
+the folder names, the reuse rule and the ``origin.json`` that says where a retrain came from live
+here; each retrain is a step of :mod:`core.steps` (its lock, skip and resume rules).
 
 A retrain of trial ``T`` of experiment ``E`` lives in ``<out_dir>/<stage>-E-T/`` (and, for the same
 trial retrained with other options under ``--new-folder``, ``<stage>-E-T-2/``, ``-3/`` ...). With
@@ -41,14 +41,14 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from core.files import atomic_write_text, temp_files
+from core.files import temp_files
 from core.config import from_dict, read_json, to_dict
 from core.errors import UserError
 from experiments.reader import Trial, find_experiment, ranked, read_profile
-from core.run_folder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RESULT_FILE
+from core.run_folder import CHECKPOINT_FILE, CONFIG_FILE, LOCK_FILE, RESULT_FILE
+from core.steps import SKIPPED, claim_step, lock_folder, write_record
 
 ORIGIN_FILE = "origin.json"
-LOCK_FILE = ".lock"
 ARCH_FILE = "arch.json"
 #: Config fields that say how a run ran (where, how fast, where its files go), not what it trained:
 #: a retrain is reused whatever they are now.
@@ -200,31 +200,16 @@ class TopRetrain:
     seed: int | None = None     # one of --seeds (None: no --seeds)
 
 
-def _lock(run_dir: Path):
-    """The retrain's lock, taken without waiting; None when another process holds it."""
-    from filelock import FileLock, Timeout
-
-    path = run_dir / LOCK_FILE
-    if path.is_symlink():
-        raise UserError(f"{str(path)!r} is a symbolic link; a run folder's files are never written through one "
-                        "(remove the link)")
-    lock = FileLock(str(path))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return None
-    return lock
-
-
 def _claim(asked: dict[str, Any], trial: Trial, *, out_dir: str | os.PathLike, stage: str, experiment_id: str,
            new_folder: bool, seed: int | None = None) -> tuple[str, Path, Any, bool]:
     """On the process that writes: the folder, locked, and what to do there: ``(action, run_dir,
-    lock, created)`` with action 'skipped', 'resumed', 'started' or 'busy' (lock None)."""
+    lock, created)`` with action 'skipped', 'resumed', 'started' (:func:`core.steps.claim_step`) or
+    'busy' (lock None: another process holds it, :func:`core.steps.lock_folder`)."""
     for _ in range(3):   # another process may record its config between the look and the lock
         run_dir = _folder_for(asked, out_dir, stage, experiment_id, trial, new_folder, seed)
         created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
-        lock = _lock(run_dir)
+        lock = lock_folder(run_dir)
         if lock is None:
             return "busy", run_dir, None, False
         if _folder_for(asked, out_dir, stage, experiment_id, trial, new_folder, seed) == run_dir:
@@ -232,12 +217,7 @@ def _claim(asked: dict[str, Any], trial: Trial, *, out_dir: str | os.PathLike, s
         lock.release()
     else:
         raise UserError(f"--top: trial {trial.trial_id}: other processes keep starting retrains of it; try again")
-    if isinstance(read_json_file(run_dir / RESULT_FILE), dict):
-        return "skipped", run_dir, lock, created
-    if (run_dir / CHECKPOINT_FILE).is_file():
-        return "resumed", run_dir, lock, created
-    (run_dir / METRICS_FILE).unlink(missing_ok=True)   # what a start killed before its first checkpoint left
-    return "started", run_dir, lock, created
+    return claim_step(run_dir), run_dir, lock, created
 
 
 def _release(lock: Any, run_dir: Path, created: bool, failed: bool) -> None:
@@ -324,7 +304,7 @@ def retrain_top(trials: Sequence[Trial], k: int, *, out_dir: str | os.PathLike, 
                 log(f"{head}: another process is retraining it in {run_dir} (it holds {LOCK_FILE} there); left "
                     "to that process, skipped here")
                 done.append(TopRetrain(rank, trial, run_dir, "busy", seed=seed))
-            elif action == "skipped":
+            elif action == SKIPPED:
                 log(f"{head}: finished before with the same options ({run_dir}), skipped")
                 done.append(TopRetrain(rank, trial, run_dir, "skipped", read_json_file(run_dir / RESULT_FILE), seed))
             else:
@@ -333,7 +313,7 @@ def retrain_top(trials: Sequence[Trial], k: int, *, out_dir: str | os.PathLike, 
                           "trial_id": trial.trial_id, "rank": rank, "search_metric": trial.final,
                           "search_epochs": trial.epochs_run, "seed": asked.get("seed"), **extra}
                 if distributed.is_main():  # under torchrun, rank 0 alone writes (as for every run folder)
-                    atomic_write_text(run_dir / ORIGIN_FILE, json.dumps(origin, indent=2) + "\n")
+                    write_record(run_dir / ORIGIN_FILE, origin, indent=2)
                 log(f"{head} (search metric {trial.final:.4f}): "
                     + (f"resuming {resume}" if resume else f"retraining in {run_dir}"))
                 result = train_one(cfg, trial, run_dir, resume)

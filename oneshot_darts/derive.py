@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from oneshot_darts.arch import CELLS, FIRST_NODE, Genotype, canonical_node
+from oneshot_darts.genotype import CELLS, FIRST_NODE, Genotype, canonical_node
 from oneshot_darts.ops import OP_NAMES, PARAMETER_FREE_OPS
 
 NONE_OP = "none"

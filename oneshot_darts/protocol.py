@@ -1,6 +1,8 @@
 """The DARTS paper's selection protocol in one command (Liu et al. 2019, section 3.2)::
 
-    python oneshot_darts/search.py --seeds 0 1 2 3 --select-epochs 100 [--select-config YAML] [search flags]
+    python oneshot_darts/protocol.py --seeds 0 1 2 3 --select-epochs 100 [--select-config YAML] [search flags]
+
+(``python oneshot_darts/search.py --seeds ...`` runs it too, with the same flags.)
 
 1. one search per seed (the search config with that seed), each in its own run folder
    ``search-seed<S>/``;
@@ -21,18 +23,18 @@
 The test split is never read: the searches measure on their architecture half, the short retrains
 on their held-out validation split, and the selection uses nothing else.
 
-It trains nothing itself: each step is :func:`~oneshot_darts.search.run_search` or
+It trains nothing itself: each step is :func:`~oneshot_darts.search_trainer.run_search` or
 :func:`~oneshot_darts.retrain.run_retrain` (so :func:`core.run_training.train`) in a folder inside the
 protocol folder ``<out_dir>/<run_name or darts-protocol>/``. Its progress is recorded in
 ``protocol.json`` there (the settings, and each step's outcome as it finishes). Killed at any point,
-the same command continues where it was (the interrupted run says so, and names the step), with the
-rule of ``--top K`` retrains
-(:mod:`experiments.top_k`): a step whose folder holds ``result.json`` is not redone, one with a
-checkpoint resumes from it, the others start. A protocol folder is continued only with the settings
-it was started with (the fields that say how a run runs, such as the device, aside); otherwise one
-line names the differences and nothing is written. One process at a time holds its ``.lock``; it
-first removes the temporary files a killed write of ``protocol.json``, ``selection.json`` or
-``final_arch.json`` left (``.<name>.*.tmp``, nothing else), and a step folder's on reaching it.
+the same command continues where it was (the interrupted run says so, and names the step), by the
+rules of :mod:`core.steps` (as ``--top K`` retrains): a step whose folder holds ``result.json`` is not
+redone, one with a checkpoint resumes from it, the others start. A protocol folder is continued only
+with the settings it was started with (the fields that say how a run runs, such as the device,
+aside); otherwise one line names the differences and nothing is written. One process at a time
+holds its ``.lock``; it first removes the temporary files a killed write of ``protocol.json``,
+``selection.json`` or ``final_arch.json`` left (``.<name>.*.tmp``, nothing else), and a step
+folder's on reaching it.
 
 A short retrain that is reused (skipped or resumed) must have trained the cell its search now names
 (``select-seed<S>/arch.json`` against ``search-seed<S>/result.json``, say after a hand edit of the
@@ -40,32 +42,36 @@ latter): otherwise the selection would pair one cell with another's accuracy, so
 files and nothing is trained (remove ``select-seed<S>/`` to retrain the cell the search names).
 
 Under ``torchrun`` the protocol is refused on every rank before anything is written (rank 0 prints
-the line): its searches train in one process only (:class:`~oneshot_darts.search.DartsSearch`). The
+the line): its searches train in one process only (:class:`~oneshot_darts.search_trainer.DartsSearch`). The
 selected cell's retrain runs under ``torchrun`` as any retrain does.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
+from core import distributed
+from core.config import add_config_arguments, config_from_args, from_dict, read_yaml, to_dict
+from core.errors import ArgumentParser, Interrupted, UserError, cli_main
 from core.files import atomic_write_text, temp_files
-from core.config import from_dict, to_dict
-from core.errors import Interrupted, UserError
 from core.paths import absolute_paths
+from core.run_folder import (ARCH_FILE, CHECKPOINT_FILE, LOCK_FILE, PROTOCOL_FILE, RESULT_FILE, SELECTION_FILE,
+                             read_protocol, write_protocol, write_selection)
+from core.steps import lock_folder, read_result, run_step
 from experiments.top_k import config_differences, read_json_file
-from core.run_folder import CHECKPOINT_FILE, METRICS_FILE, RESULT_FILE, Run
-from oneshot_darts.arch import Genotype, parse_arch
+from oneshot_darts.genotype import Genotype, parse_arch
+from oneshot_darts.network_shape import MIN_LAYERS
+from oneshot_darts.retrain import RetrainConfig, run_retrain
+from oneshot_darts.search_trainer import SearchConfig, run_search
 
-PROTOCOL_FILE = "protocol.json"
-SELECTION_FILE = "selection.json"
 #: What a short retrain records of the cell it trains (``core.run_training.train``'s ``arch``).
 TRAINED_ARCH_FILE = "arch.json"
-LOCK_FILE = ".lock"
 DEFAULT_NAME = "darts-protocol"
 #: The paper's short retrain: 100 epochs.
 PAPER_SELECT_EPOCHS = 100
@@ -82,10 +88,6 @@ def scaled_network(search_cfg: Any) -> dict[str, int]:
     """The short retrains' network when the search's supernet is narrower or shallower than the
     paper's (C 16, 8 cells): the paper's retrain network (C 36, 20 cells) shrunk by the same factors
     (rounded, at least 1 channel and 3 cells); empty (the paper's) otherwise."""
-    from oneshot_darts.common import MIN_LAYERS
-    from oneshot_darts.retrain import RetrainConfig
-    from oneshot_darts.search import SearchConfig
-
     scaled = {}
     for name, least in (("channels", 1), ("layers", MIN_LAYERS)):
         searched, paper_search, paper_retrain = (getattr(search_cfg, name), getattr(SearchConfig, name),
@@ -98,8 +100,6 @@ def scaled_network(search_cfg: Any) -> dict[str, int]:
 def selection_config(search_cfg: Any, select_epochs: int, values: dict[str, Any], source: str) -> Any:
     """The short retrains' config: the paper's retrain recipe < the search's data and run fields <
     ``values`` (the --select-config YAML) < ``epochs`` = ``select_epochs``."""
-    from oneshot_darts.retrain import RetrainConfig
-
     taken = sorted(set(values) & set(PROTOCOL_FIELDS))
     if taken:
         raise UserError(f"{source}: field {taken[0]!r} is set by the protocol (epochs by --select-epochs, the "
@@ -116,31 +116,12 @@ def selection_config(search_cfg: Any, select_epochs: int, values: dict[str, Any]
     return cfg
 
 
-def _step(run_dir: Path, label: str, start: Callable[[Path], dict[str, Any]],
-          resume: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-    """One step in its folder: finished (``result.json``): skipped; a checkpoint: resumed; else
-    (re)started, as a ``--top K`` retrain is (:mod:`experiments.top_k`)."""
-    if run_dir.is_dir():   # what a killed atomic write left (a resume also does it, a skip or a restart not)
-        Run(run_dir).remove_temp_files()
-    result = read_json_file(run_dir / RESULT_FILE)
-    if isinstance(result, dict):
-        print(f"{label}: finished before ({run_dir}), skipped", flush=True)
-        return result
-    checkpoint = run_dir / CHECKPOINT_FILE
-    if checkpoint.is_file():
-        print(f"{label}: resuming {checkpoint}", flush=True)
-        return resume(checkpoint)
-    (run_dir / METRICS_FILE).unlink(missing_ok=True)   # what a start killed before its first checkpoint left
-    print(f"{label}: starting in {run_dir}", flush=True)
-    return start(run_dir)
-
-
 def _check_trained_cell(folder: Path, seed: int, genotype: Genotype) -> None:
     """A short retrain folder that is to be skipped or resumed must hold the cell the protocol now
     takes from the search (``search-seed<S>/result.json``), as it recorded it in ``arch.json`` (or its
     checkpoint): otherwise the selection would pair one cell with another cell's accuracy."""
     select_dir, search_result = folder / f"select-seed{seed}", folder / f"search-seed{seed}" / RESULT_FILE
-    reused = isinstance(read_json_file(select_dir / RESULT_FILE), dict) or (select_dir / CHECKPOINT_FILE).is_file()
+    reused = read_result(select_dir) is not None or (select_dir / CHECKPOINT_FILE).is_file()
     if not reused:
         return                                           # started from scratch with the searched cell
     recorded, where = read_json_file(select_dir / TRAINED_ARCH_FILE), select_dir / TRAINED_ARCH_FILE
@@ -201,26 +182,9 @@ def _check_same(recorded: dict[str, Any], asked: dict[str, Any], folder: Path) -
                         "--out-dir")
 
 
-def _lock(folder: Path):
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(folder / LOCK_FILE))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise UserError(f"protocol folder {str(folder)!r}: another process is running this protocol (it holds "
-                        f"{LOCK_FILE} there); wait for it, or stop it and run this command again") from None
-    return lock
-
-
 def run_protocol(search_cfg: Any, seeds: Sequence[int], select_epochs: int, select_values: dict[str, Any],
                  select_source: str = "--select-config") -> dict[str, Any]:
     """Run (or continue) the protocol (see the module docstring); returns the selection."""
-    from oneshot_darts.retrain import run_retrain
-    from oneshot_darts.search import FINAL_ARCH_FILE, run_search
-
-    from core import distributed
-
     if distributed.launched():   # every rank refuses (rank 0 alone prints), before anything is written
         raise UserError("--seeds: the protocol does not run under torchrun: its searches train in one process only "
                         "(the DARTS search step is not data-parallel); run it as a plain command, then retrain the "
@@ -236,20 +200,21 @@ def run_protocol(search_cfg: Any, seeds: Sequence[int], select_epochs: int, sele
     select_cfg = selection_config(search_cfg, select_epochs, select_values, select_source)
     folder = Path(search_cfg.out_dir) / (search_cfg.run_name or DEFAULT_NAME)
     settings = _settings(search_cfg, seeds, select_epochs, select_cfg)
-    record_path = folder / PROTOCOL_FILE
-    record = read_json_file(record_path)
+    if folder.is_symlink():
+        raise UserError(f"{str(folder)!r} is a symbolic link; a protocol folder is never worked in through one "
+                        "(remove the link, or give the real folder with --out-dir)")
+    record = read_protocol(folder)
     if record is not None:
-        if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
-            raise UserError(f"{str(record_path)!r} is not a protocol record; the protocol folder is damaged")
         _check_same(record["settings"], settings, folder)
     elif folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise UserError(f"{str(folder)!r} exists and is not a protocol folder (no {PROTOCOL_FILE}); give the protocol "
                         "another --run-name or --out-dir")
     folder.mkdir(parents=True, exist_ok=True)
-    lock = _lock(folder)
+    lock = lock_folder(folder, busy=f"protocol folder {str(folder)!r}: another process is running this protocol (it "
+                                    f"holds {LOCK_FILE} there); wait for it, or stop it and run this command again")
     try:
         # what a killed write of the protocol's own files left (this process holds the folder's lock)
-        left = [t for name in (PROTOCOL_FILE, SELECTION_FILE, FINAL_ARCH_FILE) for t in temp_files(folder / name)
+        left = [t for name in (PROTOCOL_FILE, SELECTION_FILE, ARCH_FILE) for t in temp_files(folder / name)
                 if t.is_file() and not t.is_symlink()]
         for path in left:
             path.unlink(missing_ok=True)
@@ -257,16 +222,16 @@ def run_protocol(search_cfg: Any, seeds: Sequence[int], select_epochs: int, sele
             print(f"removed {len(left)} temporary file(s) a killed protocol left: {', '.join(p.name for p in left)}",
                   flush=True)
         for s in seeds:   # the searches finished before: their short retrains checked before anything is written
-            searched = read_json_file(folder / f"search-seed{s}" / RESULT_FILE)
-            if isinstance(searched, dict):
+            searched = read_result(folder / f"search-seed{s}")
+            if searched is not None:
                 _check_trained_cell(folder, s, parse_arch(searched.get("arch"),
                                                           source=f"{folder / f'search-seed{s}' / RESULT_FILE}"))
         record = {"settings": settings, "steps": (record or {}).get("steps", {})}
 
         def note(name: str, outcome: dict[str, Any]) -> None:
             record["steps"][name] = outcome
-            atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
-        atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
+            write_protocol(folder, record)
+        write_protocol(folder, record)
         shrunk = sorted(set(scaled_network(search_cfg)) - set(select_values))
         print(f"DARTS protocol: {len(seeds)} searches (seeds {', '.join(map(str, seeds))}), then a {select_epochs}-epoch "
               f"retrain of each cell (C={select_cfg.channels}, {select_cfg.layers} cells"
@@ -276,7 +241,7 @@ def run_protocol(search_cfg: Any, seeds: Sequence[int], select_epochs: int, sele
         rows = []
         for s in seeds:
             name = f"search-seed{s}"
-            result = _step(folder / name, f"[seed {s}] search", lambda d, s=s: run_search(configs[s], run_dir=d),
+            result = run_step(folder / name, f"[seed {s}] search", lambda d, s=s: run_search(configs[s], run_dir=d),
                            lambda ck, s=s: run_search(configs[s], resume=ck))
             note(name, {"seed": s, "val_acc": result["val_acc"], "arch": result["arch"],
                         "arch_uniform": result.get("arch_uniform")})
@@ -288,7 +253,7 @@ def run_protocol(search_cfg: Any, seeds: Sequence[int], select_epochs: int, sele
         for s in seeds:
             searched, genotype = record["steps"][f"search-seed{s}"], genotypes[s]
             name = f"select-seed{s}"
-            result = _step(folder / name, f"[seed {s}] short retrain",
+            result = run_step(folder / name, f"[seed {s}] short retrain",
                            lambda d, g=genotype: run_retrain(select_cfg, g, run_dir=str(d), eval_test=False),
                            lambda ck, g=genotype: run_retrain(select_cfg, g, resume=str(ck), eval_test=False))
             note(name, {"seed": s, "val_acc": result["val_acc"], "params": result.get("params_without_auxiliary")})
@@ -302,8 +267,8 @@ def run_protocol(search_cfg: Any, seeds: Sequence[int], select_epochs: int, sele
                      "select_epochs": select_epochs, "seeds": rows,
                      "winner": {k: winner[k] for k in ("seed", "select_val_acc", "search_val_acc", "cell", "genotype",
                                                        "arch_uniform")}}
-        atomic_write_text(folder / FINAL_ARCH_FILE, parse_arch(winner["genotype"]).dumps())
-        atomic_write_text(folder / SELECTION_FILE, json.dumps(selection, indent=1) + "\n")
+        atomic_write_text(folder / ARCH_FILE, parse_arch(winner["genotype"]).dumps())
+        write_selection(folder, selection)
     except (Interrupted, KeyboardInterrupt):
         raise Interrupted(interrupted_message(folder, seeds)) from None
     finally:
@@ -318,8 +283,8 @@ def run_protocol(search_cfg: Any, seeds: Sequence[int], select_epochs: int, sele
               f"with the architecture weights still uniform, so {'their cells are' if several else 'its cell is'} "
               "arbitrary" + ("; the selected cell is one of them" if several and winner["seed"] in uniform else
                              "; it is the selected cell" if winner["seed"] in uniform else ""), flush=True)
-    print(f"wrote {folder / SELECTION_FILE} and {folder / FINAL_ARCH_FILE}; retrain the selected cell with: "
-          f"python oneshot_darts/retrain.py --arc {folder / FINAL_ARCH_FILE}", flush=True)
+    print(f"wrote {folder / SELECTION_FILE} and {folder / ARCH_FILE}; retrain the selected cell with: "
+          f"python oneshot_darts/retrain.py --arc {folder / ARCH_FILE}", flush=True)
     return {**selection, "folder": str(folder)}
 
 
@@ -332,7 +297,61 @@ def interrupted_message(folder: Path, seeds: Sequence[int]) -> str:
     resumes = "" if step is None else (
         f", {step} resumes from its last checkpoint" if (folder / step / CHECKPOINT_FILE).is_file() else
         f", {step} starts again (it saved no epoch)")
-    command = ("python " + shlex.join(sys.argv) if sys.argv and Path(sys.argv[0]).name == "search.py"
+    command = ("python " + shlex.join(sys.argv) if sys.argv and Path(sys.argv[0]).name in ("protocol.py", "search.py")
                else "the command that started it")
     return (f"protocol interrupted{where}; to continue the whole protocol, run the same command again (finished "
             f"steps are skipped{resumes}): {command}")
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+def add_protocol_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    """``--seeds`` (``required`` in this command; in ``search.py`` it chooses the protocol),
+    ``--select-epochs`` and ``--select-config``."""
+    group = parser.add_argument_group("the paper's protocol (oneshot_darts/protocol.py)")
+    group.add_argument("--seeds", type=int, nargs="+", metavar="SEED", required=required,
+                       help="run one search per seed, retrain each derived cell for --select-epochs on a validation "
+                            "split and keep the best (the DARTS paper: --seeds 0 1 2 3); run the same command again to "
+                            "continue it")
+    group.add_argument("--select-epochs", type=int, metavar="E",
+                       help=f"epochs of each short retrain (default: the paper's {PAPER_SELECT_EPOCHS})")
+    group.add_argument("--select-config", metavar="YAML",
+                       help="retrain fields for the short retrains (default: the paper's retrain recipe on the "
+                            "search's data, its C 36 x 20 cells shrunk as far as the search's supernet is from C 16 x 8, "
+                            f"val_fraction {SELECT_VAL_FRACTION}; --print-config shows it)")
+
+
+def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The protocol as the parsed flags ask (the search config's flags, ``--seeds``, ``--select-*``,
+    ``--print-config``: both configs as YAML, nothing run)."""
+    if "seed" in vars(args):
+        raise UserError("--seed: not allowed with --seeds, which gives each search its seed")
+    print_protocol = args.print_config
+    args.print_config = False            # the protocol prints its searches' and short retrains' configs below
+    cfg = config_from_args(SearchConfig, args)
+    values = read_yaml(args.select_config) if args.select_config else {}
+    epochs = PAPER_SELECT_EPOCHS if args.select_epochs is None else args.select_epochs
+    source = f"--select-config {args.select_config!r}"
+    if print_protocol:
+        print(settings_yaml(cfg, args.seeds, epochs, values, source), end="")
+        raise SystemExit(0)
+    return run_protocol(cfg, args.seeds, epochs, values, source)
+
+
+def build_protocol_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="python oneshot_darts/protocol.py",
+                            description=__doc__.splitlines()[0].rstrip(":"))
+    add_config_arguments(parser, SearchConfig)
+    add_protocol_arguments(parser, required=True)
+    return parser
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    result = run_from_args(build_protocol_parser().parse_args(argv))
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,7 @@
 
 Builds the fixed network of the architecture file (this project's ``final_arch.json``, NNI 3.0's
 exported dict, NNI 1.x's DARTS export, or a published ``Genotype(...)`` text; see
-:mod:`oneshot_darts.arch` and ``oneshot_darts/archs/``) and trains it with the
+:mod:`oneshot_darts.genotype` and ``oneshot_darts/archs/``) and trains it with the
 core's loop and the paper's recipe by default (Liu et al. 2019, section 3.3): 36 channels, 20
 cells, auxiliary head weighted 0.4, drop path 0.2 increased linearly from 0, cutout 16, SGD lr
 0.025 cosine to 0, momentum 0.9, weight decay 3e-4, batch 96, 600 epochs, gradient clipping 5;
@@ -23,9 +23,11 @@ from core.config import TrainConfig, check_resume_only, config_from_args, field
 from core.errors import UserError, cli_main
 from experiments.nni_trial import NniTrial, final_metrics, quiet_nni_imports
 from core.run_training import config_from_checkpoint, train
+from core.speed import ModelNotes
 from core.trainer import Trainer, cross_entropy
-from oneshot_darts.arch import Genotype, load_arch, parse_arch
-from oneshot_darts.common import START_HINT, build_parser, check_network_shape
+from oneshot_darts.genotype import Genotype, load_arch, parse_arch
+from oneshot_darts.command_line import START_HINT, build_parser
+from oneshot_darts.network_shape import check_network_shape
 
 
 @dataclasses.dataclass
@@ -71,6 +73,16 @@ def auxiliary_loss(output: Any, target: torch.Tensor, weight: float) -> torch.Te
     return cross_entropy(output, target)
 
 
+#: Why ``compile: auto`` leaves a network with drop path alone (``core.speed.ModelNotes``).
+DROP_PATH_NO_COMPILE = "not with drop path (its probability changes every epoch and would recompile)"
+
+
+def speed_notes(cfg: RetrainConfig) -> ModelNotes | None:
+    """What the retrain tells the engine of its network for the speed choices: with drop path, not
+    to compile it under ``compile: auto``."""
+    return ModelNotes(no_compile=DROP_PATH_NO_COMPILE) if cfg.drop_path else None
+
+
 def drop_path_schedule(cfg: RetrainConfig) -> Callable[[nn.Module], Callable[[int], None]]:
     """``setup`` for the core: epoch ``e`` (0-based) trains with drop path ``drop_path * e / epochs``."""
     def setup(model: nn.Module) -> Callable[[int], None]:
@@ -107,7 +119,7 @@ def run_retrain(cfg: RetrainConfig, genotype: Genotype, *, resume: str | None = 
     return train(cfg, partial(build_network, cfg, genotype), name=cfg.run_name or "darts-retrain", run_dir=run_dir,
                  resume=resume, arch=genotype.to_json(), eval_splits=eval_splits, final_test=False,
                  loss_fn=partial(auxiliary_loss, weight=cfg.auxiliary_weight), setup=drop_path_schedule(cfg),
-                 on_epoch=on_epoch, trainer_cls=RetrainTrainer)
+                 on_epoch=on_epoch, trainer_cls=RetrainTrainer, notes=speed_notes(cfg))
 
 
 @cli_main

@@ -24,8 +24,8 @@ from nni.nas.nn.pytorch import Cell, ModelSpace
 from nni.nas.nn.pytorch.cell import preprocess_cell_inputs
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedCell
 from nni.nas.space import current_model, model_context
-from oneshot_darts.arch import EDGES_PER_NODE, Genotype
-from oneshot_darts.common import check_network_shape
+from oneshot_darts.genotype import EDGES_PER_NODE, Genotype
+from oneshot_darts.network_shape import check_network_shape
 from oneshot_darts.ops import OP_NAMES, AuxiliaryHead, DropPath, FactorizedReduce, ReLUConvBN, make_op
 
 CELL_INPUTS = 2
@@ -185,10 +185,10 @@ def count_parameters(model: nn.Module, exclude_auxiliary: bool = True) -> int:
 # --- the supernet --------------------------------------------------------------------------------
 
 class AutocastSoftmax(nn.Softmax):
-    """The softmax of NNI's mixed edges, whose weights come out in the autocast dtype when autocast
-    is on (NNI 3.0 fix). NNI multiplies every op output by its float32 softmax weight, so under
-    autocast a 16-bit op output times it is float32, and so is every node state after it: twice
-    the memory and bandwidth. The softmax itself still runs in float32."""
+    """The softmax of NNI's mixed edges, with its weights in the autocast dtype when autocast is on.
+    NNI multiplies every op output by its edge's softmax weight; with NNI 3.0's float32 weights a
+    16-bit op output times its weight would be float32 under autocast, and so would every node
+    state after it: twice the memory and bandwidth. The softmax itself still runs in float32."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = super().forward(x)

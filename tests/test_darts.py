@@ -24,7 +24,7 @@ import torch
 from core.checkpoint import load_checkpoint
 from core.errors import Interrupted
 from core.run_folder import Run
-from oneshot_darts.arch import ArchError, load_arch, parse_arch
+from oneshot_darts.genotype import ArchError, load_arch, parse_arch
 from oneshot_darts.ops import OP_NAMES
 from tests.conftest import REPO
 
@@ -490,12 +490,12 @@ def test_derivation_follows_the_paper():
 def _hypergradients(partial_channels: int, dtype: torch.dtype, fd_scale: float):
     """On a tiny supernet after one SGD step (so that momentum is in play): the second-order rule's
     architecture gradient, the exact one (autograd through the virtual step, double backward;
-    transcribed from the paper's eqs. 6-7, independently of oneshot_darts.architect), and the
+    transcribed from the paper's eqs. 6-7, independently of oneshot_darts.arch_gradient), and the
     first term alone (w' taken as constant), each flattened."""
     from torch import nn
     from torch.func import functional_call
 
-    from oneshot_darts.architect import second_order
+    from oneshot_darts.arch_gradient import second_order
     from oneshot_darts.space import arch_parameters, build_supernet
 
     torch.manual_seed(0)
@@ -605,7 +605,7 @@ def test_other_formats_retrain(tmp_path, one_thread, fmt):
 
 def test_retrain_defaults_are_the_papers_recipe():
     from oneshot_darts.retrain import RetrainConfig
-    from oneshot_darts.search import SearchConfig
+    from oneshot_darts.search_trainer import SearchConfig
 
     r = RetrainConfig()
     assert (r.channels, r.layers, r.auxiliary, r.auxiliary_weight, r.drop_path, r.cutout, r.optimizer, r.lr,
@@ -653,7 +653,7 @@ def test_search_step_runs_in_fp16_with_the_gradient_scaler(one_thread):
     from core.run_training import load_splits
     from core.speed import Precision
     from core.trainer import seed_everything
-    from oneshot_darts.search import DartsSearch, SearchConfig
+    from oneshot_darts.search_trainer import DartsSearch, SearchConfig
     from oneshot_darts.space import build_supernet
 
     cfg = SearchConfig(data="fake", channels=4, layers=3, n_nodes=2, batch_size=8, max_batches=3, epochs=1,
@@ -677,7 +677,7 @@ def test_search_memory_estimate_counts_the_precision_its_step_computes_in(monkey
     from core import speed, trainer as engine
     from core.run_training import load_splits
     from core.speed import Precision, training_bytes
-    from oneshot_darts.search import DartsSearch, SearchConfig
+    from oneshot_darts.search_trainer import DartsSearch, SearchConfig
     from oneshot_darts.space import build_supernet
 
     cfg = SearchConfig(data="fake", channels=4, layers=3, n_nodes=2, batch_size=8, max_batches=1, epochs=1,
@@ -777,7 +777,7 @@ def test_search_configs_are_the_published_recipes():
     """configs/darts_search.yml writes out SearchConfig's defaults (the DARTS paper's);
     configs/pcdarts_search.yml is PC-DARTS's published recipe."""
     from core.config import from_dict, read_yaml, to_dict
-    from oneshot_darts.search import SearchConfig
+    from oneshot_darts.search_trainer import SearchConfig
 
     run_fields = ("data", "data_root", "out_dir")
     darts = to_dict(from_dict(SearchConfig, read_yaml(REPO / "configs" / "darts_search.yml")))
@@ -827,10 +827,11 @@ def test_search_killed_after_first_epoch_resumes_exactly(tmp_path, one_thread):
 
 def test_search_epoch_trains_every_weight_image_and_cycles_the_architecture_half(tmp_path, one_thread):
     """32 weight images and 8 architecture images, batch 8: every epoch takes 4 steps, trains the
-    weights on all 32 and the architecture on the 8 cycled four times, and its log says so (an
-    epoch used to stop with the shorter half: 8 weight images); interrupted after its first epoch
-    and resumed, the search ends exactly where an uninterrupted one ends."""
-    from oneshot_darts.search import SearchConfig, main as search, run_search
+    weights on all 32 and the architecture on the 8 cycled four times (an epoch is not cut to the
+    shorter half's 8 weight images), and its log says so; interrupted after its first epoch and
+    resumed, the search ends exactly where an uninterrupted one ends."""
+    from oneshot_darts.search import main as search
+    from oneshot_darts.search_trainer import SearchConfig, run_search
 
     sizes = {"subset": 32, "val_subset": 8, "epochs": 2}
     flags = [*TINY_SEARCH, "--max-batches", "0", *(f"--{k.replace('_', '-')}={v}" for k, v in sizes.items())]
@@ -949,7 +950,8 @@ def test_short_retrains_take_the_search_s_data_and_a_network_scaled_like_it(tmp_
     unless --select-config sets it; --print-config shows both configs and writes nothing."""
     from core.config import from_dict
     from oneshot_darts.protocol import selection_config
-    from oneshot_darts.search import SearchConfig, main as search
+    from oneshot_darts.search import main as search
+    from oneshot_darts.search_trainer import SearchConfig
 
     data = {"data": "fake", "subset": 2000, "val_subset": 500, "max_batches": 3}
     small = from_dict(SearchConfig, {**data, "channels": 4, "layers": 3, "out_dir": str(tmp_path)})
@@ -975,35 +977,74 @@ def test_short_retrains_take_the_search_s_data_and_a_network_scaled_like_it(tmp_
     assert not (tmp_path / "runs").exists()
 
 
-def test_interrupted_protocol_says_to_run_the_same_command_again(tmp_path, one_thread, monkeypatch, capsys):
+#: The two ways into the protocol: its own command, and the search's ``--seeds``.
+PROTOCOL_COMMANDS = ["oneshot_darts/protocol.py", "oneshot_darts/search.py"]
+
+
+def _protocol_main(command: str):
+    import oneshot_darts.protocol
+    import oneshot_darts.search
+
+    return {"oneshot_darts/protocol.py": oneshot_darts.protocol.main,
+            "oneshot_darts/search.py": oneshot_darts.search.main}[command]
+
+
+@pytest.mark.parametrize("command", PROTOCOL_COMMANDS)
+def test_interrupted_protocol_says_to_run_the_same_command_again(tmp_path, one_thread, monkeypatch, capsys, command):
     """Ctrl-C in the protocol's second search: one line that names the step and says to run the
     same command again (the step's own --resume would continue that search alone); run again,
-    the protocol continues that search from its checkpoint and finishes."""
-    import oneshot_darts.search as search_module
+    the protocol continues that search from its checkpoint and finishes. Through either way in."""
+    import oneshot_darts.protocol as protocol_module
 
+    main = _protocol_main(command)
     args = [*_protocol_args(tmp_path, "runs"), "--epochs", "2", "--select-epochs", "1", "--max-batches", "1"]
-    run_search = search_module.run_search
+    run_search = protocol_module.run_search
 
     def interrupted_in_seed1(cfg, **kwargs):
         def stop(metrics):
             if cfg.seed == 1:
                 raise KeyboardInterrupt
         return run_search(cfg, **kwargs, on_epoch=stop)
-    monkeypatch.setattr(search_module, "run_search", interrupted_in_seed1)
-    monkeypatch.setattr(sys, "argv", ["oneshot_darts/search.py", *args])
+    monkeypatch.setattr(protocol_module, "run_search", interrupted_in_seed1)
+    monkeypatch.setattr(sys, "argv", [command, *args])
     with pytest.raises(SystemExit) as stop:
-        search_module.main(args)
+        main(args)
     assert stop.value.code == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--resume" not in err[0], err
     assert err[0].startswith("error: protocol interrupted in search-seed1; to continue the whole protocol, run the "
                              "same command again (finished steps are skipped, search-seed1 resumes from its last "
-                             "checkpoint): python oneshot_darts/search.py --data fake"), err
-    monkeypatch.setattr(search_module, "run_search", run_search)
-    done = search_module.main(args)
+                             f"checkpoint): python {command} --data fake"), err
+    monkeypatch.setattr(protocol_module, "run_search", run_search)
+    done = main(args)
     folder = Path(done["folder"])
     assert "resumed from" in (folder / "search-seed1" / "train.log").read_text()
     assert [r["seed"] for r in done["seeds"]] == [0, 1]
+
+
+def test_protocol_command_has_help_and_one_line_for_bad_flags(tmp_path, capsys):
+    """``python oneshot_darts/protocol.py``: --help prints its usage (the search's flags and the
+    protocol's); a mistake is one ``error:`` line and nothing is written."""
+    from oneshot_darts.protocol import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and out.startswith("usage: python oneshot_darts/protocol.py")
+    assert all(flag in out for flag in ("--seeds", "--select-epochs", "--select-config", "--channels", "--order"))
+    out_dir = ["--out-dir", str(tmp_path / "runs")]
+    for flags, expected in (([], "the following arguments are required: --seeds"),
+                            (["--seeds", "0", "--bogus"], "unrecognized arguments: --bogus"),
+                            (["--seeds", "0", "--seed", "3"], "--seed: not allowed with --seeds"),
+                            (["--seeds", "1", "1"], "--seeds: seed 1 is given twice"),
+                            (["--seeds", "0", "--select-epochs", "0"], "--select-epochs: 0 is not allowed"),
+                            (["--seeds", "0", "--resume", "x.pt"], "unrecognized arguments: --resume")):
+        with pytest.raises(SystemExit) as stop:
+            main([*flags, *out_dir])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and expected in err[0], \
+            (flags, err)
+    assert not (tmp_path / "runs").exists()
 
 
 class _Unreadable:
@@ -1133,7 +1174,7 @@ def test_protocol_rerun_cleans_its_temporary_files_and_checks_the_cell_each_shor
 def test_retrain_interrupted_after_first_epoch_resumes_exactly(tmp_path, one_thread):
     """Drop path (random), the auxiliary head and cutout on: an interrupted-then-resumed retrain
     equals an uninterrupted one bit for bit, and logs the test accuracy of every epoch."""
-    from oneshot_darts.arch import load_arch
+    from oneshot_darts.genotype import load_arch
     from oneshot_darts.retrain import RetrainConfig, main as retrain, run_retrain
 
     genotype = load_arch(DARTS_V2_FILE)

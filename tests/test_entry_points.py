@@ -12,8 +12,8 @@ from tests.conftest import REPO
 
 SCRIPTS = ["hpo/trial.py", "hpo/retrain.py", "hpo/results.py", "classic_nas/trial.py", "classic_nas/retrain.py",
            "classic_nas/export.py", "classic_nas/export_space.py", "oneshot_darts/search.py",
-           "oneshot_darts/retrain.py", "benchmarks/bench_loader.py", "benchmarks/bench_darts.py",
-           "benchmarks/bench_trial.py"]
+           "oneshot_darts/protocol.py", "oneshot_darts/retrain.py", "benchmarks/bench_loader.py",
+           "benchmarks/bench_darts.py", "benchmarks/bench_trial.py"]
 
 
 def run(args, cwd):

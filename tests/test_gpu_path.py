@@ -520,17 +520,21 @@ def test_memory_format_per_device_and_model():
     assert "not measured" in speed.choose_channels_last("auto", CPU, "SomeNet").reason
     assert speed.choose_channels_last("auto", CUDA, "resnet18", bf16).value     # tensor cores: NHWC
     assert not speed.choose_channels_last("auto", CUDA, "resnet18", fp32).value  # not forced in fp32
-    assert not speed.choose_channels_last("auto", CUDA, speed.DARTS_SUPERNET, bf16).value
+    from oneshot_darts.search_trainer import SUPERNET_KEY, SUPERNET_NOTES
+
+    supernet = speed.choose_channels_last("auto", CUDA, SUPERNET_KEY, bf16, SUPERNET_NOTES)   # the stage's measurement
+    assert not supernet.value and "torch.stack" in supernet.reason
     assert speed.choose_channels_last("on", CPU, "resnet18").value
     assert not speed.choose_channels_last("off", CPU, "mobilenet").value
 
 
 def test_model_key_names_registry_models_and_supernets():
+    from oneshot_darts.search_trainer import SUPERNET_KEY, SUPERNET_NOTES
+
     assert speed.model_key(nn.Linear(2, 2), tiny_cfg(model="vgg")) == "vgg"
     net = nn.Sequential(nn.Linear(2, 2))
     assert speed.model_key(net, TrainConfig()) == "Sequential"
-    net[0]._arch_alpha = nn.ParameterDict()  # what NNI's differentiable modules hold
-    assert speed.model_key(net, TrainConfig()) == speed.DARTS_SUPERNET
+    assert speed.model_key(net, TrainConfig(), SUPERNET_NOTES) == SUPERNET_KEY   # the name its stage gives it
 
 
 def test_compile_auto_pays_only_past_the_break_even():
@@ -541,10 +545,17 @@ def test_compile_auto_pays_only_past_the_break_even():
     assert speed.choose_compile("auto", CPU, "resnet18", full).value
     assert not speed.choose_compile("auto", CPU, "resnet18", quick).value
     assert not speed.choose_compile("auto", CPU, "resnet18", smoke).value
-    assert not speed.choose_compile("auto", CPU, speed.DARTS_SUPERNET, full).value
+    from oneshot_darts.retrain import DROP_PATH_NO_COMPILE
+    from oneshot_darts.search_trainer import SUPERNET_KEY, SUPERNET_NOTES
+
+    supernet = speed.choose_compile("auto", CPU, SUPERNET_KEY, full, no_compile=SUPERNET_NOTES.no_compile)
+    assert not supernet.value and supernet.reason == ("auto: not for darts-supernet (the search's own step runs the "
+                                                      "supernet for two optimizers)")
     no_gain = speed.choose_compile("auto", CPU, "mobilenet", full)  # measured: no gain from compiling
     assert not no_gain.value and "no measured gain" in no_gain.reason
-    assert not speed.choose_compile("auto", CPU, "DartsSpace", full, drop_path=0.2).value
+    drop_path = speed.choose_compile("auto", CPU, "DartsSpace", full, no_compile=DROP_PATH_NO_COMPILE)
+    assert not drop_path.value and drop_path.reason == ("auto: not with drop path (its probability changes every "
+                                                        "epoch and would recompile)")
     assert not speed.choose_compile("auto", CUDA, "resnet18", full).value  # not measured on a GPU
     assert speed.choose_compile("on", CPU, "resnet18", smoke).value
     assert "break-even" in speed.choose_compile("auto", CPU, "resnet18", quick).reason

@@ -78,7 +78,7 @@ def test_each_budget_states_the_sizes_its_commands_resolve(name, monkeypatch):
     from hpo.retrain import RetrainConfig as HpoRetrainConfig
     from hpo.trial import HpoTrialConfig
     from oneshot_darts.retrain import RetrainConfig
-    from oneshot_darts.search import SearchConfig
+    from oneshot_darts.search_trainer import SearchConfig
 
     monkeypatch.chdir(REPO)                 # the lab runs its commands in the repository
     b = plan.BUDGETS[name]

@@ -409,11 +409,11 @@ def _config_classes():
     import hpo.retrain
     import hpo.trial
     import oneshot_darts.retrain
-    import oneshot_darts.search
+    import oneshot_darts.search_trainer
     from core.config import ModelConfig, SearchTrialConfig
 
     return [TrainConfig, ModelConfig, SearchTrialConfig, hpo.retrain.RetrainConfig, hpo.trial.HpoTrialConfig,
-            classic_nas.retrain.RetrainConfig, classic_nas.trial.TrialConfig, oneshot_darts.search.SearchConfig,
+            classic_nas.retrain.RetrainConfig, classic_nas.trial.TrialConfig, oneshot_darts.search_trainer.SearchConfig,
             oneshot_darts.retrain.RetrainConfig]
 
 

@@ -1,5 +1,5 @@
 """The architecture-gradient rules of the DARTS search step (Liu et al. 2019, section 2.3), chosen by
-``SearchConfig.order`` inside :meth:`oneshot_darts.search.DartsSearch.train_step`.
+``SearchConfig.order`` inside :meth:`oneshot_darts.search_trainer.DartsSearch.train_step`.
 
 The search minimises the validation loss L_val(w*(alpha), alpha) over the architecture weights alpha,
 where w*(alpha) are the network weights trained on L_train. Both rules leave the gradient in every

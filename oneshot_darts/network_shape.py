@@ -1,10 +1,8 @@
-"""What search.py and retrain.py share: their command line (``--resume``, ``--nni`` and the config
-fields) and the network-shape check."""
+"""The shape rule of the DARTS networks (the search's supernet and the retrained network): how
+many cells, positive sizes, and channels PC-DARTS can split."""
 from __future__ import annotations
 
-import argparse
-from core.config import add_config_arguments, add_resume_argument
-from core.errors import ArgumentParser, UserError
+from core.errors import UserError
 
 #: Reduction cells sit at one and two thirds of the depth, so a network needs at least this many cells.
 MIN_LAYERS = 3
@@ -24,16 +22,3 @@ def check_network_shape(layers: int, partial_channels: int = 1, **positive: int)
     if channels % partial_channels:
         raise UserError(f"partial_channels: {partial_channels} is not allowed with channels {channels}; the channels "
                         "must be a multiple of it (each edge's operations see channels / partial_channels of them)")
-
-
-def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog=prog, description=description)
-    add_resume_argument(parser)
-    parser.add_argument("--nni", action="store_true",
-                        help="run as an NNI trial: take the trial's parameters as config overrides, write into "
-                             "the trial's folder and report every epoch's accuracy (see config*.yml)")
-    add_config_arguments(parser, cls)
-    return parser
-
-
-START_HINT = "start it with `nnictl create --config oneshot_darts/config.yml` (or config_retrain.yml)"
