@@ -31,7 +31,6 @@ retrain commands build their parsers and check their flags before paying for tha
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -70,34 +69,6 @@ def top_run_dir(out_dir: str | os.PathLike, stage: str, experiment_id: str, tria
     ``--new-folder``; ``seed``: one of ``--seeds`` (None: the config's seed, no ``--seeds``)."""
     name = f"{stage}-{experiment_id}-{trial_id}" + (f"-seed{seed}" if seed is not None else "")
     return Path(out_dir) / (name if copy == 1 else f"{name}-{copy}")
-
-
-def add_new_folder_argument(parser: argparse.ArgumentParser) -> None:
-    """``--new-folder`` of the retrain commands' ``--top K``."""
-    parser.add_argument("--new-folder", action="store_true",
-                        help="with --top: a trial retrained before with other options is retrained again in a new "
-                        "folder <stage>-<experiment>-<trial>-2 (-3, ...); without it that is an error naming the "
-                        "options that differ (a retrain is reused only with the options it was trained with)")
-
-
-def add_seeds_argument(parser: argparse.ArgumentParser) -> None:
-    """``--seeds S1 S2 ...`` of the retrain commands' ``--top K``."""
-    parser.add_argument("--seeds", type=int, nargs="+", metavar="S",
-                        help="with --top: retrain each configuration once per seed, each in its own run folder "
-                        "<stage>-<experiment>-<trial>-seed<S>; the report gives mean +- std per configuration")
-
-
-def check_seeds(args: argparse.Namespace) -> list[int] | None:
-    """The ``--seeds`` given (None without), checked: distinct, and not beside ``--seed``."""
-    seeds = getattr(args, "seeds", None)
-    if seeds is None:
-        return None
-    if "seed" in vars(args):
-        raise UserError("--seed: not allowed with --seeds, which sets each retrain's seed")
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        raise UserError(f"--seeds: seed {repeated[0]} is given twice; give each seed once")
-    return list(seeds)
 
 
 def with_seed(cfg: Any, seed: int) -> Any:
