@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="as every command's --data (default: the JPEG CIFAR-10 copy in ../shared, else fake)")
     p.add_argument("--data-root", default=str(Path(__file__).resolve().parents[1] / "data"))
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--images", type=int, default=5000, help="training images (default: the issue's 5,000)")
+    p.add_argument("--images", type=int, default=5000, help="training images (default 5,000)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--epochs", type=int, default=1, help="timed epochs")
     p.add_argument("--max-batches", type=int, default=3, help="batches per timed epoch; 0 = whole epochs")

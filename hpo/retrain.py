@@ -8,7 +8,7 @@
 
 The best trial (highest final validation accuracy) is read with :mod:`hpo.results`, without the
 web UI; its ``model``, ``optimizer`` and ``lr`` are trained with the shared core on the whole
-training split (``val_fraction`` 0: no validation split is held out any more) for 200 epochs by
+training split (``val_fraction`` 0: no validation split is held out) for 200 epochs by
 default, and the test split is evaluated once at the end. Every other training option is the
 core's default, a ``--config`` YAML, or a flag (flags win, even over the trial's parameters).
 The run folder holds the resolved config, log, metrics, checkpoint, ``result.json`` and
