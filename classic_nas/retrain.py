@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 from core.config import TrainConfig, add_config_arguments, config_from_args, field
 from core.errors import ArgumentParser, cli_main
+from core.output import print_result
 from experiments.reader import Trial
 from experiments.from_hpo import add_from_hpo_argument, winner_from_args
 from experiments.retrain_options import TopK, add_retrain_options, check_retrain_options
@@ -80,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         arch = read_arch(args.arc)
     result = _train_arch(cfg, arch, resume=args.resume)
-    print(json.dumps({"arch": arch, **result}), flush=True)
+    print_result({"arch": arch, **result})
     return result
 
 

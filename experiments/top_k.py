@@ -43,6 +43,7 @@ import yaml
 from core.files import atomic_write_text, temp_files
 from core.config import from_dict, read_json, to_dict
 from core.errors import UserError
+from core.output import print_result
 from experiments.reader import Trial, find_experiment, ranked, read_profile
 from core.run_folder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RESULT_FILE
 
@@ -338,7 +339,7 @@ def retrain_top_of(source: str, experiments_dir: str | None, k: int, *, load: Ca
     rows = [{"rank": d.rank, "trial_id": d.trial.trial_id, **({} if d.seed is None else {"seed": d.seed}),
              "search_metric": d.trial.final, "action": d.action, "run_dir": str(d.run_dir),
              "test_acc": (d.result or {}).get("test_acc")} for d in done]
-    print(json.dumps(rows), flush=True)
+    print_result(rows)
     print(f"compare the search with these retrains: python -m report {exp_dir}", flush=True)
     return rows
 

@@ -12,7 +12,6 @@ after every epoch; the result is the last epoch's (no epoch is picked on test).
 from __future__ import annotations
 
 import dataclasses
-import json
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -21,6 +20,7 @@ from torch import nn
 
 from core.config import TrainConfig, check_resume_only, config_from_args, field
 from core.errors import UserError, cli_main
+from core.output import print_result
 from experiments.nni_trial import NniTrial, final_metrics, quiet_nni_imports
 from core.run_training import config_from_checkpoint, train
 from core.trainer import Trainer, cross_entropy
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def _finish(result: dict[str, Any]) -> dict[str, Any]:
-    print(json.dumps(result))
+    print_result(result)
     return result
 
 

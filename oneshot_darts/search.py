@@ -44,6 +44,7 @@ from core.files import atomic_write_text
 from core.config import Range, TrainConfig, check_resume_only, config_from_args, field, read_yaml
 from core.data import Splits
 from core.errors import UserError, cli_main
+from core.output import print_result
 from experiments.nni_trial import NniTrial, final_metrics, quiet_nni_imports
 from core.run_folder import Run
 from core.run_training import config_from_checkpoint, train
@@ -400,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def _finish(result: dict[str, Any]) -> dict[str, Any]:
-    print(json.dumps(result))
+    print_result(result)
     return result
 
 
