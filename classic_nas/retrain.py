@@ -37,7 +37,7 @@ from core.errors import ArgumentParser, cli_main
 from core.output import print_result
 from experiments.reader import Trial
 from experiments.from_hpo import add_from_hpo_argument, winner_from_args
-from experiments.retrain_options import TopK, add_retrain_options, check_retrain_options
+from experiments.retrain_options import TopK, add_retrain_options, all_training_images, check_retrain_options
 from experiments.top_k import retrain_top_of
 
 STAGE = "classic_nas_retrain"
@@ -49,7 +49,7 @@ TOP_DEFAULT = 1
 class RetrainConfig(TrainConfig):
     """Training options of a retrain: the core's defaults, a longer schedule, all training images."""
 
-    val_fraction: float = field(0.0, "fraction of the training split held out for validation; 0 = train on all of it")
+    val_fraction: float = all_training_images()
     epochs: int = field(100, "training epochs")
 
 

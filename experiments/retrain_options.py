@@ -6,18 +6,24 @@ command to the group :func:`add_retrain_options` returns), ``--experiment ID_OR_
 or with ``--top K`` its K best, each in its own resumable run folder: :mod:`experiments.top_k`) or
 ``--resume CHECKPOINT``. ``--new-folder`` and ``--seeds S1 S2 ...`` go with ``--top K``.
 :func:`check_retrain_options` checks them together, each mistake one line naming the flag and what
-it allows, and says whether the command retrains a top K.
+it allows, and says whether the command retrains a top K. A retrain trains on every training image
+by default (:func:`all_training_images`, also the DARTS retrain's).
 """
 from __future__ import annotations
 
 import argparse
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
-from core.config import add_resume_argument, check_resume_only
+from core.config import add_resume_argument, check_resume_only, field
 from core.errors import UserError
 
 #: How the commands name an experiment.
 EXPERIMENT = "--experiment ID"
+
+
+def all_training_images() -> Any:
+    """The ``val_fraction`` field of a retrain's config: 0 by default, no validation split held out."""
+    return field(0.0, "fraction of the training split held out for validation; 0 = train on all of it")
 
 
 class TopK(NamedTuple):

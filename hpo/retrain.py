@@ -36,7 +36,7 @@ from core.config import ModelConfig, add_config_arguments, config_from_args, fie
 from core.errors import ArgumentParser, UserError, cli_main
 from core.output import print_result
 from experiments.reader import Trial, trials_from_export
-from experiments.retrain_options import TopK, add_retrain_options, check_retrain_options
+from experiments.retrain_options import TopK, add_retrain_options, all_training_images, check_retrain_options
 from experiments.top_k import retrain_top_of
 from core.words import count
 from hpo import PARAM_KEYS
@@ -48,7 +48,7 @@ class RetrainConfig(ModelConfig):
     """The long schedule: every training image, 200 epochs, test evaluated at the end."""
 
     epochs: int = field(200, "training epochs")
-    val_fraction: float = field(0.0, "fraction held out for validation; 0 = train on the whole training split")
+    val_fraction: float = all_training_images()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,7 @@ from core.config import TrainConfig, check_resume_only, config_from_args, field
 from core.errors import UserError, cli_main
 from core.output import print_result
 from experiments.nni_trial import NniTrial, final_metrics, quiet_nni_imports
+from experiments.retrain_options import all_training_images
 from core.run_training import config_from_checkpoint, train
 from core.trainer import Trainer, cross_entropy
 from oneshot_darts.arch import Genotype, load_arch, parse_arch
@@ -33,7 +34,7 @@ class RetrainConfig(TrainConfig):
     """The DARTS paper's CIFAR-10 retrain recipe by default."""
 
     # --- TrainConfig fields with the paper's values ---
-    val_fraction: float = field(0.0, "fraction of the training split held out for validation; 0 = train on all of it")
+    val_fraction: float = all_training_images()
     batch_size: int = field(96, "training batch size (images)")
     cutout: int = field(16, "cutout square side (px); 0 = off")
     lr: float = field(0.025, "initial learning rate (SGD, cosine to 0)")
