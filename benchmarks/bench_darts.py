@@ -38,14 +38,10 @@ from pathlib import Path
 import torch
 
 from core.errors import ArgumentParser, cli_main
+from measure import load_average, sync
 
 REPO = Path(__file__).resolve().parents[1]
 COMPARISONS = ("order", "partial", "nni", "retrain")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _quiet() -> None:
@@ -264,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure_search(args, device, **json.loads(args.child))))
         return
     print(f"device {device.type}, torch threads {torch.get_num_threads()}, load average "
-          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+          f"{load_average()}")
     if "order" in args.compare:
         compare_variants(args, "second order vs first order", [("order 1", 1, 1), ("order 2", 2, 1)])
     if "partial" in args.compare:

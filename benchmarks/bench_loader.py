@@ -13,7 +13,6 @@ as ``torchvision.datasets.CIFAR10`` does. Prints both rates and their ratio.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
@@ -21,9 +20,7 @@ from core.data import ImageSet, make_splits
 from core.errors import ArgumentParser, cli_main
 from core.loader import BatchLoader
 from core.trainer import resolve_device
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
-
+from measure import default_data
 
 class PerImageDataset(torch.utils.data.Dataset):
     """uint8 images -> PIL -> torchvision transforms, one image at a time."""
@@ -83,7 +80,7 @@ def time_project(data: ImageSet, mean, std, batch_size: int, images: int, device
 @cli_main
 def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(SHARED) if SHARED.exists() else "fake")
+    p.add_argument("--data", default=default_data())
     p.add_argument("--data-root", default="data")
     p.add_argument("--images", type=int, default=20000, help="images per measurement")
     p.add_argument("--batch-size", type=int, default=128)

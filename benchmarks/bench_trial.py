@@ -49,7 +49,7 @@ from typing import Any
 import torch
 import yaml
 
-from bench_loader import SHARED, usual_recipe_loader
+from bench_loader import usual_recipe_loader
 from core.config import ModelConfig, from_dict
 from core.data import Splits
 from core.errors import ArgumentParser, cli_main
@@ -57,6 +57,7 @@ from core.device import resolve_device
 from core.run_training import load_splits
 from core.trainer import Trainer, evaluate, make_loader, seed_everything
 from core.words import count
+from measure import default_data, load_average, sync
 from models import MODELS, create_model
 
 #: The trial recipe every side trains with (NNI's example trial with Adam 1e-3).
@@ -92,11 +93,6 @@ def load_data(args: argparse.Namespace) -> Splits:
     splits = load_splits(trial_config(args, "mobilenet"))
     splits.train = splits.train.take(torch.arange(min(args.images, len(splits.train))))
     return splits
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def make_trainer(cfg: ModelConfig, splits: Splits) -> Trainer:
@@ -204,10 +200,6 @@ def rate(result: dict[str, Any]) -> float:
 
 def median_rate(runs: list[dict[str, Any]]) -> float:
     return statistics.median(rate(r) for r in runs)
-
-
-def load_average() -> str:
-    return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def compare_models(args: argparse.Namespace, splits: Splits, variants: list[dict[str, Any]], names: list[str]) -> None:
@@ -383,7 +375,7 @@ def compare_concurrency(args: argparse.Namespace, variant: dict[str, Any]) -> No
 @cli_main
 def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(SHARED) if SHARED.exists() else "fake",
+    p.add_argument("--data", default=default_data(),
                    help="as every command's --data (default: the JPEG CIFAR-10 copy in ../shared, else fake)")
     p.add_argument("--data-root", default=str(Path(__file__).resolve().parents[1] / "data"))
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))

@@ -32,39 +32,33 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.config import TrainConfig, add_config_arguments, check_resume_only, config_from_args, field
-from core.errors import ArgumentParser, UserError, cli_main
+from core.config import TrainConfig, add_config_arguments, config_from_args, field
+from core.errors import ArgumentParser, cli_main
+from core.output import print_result
 from experiments.reader import Trial
 from experiments.from_hpo import add_from_hpo_argument, winner_from_args
-from experiments.top_k import add_new_folder_argument, add_seeds_argument, check_seeds, retrain_top_of
+from experiments.retrain_options import TopK, add_retrain_options, all_training_images, check_retrain_options
+from experiments.top_k import retrain_top_of
 
 STAGE = "classic_nas_retrain"
+#: How many of the best architectures ``--experiment`` alone retrains.
+TOP_DEFAULT = 1
 
 
 @dataclasses.dataclass
 class RetrainConfig(TrainConfig):
     """Training options of a retrain: the core's defaults, a longer schedule, all training images."""
 
-    val_fraction: float = field(0.0, "fraction of the training split held out for validation; 0 = train on all of it")
+    val_fraction: float = all_training_images()
     epochs: int = field(100, "training epochs")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python classic_nas/retrain.py", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = add_retrain_options(parser, searched="architecture", top_default=TOP_DEFAULT)
     source.add_argument("--arc", "--arch", dest="arc", metavar="JSON",
                         help="architecture file, e.g. best_arch.json from python -m classic_nas.export")
-    source.add_argument("--resume", metavar="CHECKPOINT",
-                        help="continue a retrain from its checkpoint.pt (its own config and architecture)")
-    source.add_argument("--experiment", metavar="ID_OR_DIR", help="a classic-NAS experiment: retrain its --top K "
-                        "best architectures")
-    parser.add_argument("--experiments-dir", help="folder holding the experiment's <id>/ folder "
-                        "(default: found via ~/nni-experiments)")
     add_from_hpo_argument(parser)
-    parser.add_argument("--top", type=int, metavar="K", help="with --experiment: how many of the best to retrain, "
-                        "each in its own run folder (default 1; rerun the command to continue)")
-    add_new_folder_argument(parser)
-    add_seeds_argument(parser)
     add_config_arguments(parser, RetrainConfig)
     return parser
 
@@ -72,16 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    if args.top is not None and not args.experiment:
-        raise UserError("--top needs --experiment ID_OR_DIR (a classic-NAS experiment)")
-    if args.new_folder and not args.experiment:
-        raise UserError("--new-folder: only with --experiment ID --top K")
-    if args.seeds is not None and not args.experiment:
-        raise UserError("--seeds: only with --experiment ID --top K (a single retrain takes --seed)")
-    if args.experiment:
-        return retrain_top_archs(args)
+    top = check_retrain_options(args, RetrainConfig, top_default=TOP_DEFAULT, resume_extra=("from_hpo",))
+    if top is not None:
+        return retrain_top_archs(args, top)
     if args.resume:
-        check_resume_only(RetrainConfig, args, extra=("experiments_dir", "from_hpo"))
         from classic_nas.space import validate_arch
         from core.run_training import config_from_checkpoint
 
@@ -93,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         arch = read_arch(args.arc)
     result = _train_arch(cfg, arch, resume=args.resume)
-    print(json.dumps({"arch": arch, **result}), flush=True)
+    print_result({"arch": arch, **result})
     return result
 
 
@@ -117,19 +105,18 @@ def _train_arch(cfg: RetrainConfig, arch: dict[str, int], **kwargs: Any) -> dict
                  eval_splits=eval_splits, final_test=False, **kwargs)
 
 
-def retrain_top_archs(args: argparse.Namespace) -> list[dict[str, Any]]:
+def retrain_top_archs(args: argparse.Namespace, top: TopK) -> list[dict[str, Any]]:
     """``--experiment ID --top K``: the K best architectures, each in its own resumable run folder."""
     from classic_nas.export import load_experiment, trial_arch
 
-    seeds = check_seeds(args)
     first = _config(args)   # bad flags: an error before anything is written
 
     def train_one(cfg: RetrainConfig, trial: Trial, run_dir: Path, resume: Path | None) -> dict[str, Any]:
         return _train_arch(cfg, trial_arch(trial), run_dir=None if resume else run_dir, resume=resume)
 
-    return retrain_top_of(args.experiment, args.experiments_dir, args.top or 1, load=load_experiment, base=first,
+    return retrain_top_of(args.experiment, args.experiments_dir, top.k, load=load_experiment, base=first,
                           stage=STAGE, origin_extra=lambda t: {"params": trial_arch(t)}, config_for=lambda t: first,
-                          train_one=train_one, new_folder=args.new_folder, seeds=seeds)
+                          train_one=train_one, new_folder=top.new_folder, seeds=top.seeds)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 from core.config import SearchTrialConfig, add_config_arguments, config_from_args, field
 from core.errors import ArgumentParser, UserError, cli_main
+from core.output import print_result
 from experiments.from_hpo import add_from_hpo_argument, winner_from_args
 from experiments.nni_trial import NniTrial
 
@@ -82,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         extra.update(winner.fields(), **winner.provenance())
     final, result = run_search_trial(cfg, lambda num_classes: build_model(arch, num_classes), trial, name=STAGE,
                                      extra=extra, arch=arch, keep_checkpoint=cfg.keep_checkpoint)
-    print(json.dumps(final), flush=True)
+    print_result(final)
     return result or final
 
 if __name__ == "__main__":

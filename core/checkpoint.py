@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from core.errors import UserError, first_line
-from core.files import atomic_write_bytes
+from core.files import atomic_write_bytes, check_input_file
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -21,11 +21,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``."""
-    p = Path(path)
-    if p.is_dir():
-        raise UserError(f"checkpoint {str(p)!r} is a folder; pass the checkpoint.pt inside it")
-    if not p.is_file():
-        raise UserError(f"checkpoint {str(p)!r} does not exist")
+    p = check_input_file(path, "checkpoint", "pass the checkpoint.pt inside it")
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # a truncated, empty or foreign file: say which, not a traceback

@@ -20,6 +20,7 @@ from typing import Any, Callable, Literal, Sequence, TypeVar
 import yaml
 
 from core.errors import ArgumentParser, UserError, first_line
+from core.files import check_input_file
 from core.paths import NAMED_SOURCES, absolute_paths, default_data, default_data_root, default_out_dir
 
 C = TypeVar("C", bound="TrainConfig")
@@ -311,11 +312,7 @@ def from_dict(cls: type[C], values: dict[str, Any], source: str = "config") -> C
 def read_text(path: str | os.PathLike, what: str) -> str:
     """The text of a file the user named, or a :class:`UserError` saying what is wrong with it
     (missing, a folder, not text)."""
-    p = Path(path)
-    if p.is_dir():
-        raise UserError(f"{what} {str(p)!r} is a folder, not a file")
-    if not p.is_file():
-        raise UserError(f"{what} {str(p)!r} does not exist")
+    p = check_input_file(path, what)
     try:
         return p.read_text()
     except UnicodeDecodeError:

@@ -5,7 +5,8 @@ command with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and a rendezvous address i
 environment. :func:`setup` (called by :func:`core.run_training.train`) joins the process group: NCCL
 when training on CUDA (one GPU per process, ``cuda:LOCAL_RANK``), gloo on the CPU. Without
 ``torchrun`` (``WORLD_SIZE`` unset or 1) every function here is a no-op and a command runs as one
-process, exactly as before.
+process. What torchrun's environment says (one of several processes? rank 0?) is read without torch
+by :mod:`core.launch`.
 
 The rules the engine follows (``core.trainer.Trainer``, ``core.loader.BatchLoader``):
 
@@ -24,7 +25,6 @@ The rules the engine follows (``core.trainer.Trainer``, ``core.loader.BatchLoade
 from __future__ import annotations
 
 import atexit
-import builtins
 import os
 from typing import Any
 
@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from core.errors import UserError
+from core.launch import at_success, env_rank, launched, silence_print
 
 
 def world_size() -> int:
@@ -46,12 +47,7 @@ def rank() -> int:
 def is_main() -> bool:
     """Whether this process writes (rank 0, or the only process); before the process group is
     joined, torchrun's ``RANK`` says it."""
-    return (rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))) == 0
-
-
-def launched() -> bool:
-    """Whether ``torchrun`` (or another launcher) started this process as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return (rank() if dist.is_initialized() else env_rank()) == 0
 
 
 def setup(device: torch.device) -> torch.device:
@@ -70,33 +66,10 @@ def setup(device: torch.device) -> torch.device:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 device_id=device if device.type == "cuda" else None)
         atexit.register(shutdown)
+        at_success(leave)
         if not is_main():
-            _silence_print()
+            silence_print()
     return device
-
-
-def _silence_print() -> None:
-    """Only rank 0 talks: the other ranks' ``print`` goes nowhere unless called with ``force=True``
-    (the DeiT / MAE ``setup_for_distributed`` convention). Once per process."""
-    original = builtins.print
-    if getattr(original, "silenced", False):
-        return
-
-    def print_(*args: Any, force: bool = False, **kwargs: Any) -> None:
-        if force:
-            original(*args, **kwargs)
-
-    print_.silenced = True  # type: ignore[attr-defined]
-    builtins.print = print_
-
-
-def quiet_other_ranks() -> None:
-    """Under ``torchrun``, rank 0 alone prints from the start of a command (every command calls
-    this through :func:`core.errors.cli_main`), not only once the process group is joined: a
-    command that never joins one (``hpo/results.py``) or prints before (``--top K``) says each
-    line once."""
-    if launched() and not is_main():
-        _silence_print()
 
 
 def check_batch(batch_size: int) -> None:
@@ -192,8 +165,9 @@ def shutdown() -> None:
 
 def leave() -> None:
     """Leave the process group at the successful end of a command, all ranks together: a barrier
-    first, so that no rank tears its connections down while another still uses them (a rank that
-    left alone was seen to abort at exit with gloo, "terminate called without an active exception",
-    after the run had finished). A rank that failed instead makes torchrun stop the others."""
+    first, so that no rank tears its connections down while another still uses them (with gloo, a
+    rank that leaves alone can abort at exit, "terminate called without an active exception", after
+    its run has finished). A rank that failed instead makes torchrun stop the others. :func:`setup`
+    has :func:`core.errors.cli_main` call this when the command succeeds."""
     barrier()
     shutdown()

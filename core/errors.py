@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Callable, TypeVar
 
+from core.launch import quiet_other_ranks, succeeded
+
 T = TypeVar("T")
 
 
@@ -95,13 +97,11 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
         previous = _set_sigint(on_sigint)
         several = os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")   # one of several torchrun processes
         if several:
-            from core.distributed import leave, quiet_other_ranks
-
             quiet_other_ranks()
         try:
             result = fn(*args, **kwargs)
             if several:
-                leave()
+                succeeded()   # leaves the process group, where the command joined one
                 _exit_after_leaving()
             return result
         except UserError as exc:
@@ -148,8 +148,8 @@ def cli_main(fn: Callable[..., T]) -> Callable[..., T]:
 def _exit_after_leaving() -> None:
     """End a torchrun rank whose command succeeded and left the process group, without the
     interpreter's teardown: gloo's background threads can still abort a finished rank while Python
-    finalises ('terminate called without an active exception', exit -6: seen after a resumed
-    2-process run had finished and left together), which torchrun reports as a failed command. The
+    finalises ('terminate called without an active exception', exit -6, even after the ranks left
+    together), which torchrun reports as a failed command. The
     command has written and closed its files; what is buffered is flushed here."""
     import logging
 

@@ -1,6 +1,6 @@
 """Atomic file writes: a reader, or a run killed half-way, sees the old file or the new one, never a
 mix, and nothing is ever written through a symbolic link; and the one rule for an output file a
-user names (:func:`check_output_file`). Imports nothing heavy, so that commands can write their
+user names (:func:`check_output_file`) and for an input file (:func:`check_input_file`). Imports nothing heavy, so that commands can write their
 small files (and check their input) before torch is imported."""
 from __future__ import annotations
 
@@ -83,6 +83,18 @@ _OWN_FILE_MAX_BYTES = 1 << 20
 def add_overwrite_argument(parser: argparse.ArgumentParser, flag: str = "--out") -> None:
     parser.add_argument(OVERWRITE_FLAG, action="store_true",
                         help=f"replace an existing {flag} file even when it does not hold what this command writes")
+
+
+def check_input_file(path: str | os.PathLike, what: str, folder_hint: str = "") -> Path:
+    """``path`` (a file the user named, ``what`` it is: "config file", "checkpoint"), when it is a
+    file that is there; a folder (``folder_hint``: what to pass instead) or nothing there is a
+    :class:`UserError` naming it."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{what} {str(p)!r} is a folder, not a file" + (f"; {folder_hint}" if folder_hint else ""))
+    if not p.is_file():
+        raise UserError(f"{what} {str(p)!r} does not exist")
+    return p
 
 
 def check_output_file(path: str | os.PathLike, flag: str, kind: str, holds_own: Callable[[str], object],

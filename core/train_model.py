@@ -6,11 +6,11 @@ The plain, stage-free entry point: a :class:`~core.config.ModelConfig` is a
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Sequence
 
 from core.config import ModelConfig, add_config_arguments, add_resume_argument, check_resume_only, config_from_args
 from core.errors import ArgumentParser, cli_main
+from core.output import print_result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.resume:
         cfg, _ = config_from_checkpoint(ModelConfig, args.resume)
     result = train(cfg, lambda n: create_model(cfg.model, num_classes=n), name=cfg.model, resume=args.resume)
-    print(json.dumps(result))
+    print_result(result)
     return result
 
 

@@ -36,6 +36,7 @@ from typing import Any, Iterable, Sequence
 
 from core.config import DuplicateKeyError, loads_json, parse_json, read_text
 from core.errors import UserError
+from core.files import check_input_file
 
 FINISHED = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
 
@@ -242,11 +243,7 @@ def _assemble(events: Iterable[Sequence[Any]], metrics: Iterable[Sequence[Any]],
 
 def trials_from_export(path: str | os.PathLike, param_keys: Sequence[str] = ()) -> list[Trial]:
     """Trials from ``nnictl experiment export`` (``--type json`` or ``csv``)."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"export file {str(path)!r} is a folder, not a file")
-    if not path.is_file():
-        raise UserError(f"export file {str(path)!r} does not exist")
+    path = check_input_file(path, "export file")
     if path.suffix.lower() == ".csv":
         return _trials_from_csv(path)
     records = loads_json(read_text(path, "export file"), f"export file {str(path)!r} (pass a .csv for --type csv)")

@@ -31,7 +31,6 @@ retrain commands build their parsers and check their flags before paying for tha
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -44,6 +43,7 @@ import yaml
 from core.files import temp_files
 from core.config import from_dict, read_json, to_dict
 from core.errors import UserError
+from core.output import print_result
 from experiments.reader import Trial, find_experiment, ranked, read_profile
 from core.run_folder import CHECKPOINT_FILE, CONFIG_FILE, LOCK_FILE, RESULT_FILE
 from core.steps import SKIPPED, claim_step, lock_folder, write_record
@@ -70,34 +70,6 @@ def top_run_dir(out_dir: str | os.PathLike, stage: str, experiment_id: str, tria
     ``--new-folder``; ``seed``: one of ``--seeds`` (None: the config's seed, no ``--seeds``)."""
     name = f"{stage}-{experiment_id}-{trial_id}" + (f"-seed{seed}" if seed is not None else "")
     return Path(out_dir) / (name if copy == 1 else f"{name}-{copy}")
-
-
-def add_new_folder_argument(parser: argparse.ArgumentParser) -> None:
-    """``--new-folder`` of the retrain commands' ``--top K``."""
-    parser.add_argument("--new-folder", action="store_true",
-                        help="with --top: a trial retrained before with other options is retrained again in a new "
-                        "folder <stage>-<experiment>-<trial>-2 (-3, ...); without it that is an error naming the "
-                        "options that differ (a retrain is reused only with the options it was trained with)")
-
-
-def add_seeds_argument(parser: argparse.ArgumentParser) -> None:
-    """``--seeds S1 S2 ...`` of the retrain commands' ``--top K``."""
-    parser.add_argument("--seeds", type=int, nargs="+", metavar="S",
-                        help="with --top: retrain each configuration once per seed, each in its own run folder "
-                        "<stage>-<experiment>-<trial>-seed<S>; the report gives mean +- std per configuration")
-
-
-def check_seeds(args: argparse.Namespace) -> list[int] | None:
-    """The ``--seeds`` given (None without), checked: distinct, and not beside ``--seed``."""
-    seeds = getattr(args, "seeds", None)
-    if seeds is None:
-        return None
-    if "seed" in vars(args):
-        raise UserError("--seed: not allowed with --seeds, which sets each retrain's seed")
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        raise UserError(f"--seeds: seed {repeated[0]} is given twice; give each seed once")
-    return list(seeds)
 
 
 def with_seed(cfg: Any, seed: int) -> Any:
@@ -347,7 +319,7 @@ def retrain_top_of(source: str, experiments_dir: str | None, k: int, *, load: Ca
     rows = [{"rank": d.rank, "trial_id": d.trial.trial_id, **({} if d.seed is None else {"seed": d.seed}),
              "search_metric": d.trial.final, "action": d.action, "run_dir": str(d.run_dir),
              "test_acc": (d.result or {}).get("test_acc")} for d in done]
-    print(json.dumps(rows), flush=True)
+    print_result(rows)
     print(f"compare the search with these retrains: python -m report {exp_dir}", flush=True)
     return rows
 

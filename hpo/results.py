@@ -19,6 +19,7 @@ import yaml
 
 from core.chance import at_chance, classes_of
 from core.errors import ArgumentParser, UserError, cli_main
+from core.output import print_result
 from core.run_folder import CONFIG_FILE
 from experiments.reader import Trial, best_trial, rank_problem, ranked
 from experiments.reader import load_experiment as _load_experiment
@@ -126,8 +127,8 @@ def main(argv: Sequence[str] | None = None) -> Trial | None:
     if args.json:
         if best is None:
             raise UserError(f"none of the {len(trials)} trials has a final result (that did not diverge) yet")
-        print(json.dumps({"trial_id": best.trial_id, "params": best.params, "final": best.final,
-                          "final_metrics": best.final_metrics, "intermediates": best.intermediates}))
+        print_result({"trial_id": best.trial_id, "params": best.params, "final": best.final,
+                      "final_metrics": best.final_metrics, "intermediates": best.intermediates})
         return best
     print(format_table(trials, args.top, args.mode))
     if best is None and any(t.final is not None for t in trials):

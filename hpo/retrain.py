@@ -8,7 +8,7 @@
 
 The best trial (highest final validation accuracy) is read with :mod:`hpo.results`, without the
 web UI; its ``model``, ``optimizer`` and ``lr`` are trained with the shared core on the whole
-training split (``val_fraction`` 0: no validation split is held out any more) for 200 epochs by
+training split (``val_fraction`` 0: no validation split is held out) for 200 epochs by
 default, and the test split is evaluated once at the end. Every other training option is the
 core's default, a ``--config`` YAML, or a flag (flags win, even over the trial's parameters).
 The run folder holds the resolved config, log, metrics, checkpoint, ``result.json`` and
@@ -32,10 +32,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.files import atomic_write_text
-from core.config import ModelConfig, add_config_arguments, check_resume_only, config_from_args, field
+from core.config import ModelConfig, add_config_arguments, config_from_args, field
 from core.errors import ArgumentParser, UserError, cli_main
+from core.output import print_result
 from experiments.reader import Trial, trials_from_export
-from experiments.top_k import add_new_folder_argument, add_seeds_argument, check_seeds, retrain_top_of
+from experiments.retrain_options import TopK, add_retrain_options, all_training_images, check_retrain_options
+from experiments.top_k import retrain_top_of
 from core.words import count
 from hpo import PARAM_KEYS
 from hpo.results import best_trial, load_experiment, searched_params
@@ -46,22 +48,13 @@ class RetrainConfig(ModelConfig):
     """The long schedule: every training image, 200 epochs, test evaluated at the end."""
 
     epochs: int = field(200, "training epochs")
-    val_fraction: float = field(0.0, "fraction held out for validation; 0 = train on the whole training split")
+    val_fraction: float = all_training_images()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python hpo/retrain.py", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--experiment", metavar="ID_OR_DIR",
-                        help="experiment id (or its folder, or its db/nni.sqlite)")
+    source = add_retrain_options(parser, searched="trial")
     source.add_argument("--export", metavar="FILE", help="`nnictl experiment export` .json or .csv file")
-    source.add_argument("--resume", metavar="CHECKPOINT", help="continue a retrain from its checkpoint.pt")
-    parser.add_argument("--experiments-dir", help="folder holding the experiment's <id>/ folder "
-                        "(default: found via ~/nni-experiments)")
-    parser.add_argument("--top", type=int, metavar="K", help="retrain the K best trials of --experiment, each in "
-                        "its own run folder (rerun the command to continue; finished ones are skipped)")
-    add_new_folder_argument(parser)
-    add_seeds_argument(parser)
     add_config_arguments(parser, RetrainConfig)
     return parser
 
@@ -81,16 +74,11 @@ def best_parameters(source: str, experiments_dir: str | None = None, *,
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    if args.top is not None:
-        return retrain_top_trials(args)
-    if args.new_folder:
-        raise UserError("--new-folder: only with --top K")
-    if args.seeds is not None:
-        raise UserError("--seeds: only with --top K (a single retrain takes --seed)")
+    top = check_retrain_options(args, RetrainConfig)
+    if top is not None:
+        return retrain_top_trials(args, top)
     origin: dict[str, Any] | None = None
-    if args.resume:
-        check_resume_only(RetrainConfig, args, extra=("experiments_dir",))
-    else:
+    if not args.resume:
         params, origin = best_parameters(args.experiment or args.export, args.experiments_dir,
                                          export=bool(args.export))
         cfg = config_from_args(RetrainConfig, args, base=params)   # bad flags, --print-config: before torch
@@ -107,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    resume=args.resume, eval_splits=("val",) if cfg.val_fraction > 0 else (), final_test=True)
     if origin is not None and distributed.is_main():  # under torchrun rank 0 writes
         atomic_write_text(Path(result["run_dir"]) / "hpo_best.json", json.dumps(origin, indent=2) + "\n")
-    print(json.dumps(result), flush=True)
+    print_result(result)
     return result
 
 
@@ -121,11 +109,8 @@ def trial_params(trial: Trial) -> dict[str, Any]:
     return params
 
 
-def retrain_top_trials(args: argparse.Namespace) -> list[dict[str, Any]]:
+def retrain_top_trials(args: argparse.Namespace, top: TopK) -> list[dict[str, Any]]:
     """``--top K``: the K best trials, each retrained in its own resumable run folder."""
-    if not args.experiment:
-        raise UserError("--top needs --experiment ID_OR_DIR (the retrains are filed under the experiment's id)")
-    seeds = check_seeds(args)
     first = config_from_args(RetrainConfig, args)   # bad flags: an error before anything is written
     from core.run_training import train
     from models import create_model
@@ -138,9 +123,9 @@ def retrain_top_trials(args: argparse.Namespace) -> list[dict[str, Any]]:
                      run_dir=None if resume else run_dir, resume=resume,
                      eval_splits=("val",) if cfg.val_fraction > 0 else (), final_test=True)
 
-    return retrain_top_of(args.experiment, args.experiments_dir, args.top, load=load_experiment, base=first,
+    return retrain_top_of(args.experiment, args.experiments_dir, top.k, load=load_experiment, base=first,
                           stage="hpo_retrain", origin_extra=lambda t: {"params": trial_params(t)},
-                          config_for=config_for, train_one=train_one, new_folder=args.new_folder, seeds=seeds)
+                          config_for=config_for, train_one=train_one, new_folder=top.new_folder, seeds=top.seeds)
 
 
 if __name__ == "__main__":

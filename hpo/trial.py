@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 from typing import Any, Callable, Sequence
 
 from core.config import ModelConfig, Optimizer, SearchTrialConfig, add_config_arguments, config_from_args, field
 from core.errors import ArgumentParser, UserError, cli_main
+from core.output import print_result
 from experiments.nni_trial import NniTrial
 from hpo import BUDGET_KEY, PARAM_KEYS
 
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     trial = NniTrial.from_environment()
     cfg = resolve_config(args, trial.params)
     final = run_trial(cfg, trial)
-    print(json.dumps(final), flush=True)
+    print_result(final)
     return final
 
 

@@ -58,6 +58,7 @@ from typing import Any, Sequence
 
 from core import distributed
 from core.config import add_config_arguments, config_from_args, from_dict, read_yaml, to_dict
+from core.output import print_result
 from core.errors import ArgumentParser, Interrupted, UserError, cli_main
 from core.files import atomic_write_text, temp_files
 from core.paths import absolute_paths
@@ -349,7 +350,7 @@ def build_protocol_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = run_from_args(build_protocol_parser().parse_args(argv))
-    print(json.dumps(result))
+    print_result(result)
     return result
 
 

@@ -12,7 +12,6 @@ after every epoch; the result is the last epoch's (no epoch is picked on test).
 from __future__ import annotations
 
 import dataclasses
-import json
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -21,7 +20,9 @@ from torch import nn
 
 from core.config import TrainConfig, check_resume_only, config_from_args, field
 from core.errors import UserError, cli_main
+from core.output import print_result
 from experiments.nni_trial import NniTrial, final_metrics, quiet_nni_imports
+from experiments.retrain_options import all_training_images
 from core.run_training import config_from_checkpoint, train
 from core.speed import ModelNotes
 from core.trainer import Trainer, cross_entropy
@@ -35,7 +36,7 @@ class RetrainConfig(TrainConfig):
     """The DARTS paper's CIFAR-10 retrain recipe by default."""
 
     # --- TrainConfig fields with the paper's values ---
-    val_fraction: float = field(0.0, "fraction of the training split held out for validation; 0 = train on all of it")
+    val_fraction: float = all_training_images()
     batch_size: int = field(96, "training batch size (images)")
     cutout: int = field(16, "cutout square side (px); 0 = off")
     lr: float = field(0.025, "initial learning rate (SGD, cosine to 0)")
@@ -148,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def _finish(result: dict[str, Any]) -> dict[str, Any]:
-    print(json.dumps(result))
+    print_result(result)
     return result
 
 

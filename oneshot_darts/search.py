@@ -15,11 +15,11 @@ accuracy, "normal_param_free": n, "normal_skip_connect": n}``, so the web UI sho
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Sequence
 
 from core.config import check_resume_only, config_from_args
 from core.errors import UserError, cli_main
+from core.output import print_result
 from core.run_training import config_from_checkpoint
 from experiments.nni_trial import NniTrial, final_metrics
 from oneshot_darts import protocol
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def _finish(result: dict[str, Any]) -> dict[str, Any]:
-    print(json.dumps(result))
+    print_result(result)
     return result
 
 

@@ -646,7 +646,7 @@ def test_top_k_retrains_with_seeds_give_mean_and_std_per_configuration(tmp_path,
                         (["--seeds", "1", "1"], "--seeds: seed 1 is given twice")]:
         one_error_line(*_main_code(retrain.main, [*argv, *bad], capsys), needle)
     one_error_line(*_main_code(retrain.main, ["--experiment", str(exp), "--seeds", "1", "2"], capsys),
-                   "--seeds: only with --top K")
+                   "--seeds: only with --experiment ID --top K")
 
     text = check_report(report_main([str(exp), "--retrains", str(runs), "-o", str(tmp_path / "out")]),
                         ["hpo_retrain-exp0seeds-aaaaa-seed3", "hpo_retrain-exp0seeds-ddddd-seed7"])
