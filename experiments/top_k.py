@@ -44,7 +44,8 @@ import yaml
 from core.files import atomic_write_text, temp_files
 from core.config import from_dict, to_dict
 from core.errors import UserError
-from experiments.reader import Trial, find_experiment, ranked, read_profile
+from experiments.folder import find_experiment
+from experiments.reader import Trial, ranked, read_profile
 from core.run_folder import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RESULT_FILE, read_config, read_json_file,
                              read_result)
 
