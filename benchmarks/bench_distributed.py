@@ -15,7 +15,6 @@ threads that wait for each other can cost more than they bring).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -24,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from core.errors import ArgumentParser, cli_main
+from core.run_folder import METRICS_FILE, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def images_per_s(nproc: int, args: argparse.Namespace, out: Path, threads: int |
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"error: {' '.join(command)} failed:\n{proc.stderr[-2000:]}")
-    metrics = [json.loads(line) for line in next(out.glob("*/metrics.jsonl")).read_text().splitlines()]
+    metrics = read_metrics(next(out.glob(f"*/{METRICS_FILE}")).parent) or []
     return metrics[-1]["images_per_s"]
 
 

@@ -43,6 +43,7 @@ from core.config import read_json, read_text
 from core.errors import ArgumentParser, UserError, cli_main
 from experiments.nni_trial import NniTrial
 from core.paths import REPO_ROOT, default_data, default_data_root, default_out_dir, resolve
+from core.run_folder import RESULT_FILE
 from core.run_training import load_splits
 from core.words import count
 from hpo import PARAM_KEYS
@@ -51,7 +52,7 @@ from report import stats
 
 DEFAULT_SPACE = REPO_ROOT / "hpo" / "config_quick.yml"
 DEFAULT_RECIPES = ("default", str(REPO_ROOT / "configs" / "recipe_nni_example.yml"))
-TRIALS_FILE, SETTINGS_FILE, RESULT_FILE = "trials.json", "settings.json", "result.json"
+TRIALS_FILE, SETTINGS_FILE = "trials.json", "settings.json"
 
 
 def read_space(path: str | Path) -> dict[str, Any]:

@@ -1,4 +1,10 @@
-"""One folder per run or trial: resolved config, log, per-epoch metrics (JSON lines), checkpoint."""
+"""One folder per run or trial: resolved config, log, per-epoch metrics (JSON lines), checkpoint,
+result; the names of its files and of a protocol folder's, and the one reader of each file.
+
+The readers share one rule: a missing file is ``None``; a file that is there but damaged (cannot be
+read, is not what its format says) is a :class:`UserError` naming the file and what is wrong. A
+reader that must go on past one damaged folder (a report over many) catches that error and says
+the folder was left out."""
 from __future__ import annotations
 
 import contextlib
@@ -10,9 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from core.files import atomic_write_text, write_error
-from core.config import parse_json, to_dict, write_yaml
-from core.errors import UserError
+from core.config import loads_json, read_json, to_dict, write_yaml
+from core.errors import UserError, first_line
 
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "train.log"
@@ -86,28 +94,106 @@ class Run:
         append_text(self.dir / METRICS_FILE, to_json(metrics) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """The metrics lines written so far; a last line cut off by a kill is left out."""
-        path = self.dir / METRICS_FILE
-        if not path.exists():
-            return []
-        lines = path.read_text().splitlines(keepends=True)
-        out = []
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(parse_json(line))
-            except ValueError:
-                if i == len(lines) and not line.endswith("\n"):
-                    break            # the line a killed run was writing
-                raise UserError(f"{str(path)!r} line {i} is not JSON; the run folder is damaged") from None
-        return out
+        """The metrics lines written so far (:func:`read_metrics`; none yet: an empty list)."""
+        return read_metrics(self.dir) or []
 
     def truncate_metrics(self, epochs_done: int) -> None:
         """Drop metric lines after epoch ``epochs_done`` (1-based), written by a run killed between
         its metrics and its checkpoint."""
         kept = [m for m in self.read_metrics() if m.get("epoch", 0) <= epochs_done]
         atomic_write_text(self.dir / METRICS_FILE, "".join(to_json(m) + "\n" for m in kept))
+
+
+# --- the readers ----------------------------------------------------------------------------------
+
+def read_json_file(path: str | os.PathLike, what: str | None = None) -> Any:
+    """A JSON file's content, or None when there is no such file; a file that is there but cannot be
+    read, is not JSON or repeats a key is a :class:`UserError` naming it (``what``, default its name)."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return None
+    return read_json(path, what or path.name)
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A JSON object file of a run or protocol folder (its result, a protocol's record): None when
+    missing; one that cannot be read, is not JSON or is not a JSON object is a :class:`UserError`."""
+    data = read_json_file(path)
+    if data is not None and not isinstance(data, dict):
+        raise UserError(f"{str(path)!r} is not a JSON object; the folder is damaged")
+    return data
+
+
+def read_result(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """A run folder's ``result.json`` (written when the run finished): None when the run has not
+    finished; a damaged one is a :class:`UserError` (:func:`read_record`)."""
+    return read_record(Path(run_dir) / RESULT_FILE)
+
+
+def read_config(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """A run folder's resolved ``config.yaml``: None when it holds none; one that cannot be read, is
+    not YAML or is not a mapping of field: value is a :class:`UserError`."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UserError(f"{str(path)!r} cannot be read ({first_line(exc)}); "
+                        "the run folder is damaged") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{str(path)!r} is not a config (a mapping of field: value); the run folder is damaged")
+    return data
+
+
+def read_metric_lines(run_dir: str | os.PathLike) -> list[tuple[int, dict[str, Any]]] | None:
+    """A run folder's ``metrics.jsonl`` as (line number, record) pairs: None when it holds none.
+    A last line cut off by a kill (no line end, not JSON) is left out, and so are blank lines. A
+    file that cannot be read or is not text, a line that is not a JSON object, an ``epoch`` that is
+    not a whole number of 1 or more counting up: a :class:`UserError` naming the file and line."""
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UserError(f"{str(path)!r} cannot be read ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(f"{str(path)!r} line {line} is not text: not a metrics file, or a damaged one") from None
+    lines = text.splitlines(keepends=True)
+    out: list[tuple[int, dict[str, Any]]] = []
+    last_epoch = 0
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = loads_json(line, f"{str(path)!r} line {i}")
+        except UserError:
+            if i == len(lines) and not line.endswith("\n"):
+                break                          # the line a running (or killed) run was writing
+            raise
+        if not isinstance(record, dict):
+            raise UserError(f"{str(path)!r} line {i} is not a JSON object of one epoch's numbers")
+        if "epoch" in record:
+            epoch = record["epoch"]
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+                raise UserError(f"{str(path)!r} line {i}: epoch {epoch!r} is not a whole number of 1 or more")
+            if epoch <= last_epoch:
+                raise UserError(f"{str(path)!r} line {i}: epoch {epoch} follows epoch {last_epoch}; two runs wrote "
+                                "into this folder, or it was edited")
+            last_epoch = epoch
+        out.append((i, record))
+    return out
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]] | None:
+    """A run folder's ``metrics.jsonl``, one dict per line (:func:`read_metric_lines`, its rule)."""
+    lines = read_metric_lines(run_dir)
+    return None if lines is None else [record for _, record in lines]
+
 
 
 def append_text(path: Path, text: str) -> None:

@@ -37,6 +37,7 @@ from typing import Any, Iterable, Sequence
 from core.config import DuplicateKeyError, loads_json, parse_json, read_text
 from core.errors import UserError
 from core.files import check_input_file
+from experiments.folder import db_path, experiment_dir, is_experiment_dir, is_experiment_id, not_an_experiment, not_found
 
 FINISHED = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
 
@@ -301,49 +302,6 @@ def _trials_from_csv(path: Path) -> list[Trial]:
     return trials
 
 
-# --- finding an experiment ---------------------------------------------------------------------
-
-def experiment_dir(exp_id: str, experiments_dir: str | os.PathLike | None = None) -> Path:
-    """The folder of experiment ``exp_id`` (see the module docstring for the look-up)."""
-    candidates: list[Path] = []
-    if experiments_dir is not None:
-        candidates.append(Path(experiments_dir).expanduser() / exp_id)
-    else:
-        home = Path.home() / "nni-experiments"
-        registry = home / ".experiment"
-        if registry.is_file():
-            try:
-                listed = parse_json(read_text(registry, "nnictl's experiment list"))
-            except DuplicateKeyError as exc:
-                raise UserError(f"nnictl's experiment list {str(registry)!r} repeats the key {exc.args[0]!r}") from None
-            except ValueError:   # being rewritten by nnictl: look in the default place
-                listed = {}
-            entry = (listed.get(exp_id) if isinstance(listed, dict) else None) or {}
-            if entry.get("logDir"):
-                log_dir = Path(entry["logDir"])
-                candidates += [log_dir / exp_id, log_dir]
-        candidates.append(home / exp_id)
-    for candidate in candidates:
-        if (candidate / "db" / "nni.sqlite").is_file():
-            return candidate
-    raise UserError(f"experiment {exp_id!r}: no folder with db/nni.sqlite found (looked in "
-                    f"{', '.join(str(c) for c in candidates)}); pass the experiment folder or an export file")
-
-
-def find_experiment(source: str | os.PathLike, experiments_dir: str | os.PathLike | None = None) -> Path:
-    """The folder (holding ``db/nni.sqlite``) of an experiment given by id, folder or ``nni.sqlite``."""
-    path = Path(source).expanduser()
-    if path.is_file() and path.name == "nni.sqlite":
-        return path.resolve().parent.parent
-    if path.is_dir():
-        if not (path / "db" / "nni.sqlite").is_file():
-            raise UserError(f"{str(path)!r} is not an NNI experiment folder (no db/nni.sqlite)")
-        return path.resolve()
-    if os.sep in str(source) or not str(source).isalnum():
-        raise UserError(f"experiment {str(source)!r}: no such file or folder, and not an experiment id")
-    return experiment_dir(str(source), experiments_dir)
-
-
 @dataclass
 class Profile:
     """What an experiment was asked to run: NNI's ``ExperimentProfile`` (its config), latest revision."""
@@ -379,8 +337,9 @@ class Profile:
 
 
 def read_profile(exp_dir: str | os.PathLike) -> Profile:
-    """The latest ``ExperimentProfile`` row of the experiment in ``exp_dir`` (see :func:`find_experiment`)."""
-    db = Path(exp_dir) / "db" / "nni.sqlite"
+    """The latest ``ExperimentProfile`` row of the experiment in ``exp_dir``
+    (:func:`experiments.folder.find_experiment`)."""
+    db = db_path(exp_dir)
     rows, = _query(db, "SELECT params, id, execDuration, startTime, endTime FROM ExperimentProfile "
                        "ORDER BY revision DESC LIMIT 1")
     if not rows:
@@ -401,13 +360,12 @@ def load_experiment(source: str | os.PathLike, *, experiments_dir: str | os.Path
             return trials_from_export(path, param_keys)
         return trials_from_db(path, param_keys)
     if path.is_dir():
-        db = path / "db" / "nni.sqlite"
-        if not db.is_file():
-            raise UserError(f"{str(path)!r} is not an NNI experiment folder (no db/nni.sqlite)")
-        return trials_from_db(db, param_keys)
-    if os.sep in str(source) or not str(source).isalnum():
-        raise UserError(f"experiment {str(source)!r}: no such file or folder, and not an experiment id")
-    return trials_from_db(experiment_dir(str(source), experiments_dir) / "db" / "nni.sqlite", param_keys)
+        if not is_experiment_dir(path):
+            raise not_an_experiment(path)
+        return trials_from_db(db_path(path), param_keys)
+    if not is_experiment_id(source):
+        raise not_found(source)
+    return trials_from_db(db_path(experiment_dir(str(source), experiments_dir)), param_keys)
 
 
 def accuracy_problem(value: Any) -> str | None:

@@ -18,17 +18,18 @@ import os
 from pathlib import Path
 from typing import Any
 
+from experiments.folder import exp_dir_of_trial, trial_output_dir
+
 TB_DIR = "tensorboard"
 
 
 def nni_button_dir(run_dir: Path, trial_id: str | None = None) -> Path | None:
     """Where NNI 3.0's TensorBoard button reads a trial's logs: ``<exp>/trials/<id>/output/tensorboard``,
     for a trial folder ``<exp>/environments/<env>/trials/<id>``; None for any other folder."""
-    run_dir = Path(run_dir)
-    parts = run_dir.parts
-    if len(parts) < 4 or parts[-2] != "trials" or parts[-4] != "environments":
+    exp_dir = exp_dir_of_trial(run_dir)
+    if exp_dir is None:
         return None
-    return run_dir.parents[3] / "trials" / (trial_id or run_dir.name) / "output" / TB_DIR
+    return trial_output_dir(exp_dir, trial_id or Path(run_dir).name) / "output" / TB_DIR
 
 
 class ScalarWriter:

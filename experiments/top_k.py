@@ -41,27 +41,20 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from core.files import temp_files
-from core.config import from_dict, read_json, to_dict
+from core.config import from_dict, to_dict
 from core.errors import UserError
 from core.output import print_result
-from experiments.reader import Trial, find_experiment, ranked, read_profile
-from core.run_folder import CHECKPOINT_FILE, CONFIG_FILE, LOCK_FILE, RESULT_FILE
+from core.run_folder import (CHECKPOINT_FILE, CONFIG_FILE, LOCK_FILE, RESULT_FILE, read_config,
+                             read_json_file, read_result)
 from core.steps import SKIPPED, claim_step, lock_folder, write_record
+from experiments.folder import find_experiment
+from experiments.reader import Trial, ranked, read_profile
 
 ORIGIN_FILE = "origin.json"
 ARCH_FILE = "arch.json"
 #: Config fields that say how a run ran (where, how fast, where its files go), not what it trained:
 #: a retrain is reused whatever they are now.
 HOW_IT_RAN = ("device", "progress", "data_root", "out_dir", "run_name", "threads", "channels_last", "compile")
-
-
-def read_json_file(path: str | os.PathLike, what: str | None = None) -> Any:
-    """A JSON file's content, or None when there is no such file; a file that is there but cannot be
-    read, is not JSON or repeats a key is a :class:`UserError` naming it (``what``, default its name)."""
-    path = Path(path)
-    if not path.exists() and not path.is_symlink():
-        return None
-    return read_json(path, what or path.name)
 
 
 def top_run_dir(out_dir: str | os.PathLike, stage: str, experiment_id: str, trial_id: str, copy: int = 1,
@@ -80,18 +73,11 @@ def with_seed(cfg: Any, seed: int) -> Any:
 # --- which folder, and is it the same retrain? --------------------------------------------------
 
 def recorded_config(run_dir: Path) -> dict[str, Any] | None:
-    """The config a run folder recorded: its ``config.yaml``, else its checkpoint's; None when it
-    holds neither (nothing was trained there yet)."""
-    path = run_dir / CONFIG_FILE
-    if path.is_file():
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise UserError(f"{str(path)!r} cannot be read ({str(exc).splitlines()[0] if str(exc) else exc}); "
-                            "the run folder is damaged") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{str(path)!r} is not a config (a mapping of field: value); the run folder is damaged")
-        return data
+    """The config a run folder recorded: its ``config.yaml`` (:func:`core.run_folder.read_config`),
+    else its checkpoint's; None when it holds neither (nothing was trained there yet)."""
+    config = read_config(run_dir)
+    if config is not None:
+        return config
     if (run_dir / CHECKPOINT_FILE).is_file():
         from core.checkpoint import load_checkpoint
 
@@ -397,7 +383,7 @@ def match_retrains(folders: Sequence[str | os.PathLike], experiment_id: str, sea
             reason = f"trial {origin.get('trial_id')!r} is not a trial of this experiment"
         try:
             config = recorded_config(run_dir) or {}
-            result = read_json_file(run_dir / RESULT_FILE)
+            result = read_result(run_dir)
             if reason is None:
                 for key in keys:
                     ran, searched = _ran_value(run_dir, config, key), trial.params.get(key)
@@ -411,7 +397,7 @@ def match_retrains(folders: Sequence[str | os.PathLike], experiment_id: str, sea
             found.ignored.append((str(run_dir), reason))
             continue
         kept.append({**origin, "run_dir": str(run_dir), "config": config, "trial": trial,
-                     "result": result if isinstance(result, dict) else None, "seed": config.get("seed")})
+                     "result": result, "seed": config.get("seed")})
     # one recipe: the options besides the searched parameters, the seed and how it ran
     def recipe(r: dict[str, Any]) -> str:
         return json.dumps({k: v for k, v in r["config"].items() if k not in keys and k not in HOW_IT_RAN

@@ -12,15 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 from typing import Any, Sequence
-
-import yaml
 
 from core.chance import at_chance, classes_of
 from core.errors import ArgumentParser, UserError, cli_main
 from core.output import print_result
-from core.run_folder import CONFIG_FILE
+from core.run_folder import read_config
 from experiments.reader import Trial, best_trial, rank_problem, ranked
 from experiments.reader import load_experiment as _load_experiment
 from hpo import BUDGET_KEY, PARAM_KEYS
@@ -79,9 +76,8 @@ def trial_at_chance(trial: Trial) -> bool | None:
     config: dict[str, Any] = {}
     if trial.log_dir:
         try:
-            data = yaml.safe_load((Path(trial.log_dir) / CONFIG_FILE).read_text())
-            config = data if isinstance(data, dict) else {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            config = read_config(trial.log_dir) or {}
+        except UserError:          # a damaged config.yaml: the classes are unknown, the table goes on
             config = {}
     n = trial.final_metrics.get("val_images")
     return at_chance(trial.final, n if isinstance(n, int) else None, classes_of(config, trial.final_metrics))

@@ -18,18 +18,11 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from core.errors import UserError, cli_main
+from core.errors import ArgumentParser, UserError, cli_main
 from lab import plan
 from lab.state import Lab
 
 COMMANDS = ("plan", "estimate", "start", "run", "show")
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """A bad flag or value is a :class:`UserError` (one ``error:`` line, exit 2), not argparse's usage block."""
-
-    def error(self, message: str):
-        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:

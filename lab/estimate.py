@@ -35,6 +35,8 @@ import yaml
 from core.errors import UserError
 from core.files import atomic_write_text
 from core.paths import REPO_ROOT
+from core.run_folder import METRICS_FILE, RESULT_FILE, read_metrics
+from experiments.folder import db_path
 from lab.plan import EXPERIMENT_STAGES, PROBE_ARC, Size
 from lab.state import Lab
 from lab.stages import DARTS_RETRAIN, PROTOCOL, elapsed
@@ -99,7 +101,7 @@ def hpo_winner_model(lab: Lab) -> str | None:
         return None
     from experiments.reader import best_trial, trials_from_db
 
-    db = lab.path(rec["experiment_dir"]) / "db" / "nni.sqlite"
+    db = db_path(lab.path(rec["experiment_dir"]))
     try:
         model = best_trial(trials_from_db(db, ("lr", "optimizer", "model"))).params.get("model")
     except UserError:
@@ -126,10 +128,11 @@ def works(lab: Lab, stage: str) -> list[Work]:
 
 
 def _epochs_done(folder: Path) -> int:
-    metrics = folder / "metrics.jsonl"
-    if not metrics.is_file():
+    """The epochs a run folder's metrics record (a damaged metrics file: none)."""
+    try:
+        return len(read_metrics(folder) or [])
+    except UserError:
         return 0
-    return sum(1 for line in metrics.read_text().splitlines() if line.strip().endswith("}"))
 
 
 def left(lab: Lab, stage: str, work: Work) -> float:
@@ -138,7 +141,7 @@ def left(lab: Lab, stage: str, work: Work) -> float:
     if stage in EXPERIMENT_STAGES and rec.get("experiment_dir"):
         from experiments.reader import FINISHED, trials_from_db
 
-        db = lab.path(rec["experiment_dir"]) / "db" / "nni.sqlite"
+        db = db_path(lab.path(rec["experiment_dir"]))
         try:
             finished = sum(t.status in FINISHED for t in trials_from_db(db))
         except UserError:
@@ -154,7 +157,7 @@ def left(lab: Lab, stage: str, work: Work) -> float:
     if stage == "darts_protocol":
         step = "search" if work.probe == "darts_search" else "select"
         runs = [lab.runs / PROTOCOL / f"{step}-seed{s}" for s in lab.budget.seeds]
-        done = sum((f / "result.json").is_file() or _epochs_done(f) / work.size.epochs for f in runs)
+        done = sum((f / RESULT_FILE).is_file() or _epochs_done(f) / work.size.epochs for f in runs)
         return max(0.0, 1 - done / len(runs))
     return 1.0
 
@@ -235,7 +238,7 @@ def timings(lab: Lab, todo: list[Work]) -> dict[str, Timing]:
             else:
                 from lab.probe import step_seconds
 
-                runs = sorted(p.parent for p in out.rglob("metrics.jsonl"))
+                runs = sorted(p.parent for p in out.rglob(METRICS_FILE))
                 if not runs:
                     raise UserError(f"the timing probe `{' '.join(argv)}` wrote no metrics")
                 step, trained = step_seconds(runs[-1])

@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from core.config import parse_json
-from core.errors import cli_main
+from core.errors import ArgumentParser, cli_main
+from core.run_folder import read_metrics
 
 
 def step_seconds(run_dir: Path) -> tuple[float, float]:
-    """Seconds per training step of the last epoch in ``run_dir/metrics.jsonl``, and the training
+    """Seconds per training step of the last epoch in the run folder's metrics, and the training
     seconds of every epoch added up."""
-    lines = [parse_json(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    lines = read_metrics(run_dir) or []
     if not lines:
         raise ValueError(f"{run_dir}: no epoch finished")
     return float(lines[-1]["step_seconds"]), sum(float(m.get("train_seconds", 0)) for m in lines)
@@ -31,8 +31,6 @@ def step_seconds(run_dir: Path) -> tuple[float, float]:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> None:
-    from lab.cli import ArgumentParser
-
     parser = ArgumentParser(prog="python -m lab.probe", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON file of the times")
     parser.add_argument("--models", nargs="+", required=True)

@@ -9,10 +9,10 @@ cell's drawings.
 from __future__ import annotations
 
 import csv
-import json
 import re
 from pathlib import Path
 
+from core.run_folder import SELECTION_FILE, read_record, read_result
 from lab.state import Lab
 
 #: The figures shown per stage, by file name (and the DARTS protocol's selected cells, :func:`show`).
@@ -68,13 +68,13 @@ def table(lab: Lab, stage: str) -> str:
             lines.append(f"{r['rank']:>4}  {r['trial_id']:<6}  {acc:<19}  {params}")
         return "\n".join(lines)
     if stage in ("hpo_retrain", "darts_retrain") and source is not None:
-        result = json.loads((source / "result.json").read_text())
+        result = read_result(source) or {}
         acc = result.get("test_acc")
         epochs = result.get("epoch")
         return (f"{stage}: {source.name}: {epochs} epoch{'s' * (epochs != 1)}, {result.get('params', 0):,} parameters, "
                 f"test accuracy {_fmt(acc)} on {result.get('test_images', '?')} images")
     if stage == "darts_protocol" and source is not None:
-        selection = json.loads((source / "selection.json").read_text())
+        selection = read_record(source / SELECTION_FILE) or {}
         winner = (selection.get("winner") or {}).get("seed")
         lines = [f"darts_protocol: {len(selection.get('seeds', []))} searches; the selected cell is seed {winner}'s",
                  f"{'seed':>4}  {'search val. acc.':<16}  {'short retrain val. acc.':<23}  cell"]
@@ -103,8 +103,7 @@ def show(lab: Lab, stage: str) -> str:
     shown = figures(report, stage)
     protocol = lab.stage("darts_protocol").get("source")
     if stage in ("darts_protocol", "study") and protocol:
-        selection = lab.path(protocol) / "selection.json"
-        winner = (json.loads(selection.read_text()).get("winner") or {}).get("seed") if selection.is_file() else None
+        winner = ((read_record(lab.path(protocol) / SELECTION_FILE) or {}).get("winner") or {}).get("seed")
         prefix = "darts_" if stage == "study" else ""
         shown += [p for p in (report / f"{prefix}seed{winner}_cell_normal.png",
                               report / f"{prefix}seed{winner}_cell_reduce.png") if p.is_file()]

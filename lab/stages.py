@@ -44,6 +44,8 @@ import yaml
 
 from core.errors import UserError
 from core.paths import REPO_ROOT
+from core.run_folder import ARCH_FILE, CHECKPOINT_FILE, RESULT_FILE
+from experiments.folder import ENVIRONMENTS_DIR, is_experiment_dir, manager_log
 from lab.plan import EXPERIMENT_STAGES, NEEDS, STAGES, TITLES, Experiment
 from lab.state import Lab, now
 
@@ -203,7 +205,7 @@ def start_experiment(lab: Lab, stage: str, port: int) -> str:
         run_command(lab, [nnictl(), "stop", owner], env, "nnictl stop")
     if exp_id:
         folder = lab.experiments / exp_id
-        if not (folder / "db" / "nni.sqlite").is_file():
+        if not is_experiment_dir(folder):
             raise UserError(f"{stage}: the record names experiment {exp_id} but {str(folder)!r} holds no database; "
                             "the lab folder lost it")
         rec["attempts"] = rec.get("attempts", 1) + 1
@@ -244,7 +246,7 @@ def wait_experiment(lab: Lab, stage: str, exp_id: str, port: int) -> dict[str, i
             unreachable = unreachable or time.monotonic()
             if time.monotonic() - unreachable > UNREACHABLE_S:
                 raise UserError(f"{stage}: the NNI manager of experiment {exp_id} stopped answering on port {port} "
-                                f"(its log: {lab.experiments / exp_id / 'log' / 'nnimanager.log'}); run this again "
+                                f"(its log: {manager_log(lab.experiments / exp_id)}); run this again "
                                 "to resume it") from None
             time.sleep(lab.budget.poll)
             continue
@@ -270,7 +272,7 @@ def wait_experiment(lab: Lab, stage: str, exp_id: str, port: int) -> dict[str, i
     run_command(lab, [nnictl(), "stop", exp_id], _experiment_env(lab, stage), "nnictl stop")
     if not counts.get("SUCCEEDED"):
         raise UserError(f"{stage}: no trial of experiment {exp_id} succeeded; see the trials' trial.stderr under "
-                        f"{lab.experiments / exp_id / 'environments'}")
+                        f"{lab.experiments / exp_id / ENVIRONMENTS_DIR}")
     return counts
 
 
@@ -281,19 +283,19 @@ def retrain_command(lab: Lab) -> tuple[list[str], str]:
     checkpoint of the one a cut left; and what it does, in words."""
     base = lab.runs / DARTS_RETRAIN
     folders = sorted(p for p in base.glob(f"{DARTS_RETRAIN}-*") if p.is_dir()) if base.is_dir() else []
-    resumable = [p for p in folders if (p / "checkpoint.pt").is_file() and not (p / "result.json").is_file()]
+    resumable = [p for p in folders if (p / CHECKPOINT_FILE).is_file() and not (p / RESULT_FILE).is_file()]
     if resumable:
-        ckpt = resumable[-1] / "checkpoint.pt"
+        ckpt = resumable[-1] / CHECKPOINT_FILE
         return ([python(), "oneshot_darts/retrain.py", "--resume", str(ckpt)],
                 f"continuing the retrain in {resumable[-1].name} from its last checkpoint")
-    arc = lab.runs / PROTOCOL / "final_arch.json"
+    arc = lab.runs / PROTOCOL / ARCH_FILE
     return ([python(), "oneshot_darts/retrain.py", *lab.budget.retrain.flags(), "--arc", str(arc),
              "--out-dir", str(base), "--run-name", DARTS_RETRAIN], "a new retrain of the protocol's cell")
 
 
 def finished_retrain(lab: Lab) -> Path | None:
     base = lab.runs / DARTS_RETRAIN
-    done = sorted(p for p in base.glob(f"{DARTS_RETRAIN}-*") if (p / "result.json").is_file()) if base.is_dir() else []
+    done = sorted(p for p in base.glob(f"{DARTS_RETRAIN}-*") if (p / RESULT_FILE).is_file()) if base.is_dir() else []
     return done[-1] if done else None
 
 
@@ -313,7 +315,7 @@ def train_stage(lab: Lab, stage: str) -> str:
         hpo = lab.path(lab.stage("hpo")["experiment_dir"])
         run_command(lab, [python(), "hpo/retrain.py", "--experiment", hpo, "--top", "1", *b.hpo_retrain.flags()],
                     env, "the HPO retrain")
-        done = sorted(p.parent for p in lab.runs.glob(f"hpo_retrain-{hpo.name}-*/result.json"))
+        done = sorted(p.parent for p in lab.runs.glob(f"hpo_retrain-{hpo.name}-*/{RESULT_FILE}"))
         if not done:
             raise UserError(f"hpo_retrain: no finished retrain under {lab.runs}")
         return lab.relative(done[0])
@@ -321,8 +323,8 @@ def train_stage(lab: Lab, stage: str) -> str:
         run_command(lab, [python(), "oneshot_darts/search.py", *b.protocol_flags(), "--out-dir", lab.runs], env,
                     "the DARTS protocol")
         folder = lab.runs / PROTOCOL
-        if not (folder / "final_arch.json").is_file():
-            raise UserError(f"darts_protocol: {str(folder)!r} holds no final_arch.json after the protocol")
+        if not (folder / ARCH_FILE).is_file():
+            raise UserError(f"darts_protocol: {str(folder)!r} holds no {ARCH_FILE} after the protocol")
         return lab.relative(folder)
     if stage == "darts_retrain":
         if finished_retrain(lab) is None:

@@ -52,6 +52,11 @@ def now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _work_folder(name: str) -> property:
+    """A folder of the lab's working folder: ``<work>/name``."""
+    return property(lambda lab: lab.work / name, doc=f"``<work>/{name}``")
+
+
 class Lab:
     """A lab folder opened by one command: paths, the record, the mirror."""
 
@@ -67,21 +72,10 @@ class Lab:
         self._manifest: dict[str, list[int]] | None = None     # the lab folder's, kept between mirrors
 
     # --- paths ---------------------------------------------------------------------------------
-    @property
-    def experiments(self) -> Path:
-        return self.work / "nni-experiments"
-
-    @property
-    def runs(self) -> Path:
-        return self.work / "runs"
-
-    @property
-    def data_root(self) -> Path:
-        return self.work / "data"
-
-    @property
-    def configs(self) -> Path:
-        return self.work / "configs"
+    experiments = _work_folder("nni-experiments")
+    runs = _work_folder("runs")
+    data_root = _work_folder("data")
+    configs = _work_folder("configs")
 
     def report_dir(self, stage: str) -> Path:
         return self.work / "reports" / stage

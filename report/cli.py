@@ -42,7 +42,8 @@ from core.config import loads_json
 from core.errors import ArgumentParser, UserError, cli_main
 from core.paths import default_out_dir
 from core.run_folder import METRICS_FILE
-from report.common import is_run_folder
+from experiments.folder import DB_PATH, is_experiment_dir
+from report.records import is_run_folder, load_run
 
 REPORT_FILE = "report.md"
 #: Written into every report folder: says this command wrote it, and which files are its own.
@@ -53,7 +54,7 @@ MARKER_KIND = "python -m report"
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m report", description=__doc__.splitlines()[0])
     parser.add_argument("sources", nargs="+", metavar="source", help="experiment id, experiment folder, its "
-                        "db/nni.sqlite, or a run folder; several experiments of one stage: a comparison")
+                        f"{DB_PATH}, or a run folder; several experiments of one stage: a comparison")
     parser.add_argument("-o", "--out", help="report folder (default: <experiment or run folder>/report); it must be "
                         "new, empty, or a report written by this command, which is replaced")
     parser.add_argument("--study", action="store_true", help="the study report of the sources: an HPO experiment, a "
@@ -304,12 +305,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
         default_out = source / "report"
         render = darts_report.render_protocol
     elif is_run_folder(source):
-        data = run_report.load_run(source)
+        data = load_run(source)
         default_out = source / "report"
         render = run_report.render_run
     else:
-        if source.is_dir() and not (source / "db" / "nni.sqlite").is_file():
-            raise UserError(f"{str(source)!r} is neither an NNI experiment folder (no db/nni.sqlite) nor a run "
+        if source.is_dir() and not is_experiment_dir(source):
+            raise UserError(f"{str(source)!r} is neither an NNI experiment folder (no {DB_PATH}) nor a run "
                             f"folder (no {METRICS_FILE})")
         data = experiment_report.load(args.sources[0], args.experiments_dir, retrain_dirs)
         default_out = data.exp_dir / "report"

@@ -22,7 +22,8 @@ from core.paths import TRIAL_FLAGS_ENV
 from experiments.top_k import HOW_IT_RAN
 from report import experiment_report as er
 from report import trials as table_of
-from report.common import file_part, md, read_config, seconds, table
+from report.markdown import file_part, md, seconds, table
+from report.records import trial_config
 from report.stats import CHANCE_SE, TIE_SE, Noise, chance_text, seed_spread, tied_with, with_se
 from report.trials import TrialRow
 
@@ -125,7 +126,7 @@ def _configs(exp: er.ExperimentData) -> list[dict[str, Any]]:
     out = []
     for r in exp.rows:
         if r.trial.log_dir:
-            cfg = read_config(Path(r.trial.log_dir))
+            cfg = trial_config(r.trial.log_dir)
             if cfg:
                 out.append(cfg)
     return out
@@ -134,7 +135,7 @@ def _configs(exp: er.ExperimentData) -> list[dict[str, Any]]:
 def _recipe(exp: er.ExperimentData) -> dict[str, Any]:
     """The best trial's config without the searched parameters, the data and schedule fields, how it
     ran and its seed: what else the trials trained with."""
-    cfg = read_config(Path(exp.best.trial.log_dir)) if exp.best.trial.log_dir else {}
+    cfg = trial_config(exp.best.trial.log_dir)
     skip = {*exp.keys, *er.DATA_FIELDS, *HOW_IT_RAN, "seed"}
     return {k: v for k, v in cfg.items() if k not in skip}
 

@@ -18,15 +18,13 @@ from typing import Any
 from core.errors import UserError
 from core.words import count_of
 from report import plots
-from report.common import checked, figure, fmt, md, read_dict, table, valid
+from core.run_folder import ARCH_FILE, METRICS_FILE, PROTOCOL_FILE, SELECTION_FILE
+from report.markdown import figure, fmt, md, table
+from report.records import CELLS, check_cells, checked, load_run, read_dict, run_result, valid
 from core.chance import classes_of
 from report.stats import (CHANCE_SE, TIE_SE, Noise, at_chance, binomial_se, chance_level, chance_text, kendall,
                           mean_std, seed_spread, tied_with, with_se)
 
-#: The files a protocol folder holds (written by oneshot_darts/protocol.py).
-PROTOCOL_FILE = "protocol.json"
-SELECTION_FILE = "selection.json"
-CELLS = ("normal", "reduce")
 #: DARTS+'s early-stopping signal: two or more skip_connects in the normal cell.
 DARTS_PLUS_SKIPS = 2
 
@@ -110,14 +108,12 @@ class ProtocolData:
     settings: dict[str, Any]
     steps: dict[str, Any]
     selection: dict[str, Any] | None
-    searches: dict[int, Any] = field(default_factory=dict)     # seed -> the search's RunData (report.run_report)
+    searches: dict[int, Any] = field(default_factory=dict)     # seed -> the search's RunData (report.records)
     problems: list[str] = field(default_factory=list)
 
 
 def load_protocol(folder: str | Path) -> ProtocolData:
     """Read a protocol folder: its record, its selection (when finished) and every search run."""
-    from report.run_report import check_cells, load_run
-
     folder = Path(folder)
     problems: list[str] = []
     record = read_dict(folder / PROTOCOL_FILE, problems)
@@ -142,7 +138,7 @@ def load_protocol(folder: str | Path) -> ProtocolData:
     data = ProtocolData(folder, record["settings"], steps, selection, problems=problems)
     for s in seeds:
         run_dir = folder / f"search-seed{s}"
-        if (run_dir / "metrics.jsonl").is_file():
+        if (run_dir / METRICS_FILE).is_file():
             data.searches[s] = load_run(run_dir)
             problems += data.searches[s].problems
     return data
@@ -156,9 +152,14 @@ def _with_se(acc: Any, result: dict[str, Any]) -> Any:
     return with_se(value, binomial_se(float(value), result.get("val_images")))
 
 
+def select_result(data: ProtocolData, seed: Any) -> dict[str, Any] | None:
+    """The result of a seed's short retrain (None while it runs)."""
+    return run_result(data.folder / f"select-seed{seed}")
+
+
 def _classes(data: ProtocolData, seed: Any) -> int | None:
     """The number of classes of a seed's short retrain (its result records it), else of the search's data."""
-    return classes_of(data.settings.get("search"), read_dict(data.folder / f"select-seed{seed}" / "result.json"))
+    return classes_of(data.settings.get("search"), select_result(data, seed))
 
 
 def _protocol_chance(data: ProtocolData, seeds: list[int], rows: list[list[Any]]) -> dict[int, tuple[Any, Any]]:
@@ -167,7 +168,7 @@ def _protocol_chance(data: ProtocolData, seeds: list[int], rows: list[list[Any]]
     for s, r in zip(seeds, rows):
         run = data.searches.get(s)
         search_n = ((run.result or {}) if run else {}).get("val_images")
-        select_n = (read_dict(data.folder / f"select-seed{s}" / "result.json") or {}).get("val_images")
+        select_n = (select_result(data, s) or {}).get("val_images")
         classes = _classes(data, s)
         out[s] = (at_chance(valid(r[1]), search_n, classes), at_chance(valid(r[2]), select_n, classes))
     return out
@@ -224,10 +225,10 @@ def render_protocol(data: ProtocolData, out: Path, prefix: str = "", level: int 
         rows_by_seed = {r["seed"]: r for r in sel["seeds"]}
         winner = (sel.get("winner") or {}).get("seed")
         w = rows_by_seed.get(winner, {})
-        retrain = md(f"python oneshot_darts/retrain.py --arc {data.folder / 'final_arch.json'}", code=True)
+        retrain = md(f"python oneshot_darts/retrain.py --arc {data.folder / ARCH_FILE}", code=True)
         lines += [f"**Selected: the cell of seed {md(winner)}**, validation accuracy {fmt(w.get('select_val_acc'))} "
                   f"after its {md(sel.get('select_epochs'))}-epoch retrain (the rule: {md(sel.get('rule'))}). Its cell "
-                  f"is `final_arch.json`; retrain it with {retrain}.", ""]
+                  f"is `{ARCH_FILE}`; retrain it with {retrain}.", ""]
     uniform = [s for s in seeds if still_uniform(rows_by_seed.get(s) or {})]
     if uniform:
         lines += [f"**Arbitrary cells:** the search{'es' if len(uniform) > 1 else ''} of seed{'s' if len(uniform) > 1 else ''} "
@@ -241,7 +242,7 @@ def render_protocol(data: ProtocolData, out: Path, prefix: str = "", level: int 
         rows.append([s, r.get("search_val_acc"), r.get("select_val_acc"), r.get("params"),
                      last.get("normal_skip_connect"), "yes" if s == winner else ""])
         # each accuracy with its binomial standard error (the runs record how many images they scored)
-        select = read_dict(data.folder / f"select-seed{s}" / "result.json") or {}
+        select = select_result(data, s) or {}
         shown.append([s, _with_se(r.get("search_val_acc"), (run.result or {}) if run else {}),
                       _with_se(r.get("select_val_acc"), select), *rows[-1][3:]])
     chance = _protocol_chance(data, seeds, rows)
@@ -252,8 +253,8 @@ def render_protocol(data: ProtocolData, out: Path, prefix: str = "", level: int 
             line[1] = f"{line[1]} (at chance)"
     lines += [table(("seed", "search val_acc ± SE (architecture half)", "short-retrain val_acc ± SE", "parameters",
                      "normal skip_connect", "selected"), shown), ""]
-    select_se = {s: binomial_se(valid(r[2]), (read_dict(data.folder / f"select-seed{s}" / "result.json") or {})
-                                .get("val_images")) for s, r in zip(seeds, rows)}
+    select_se = {s: binomial_se(valid(r[2]), (select_result(data, s) or {}).get("val_images"))
+                 for s, r in zip(seeds, rows)}
     lines += _search_seed_spread(rows)
     winner_at_chance = bool(chance.get(winner, (None, None))[1]) if winner is not None else False
     if winner is not None and valid(rows_by_seed.get(winner, {}).get("select_val_acc")) is not None:

@@ -20,13 +20,15 @@ from urllib.parse import quote
 from core.errors import UserError
 from experiments.nni_trial import COMMAND_FILE
 from core.paths import TRIAL_FLAGS_ENV
-from experiments.reader import (Profile, Trial, accuracy_problem, find_experiment, load_experiment, rank_problem,
-                              ranked, read_profile)
-from experiments.top_k import match_retrains, read_json_file
+from core.run_folder import RESULT_FILE, read_json_file
+from experiments.folder import DB_FILE, ENVIRONMENTS_DIR, find_experiment
+from experiments.reader import (Profile, Trial, accuracy_problem, load_experiment, rank_problem, ranked,
+                                read_profile)
+from experiments.top_k import match_retrains
 from report import plots, trials as table_of
-from report.common import (Invalid, Md, checked, figure, file_part, md, number_problem, read_config, read_metrics,
-                           seconds, table, valid)
-from report.run_report import load_run, render_run
+from report.markdown import Md, figure, file_part, md, seconds, table
+from report.records import Invalid, checked, load_run, number_problem, run_metrics, trial_config, valid
+from report.run_report import render_run
 from core.chance import classes_of
 from report.stats import (CHANCE_SE, MIN_TRIALS_FOR_IMPORTANCE, TIE_SE, Noise, at_chance, binomial_se, chance_level,
                           chance_limit, chance_text, importance, kendall, mean_std, seed_spread, tied_with, with_se)
@@ -153,7 +155,7 @@ def _final_cell(row: TrialRow) -> Any:
 def trial_data(exp: ExperimentData) -> str:
     """Which data and how much training the best trial had (its config), in one line."""
     best = exp.best.trial
-    cfg = read_config(Path(best.log_dir)) if best.log_dir else {}
+    cfg = trial_config(best.log_dir)
     unset = {"subset": 0, "val_subset": 0, "max_batches": 0}          # 0: all of them
     return ", ".join(f"{k} {cfg[k]}" for k in DATA_FIELDS
                      if cfg.get(k) is not None and cfg.get(k) != unset.get(k, None)) or "not recorded"
@@ -502,7 +504,7 @@ class HpoProvenance:
         if not self.source:
             return False
         path = Path(self.source)
-        return self.source == exp_id or path.name == exp_id or (path.name == "nni.sqlite"
+        return self.source == exp_id or path.name == exp_id or (path.name == DB_FILE
                                                                  and path.parent.parent.name == exp_id) \
             or os.path.realpath(path) == os.path.realpath(exp_dir)
 
@@ -521,7 +523,7 @@ def hpo_provenance(exp: ExperimentData) -> HpoProvenance | None:
         return None
     (source, trial, optimizer, lr), count = max(seen.items(), key=lambda kv: (kv[0][0] is not None, kv[1]))
     if source is None:
-        cfg = read_config(Path(exp.best.trial.log_dir)) if exp.best.trial.log_dir else {}
+        cfg = trial_config(exp.best.trial.log_dir)
         optimizer, lr = json.dumps(cfg.get("optimizer")), json.dumps(cfg.get("lr"))
     return HpoProvenance(source, trial, json.loads(optimizer), json.loads(lr), count, len(finished))
 
@@ -545,7 +547,7 @@ def hpo_winner_note(exp: ExperimentData) -> list[str]:
 
 def _retrain_acc(r: dict[str, Any], problems: list[str]) -> tuple[Any, int | None, str]:
     """A retrain's test accuracy (a number, :class:`Invalid` or None), its image count and its state."""
-    result = checked(r["result"], f"{r['run_dir']}/result.json", problems) if r["result"] else None
+    result = checked(r["result"], f"{r['run_dir']}/{RESULT_FILE}", problems) if r["result"] else None
     try:
         last: Any = read_last_epoch(r["run_dir"])
         state = "finished" if result else f"running/stopped after epoch {last}"
@@ -703,7 +705,7 @@ def _ignored(exp: ExperimentData) -> list[str]:
 
 
 def read_last_epoch(run_dir: str) -> int:
-    metrics = read_metrics(Path(run_dir))
+    metrics = run_metrics(Path(run_dir))
     return int(metrics[-1]["epoch"]) if metrics else 0
 
 
@@ -755,5 +757,5 @@ def render(exp: ExperimentData, out: Path, prefix: str = "", level: int = 1, ten
         lines += [heading(sub, "TensorBoard"), "",
                   "Trials write their per-epoch numbers as TensorBoard scalars into `<trial folder>/tensorboard/`: "
                   "select trials in the web UI's trial list and press TensorBoard, or run "
-                  f"{md(f'tensorboard --logdir {exp.exp_dir}/environments', code=True)}.", ""]
+                  f"{md(f'tensorboard --logdir {exp.exp_dir}/{ENVIRONMENTS_DIR}', code=True)}.", ""]
     return "\n".join(lines) + "\n"

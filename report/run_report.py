@@ -2,16 +2,14 @@
 DARTS search (its per-epoch operation weights and the derived cells)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import UserError
-from experiments.top_k import ORIGIN_FILE, RESULT_FILE
-from core.run_folder import METRICS_FILE
+from core.run_folder import RESULT_FILE
 from core.words import count_of
 from report import plots
-from report.common import figure, fmt, md, read_config, read_dict, read_metrics, number_problem, seconds, table, valid
+from report.markdown import figure, fmt, md, seconds, table
+from report.records import CELLS, RunData, valid
 from core.chance import classes_of
 from report.stats import CHANCE_SE, at_chance, binomial_se, chance_level, chance_text
 
@@ -20,83 +18,6 @@ SHOWN = ("model", "optimizer", "lr", "scheduler", "epochs", "batch_size", "weigh
          "val_fraction", "val_subset", "max_batches", "channels", "layers", "n_nodes", "order", "partial_channels",
          "arch_warmup_epochs", "max_skip_connect", "device", "seed")
 SERIES = ("train_loss", "val_loss", "test_loss", "arch_loss", "train_acc", "val_acc", "test_acc")
-CELLS = ("normal", "reduce")
-
-
-@dataclass
-class RunData:
-    run_dir: Path
-    config: dict[str, Any]
-    metrics: list[dict[str, Any]]
-    result: dict[str, Any] | None
-    origin: dict[str, Any] | None
-    arch: dict[str, Any] | None = None          # arch.json (classic NAS), or the DARTS search's last derived arch
-    extra: dict[str, Any] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)   # invalid numbers, and where they are
-
-    @property
-    def is_darts_search(self) -> bool:
-        return any("edge_weights" in m for m in self.metrics)
-
-    @property
-    def kind(self) -> str:
-        return "DARTS search" if self.is_darts_search else "training run (retrain)"
-
-
-def load_run(run_dir: str | Path) -> RunData:
-    """Read a run folder; an error when it holds no per-epoch metrics yet."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run folder {str(run_dir)!r} does not exist")
-    problems: list[str] = []
-    metrics = read_metrics(run_dir, problems)
-    if not metrics:
-        raise UserError(f"{str(run_dir)!r}: no per-epoch metrics ({METRICS_FILE} is missing or empty): "
-                        "not a run folder, or no epoch finished yet")
-    origin = read_dict(run_dir / ORIGIN_FILE, problems) or read_dict(run_dir / "hpo_best.json", problems)
-    arch = read_dict(run_dir / "arch.json")
-    data = RunData(run_dir, read_config(run_dir), metrics, read_dict(run_dir / RESULT_FILE, problems), origin, arch,
-                   problems=problems)
-    for m in metrics:
-        weights = m.get("edge_weights")
-        if weights is not None and not (isinstance(weights, dict) and all(
-                isinstance(ops, dict) and all(number_problem("edge_weight", w) is None and 0 <= w <= 1
-                                              for w in ops.values()) for ops in weights.values())):
-            raise UserError(f"{str(run_dir / METRICS_FILE)!r}, epoch {m['epoch']}: edge_weights is not a mapping of "
-                            "edge -> operation -> weight in [0, 1]")
-    if data.is_darts_search:
-        found = next(((i, m["arch"]) for i, m in reversed(list(enumerate(metrics))) if isinstance(m.get("arch"), dict)),
-                     None)
-        if found is not None:
-            ops = {op for m in metrics if isinstance(m.get("edge_weights"), dict)
-                   for edge in m["edge_weights"].values() if isinstance(edge, dict) for op in edge}
-            data.arch = check_cells(found[1], ops - {"none"}, f"{str(run_dir / METRICS_FILE)!r}, epoch "
-                                                              f"{metrics[found[0]]['epoch']}")
-    return data
-
-
-def check_cells(arch: dict[str, Any], ops: set[str], where: str) -> dict[str, Any]:
-    """A DARTS search's derived cells as its metrics record them (``{cell: [[[op, input], [op, input]],
-    ...]}``), checked: each node's inputs exist (the cell's two inputs and the nodes before it) and
-    each operation is one the search weighed (``ops``; any name when none are recorded)."""
-    for cell in CELLS:
-        nodes = arch.get(cell)
-        if nodes is None:
-            continue
-        if not isinstance(nodes, list):
-            raise UserError(f"{where}: the derived {cell} cell is not a list of nodes")
-        for i, node in enumerate(nodes):
-            if not isinstance(node, list) or not all(isinstance(e, list) and len(e) == 2 for e in node):
-                raise UserError(f"{where}: node {i} of the derived {cell} cell is not a list of [operation, input] pairs")
-            for op, src in node:
-                if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < i + 2:
-                    raise UserError(f"{where}: node {i} of the derived {cell} cell takes input {src!r}, which does "
-                                    f"not exist (its inputs are 0 to {i + 1}: the cell's two inputs and the nodes "
-                                    "before it)")
-                if not isinstance(op, str) or (ops and op not in ops):
-                    raise UserError(f"{where}: node {i} of the derived {cell} cell uses the operation {op!r}, which the "
-                                    f"search does not have (its operations: {', '.join(sorted(ops)) or 'not recorded'})")
-    return arch
 
 
 def _what_ran(run: RunData) -> list[str]:
@@ -122,7 +43,7 @@ def _final(run: RunData) -> list[str]:
     planned = run.config.get("epochs")
     if run.result is None:
         return [f"Still running (or stopped): {last['epoch']} of {count_of(planned, 'epoch', md) if planned else '? epochs'} done; "
-                "no result.json yet. The last epoch's numbers:",
+                f"no {RESULT_FILE} yet. The last epoch's numbers:",
                 "", table(("metric", "value"), [(k, last[k]) for k in SERIES if k in last])]
     res = run.result
     rows = [(k, res[k]) for k in ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss",

@@ -38,7 +38,7 @@ FOREST = {"n_estimators": 256, "min_samples_leaf": 1, "random_state": 0, "oob_sc
 
 def binomial_se(acc: float | None, n: int | None) -> float | None:
     """The standard error of an accuracy ``acc`` measured on ``n`` images (None when either is unknown,
-    or is not a number: an invalid one, ``report.common.Invalid``, a string)."""
+    or is not a number: an invalid one, ``report.records.Invalid``, a string)."""
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (acc, n)) or n < 1 \
             or not 0 <= acc <= 1:
         return None

@@ -22,12 +22,13 @@ from typing import Any, Sequence
 from core.chance import classes_of
 from core.errors import UserError
 from core.paths import REPO_ROOT
-from experiments.top_k import read_json_file
+from core.run_folder import ARCH_FILE, read_json_file
+from experiments.folder import DB_PATH, is_experiment_dir
 from core.words import count
 from report import darts_report, experiment_report as er, run_report
 from report import trials as table_of
-from report.common import (Invalid, Md, file_part, fmt, is_run_folder, md, read_config, read_dict, read_metrics,
-                           table, valid)
+from report.markdown import Md, file_part, fmt, md, table
+from report.records import Invalid, RunData, is_run_folder, load_run, run_metrics, trial_config, valid
 from report.stats import CHANCE_SE, TIE_SE, at_chance, binomial_se, chance_text
 
 #: The kinds of source, in the lab report's order, and what each is called.
@@ -80,15 +81,15 @@ def _classify(arg: str, experiments_dir: str | None, retrain_dirs: Sequence[str]
     if darts_report.is_protocol_folder(path):
         return Source(arg, "darts", darts_report.load_protocol(path))
     if is_run_folder(path):
-        run = run_report.load_run(path)
+        run = load_run(path)
         return Source(arg, "darts" if run.is_darts_search else "retrain", run)
-    if path.is_dir() and not (path / "db" / "nni.sqlite").is_file():
-        raise UserError(f"--study: {arg!r} is neither an NNI experiment folder (no db/nni.sqlite) nor a run folder")
+    if path.is_dir() and not is_experiment_dir(path):
+        raise UserError(f"--study: {arg!r} is neither an NNI experiment folder (no {DB_PATH}) nor a run folder")
     exp = er.load(arg, experiments_dir, retrain_dirs)
     if exp.stage in ("hpo", "classic_nas"):
         return Source(arg, exp.stage, exp)
     if exp.stage == "oneshot_darts" and exp.best.trial.log_dir:
-        run = run_report.load_run(exp.best.trial.log_dir)
+        run = load_run(exp.best.trial.log_dir)
         if run.is_darts_search:
             return Source(arg, "darts", run)
     raise UserError(f"--study: {arg!r} is an experiment of stage {exp.stage!r}, which the study does not take; it "
@@ -167,9 +168,9 @@ def _trial_run(row) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if not log_dir:
         return {}, []
     try:
-        return read_config(Path(log_dir)), read_metrics(Path(log_dir))
-    except UserError:
-        return read_config(Path(log_dir)), []
+        return trial_config(log_dir), run_metrics(Path(log_dir))
+    except UserError:          # damaged metrics: that trial's numbers are left out, the study goes on
+        return trial_config(log_dir), []
 
 
 def _experiment_measured(exp: er.ExperimentData, what: str, kind: str) -> Measured:
@@ -180,7 +181,7 @@ def _experiment_measured(exp: er.ExperimentData, what: str, kind: str) -> Measur
                     metrics, kind, best.images, best.classes)
 
 
-def _run_measured(run: run_report.RunData, what: str, key: str, kind: str) -> Measured:
+def _run_measured(run: RunData, what: str, key: str, kind: str) -> Measured:
     res = run.result or {}
     source = res if key in res else run.metrics[-1]
     acc = source.get(key)                   # result.json and metrics.jsonl are checked: a number, Invalid or None
@@ -197,7 +198,7 @@ def _count(n: Any) -> int | None:
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
-def retrain_kind(run: run_report.RunData) -> tuple[str, str]:
+def retrain_kind(run: RunData) -> tuple[str, str]:
     """What a retrain run retrained: ``(REFERENCES key, words)``."""
     stage = (run.origin or {}).get("stage")
     if stage == "hpo_retrain" or (run.run_dir / "hpo_best.json").is_file():
@@ -223,7 +224,7 @@ def measured(study: Study) -> list[Measured]:
             winner = (sel or {}).get("winner") or {}
             search = src.data.settings.get("search") or {}
             acc = winner.get("select_val_acc")        # checked with selection.json: a number, Invalid or None
-            select = read_dict(src.data.folder / f"select-seed{winner.get('seed')}" / "result.json") or {}
+            select = darts_report.select_result(src.data, winner.get('seed')) or {}
             n = _count(select.get("val_images"))
             out.append(Measured(f"DARTS protocol: seed {winner.get('seed', '?')}'s cell, short-retrain validation "
                                 "accuracy", acc, binomial_se(valid(acc), n),
@@ -380,7 +381,7 @@ def searched_cell(study: Study) -> tuple[dict[str, list] | None, Md]:
         return None, Md("")
     if isinstance(src.data, darts_report.ProtocolData):
         winner = ((src.data.selection or {}).get("winner") or {})
-        final = src.data.folder / "final_arch.json"
+        final = src.data.folder / ARCH_FILE
         try:
             arch = read_json_file(final)
         except UserError:

@@ -22,7 +22,8 @@ from core.files import atomic_write_text
 from core.errors import UserError
 from experiments.reader import Trial, ranked
 from core.chance import classes_of
-from report.common import Invalid, md, read_config, read_metrics
+from report.markdown import md
+from report.records import Invalid, run_metrics, trial_config
 from report.stats import CHANCE_SE, TIE_SE, at_chance, binomial_se, tied_with
 
 #: The final-result and metrics key holding how many validation images a trial was scored on.
@@ -73,7 +74,7 @@ def _images(trial: Trial) -> int | None:
     n = trial.final_metrics.get(IMAGES_KEY)
     if n is None and trial.log_dir:
         try:
-            metrics = read_metrics(Path(trial.log_dir))
+            metrics = run_metrics(Path(trial.log_dir))
         except UserError:          # an unreadable run folder: the number is unknown, the report goes on
             metrics = []
         if metrics:
@@ -106,15 +107,14 @@ def build(trials: Sequence[Trial], invalid_finals: dict[str, Any]) -> list[Trial
 def _classes(trial: Trial) -> int | None:
     """The number of classes of a trial's data: its final result says so, else its run folder's
     config (:func:`core.chance.classes_of`)."""
-    config = read_config(Path(trial.log_dir)) if trial.log_dir else {}
-    return classes_of(config, trial.final_metrics)
+    return classes_of(trial_config(trial.log_dir), trial.final_metrics)
 
 
 def mark_chance(rows: Sequence[TrialRow]) -> None:
     """Each row's number of classes (a trial that did not record it takes the one the experiment's
     other trials on the same data recorded) and whether its final result is at chance. When the
     best is at chance no trial is better than another: nothing is called tied (``tied`` None)."""
-    data = {id(r): read_config(Path(r.trial.log_dir)).get("data") if r.trial.log_dir else None for r in rows}
+    data = {id(r): trial_config(r.trial.log_dir).get("data") if r.trial.log_dir else None for r in rows}
     for row in rows:
         row.classes = _classes(row.trial)
     known: dict[Any, int] = {}

@@ -247,3 +247,38 @@ def test_the_readme_is_a_short_guide_whose_test_command_is_the_one_ci_runs():
     assert ci[0] in commands, (ci[0], commands)
     assert any("pip install -r requirements.txt" in c for c in commands)
     assert "nnictl create --config hpo/config.yml --port 8080" in commands
+
+
+#: The file names of the formats, each named by the one module that owns its format: a run folder's
+#: and a protocol folder's (core/run_folder.py), an experiment's database (experiments/folder.py).
+FORMAT_FILES = ("config.yaml", "metrics.jsonl", "result.json", "checkpoint.pt", "train.log", "final_arch.json",
+                "protocol.json", "selection.json", "nni.sqlite")
+
+
+def _file_name_literals(path: Path) -> list[tuple[str, int]]:
+    """The format file names ``path`` spells as string literals (a literal that is the name, or a
+    path ending in it: ``"db/nni.sqlite"``, ``"*/metrics.jsonl"``), docstrings aside."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            for name in FORMAT_FILES:
+                if node.value == name or node.value.endswith("/" + name):
+                    found.append((name, node.lineno))
+    return found
+
+
+def test_each_format_file_name_is_spelled_in_one_module():
+    """Every other module imports the name (core.run_folder's CONFIG_FILE, METRICS_FILE, ...,
+    experiments.folder's DB_FILE) rather than spelling it again."""
+    where: dict[str, list[str]] = {name: [] for name in FORMAT_FILES}
+    for package in ("benchmarks", *PACKAGES):
+        for path in sorted((REPO / package).rglob("*.py")):
+            for name, line in _file_name_literals(path):
+                where[name].append(f"{path.relative_to(REPO)}:{line}")
+    modules = {name: sorted({spot.split(":")[0] for spot in spots}) for name, spots in where.items()}
+    assert modules == {**{name: ["core/run_folder.py"] for name in FORMAT_FILES},
+                       "nni.sqlite": ["experiments/folder.py"]}, where

@@ -770,7 +770,7 @@ def _no_drawing(monkeypatch) -> None:
 def test_every_report_shows_names_and_parameters_as_text(tmp_path, monkeypatch):
     """Parameters, parameter names, experiment and trial names, folders, error lines, a run's config
     and origin, a DARTS protocol's rule and operations, holding line breaks, ``|``, HTML, links and
-    backticks, are escaped (one function, :func:`report.common.md`) in every kind of report: an
+    backticks, are escaped (one function, :func:`report.markdown.md`) in every kind of report: an
     experiment's, a comparison (its seed-repeat section and what differs: trial commands with their
     flags, recipes), a run folder's, a DARTS protocol's and the study (the HPO winner's ties, whether
     the retrained cell is the searched one). (The figures are not drawn here, only written as
@@ -861,9 +861,9 @@ def _report_files(out: Path) -> tuple[str, list[str]]:
 def test_file_names_made_from_data_stay_in_the_report_folder_and_apart(tmp_path, monkeypatch):
     """Parameter names and experiment ids holding ``/``, ``..`` or characters a file name cannot
     hold name figures and exports (``effect_<param>.png``, ``<id>_trials.csv``) and the study's
-    default folder through one function, report.common.file_part: every file is written into the
+    default folder through one function, report.markdown.file_part: every file is written into the
     report folder, two values never share a file (``a/b`` and ``a_b``), and each link names the file."""
-    from report.common import file_part
+    from report.markdown import file_part
 
     assert file_part("lr") == "lr" and file_part("a_b") == "a_b" and file_part("a/b") != "a_b"
     assert file_part("a/b").startswith("a_b-") and file_part("..") not in ("", ".", "..")
