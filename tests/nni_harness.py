@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import psutil
 import pytest
@@ -157,6 +157,10 @@ class Experiment:
         resumed = _nnictl(["resume", self.id, "--port", str(self.port), "--experiment_dir", str(self.work_dir)],
                           self.env, timeout)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        self.wait_answering(timeout, lambda: f"resumed experiment {self.id} did not answer\n{resumed.stdout}{self.logs()}")
+
+    def wait_answering(self, timeout: float, failure: Callable[[], str]) -> None:
+        """Return once the REST API answers; fail with ``failure()`` after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -164,7 +168,7 @@ class Experiment:
                 return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 if time.monotonic() > deadline:
-                    pytest.fail(f"resumed experiment {self.id} did not answer\n{resumed.stdout}{self.logs()}")
+                    pytest.fail(failure())
                 time.sleep(0.5)
 
     def _safe_trials(self) -> list[dict[str, Any]]:
@@ -226,15 +230,8 @@ def nni_experiment(config_path: str | os.PathLike, tmp_path: Path, *, timeout: f
         if created.returncode != 0 or not match:
             pytest.fail(f"nnictl create failed (exit {created.returncode}):\n{output}")
         exp.id = match.group(1)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                exp.status()
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"NNI manager of {exp.id} did not answer on port {exp.port}\n{output}\n{exp.logs()}")
-                time.sleep(0.5)
+        exp.wait_answering(timeout, lambda: f"NNI manager of {exp.id} did not answer on port {exp.port}\n{output}\n"
+                                            f"{exp.logs()}")
         yield exp
     finally:
         _stop(exp, timeout)
