@@ -157,7 +157,8 @@ class Experiment:
         resumed = _nnictl(["resume", self.id, "--port", str(self.port), "--experiment_dir", str(self.work_dir)],
                           self.env, timeout)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-        self.wait_answering(timeout, lambda: f"resumed experiment {self.id} did not answer\n{resumed.stdout}{self.logs()}")
+        self.wait_answering(timeout,
+                            lambda: f"resumed experiment {self.id} did not answer\n{resumed.stdout}{self.logs()}")
 
     def wait_answering(self, timeout: float, failure: Callable[[], str]) -> None:
         """Return once the REST API answers; fail with ``failure()`` after ``timeout`` seconds."""
