@@ -21,8 +21,9 @@ from core.config import from_dict, read_yaml
 from core.errors import UserError
 from experiments.nni_trial import final_metrics
 from models.mobilenet import DepthwiseSeparable
+from tests.conftest import REPO
+from tests.helpers import one_error_line, run
 
-REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "classic_nas"
 ALL_ON = dict.fromkeys(SKIP_LABELS, 1)
 ALL_OFF = dict.fromkeys(SKIP_LABELS, 0)
@@ -501,8 +502,6 @@ OUTPUTS = {"export": ["-m", "classic_nas.export", "EXP"], "export_space": ["-m",
 @pytest.mark.parametrize("command", sorted(OUTPUTS))
 def test_an_output_file_the_command_did_not_write_is_never_replaced(tmp_path, monkeypatch, command):
     from classic_nas import export
-    from tests.test_bad_input import one_error_line, run
-
     monkeypatch.setattr(export, "load_experiment", lambda source, experiments_dir=None: [_trial("t", 0.5, ALL_ON)])
     argv = OUTPUTS[command]
     notes = tmp_path / "notes.txt"
@@ -525,8 +524,6 @@ def test_an_output_file_the_command_did_not_write_is_never_replaced(tmp_path, mo
 
 
 def test_export_space_replaces_a_stale_space_of_this_stage_only(tmp_path):
-    from tests.test_bad_input import one_error_line, run
-
     hpo_space = tmp_path / "space.json"
     hpo_space.write_text((REPO / "hpo" / "search_space.json").read_text())      # another stage's space
     one_error_line(run(["-m", "classic_nas.export_space", "--out", str(hpo_space)]), "does not hold a search space "

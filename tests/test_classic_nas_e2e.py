@@ -13,12 +13,12 @@ import pytest
 
 from classic_nas.space import SKIP_LABELS, search_space_json, validate_arch
 from report.cli import main as report_main
+from tests.conftest import REPO
 from tests.nni_harness import nni_experiment
 from tests.test_report import check_report
 
 pytestmark = pytest.mark.e2e   # real nnictl experiments: not in the fast suite (pytest -m "not e2e")
 
-REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "classic_nas"
 TRIAL_FLAGS = ("--data fake --epochs 2 --max-batches 2 --batch-size 8 --eval-batch-size 50 --seed 1")
 

@@ -8,12 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-
-
-def run_cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "core.train_model", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+from tests.helpers import cli
 
 
 def make_folder(root: Path, train_classes, test_classes):
@@ -46,7 +41,8 @@ def test_bad_input(tmp_path, case):
     if case == "classes":
         make_folder(tmp_path / "d", ["a", "b"], ["a", "z"])
     args = cases[case]
-    res = run_cli(*args[0], "--out-dir", str(out), "--data-root", str(tmp_path / "root"), "--epochs", "1")
+    res = cli(["-m", "core.train_model", *args[0], "--out-dir", str(out), "--data-root", str(tmp_path / "root"),
+               "--epochs", "1"])
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and args[1] in lines[0], res.stderr
@@ -56,8 +52,8 @@ def test_bad_input(tmp_path, case):
 
 def test_smoke_run_and_resume_from_another_folder(tmp_path):
     out = tmp_path / "runs"
-    res = run_cli("--model", "shufflenetg2", "--data", "fake", "--epochs", "1", "--max-batches", "2",
-                  "--batch-size", "16", "--out-dir", str(out), "--no-progress", cwd=tmp_path)
+    res = cli(["-m", "core.train_model", "--model", "shufflenetg2", "--data", "fake", "--epochs", "1", "--max-batches",
+               "2", "--batch-size", "16", "--out-dir", str(out), "--no-progress"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout.strip().splitlines()[-1])
     run_dir = Path(result["run_dir"])
@@ -65,11 +61,11 @@ def test_smoke_run_and_resume_from_another_folder(tmp_path):
                                                    "result.json"}
     assert result["epoch"] == 1 and 0 <= result["test_acc"] <= 1 and result["params"] == 887_582
     # resume of a finished run: nothing left to train, the same result comes back
-    res = run_cli("--resume", str(run_dir / "checkpoint.pt"), cwd=tmp_path)
+    res = cli(["-m", "core.train_model", "--resume", str(run_dir / "checkpoint.pt")], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().splitlines()[-1])["val_acc"] == result["val_acc"]
     # other options beside --resume would be silently ignored: they are an error instead
-    res = run_cli("--resume", str(run_dir / "checkpoint.pt"), "--epochs", "5", cwd=tmp_path)
+    res = cli(["-m", "core.train_model", "--resume", str(run_dir / "checkpoint.pt"), "--epochs", "5"], cwd=tmp_path)
     assert res.returncode == 2 and res.stderr.strip() == ("error: --epochs: not allowed with --resume, which "
                                                           "continues with the config stored in the checkpoint; "
                                                           "pass --resume alone")

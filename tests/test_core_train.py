@@ -15,12 +15,7 @@ from core.run_folder import Run
 from core.run_training import load_splits
 from core.trainer import OPTIMIZERS, Trainer, TrainingDiverged, build_optimizer, seed_everything
 from models import create_model
-
-
-def tiny_cfg(**kw) -> TrainConfig:
-    base = dict(data="fake", subset=256, val_subset=100, batch_size=32, epochs=2, max_batches=4,
-                optimizer="SGD", lr=0.05, device="cpu", progress=False)
-    return TrainConfig(**{**base, **kw})
+from tests.helpers import tiny_cfg
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adadelta", "Adagrad", "Adam", "Adamax"])

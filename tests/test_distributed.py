@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
+
 pytestmark = pytest.mark.e2e   # real torchrun process groups (minutes): not in the fast suite (pytest -m "not e2e")
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 LAUNCHER = '''\

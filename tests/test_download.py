@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 FOLDER = "cifar-10-batches-py"          # torchvision's CIFAR10.base_folder
 ARCHIVE = "cifar-10-python.tar.gz"      # torchvision's CIFAR10.filename
 PER_BATCH, N_TEST = 20, 30

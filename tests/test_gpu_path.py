@@ -4,6 +4,7 @@ memory checks, out-of-memory errors, precision per GPU, memory format and compil
 model, NNI's mixed-edge dtype under autocast. What only a real GPU can check: docs/testing.md."""
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -27,17 +28,16 @@ from core.run_training import load_splits
 from core.speed import Precision
 from core.trainer import OutOfMemory, Trainer, seed_everything
 from models import create_model
+from tests import helpers
 from tests.conftest import REPO
+from tests.helpers import small_cnn
 
 GiB = 1 << 30
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda", 0)
 
 
-def tiny_cfg(**kw) -> ModelConfig:
-    base = dict(data="fake", subset=256, val_subset=64, batch_size=32, epochs=2, max_batches=3, model="mobilenet",
-                optimizer="SGD", lr=0.05, device="cpu", progress=False)
-    return ModelConfig(**{**base, **kw})
+tiny_cfg = functools.partial(helpers.tiny_cfg, ModelConfig, val_subset=64, max_batches=3, model="mobilenet")
 
 
 # --- point 1: collectives take their values on the communication device ------------------------------
@@ -469,11 +469,6 @@ def test_out_of_memory_message_on_a_gpu(monkeypatch):
 def test_precision_per_device(device, capability, amp, can_scale, expected):
     p = speed.choose_precision(device, amp, capability=capability, can_scale=can_scale)
     assert (p.name, p.dtype, p.scaled) == expected and p.reason
-
-
-def small_cnn() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(8, 10))
 
 
 def test_fp16_with_gradient_scaler_trains_and_resumes_exactly(monkeypatch, tmp_path):

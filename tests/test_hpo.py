@@ -18,8 +18,8 @@ from experiments.nni_trial import NniTrial
 from core.trainer import build_optimizer
 from hpo import results, retrain, trial
 from hpo.nni_fixes import RECEIVED_TAG, FixedHyperband, FixedTpe
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 FAKE_FLAGS = ["--data", "fake", "--epochs", "1", "--max-batches", "2", "--batch-size", "8",
               "--eval-batch-size", "16", "--threads", "1"]
 

@@ -21,12 +21,12 @@ from core.chance import FAKE_CLASSES, at_chance
 from hpo import results, retrain
 from hpo.nni_fixes import RECEIVED_TAG
 from report.cli import main as report_main
+from tests.conftest import REPO
 from tests.nni_harness import nni_experiment
 from tests.test_report import check_report, tau_in
 
 pytestmark = pytest.mark.e2e   # real nnictl experiments: not in the fast suite (pytest -m "not e2e")
 
-REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 SMOKE = REPO / "hpo/config_smoke.yml"
 HYPERBAND = REPO / "hpo/config_hyperband.yml"

@@ -27,50 +27,12 @@ from core.config import TrainConfig, from_dict, read_yaml
 from core.data import load_source
 from core.errors import UserError
 from tests.conftest import REPO
-from tests.test_bad_input import FAST, image_folder, one_error_line, run
+from tests.helpers import FAST, cli, image_folder, one_error_line, report, run, state
 from tests.test_download import archive, load_here, server, spec  # noqa: F401  (fixtures of the download test)
 from tests.test_report import HPO_TRIALS, _fake_experiment
 
 RETRAIN = ["--data", "fake", "--epochs", "1", "--max-batches", "1", "--batch-size", "16", "--eval-batch-size", "100",
            "--no-progress", "--device", "cpu"]
-
-
-def cli(args: list[str], cwd: Path = REPO, env: dict[str, str] | None = None, timeout: float = 300):
-    """The real command, as a user runs it: ``python ARGS`` in ``cwd``."""
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})})
-
-
-def report(args: list, cwd: Path | None = None):
-    """``python -m report ARGS`` called in this process (as test_bad_input's ``run`` calls the
-    other commands: seconds faster than a new interpreter); returns what ``subprocess.run`` would."""
-    import contextlib
-
-    from report.cli import main
-
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    old = os.getcwd()
-    try:
-        os.chdir(cwd or old)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main([str(a) for a in args])
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        os.chdir(old)
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
-def state(root: Path) -> dict[str, tuple]:
-    """Every file and folder under ``root`` (and ``root`` itself): mode and content; links as links."""
-    out = {}
-    for p in [root, *sorted(root.rglob("*"))]:
-        st = p.lstat()
-        kind = "link" if p.is_symlink() else "dir" if p.is_dir() else "file"
-        content = os.readlink(p) if kind == "link" else p.read_bytes() if kind == "file" else None
-        out[str(p.relative_to(root))] = (kind, stat.S_IMODE(st.st_mode), content)
-    return out
 
 
 def fake_run(folder: Path, metrics: list[str] | None = None, result: dict | None = None, **files) -> Path:

@@ -26,9 +26,9 @@ import psutil
 import pytest
 import yaml
 
+from tests.conftest import REPO
 from tests.nni_harness import BIN, free_port, nni_experiment
 
-REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "hpo/config_smoke.yml"
 REMOTE = REPO / "hpo/config_remote.yml"
 SSHD = Path("/usr/sbin/sshd")

@@ -23,8 +23,8 @@ import yaml
 from core import checkpoint as core_checkpoint
 from report.cli import main as report_main
 from report.stats import kendall
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 MIN_PIXELS = 200 * 150
 MIN_STD = 0.02          # pixel standard deviation (values in [0, 1]): not a blank canvas
 

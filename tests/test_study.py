@@ -14,8 +14,6 @@ import random
 import re
 import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -23,7 +21,10 @@ import pytest
 
 from report.cli import main as report_main
 from report.stats import MIN_TRIALS_FOR_IMPORTANCE, binomial_se, kendall, tied_with
-from tests.test_report import HPO_TRIALS, REPO, RETRAIN, _fake_experiment, check_report, tau_in
+from tests.conftest import REPO
+from tests.helpers import cli, one_error_line, report
+from tests.helpers import run as run_command
+from tests.test_report import HPO_TRIALS, RETRAIN, _fake_experiment, check_report, tau_in
 
 
 def _decode(value):
@@ -50,22 +51,6 @@ def _cell(text: str):
         return json.loads(text)
     except ValueError:
         return text
-
-
-def one_error_line(code: int, stderr: str, needle: str) -> None:
-    lines = stderr.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], stderr
-    assert "Traceback" not in stderr
-
-
-def run_report(argv: list[str], capsys) -> tuple[int, str]:
-    """``python -m report`` in this process: its exit status and standard error."""
-    try:
-        report_main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
 
 
 # --- checks that also run on real experiments (tests/test_study_e2e.py) --------------------------
@@ -330,12 +315,12 @@ def test_comparison_of_two_experiments_of_one_stage(tmp_path, capsys):
                          ([b, a, f"{tmp_path}/run/../exp0cma/", "-o", tmp_path / "bad5"], "are the same experiment"),
                          ([tmp_path / "link-to-a", b, a, "-o", tmp_path / "bad6"], "are the same experiment"),
                          ([a, b, "-o", ""], "-o: the folder's name is empty")]:
-        one_error_line(*run_report(argv, capsys), needle)
+        one_error_line(report(argv), needle)
     assert not any((tmp_path / f"bad{i}").exists() for i in range(1, 7))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["exp0cma", "exp0cmb", "exp0hi", "exp0lo", "exp0wo", "exp0nas", "run", "link-to-a", "cmp", "c2", "c3"])
     for source in (a, run):     # -o "" is no folder for one source either (not the default folder)
-        one_error_line(*run_report([source, "-o", ""], capsys), "-o: the folder's name is empty")
+        one_error_line(report([source, "-o", ""]), "-o: the folder's name is empty")
         assert not (source / "report").exists()
 
 
@@ -452,7 +437,7 @@ def test_study_report_of_the_four_stages(tmp_path, capsys, monkeypatch):
                          ([darts, fake_darts_search(tmp_path / "darts2")], "are both of kind 'one-shot DARTS search'"),
                          ([dnni], "is an experiment of stage 'oneshot_darts', which the study does not take"),
                          ([tmp_path / "plain"], "no such file or folder")]:
-        one_error_line(*run_report(["--study", *argv, "-o", tmp_path / "bad"], capsys), needle)
+        one_error_line(report(["--study", *argv, "-o", tmp_path / "bad"]), needle)
     assert not (tmp_path / "bad").exists()
 
 
@@ -640,12 +625,12 @@ def test_top_k_retrains_with_seeds_give_mean_and_std_per_configuration(tmp_path,
     # the same command again: all four finished, skipped; other options: one line naming the field
     assert {r["action"] for r in retrain.main(argv)} == {"skipped"}
     capsys.readouterr()
-    one_error_line(*_main_code(retrain.main, [*argv[:-2], "--lr", "0.5", "--out-dir", str(runs)], capsys),
+    one_error_line(run_command(["hpo/retrain.py", *argv[:-2], "--lr", "0.5", "--out-dir", str(runs)]),
                    "(seed 3) was retrained in")
     for bad, needle in [(["--seed", "1"], "--seed: not allowed with --seeds"),
                         (["--seeds", "1", "1"], "--seeds: seed 1 is given twice")]:
-        one_error_line(*_main_code(retrain.main, [*argv, *bad], capsys), needle)
-    one_error_line(*_main_code(retrain.main, ["--experiment", str(exp), "--seeds", "1", "2"], capsys),
+        one_error_line(run_command(["hpo/retrain.py", *argv, *bad]), needle)
+    one_error_line(run_command(["hpo/retrain.py", "--experiment", str(exp), "--seeds", "1", "2"]),
                    "--seeds: only with --top K")
 
     text = check_report(report_main([str(exp), "--retrains", str(runs), "-o", str(tmp_path / "out")]),
@@ -669,23 +654,13 @@ def test_top_k_retrains_with_seeds_give_mean_and_std_per_configuration(tmp_path,
         assert tau_in(text) == pytest.approx(k.tau, abs=1e-3) and f"(p = {k.p:.3g}, n = 2;" in text
 
 
-def _main_code(main, argv, capsys) -> tuple[int, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
 def test_classic_nas_top_k_retrains_with_seeds(tmp_path, capsys):
     from classic_nas import retrain
 
     arc = tmp_path / "arch.json"
     arc.write_text(json.dumps({f"skip{k}": 1 for k in range(1, 7)}))
-    proc = subprocess.run([sys.executable, "classic_nas/retrain.py", "--arc", str(arc), "--seeds", "1", "2"],
-                          capture_output=True, text=True, cwd=REPO)
-    one_error_line(proc.returncode, proc.stderr, "--seeds: only with --experiment ID --top K")
+    proc = cli(["classic_nas/retrain.py", "--arc", str(arc), "--seeds", "1", "2"])
+    one_error_line(proc, "--seeds: only with --experiment ID --top K")
 
     nas = _nas_from(tmp_path / "nohpo", tmp_path, "nasexp9", winner=None)
     runs = tmp_path / "runs"
@@ -698,8 +673,8 @@ def test_classic_nas_top_k_retrains_with_seeds(tmp_path, capsys):
         assert json.loads((run / "origin.json").read_text())["seed"] == s and f"seed: {s}\n" in \
             (run / "config.yaml").read_text()
     capsys.readouterr()
-    one_error_line(*_main_code(retrain.main, ["--experiment", str(nas), "--top", "1", "--seeds", "1", "--seed", "4"],
-                               capsys), "--seed: not allowed with --seeds")
+    one_error_line(run_command(["classic_nas/retrain.py", "--experiment", str(nas), "--top", "1", "--seeds", "1",
+                                "--seed", "4"]), "--seed: not allowed with --seeds")
     text = check_report(report_main([str(nas), "--retrains", str(runs), "-o", str(tmp_path / "out")]), ["| 1, 2 |"])
     assert "2 run(s) of 1 configuration(s) (2 finished with a valid test accuracy)" in text
 
