@@ -129,89 +129,10 @@ def test_16_1_a_download_keeps_an_incomplete_copy_it_did_not_make(tmp_path, load
     assert f"was moved to {str(kept[0])!r}" in err
 
 
-def test_16_1_top_k_removes_nothing_it_did_not_write(tmp_path):
-    exp = _fake_experiment(tmp_path / "exp0mine", "hpo", HPO_TRIALS)
-    folder = tmp_path / "runs" / "hpo_retrain-exp0mine-aaaaa"     # the retrain's name, but someone else's files
-    folder.mkdir(parents=True)
-    (folder / "metrics.jsonl").write_text("mine\n")
-    before = state(tmp_path / "runs")
-    one_error_line(run(["hpo/retrain.py", "--experiment", str(exp), "--top", "1", *RETRAIN, "--out-dir",
-                        str(tmp_path / "runs")]), "holds metrics.jsonl but no config.yaml: not a retrain folder")
-    assert state(tmp_path / "runs") == before
-
-
 # --- 2. one process per retrain folder ----------------------------------------------------------------
-
-@pytest.mark.parametrize("writing", ["", ".config.yaml.x1y2z3.tmp"], ids=["locked", "writing its config"])
-def test_16_2_a_retrain_folder_held_by_another_process_is_left_to_it(tmp_path, writing):
-    from filelock import FileLock
-
-    exp = _fake_experiment(tmp_path / "exp0lock", "hpo", HPO_TRIALS)
-    runs = tmp_path / "runs"
-    folder = runs / "hpo_retrain-exp0lock-aaaaa"
-    folder.mkdir(parents=True)
-    if writing:    # the other process is caught between its lock and its config.yaml (its atomic write's file)
-        (folder / writing).write_text("seed: 0\n")
-    lock = FileLock(str(folder / ".lock"))
-    lock.acquire()                               # another --top K is training trial aaaaa right now
-    try:
-        proc = cli(["hpo/retrain.py", "--experiment", exp, "--top", "1", *RETRAIN, "--out-dir", runs])
-    finally:
-        lock.release()
-    assert proc.returncode == 0, proc.stderr
-    assert "trial aaaaa: another process is retraining it" in proc.stdout and "skipped here" in proc.stdout
-    assert json.loads(proc.stdout.splitlines()[-2])[0]["action"] == "busy"
-    assert sorted(p.name for p in folder.iterdir()) == sorted({".lock", writing} - {""}), \
-        "it wrote into the other process's folder"
-
-
-def test_16_2_two_top_k_started_together_never_mix_a_folder(tmp_path):
-    exp = _fake_experiment(tmp_path / "exp0twice", "hpo", HPO_TRIALS)
-    runs = tmp_path / "runs"
-    args = [sys.executable, "hpo/retrain.py", "--experiment", str(exp), "--top", "2", *RETRAIN, "--epochs", "2",
-            "--out-dir", str(runs)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
-    for trial in ("aaaaa", "ddddd"):
-        folder = runs / f"hpo_retrain-exp0twice-{trial}"
-        epochs = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
-        assert epochs == [1, 2], f"{folder}: epochs {epochs} (two processes trained into it)"
-        assert (folder / "train.log").read_text().count("run folder") == 1
-    trained = [line for out, _ in outs for line in out.splitlines() if "retraining in" in line]
-    assert len(trained) == 2, trained          # each trial trained once, by one of the two
 
 
 # --- 3. a retrain is reused only with the options it was trained with ----------------------------------
-
-def test_16_3_rerun_with_other_options_is_an_error_naming_them_or_a_new_folder(tmp_path):
-    from hpo import retrain
-
-    exp = _fake_experiment(tmp_path / "exp0opts", "hpo", HPO_TRIALS)
-    runs = tmp_path / "runs"
-    base = ["--experiment", str(exp), "--top", "1", *RETRAIN, "--out-dir", str(runs)]
-    assert retrain.main(base)[0]["action"] == "started"
-    folder = runs / "hpo_retrain-exp0opts-aaaaa"
-    before = state(runs)
-    proc = cli(["hpo/retrain.py", *base, "--epochs", "2", "--lr", "0.05"])
-    one_error_line(proc, "trial aaaaa was retrained in", "epochs 1 there, 2 now", "lr 0.001 there, 0.05 now",
-                   "--new-folder")
-    assert state(runs) == before
-    # the same options: reused; options that say only how it runs (device, threads, progress): reused too
-    assert retrain.main([*base, "--threads", "1"])[0]["action"] == "skipped"
-    # --new-folder: a second folder with the new options, and each is reused with its own options
-    rows = retrain.main([*base, "--epochs", "2", "--new-folder"])
-    assert rows[0]["action"] == "started" and rows[0]["run_dir"] == str(folder) + "-2"
-    assert retrain.main([*base, "--epochs", "2"])[0]["run_dir"] == str(folder) + "-2"
-    assert retrain.main(base)[0]["run_dir"] == str(folder)
-    # a killed retrain is resumed only with its own options, never silently with other ones
-    (folder / "result.json").unlink()
-    before = state(runs)
-    one_error_line(run(["hpo/retrain.py", *base, "--weight-decay", "0.01"]), "weight_decay 0.0005 there, 0.01 now")
-    assert state(runs) == before
-    assert retrain.main(base)[0]["action"] == "resumed"
 
 
 # --- 4. the report keeps only retrains of the experiment's own trials -------------------------------
@@ -585,22 +506,3 @@ def test_16_12_results_print_each_line_once_under_torchrun(tmp_path):
     assert "best: trial aaaaa" in outputs[0].stdout and outputs[1].stdout == "" and outputs[1].stderr == ""
 
 
-def check_top_k_under_torchrun(exp_dir: Path, out_dir: Path, k: int = 1) -> None:
-    """``--top K`` of the experiment ``exp_dir`` under real ``torchrun`` with two processes: every
-    line once, one folder per trial, its epochs once each."""
-    torchrun = Path(sys.executable).parent / "torchrun"
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "hpo/retrain.py", "--experiment",
-                           str(exp_dir), "--top", str(k), *RETRAIN, "--epochs", "2", "--out-dir", str(out_dir)],
-                          cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    assert len(lines) == len(set(lines)), f"lines printed twice:\n{proc.stdout}"
-    for folder in out_dir.iterdir():
-        epochs = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
-        assert epochs == [1, 2], (folder, epochs)
-
-
-@pytest.mark.e2e
-def test_16_12_top_k_under_torchrun_prints_each_line_once(tmp_path):
-    check_top_k_under_torchrun(_fake_experiment(tmp_path / "exp0torchrun", "hpo", HPO_TRIALS), tmp_path / "runs")
