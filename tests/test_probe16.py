@@ -98,31 +98,6 @@ def test_16_11_export_into_an_unwritable_place(tmp_path):
                    "--out: cannot write '/proc/cifar-automl/best_arch.json'")
 
 
-def test_16_11_trial_concurrency_0_is_one_line_before_nnictl_create(tmp_path):
-    from tests.nni_harness import nni_experiment
-
-    (tmp_path / "exp").mkdir()
-    config = tmp_path / "hpo_smoke.yml"
-    smoke = yaml.safe_load((REPO / "hpo" / "config_smoke.yml").read_text())
-    smoke["searchSpaceFile"] = str((REPO / "hpo" / smoke["searchSpaceFile"]).resolve())
-    smoke["trialCodeDirectory"] = str((REPO / "hpo" / smoke["trialCodeDirectory"]).resolve())
-    config.write_text(yaml.safe_dump({**smoke, "trialConcurrency": 0}))
-    one_error_line(cli(["-m", "experiments.nni_config", config]), "trialConcurrency: 0 is not allowed")
-    with pytest.raises(pytest.fail.Exception, match="trialConcurrency: 0 is not allowed"):
-        with nni_experiment(config, tmp_path / "exp"):     # the harness checks before `nnictl create`
-            pass
-    assert not (tmp_path / "exp" / "nni-experiments").exists()
-
-
-def test_16_11_every_nnictl_config_of_the_project_passes_the_check():
-    configs = sorted(p for p in [*REPO.glob("configs/*.yml"), *REPO.glob("*/config*.yml")]
-                     if "trialCommand" in p.read_text() and "remote" not in p.name)   # remote: need a key file
-    assert len(configs) >= 8
-    proc = cli(["-m", "experiments.nni_config", *configs])
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count(": ok") == len(configs)
-
-
 # --- 12. --threads, --print-config, torchrun -------------------------------------------------------
 
 def test_16_12_the_classic_nas_trial_takes_threads(tmp_path):
@@ -132,19 +107,5 @@ def test_16_12_the_classic_nas_trial_takes_threads(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert yaml.safe_load(proc.stdout)["threads"] == 1
     one_error_line(run(["hpo/trial.py", *FAST, "--threads", "100000"]), "threads: 100000 is not allowed")
-
-
-def test_16_12_print_config_checks_data(tmp_path):
-    proc = cli(["hpo/trial.py", "--data", tmp_path / "nowhere", "--print-config"])
-    one_error_line(proc, f"data: {str(tmp_path / 'nowhere')!r} is neither one of cifar10, fake nor an existing path")
-    assert proc.stdout == ""
-
-
-def test_16_12_results_print_each_line_once_under_torchrun(tmp_path):
-    exp = _fake_experiment(tmp_path / "exp0ranks", "hpo", HPO_TRIALS)
-    outputs = [cli(["hpo/results.py", exp], env={"WORLD_SIZE": "2", "RANK": str(r), "LOCAL_RANK": str(r)})
-               for r in (0, 1)]                    # the two processes torchrun --nproc_per_node 2 starts
-    assert outputs[0].returncode == outputs[1].returncode == 0
-    assert "best: trial aaaaa" in outputs[0].stdout and outputs[1].stdout == "" and outputs[1].stderr == ""
 
 
