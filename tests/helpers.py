@@ -24,6 +24,10 @@ from tests.conftest import REPO
 FAST = ["--data", "fake", "--epochs", "1", "--max-batches", "2", "--batch-size", "16", "--eval-batch-size", "50",
         "--no-progress", "--device", "cpu"]
 
+#: a retrain of seconds on fake data (one epoch of one batch, on the CPU)
+RETRAIN = ["--data", "fake", "--epochs", "1", "--max-batches", "1", "--batch-size", "16", "--eval-batch-size", "100",
+           "--no-progress", "--device", "cpu"]
+
 #: how a user starts each command (a script or ``-m module``) -> the module whose ``main`` it runs
 MAINS = {"-m core.train_model": "core.train_model", "hpo/results.py": "hpo.results", "hpo/retrain.py": "hpo.retrain",
          "hpo/trial.py": "hpo.trial", "classic_nas/retrain.py": "classic_nas.retrain",

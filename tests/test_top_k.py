@@ -12,12 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.helpers import cli, one_error_line, run, state
+from tests.helpers import RETRAIN, cli, one_error_line, run, state
 from tests.test_report import HPO_TRIALS, _fake_experiment
 
 BIN = Path(sys.executable).parent
-RETRAIN = ["--data", "fake", "--epochs", "1", "--max-batches", "1", "--batch-size", "16", "--eval-batch-size", "100",
-           "--no-progress", "--device", "cpu"]
 
 
 def test_top_k_removes_nothing_it_did_not_write(tmp_path):
