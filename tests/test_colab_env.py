@@ -1,4 +1,4 @@
-"""The notebook as a Colab user runs it today (issue 17).
+"""The notebook as a Colab user runs it today.
 
 A Python 3.13 virtual environment holding Colab's versions of torch, torchvision, numpy, the
 Jupyter kernel and the rest of what the project touches (``tests/colab_runtime.txt``; its torch is

@@ -828,7 +828,7 @@ def test_search_killed_after_first_epoch_resumes_exactly(tmp_path, one_thread):
 def test_search_epoch_trains_every_weight_image_and_cycles_the_architecture_half(tmp_path, one_thread):
     """32 weight images and 8 architecture images, batch 8: every epoch takes 4 steps, trains the
     weights on all 32 and the architecture on the 8 cycled four times, and its log says so (an
-    epoch used to stop with the shorter half: 8 weight images); interrupted after its first epoch
+    epoch does not stop with the shorter half: 8 weight images); interrupted after its first epoch
     and resumed, the search ends exactly where an uninterrupted one ends."""
     from oneshot_darts.search import SearchConfig, main as search, run_search
 
@@ -1175,7 +1175,7 @@ def test_bench_darts_prints_order_and_partial_channel_ratios():
     assert re.search(rf"^order 1\s+[\d.]+\s+1.00x", res.stdout, re.M)
 
 
-# --- data-parallel drop path (issue 18, point 3) -----------------------------------------------
+# --- data-parallel drop path ------------------------------------------------------------------------
 
 DROP_PATH_PROBE = """\
 import json, sys, torch

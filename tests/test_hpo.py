@@ -61,7 +61,7 @@ def _config(argv, params=None) -> trial.HpoTrialConfig:
 
 # --- the search space and the trial's parameters ------------------------------------------------
 
-def test_search_space_is_exactly_the_issue_s():
+def test_search_space_is_two_lrs_four_optimizers_and_eight_models():
     space = json.loads((REPO / "hpo/search_space.json").read_text())
     assert space == {
         "lr": {"_type": "choice", "_value": [0.01, 0.001]},
@@ -122,7 +122,7 @@ def test_bad_parameter_as_a_process_exits_2_without_traceback(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_wide_space_and_the_nni_example_recipe_are_the_issue_s():
+def test_wide_space_draws_valid_trials_and_the_nni_example_recipe_resolves():
     wide = yaml.safe_load((REPO / "hpo/config_wide.yml").read_text())
     space = wide["searchSpace"]
     assert space["lr"] == {"_type": "loguniform", "_value": [0.0001, 1.0]}

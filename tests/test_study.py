@@ -1,4 +1,4 @@
-"""Results a researcher can trust and compare (issue 21, part B), on synthetic experiment databases
+"""Results a researcher can trust and compare, on synthetic experiment databases
 (written the way NNI 3.0 writes them, tests/test_report.py) and run folders: each accuracy with its
 standard error and the trials tied with the best; ``--top K --seeds``; ``trials.csv``/``trials.json``;
 parallel coordinates and parameter importance; comparisons of experiments; the study report.
@@ -153,7 +153,7 @@ def check_study_report(hpo_exp: Path, nas_exp: Path, darts_run: Path, retrain_ru
 # --- noise: standard errors and ties -------------------------------------------------------------
 
 def test_each_accuracy_has_its_standard_error_and_the_tied_trials_are_marked(tmp_path):
-    assert binomial_se(0.9, 5000) == pytest.approx(0.0042426, abs=1e-6)      # the issue's 0.4 points at 90 %
+    assert binomial_se(0.9, 5000) == pytest.approx(0.0042426, abs=1e-6)      # 0.4 points at 90 %
     assert binomial_se(0.5, None) is None and binomial_se(None, 100) is None
     assert tied_with(0.5, 0.0158, 0.47) is True and tied_with(0.5, 0.0158, 0.46) is False
     assert tied_with(0.5, None, 0.49) is None
@@ -339,7 +339,7 @@ def test_comparison_shows_what_differs_and_calls_a_seed_repeat_one(tmp_path):
     from report.stats import binomial_se
 
     mob, shu = ("mobilenet", "Adamax", 0.01), ("shufflenetg2", "Adam", 0.001)
-    # the issue's case: the same configuration scored 0.205 with one seed and 0.168 with the other
+    # the same configuration scoring 0.205 with one seed and 0.168 with the other
     a = _seeded(tmp_path, "exp0sda", 0, {mob: 0.205, shu: 0.150})
     b = _seeded(tmp_path, "exp0sdb", 1, {mob: 0.168, shu: 0.160})
     text = check_report(report_main([str(a), str(b), "-o", str(tmp_path / "c1")]), [])

@@ -1,4 +1,4 @@
-"""The study end to end (issue 21): the session's real HPO experiment (nnictl, the shipped tuner +
+"""The study end to end: the session's real HPO experiment (nnictl, the shipped tuner +
 Medianstop) in which one trial succeeds, one is stopped by the assessor and one fails; the session's
 real classic-NAS experiment started with CIFAR_AUTOML_FROM_HPO naming it; a DARTS smoke search and a retrain of its cell; then
 ``trials.csv`` holds the failed and the early-stopped trial, and the study report of the four is
