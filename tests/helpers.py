@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import json
 import os
 import stat
 import subprocess
@@ -97,16 +98,30 @@ def state(root: Path) -> dict[str, tuple]:
     return out
 
 
-def image_folder(root: Path, classes=("a", "b"), n=4, seed=0, size=32) -> Path:
-    """An image folder (train/ and test/, one folder per class) of ``n`` random PNGs per class."""
+def image_folder(root: Path, classes=("a", "b"), n=4, seed=0, size=32, test_classes=None) -> Path:
+    """An image folder (train/ and test/, one folder per class) of ``n`` random PNGs per class;
+    ``test_classes``: test/'s classes where they differ from train/'s (``[]``: no test/)."""
     gen = torch.Generator().manual_seed(seed)
-    for split in ("train", "test"):
-        for cls in classes:
+    for split, names in (("train", classes), ("test", classes if test_classes is None else test_classes)):
+        for cls in names:
             (root / split / cls).mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 pixels = torch.randint(0, 256, (size, size, 3), generator=gen, dtype=torch.uint8).numpy()
                 Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
     return root
+
+
+def decode_json(value, strict: bool = True):
+    """JSON text, maybe of JSON text (how NNI stores a metric or a parameter set), decoded until it is
+    no longer a string; ``strict=False``: a string that is not JSON is returned as it is."""
+    while isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            if strict:
+                raise
+            return value
+    return value
 
 
 def small_cnn() -> nn.Module:

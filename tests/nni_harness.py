@@ -196,7 +196,7 @@ def processes_under(marker: str) -> list[psutil.Process]:
                 text += " " + " ".join(proc.environ().values())
             if marker in text and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        except psutil.Error:          # gone, a zombie, not ours to read
             continue
     return found
 

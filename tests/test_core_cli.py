@@ -11,17 +11,7 @@ from pathlib import Path
 import pytest
 
 from core.config import TrainConfig, from_dict
-from tests.helpers import FAST, cli, one_error_line, run
-
-
-def make_folder(root: Path, train_classes, test_classes):
-    from PIL import Image
-
-    for split, classes in (("train", train_classes), ("test", test_classes)):
-        for cls in classes:
-            (root / split / cls).mkdir(parents=True)
-            Image.new("RGB", (32, 32)).save(root / split / cls / "0.png")
-    return root
+from tests.helpers import FAST, cli, image_folder, one_error_line, run
 
 
 @pytest.mark.parametrize("case", ["model", "optimizer", "source", "missing_path", "no_test", "classes"])
@@ -40,9 +30,9 @@ def test_bad_input(tmp_path, case):
                     "train/ and test/ have different classes (only in train: ['b']; only in test: ['z'])"),
     }
     if case == "no_test":
-        make_folder(tmp_path / "d", ["a", "b"], [])
+        image_folder(tmp_path / "d", ["a", "b"], n=1, test_classes=[])
     if case == "classes":
-        make_folder(tmp_path / "d", ["a", "b"], ["a", "z"])
+        image_folder(tmp_path / "d", ["a", "b"], n=1, test_classes=["a", "z"])
     args = cases[case]
     res = cli(["-m", "core.train_model", *args[0], "--out-dir", str(out), "--data-root", str(tmp_path / "root"),
                "--epochs", "1"])

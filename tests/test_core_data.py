@@ -16,17 +16,6 @@ from core.loader import BatchLoader, cutout, random_crop, random_flip
 from tests.helpers import cli, image_folder, one_error_line, run
 
 
-def write_folder(root, classes_train, classes_test, n=3, size=32):
-    rng = np.random.default_rng(0)
-    for split, classes in (("train", classes_train), ("test", classes_test)):
-        for cls in classes:
-            d = root / split / cls
-            d.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    return root
-
-
 def test_fake_source_shapes_and_labels():
     train, test, classes = load_source("fake", "unused")
     assert classes == [f"class{i}" for i in range(10)]
@@ -63,7 +52,7 @@ def test_subset_and_val_subset():
 
 @pytest.mark.parametrize("as_tar", [False, True])
 def test_image_folder_and_tar(tmp_path, as_tar, monkeypatch):
-    folder = write_folder(tmp_path / "ds", ["cat", "dog", "emu"], ["cat", "dog", "emu"], n=4, size=40)
+    folder = image_folder(tmp_path / "ds", ["cat", "dog", "emu"], n=4, size=40)
     src = folder
     if as_tar:
         src = tmp_path / "ds.tar.gz"
@@ -85,10 +74,10 @@ def test_image_folder_errors(tmp_path):
     with pytest.raises(UserError, match="neither one of cifar10, fake nor an existing path"):
         load_source(str(tmp_path / "missing"), str(tmp_path))
     only_train = tmp_path / "only_train"
-    write_folder(only_train, ["a"], [])
+    image_folder(only_train, ["a"], n=3, test_classes=[])
     with pytest.raises(UserError, match=r"no images under test/<class>/"):
         load_source(str(only_train), str(tmp_path))
-    mismatched = write_folder(tmp_path / "mismatch", ["a", "b"], ["a", "c"])
+    mismatched = image_folder(tmp_path / "mismatch", ["a", "b"], n=3, test_classes=["a", "c"])
     with pytest.raises(UserError, match=r"different classes \(only in train: \['b'\]; only in test: \['c'\]\)"):
         load_source(str(mismatched), str(tmp_path))
     assert not (tmp_path / "cache").exists(), "a failed load must leave no cache behind"
@@ -159,7 +148,7 @@ def test_split_prefixes_are_fair_samples(tmp_path):
     """Image folders list images class by class; the evaluation splits must not (a few
     ``max_batches`` of a class-ordered test split would see one class only)."""
 
-    folder = write_folder(tmp_path / "ds", ["a", "b", "c", "d"], ["a", "b", "c", "d"], n=20)
+    folder = image_folder(tmp_path / "ds", ["a", "b", "c", "d"], n=20)
     s = make_splits(str(folder), str(tmp_path / "root"), val_fraction=0.25)
     for part in (s.val, s.test):
         assert len(set(part.labels[:10].tolist())) > 1

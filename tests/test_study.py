@@ -22,18 +22,9 @@ import pytest
 from report.cli import main as report_main
 from report.stats import MIN_TRIALS_FOR_IMPORTANCE, binomial_se, kendall, tied_with
 from tests.conftest import REPO
-from tests.helpers import cli, one_error_line, report
+from tests.helpers import cli, decode_json, one_error_line, report
 from tests.helpers import run as run_command
 from tests.test_report import HPO_TRIALS, RETRAIN, _fake_experiment, check_report, tau_in
-
-
-def _decode(value):
-    while isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return value
-    return value
 
 
 def _strict_json(text: str):
@@ -66,7 +57,8 @@ def check_trials_csv(exp_dir: Path, out: Path, require: tuple[str, ...] = ()) ->
     con = sqlite3.connect(f"file:{Path(exp_dir) / 'db' / 'nni.sqlite'}?mode=ro", uri=True)
     events = con.execute("SELECT trialJobId, event, sequenceId FROM TrialJobEvent ORDER BY timestamp").fetchall()
     metrics = con.execute("SELECT trialJobId, type, sequence, data FROM MetricData").fetchall()
-    space = _decode(con.execute("SELECT params FROM ExperimentProfile ORDER BY revision DESC LIMIT 1").fetchone()[0])
+    space = decode_json(con.execute("SELECT params FROM ExperimentProfile ORDER BY revision DESC LIMIT 1")
+                        .fetchone()[0], strict=False)
     con.close()
     status, seq = {}, {}
     for tid, event, sequence in events:
@@ -76,7 +68,7 @@ def check_trials_csv(exp_dir: Path, out: Path, require: tuple[str, ...] = ()) ->
     periodical: dict[str, list[float]] = {tid: [] for tid in status}
     final: dict[str, dict] = {}
     for tid, kind, _, data in metrics:
-        value = _decode(data)
+        value = decode_json(data, strict=False)
         if kind == "PERIODICAL":
             periodical[tid].append(value["default"] if isinstance(value, dict) else value)
         elif kind == "FINAL":
