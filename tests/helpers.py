@@ -21,6 +21,9 @@ from torch import nn
 from core.config import TrainConfig
 from tests.conftest import REPO
 
+#: the environment's bin folder: torchrun, nnictl, and the python3 that trials run
+BIN = Path(sys.executable).parent
+
 #: a training of seconds on fake data (one epoch of two batches, on the CPU)
 FAST = ["--data", "fake", "--epochs", "1", "--max-batches", "2", "--batch-size", "16", "--eval-batch-size", "50",
         "--no-progress", "--device", "cpu"]

@@ -22,7 +22,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -35,9 +34,11 @@ import yaml
 
 from core.errors import UserError
 from experiments.nni_config import check_experiment_config
+from tests.helpers import BIN
 
-BIN = Path(sys.executable).parent           # the venv's bin: nnictl, and the python3 trials run
 FINAL_STATES = ("DONE", "STOPPED", "ERROR")
+#: a trial's states once it ended well or was stopped (NNI 3.0 shows Medianstop's stops as USER_CANCELED)
+ENDED = ("SUCCEEDED", "USER_CANCELED", "EARLY_STOPPED")
 #: experiment-config keys that hold paths, resolved against the config file's folder by NNI
 _PATH_KEYS = ("trialCodeDirectory", "searchSpaceFile")
 _ALGO_KEYS = ("tuner", "assessor", "advisor")

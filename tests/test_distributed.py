@@ -26,10 +26,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.helpers import BIN
 
 pytestmark = pytest.mark.e2e   # real torchrun process groups (minutes): not in the fast suite (pytest -m "not e2e")
-
-BIN = Path(sys.executable).parent
 
 LAUNCHER = '''\
 """python -m core.train_model with the registry's network replaced by a small CNN (test only)."""

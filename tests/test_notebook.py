@@ -37,7 +37,8 @@ from nbclient import NotebookClient
 
 from lab.plan import EXPERIMENT_STAGES, STAGES
 from tests.conftest import REPO
-from tests.nni_harness import BIN, free_port, processes_under
+from tests.helpers import BIN
+from tests.nni_harness import free_port, processes_under
 
 NOTEBOOK = REPO / "notebooks" / "colab.ipynb"
 

@@ -27,13 +27,13 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.nni_harness import BIN, free_port, nni_experiment, processes_under
+from tests.helpers import BIN
+from tests.nni_harness import ENDED, free_port, nni_experiment, processes_under
 
 SMOKE = REPO / "hpo/config_smoke.yml"
 REMOTE = REPO / "hpo/config_remote.yml"
 SSHD = Path("/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")
-ENDED = ("SUCCEEDED", "USER_CANCELED", "EARLY_STOPPED")
 
 
 def _keygen(path: Path) -> None:

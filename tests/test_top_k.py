@@ -12,10 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.helpers import RETRAIN, cli, one_error_line, run, state
+from tests.helpers import BIN, RETRAIN, cli, one_error_line, run, state
 from tests.test_report import HPO_TRIALS, _fake_experiment
-
-BIN = Path(sys.executable).parent
 
 
 def test_top_k_removes_nothing_it_did_not_write(tmp_path):
