@@ -41,7 +41,7 @@ def hermetic_defaults(tmp_path_factory):
 
 # --- experiments shared by the whole test run -----------------------------------------------------
 # One real HPO experiment and one real classic-NAS experiment serve every e2e test that needs an
-# experiment of that shape (docs/testing.md lists who reads which): each test used to start its own.
+# experiment of that shape (docs/testing.md lists who reads which).
 
 #: the session's shared experiments; the tests that use one run in one pytest-xdist worker
 SHARED_EXPERIMENTS = ("hpo_study_exp", "nas_from_hpo_exp")

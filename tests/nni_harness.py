@@ -22,12 +22,11 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import psutil
 import pytest
@@ -35,9 +34,11 @@ import yaml
 
 from core.errors import UserError
 from experiments.nni_config import check_experiment_config
+from tests.helpers import BIN
 
-BIN = Path(sys.executable).parent           # the venv's bin: nnictl, and the python3 trials run
 FINAL_STATES = ("DONE", "STOPPED", "ERROR")
+#: a trial's states once it ended well or was stopped (NNI 3.0 shows Medianstop's stops as USER_CANCELED)
+ENDED = ("SUCCEEDED", "USER_CANCELED", "EARLY_STOPPED")
 #: experiment-config keys that hold paths, resolved against the config file's folder by NNI
 _PATH_KEYS = ("trialCodeDirectory", "searchSpaceFile")
 _ALGO_KEYS = ("tuner", "assessor", "advisor")
@@ -157,6 +158,11 @@ class Experiment:
         resumed = _nnictl(["resume", self.id, "--port", str(self.port), "--experiment_dir", str(self.work_dir)],
                           self.env, timeout)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        self.wait_answering(timeout,
+                            lambda: f"resumed experiment {self.id} did not answer\n{resumed.stdout}{self.logs()}")
+
+    def wait_answering(self, timeout: float, failure: Callable[[], str]) -> None:
+        """Return once the REST API answers; fail with ``failure()`` after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -164,7 +170,7 @@ class Experiment:
                 return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 if time.monotonic() > deadline:
-                    pytest.fail(f"resumed experiment {self.id} did not answer\n{resumed.stdout}{self.logs()}")
+                    pytest.fail(failure())
                 time.sleep(0.5)
 
     def _safe_trials(self) -> list[dict[str, Any]]:
@@ -191,7 +197,7 @@ def processes_under(marker: str) -> list[psutil.Process]:
                 text += " " + " ".join(proc.environ().values())
             if marker in text and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        except psutil.Error:          # gone, a zombie, not ours to read
             continue
     return found
 
@@ -226,15 +232,8 @@ def nni_experiment(config_path: str | os.PathLike, tmp_path: Path, *, timeout: f
         if created.returncode != 0 or not match:
             pytest.fail(f"nnictl create failed (exit {created.returncode}):\n{output}")
         exp.id = match.group(1)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                exp.status()
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"NNI manager of {exp.id} did not answer on port {exp.port}\n{output}\n{exp.logs()}")
-                time.sleep(0.5)
+        exp.wait_answering(timeout, lambda: f"NNI manager of {exp.id} did not answer on port {exp.port}\n{output}\n"
+                                            f"{exp.logs()}")
         yield exp
     finally:
         _stop(exp, timeout)

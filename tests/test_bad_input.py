@@ -1,4 +1,4 @@
-"""No silent wrong result, no traceback for bad input: one test per point of the probe (issue 12).
+"""No silent wrong result, no traceback for bad input.
 
 Each command-line case asserts the exit status, that stderr is one line with no traceback, and
 that nothing half-written or stale is left behind.
@@ -27,63 +27,12 @@ from core.data import load_source
 from core.errors import UserError
 from core.run_folder import Run
 from tests.conftest import REPO
-
-FAST = ["--data", "fake", "--epochs", "1", "--max-batches", "2", "--batch-size", "16", "--eval-batch-size", "50",
-        "--no-progress", "--device", "cpu"]
+from tests.helpers import FAST, image_folder, one_error_line, run
 
 
-MAINS = {"-m core.train_model": "core.train_model", "hpo/results.py": "hpo.results", "hpo/retrain.py": "hpo.retrain",
-         "hpo/trial.py": "hpo.trial", "classic_nas/retrain.py": "classic_nas.retrain",
-         "-m classic_nas.export": "classic_nas.export", "-m classic_nas.export_space": "classic_nas.export_space",
-         "oneshot_darts/search.py": "oneshot_darts.search", "oneshot_darts/retrain.py": "oneshot_darts.retrain"}
+# --- an epoch that trains on no image --------------------------------------------------------
 
-
-def run(args, cwd=REPO, timeout=300, **kw):
-    """A command of the project as a user runs it (``args`` start with a script or ``-m module``),
-    called in this process (much faster than a new interpreter; an unexpected exception fails the
-    test with its traceback all the same). Returns what ``subprocess.run`` would."""
-    import contextlib
-    import importlib
-    import io
-
-    key = " ".join(args[:2]) if args[0] == "-m" else args[0]
-    argv = args[2:] if args[0] == "-m" else args[1:]
-    main = importlib.import_module(MAINS[key]).main
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
-def one_error_line(proc, *needles, code=2):
-    """Exit ``code``, one ``error:`` line on stderr containing every needle, no traceback."""
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:])
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr + proc.stdout
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
-def image_folder(root: Path, classes=("a", "b"), n=4, seed=0, size=32) -> Path:
-    gen = torch.Generator().manual_seed(seed)
-    for split in ("train", "test"):
-        for cls in classes:
-            (root / split / cls).mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                pixels = torch.randint(0, 256, (size, size, 3), generator=gen, dtype=torch.uint8).numpy()
-                Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
-    return root
-
-
-# --- 1. an epoch that trains on no image --------------------------------------------------------
-
-def test_1_training_set_smaller_than_one_batch_is_an_error_not_a_result(tmp_path):
+def test_training_set_smaller_than_one_batch_is_an_error_not_a_result(tmp_path):
     out = tmp_path / "runs"
     proc = run(["-m", "core.train_model", "--model", "shufflenetg2", "--data", "fake", "--subset", "100",
                 "--epochs", "2", "--max-batches", "2", "--out-dir", str(out), "--device", "cpu"])
@@ -96,9 +45,9 @@ def test_1_training_set_smaller_than_one_batch_is_an_error_not_a_result(tmp_path
     assert not out.exists()
 
 
-# --- 2. the decode cache follows the images, not their names -------------------------------------
+# --- the decode cache follows the images, not their names -------------------------------------
 
-def test_2_overwritten_images_are_decoded_again(tmp_path):
+def test_overwritten_images_are_decoded_again(tmp_path):
     folder = image_folder(tmp_path / "d", seed=0)
     first, _, _ = load_source(str(folder), str(tmp_path / "root"))
     image_folder(folder, seed=1)      # the same names, other pixels
@@ -108,10 +57,10 @@ def test_2_overwritten_images_are_decoded_again(tmp_path):
     assert torch.equal(second.images, fresh.images)
 
 
-# --- 3. two layouts in one archive or folder ------------------------------------------------------
+# --- two layouts in one archive or folder ------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["folder", "archive"])
-def test_3_two_data_sets_under_different_prefixes_are_an_error(tmp_path, kind):
+def test_two_data_sets_under_different_prefixes_are_an_error(tmp_path, kind):
     image_folder(tmp_path / "both" / "copy_a")
     image_folder(tmp_path / "both" / "copy_b")
     source = tmp_path / "both"
@@ -125,26 +74,26 @@ def test_3_two_data_sets_under_different_prefixes_are_an_error(tmp_path, kind):
     assert not (tmp_path / "root" / "cache").exists()
 
 
-# --- 4. NaN and infinities -------------------------------------------------------------------------
+# --- NaN and infinities -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flag,value", [("--momentum", "nan"), ("--lr", "inf"), ("--weight-decay", "-inf"),
                                         ("--grad-clip", "nan"), ("--val-fraction", "nan")])
-def test_4_non_finite_floats_are_refused(tmp_path, flag, value):
+def test_non_finite_floats_are_refused(tmp_path, flag, value):
     proc = run(["-m", "core.train_model", *FAST, f"{flag}={value}", "--out-dir", str(tmp_path / "runs")])
     one_error_line(proc, f"{flag[2:].replace('-', '_')}: {float(value)!r} is not allowed; it must be a finite number")
     assert not (tmp_path / "runs").exists()
 
 
-def test_4_result_files_are_strict_json():
+def test_result_files_are_strict_json():
     from core.run_folder import to_json
 
     assert json.loads(to_json({"val_loss": float("nan"), "x": [float("inf"), 1.0]})) == {"val_loss": None,
                                                                                          "x": [None, 1.0]}
 
 
-# --- 5. two runs at the same instant ------------------------------------------------------------
+# --- two runs at the same instant ------------------------------------------------------------
 
-def test_5_runs_created_at_the_same_instant_get_their_own_folders(tmp_path, monkeypatch):
+def test_runs_created_at_the_same_instant_get_their_own_folders(tmp_path, monkeypatch):
     monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20260101-000000")
     folders: list[Path] = []
     barrier = threading.Barrier(8)
@@ -161,7 +110,7 @@ def test_5_runs_created_at_the_same_instant_get_their_own_folders(tmp_path, monk
     assert len(set(folders)) == 8 and all((f / "config.yaml").is_file() for f in folders)
 
 
-# --- 6. checkpoints that are edited or belong to another command ---------------------------------
+# --- checkpoints that are edited or belong to another command ---------------------------------
 
 def _smoke_run(tmp_path, *extra):
     out = tmp_path / "runs"
@@ -170,7 +119,7 @@ def _smoke_run(tmp_path, *extra):
     return next(out.iterdir())
 
 
-def test_6_edited_or_foreign_checkpoints_are_refused_before_anything_is_written(tmp_path):
+def test_edited_or_foreign_checkpoints_are_refused_before_anything_is_written(tmp_path):
     run_dir = _smoke_run(tmp_path)
     checkpoint = run_dir / "checkpoint.pt"
     state = load_checkpoint(checkpoint)
@@ -186,10 +135,10 @@ def test_6_edited_or_foreign_checkpoints_are_refused_before_anything_is_written(
     assert (run_dir / "train.log").read_text() == log_before, "a false line was appended to the other run's log"
 
 
-# --- 7. damaged caches and checkpoints ------------------------------------------------------------
+# --- damaged caches and checkpoints ------------------------------------------------------------
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "wrong_shape", "other_data_set"])
-def test_7_a_damaged_decode_cache_is_rebuilt(tmp_path, capsys, damage):
+def test_a_damaged_decode_cache_is_rebuilt(tmp_path, capsys, damage):
     folder = image_folder(tmp_path / "d")
     good, _, _ = load_source(str(folder), str(tmp_path / "root"))
     cache = next((tmp_path / "root" / "cache").iterdir())
@@ -212,7 +161,7 @@ def test_7_a_damaged_decode_cache_is_rebuilt(tmp_path, capsys, damage):
     assert load_source(str(folder), str(tmp_path / "root"))[0].images.shape == good.images.shape
 
 
-def test_7_an_empty_checkpoint_is_one_line(tmp_path):
+def test_an_empty_checkpoint_is_one_line(tmp_path):
     empty = tmp_path / "r" / "checkpoint.pt"
     empty.parent.mkdir()
     empty.write_bytes(b"")
@@ -220,9 +169,9 @@ def test_7_an_empty_checkpoint_is_one_line(tmp_path):
     one_error_line(proc, f"checkpoint {str(empty)!r} cannot be read")
 
 
-# --- 8. file modes and read-only data roots -------------------------------------------------------
+# --- file modes and read-only data roots -------------------------------------------------------
 
-def test_8_written_files_get_the_usual_mode(tmp_path):
+def test_written_files_get_the_usual_mode(tmp_path):
     old = os.umask(0o022)
     try:
         import importlib
@@ -236,7 +185,7 @@ def test_8_written_files_get_the_usual_mode(tmp_path):
         importlib.reload(ck)
 
 
-def test_8_a_data_root_that_cannot_be_written_decodes_without_a_cache(tmp_path):
+def test_a_data_root_that_cannot_be_written_decodes_without_a_cache(tmp_path):
     folder = image_folder(tmp_path / "d")
     unwritable = "/proc/cifar-automl-cache"     # even root cannot create a folder in /proc
     proc = run(["-m", "core.train_model", "--data", str(folder), "--data-root", unwritable, "--epochs", "1",
@@ -247,9 +196,9 @@ def test_8_a_data_root_that_cannot_be_written_decodes_without_a_cache(tmp_path):
                                                 "the cache"]
 
 
-# --- 9. temporary files of a killed checkpoint write -----------------------------------------------
+# --- temporary files of a killed checkpoint write -----------------------------------------------
 
-def test_9_leftover_temporary_files_are_removed_when_the_run_resumes(tmp_path):
+def test_leftover_temporary_files_are_removed_when_the_run_resumes(tmp_path):
     run_dir = _smoke_run(tmp_path)
     left = run_dir / ".checkpoint.pt.abc123.tmp"
     left.write_bytes(b"half a checkpoint")
@@ -259,9 +208,9 @@ def test_9_leftover_temporary_files_are_removed_when_the_run_resumes(tmp_path):
     assert "removed 1 temporary file(s) a killed write left: .checkpoint.pt.abc123.tmp" in (run_dir / "train.log").read_text()
 
 
-# --- 10. archives and run names --------------------------------------------------------------------
+# --- archives and run names --------------------------------------------------------------------
 
-def test_10_archives_read_only_images_within_limits(tmp_path, monkeypatch):
+def test_archives_read_only_images_within_limits(tmp_path, monkeypatch):
     folder = image_folder(tmp_path / "d")
     (folder / "notes.bin").write_bytes(os.urandom(4096))        # not an image: never read
     archive = tmp_path / "d.tar.gz"
@@ -274,7 +223,7 @@ def test_10_archives_read_only_images_within_limits(tmp_path, monkeypatch):
         load_source(str(archive), str(tmp_path / "root2"))
 
 
-def test_10_a_decompression_bomb_is_refused(tmp_path):
+def test_a_decompression_bomb_is_refused(tmp_path):
     folder = image_folder(tmp_path / "d")
     Image.new("L", (9000, 9000)).save(folder / "train" / "a" / "bomb.png")   # 81 M pixels in ~80 kB
     with pytest.raises(UserError, match="cannot decode image 'train/a/bomb.png'"):
@@ -282,24 +231,24 @@ def test_10_a_decompression_bomb_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["../outside", "a/b", ".hidden"])
-def test_10_run_names_stay_inside_out_dir(tmp_path, name):
+def test_run_names_stay_inside_out_dir(tmp_path, name):
     proc = run(["-m", "core.train_model", *FAST, "--run-name", name, "--out-dir", str(tmp_path / "runs")])
     one_error_line(proc, f"run_name: {name!r} is not allowed")
     assert not any(tmp_path.iterdir())
 
 
-# --- 11. divergence --------------------------------------------------------------------------------
+# --- divergence --------------------------------------------------------------------------------
 
-def test_11_divergence_is_one_line_with_what_to_try(tmp_path):
+def test_divergence_is_one_line_with_what_to_try(tmp_path):
     proc = run(["-m", "core.train_model", "--model", "shufflenetg2", "--data", "fake", "--epochs", "1",
                 "--max-batches", "3", "--batch-size", "16", "--lr", "1e30", "--scheduler", "none", "--device", "cpu",
                 "--out-dir", str(tmp_path / "runs"), "--no-progress"])
     one_error_line(proc, "training diverged: the loss became", "in epoch 1 by batch", "try a lower --lr (it is 1e+30)")
 
 
-# --- 12. Ctrl-C --------------------------------------------------------------------------------------
+# --- Ctrl-C --------------------------------------------------------------------------------------
 
-def test_12_ctrl_c_says_where_to_resume(tmp_path):
+def test_ctrl_c_says_where_to_resume(tmp_path):
     out = tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, "-m", "core.train_model", "--model", "shufflenetg2", "--data", "fake",
                              "--epochs", "50", "--max-batches", "2", "--batch-size", "16", "--eval-batch-size", "50",
@@ -320,7 +269,7 @@ def test_12_ctrl_c_says_where_to_resume(tmp_path):
     assert f"--resume {checkpoint}" in lines[0]
 
 
-def test_12_a_trial_nni_stops_says_so_without_error_or_resume(tmp_path):
+def test_a_trial_nni_stops_says_so_without_error_or_resume(tmp_path):
     """NNI stops a trial (its assessor's early stop, the experiment's stop) with SIGINT: the trial says
     it was stopped by NNI, in one line that is neither an ``error:`` (which the reports would show as
     the trial's error) nor a ``--resume`` to run (NNI runs its trials), and dies by that SIGINT."""
@@ -341,7 +290,7 @@ def test_12_a_trial_nni_stops_says_so_without_error_or_resume(tmp_path):
     assert f"run folder {next(out.iterdir())}" in lines[0]
 
 
-# --- 13. tracebacks that must be one line -----------------------------------------------------------
+# --- tracebacks that must be one line -----------------------------------------------------------
 
 def _bad_file(tmp_path, name, content: bytes) -> Path:
     path = tmp_path / name
@@ -351,7 +300,7 @@ def _bad_file(tmp_path, name, content: bytes) -> Path:
 
 @pytest.mark.parametrize("case", ["binary_config", "nested_arc", "huge_int_arc", "out_dir_file", "seed",
                                   "image_size_small", "image_size_large", "crop_padding", "threads", "cuda"])
-def test_13_bad_values_are_one_line_and_write_nothing(tmp_path, case):
+def test_bad_values_are_one_line_and_write_nothing(tmp_path, case):
     out = tmp_path / "runs"
     if case == "binary_config":
         args, needle = ["-m", "core.train_model", "--config", str(_bad_file(tmp_path, "c.yml", b"\xff\xfe\x00\x01"))], \
@@ -384,7 +333,7 @@ def test_13_bad_values_are_one_line_and_write_nothing(tmp_path, case):
     assert not out.exists()
 
 
-def test_13_malformed_csv_export_is_one_line(tmp_path):
+def test_malformed_csv_export_is_one_line(tmp_path):
     csv_file = _bad_file(tmp_path, "e.csv", b'trialJobId,default,lr\n"a,0.5\nb,0.4,0.01,extra\n')
     proc = run(["hpo/results.py", str(csv_file)])
     one_error_line(proc, "export file")
@@ -392,19 +341,19 @@ def test_13_malformed_csv_export_is_one_line(tmp_path):
     one_error_line(run(["hpo/results.py", str(binary)]), "is not an `nnictl experiment export --type csv` table")
 
 
-def test_13_malformed_search_space_file_is_out_of_date(tmp_path):
+def test_malformed_search_space_file_is_out_of_date(tmp_path):
     for content in (b"{not json", b"\xff\xfe\x00", b"[" * 100000):
         bad = _bad_file(tmp_path, "space.json", content)
         proc = run(["-m", "classic_nas.export_space", "--check", "--out", str(bad)])
         assert proc.returncode == 1 and "out of date" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_13_export_out_that_is_a_folder(tmp_path):
+def test_export_out_that_is_a_folder(tmp_path):
     proc = run(["-m", "classic_nas.export", "abc123", "--out", str(tmp_path)])
     one_error_line(proc, f"--out: {str(tmp_path)!r} is a folder")
 
 
-# --- 14. the usual workflow ----------------------------------------------------------------------------
+# --- the usual workflow ----------------------------------------------------------------------------
 
 def _running_experiment(folder: Path) -> Path:
     """An experiment folder whose one trial has intermediate results but no final result yet."""
@@ -422,27 +371,27 @@ def _running_experiment(folder: Path) -> Path:
     return folder
 
 
-def test_14_results_of_a_running_experiment_show_the_table(tmp_path):
+def test_results_of_a_running_experiment_show_the_table(tmp_path):
     proc = run(["hpo/results.py", str(_running_experiment(tmp_path / "exp"))])
     assert proc.returncode == 0, proc.stderr
     assert "AAAAA" in proc.stdout and "RUNNING" in proc.stdout and "no trial of the 1 has a final result yet" in proc.stdout
     one_error_line(run(["hpo/results.py", str(tmp_path / "exp"), "--top", "-1"]), "--top: -1 is not allowed")
 
 
-def test_14_yaml_floats_in_exponent_notation_are_numbers(tmp_path):
+def test_yaml_floats_in_exponent_notation_are_numbers(tmp_path):
     config = tmp_path / "c.yml"
     config.write_text("lr: 1e-3\nweight_decay: 5e-4\n")
     cfg = from_dict(TrainConfig, read_yaml(config))
     assert (cfg.lr, cfg.weight_decay) == (0.001, 0.0005)
 
 
-def test_14_a_folder_where_a_file_is_expected_is_named_as_such(tmp_path):
+def test_a_folder_where_a_file_is_expected_is_named_as_such(tmp_path):
     one_error_line(run(["-m", "core.train_model", "--config", str(tmp_path)]), "is a folder, not a file")
     one_error_line(run(["oneshot_darts/retrain.py", "--arc", str(tmp_path)]), "is a folder, not a file")
     one_error_line(run(["-m", "core.train_model", "--resume", str(tmp_path)]), "is a folder")
 
 
-def test_14_empty_classes_are_an_error_and_hidden_folders_are_skipped(tmp_path):
+def test_empty_classes_are_an_error_and_hidden_folders_are_skipped(tmp_path):
     folder = image_folder(tmp_path / "d")
     (folder / "train" / ".ipynb_checkpoints").mkdir()
     Image.new("RGB", (32, 32)).save(folder / "train" / ".ipynb_checkpoints" / "x.png")

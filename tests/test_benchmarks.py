@@ -8,13 +8,13 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import TrainConfig, from_dict
 from core.data import make_splits
 from core.trainer import Trainer, seed_everything
 from tests.conftest import REPO
+from tests.helpers import small_cnn
 
 
 # Its --concurrent and --compile-cache parts (spawned processes; compiling) are left out: each spawned
@@ -43,11 +43,6 @@ def test_bench_trial_refuses_an_unknown_field():
     assert res.returncode != 0 and "nope" in res.stderr
 
 
-def tiny_net() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(8, 10))
-
-
 # torch.compile with inductor builds C++ kernels: about 10-20 s on an idle 2-core CPU.
 @pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))),
                     reason="torch.compile on a CPU needs a C++ compiler")
@@ -56,12 +51,12 @@ def test_compile_trains_checkpoints_and_resumes_like_the_plain_engine(tmp_path):
               "optimizer": "SGD", "lr": 0.05, "device": "cpu", "progress": False, "val_fraction": 0.1}
     splits = make_splits("fake", str(tmp_path), val_fraction=0.1)
     seed_everything(0)
-    plain = Trainer(tiny_net(), from_dict(TrainConfig, values), splits, eval_splits=())
+    plain = Trainer(small_cnn(), from_dict(TrainConfig, values), splits, eval_splits=())
     plain.train_epoch(0)
     plain.start_epoch = 1
     save_checkpoint(tmp_path / "checkpoint.pt", plain.state_dict(1))
     state = load_checkpoint(tmp_path / "checkpoint.pt")
-    resumed = Trainer(tiny_net(), from_dict(TrainConfig, {**values, "compile": True}), splits, eval_splits=())
+    resumed = Trainer(small_cnn(), from_dict(TrainConfig, {**values, "compile": True}), splits, eval_splits=())
     assert resumed.net is not resumed.model
     resumed.load_state_dict(state)
     plain.fit()

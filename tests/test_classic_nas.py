@@ -21,8 +21,11 @@ from core.config import from_dict, read_yaml
 from core.errors import UserError
 from experiments.nni_trial import final_metrics
 from models.mobilenet import DepthwiseSeparable
+from tests.conftest import REPO
+from tests import helpers
+from tests.helpers import RETRAIN, cli, one_error_line, run
+from tests.test_report import _fake_experiment
 
-REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "classic_nas"
 ALL_ON = dict.fromkeys(SKIP_LABELS, 1)
 ALL_OFF = dict.fromkeys(SKIP_LABELS, 0)
@@ -501,8 +504,6 @@ OUTPUTS = {"export": ["-m", "classic_nas.export", "EXP"], "export_space": ["-m",
 @pytest.mark.parametrize("command", sorted(OUTPUTS))
 def test_an_output_file_the_command_did_not_write_is_never_replaced(tmp_path, monkeypatch, command):
     from classic_nas import export
-    from tests.test_bad_input import one_error_line, run
-
     monkeypatch.setattr(export, "load_experiment", lambda source, experiments_dir=None: [_trial("t", 0.5, ALL_ON)])
     argv = OUTPUTS[command]
     notes = tmp_path / "notes.txt"
@@ -525,10 +526,33 @@ def test_an_output_file_the_command_did_not_write_is_never_replaced(tmp_path, mo
 
 
 def test_export_space_replaces_a_stale_space_of_this_stage_only(tmp_path):
-    from tests.test_bad_input import one_error_line, run
-
     hpo_space = tmp_path / "space.json"
     hpo_space.write_text((REPO / "hpo" / "search_space.json").read_text())      # another stage's space
     one_error_line(run(["-m", "classic_nas.export_space", "--out", str(hpo_space)]), "does not hold a search space "
                    "of this stage")
     assert hpo_space.read_text() == (REPO / "hpo" / "search_space.json").read_text()
+
+
+def test_an_architecture_file_with_a_repeated_key_is_refused(tmp_path):
+    arc = tmp_path / "arch.json"
+    arc.write_text('{"skip1": 1, "skip1": 0, "skip2": 0, "skip3": 0, "skip4": 0, "skip5": 0, "skip6": 0}')
+    proc = cli(["classic_nas/retrain.py", "--arc", arc, *RETRAIN, "--out-dir", tmp_path / "runs"])
+    one_error_line(proc, "the key 'skip1' appears more than once")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_trial_takes_threads(tmp_path):
+    arc = tmp_path / "arch.json"
+    arc.write_text(json.dumps({f"skip{k}": 1 for k in range(1, 7)}))
+    proc = cli(["classic_nas/trial.py", "--arc", arc, "--threads", "1", "--print-config"])
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout)["threads"] == 1
+    one_error_line(run(["hpo/trial.py", *helpers.FAST, "--threads", "100000"]), "threads: 100000 is not allowed")
+
+
+def test_export_into_an_unwritable_place(tmp_path):
+    trials = [{"id": f"t{i}xyz", "params": {f"skip{k}": (i >> (k - 1)) & 1 for k in range(1, 7)},
+               "curve": [0.1 * (i + 1)], "final": 0.1 * (i + 1), "status": "SUCCEEDED"} for i in range(2)]
+    exp = _fake_experiment(tmp_path / "nasexp", "classic_nas", trials)
+    one_error_line(cli(["-m", "classic_nas.export", exp, "--out", "/proc/cifar-automl/best_arch.json"]),
+                   "--out: cannot write '/proc/cifar-automl/best_arch.json'")

@@ -13,20 +13,15 @@ import pytest
 
 from classic_nas.space import SKIP_LABELS, search_space_json, validate_arch
 from report.cli import main as report_main
+from tests.conftest import REPO
+from tests.helpers import decode_json
 from tests.nni_harness import nni_experiment
 from tests.test_report import check_report
 
 pytestmark = pytest.mark.e2e   # real nnictl experiments: not in the fast suite (pytest -m "not e2e")
 
-REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "classic_nas"
 TRIAL_FLAGS = ("--data fake --epochs 2 --max-batches 2 --batch-size 8 --eval-batch-size 50 --seed 1")
-
-
-def _decode(value):
-    while isinstance(value, str):
-        value = json.loads(value)
-    return value
 
 
 def test_random_search_with_nnictl_then_export_and_retrain(tmp_path):
@@ -42,13 +37,13 @@ def test_random_search_with_nnictl_then_export_and_retrain(tmp_path):
         finals, archs = {}, {}
         for t in trials:
             tid = t["trialJobId"]
-            params = _decode(t["hyperParameters"][0])["parameters"]
+            params = decode_json(t["hyperParameters"][0])["parameters"]
             archs[tid] = validate_arch(params)  # the tuner's parameters are an architecture
             periodical = [m for m in metrics if m["trialJobId"] == tid and m["type"] == "PERIODICAL"]
-            final = [_decode(m["data"]) for m in metrics if m["trialJobId"] == tid and m["type"] == "FINAL"]
+            final = [decode_json(m["data"]) for m in metrics if m["trialJobId"] == tid and m["type"] == "FINAL"]
             assert len(periodical) == 2, "one validation accuracy per epoch"
             assert len(final) == 1 and final[0]["default"] == final[0]["val_acc"]
-            assert final[0]["default"] == _decode(periodical[-1]["data"])  # last epoch's val accuracy
+            assert final[0]["default"] == decode_json(periodical[-1]["data"])  # last epoch's val accuracy
             assert "test_acc" not in final[0]
             assert {k: final[0][k] for k in SKIP_LABELS} == archs[tid]
             finals[tid] = final[0]["default"]

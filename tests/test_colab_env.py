@@ -1,4 +1,4 @@
-"""The notebook as a Colab user runs it today (issue 17).
+"""The notebook as a Colab user runs it today.
 
 A Python 3.13 virtual environment holding Colab's versions of torch, torchvision, numpy, the
 Jupyter kernel and the rest of what the project touches (``tests/colab_runtime.txt``; its torch is
@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 from packaging.specifiers import SpecifierSet
 
-from tests.test_notebook import REPO, check_offline_outputs, run_offline
+from tests.conftest import REPO
+from tests.test_notebook import check_offline_outputs, run_offline
 
 COLAB_ENV = "CIFAR_AUTOML_COLAB_VENV"
 RUNTIME = Path(__file__).with_name("colab_runtime.txt")

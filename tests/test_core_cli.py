@@ -1,29 +1,17 @@
-"""Bad input through the plain training command: one clear line, exit 2, no traceback, nothing written."""
+"""Bad input through the plain training command: one clear line, exit 2, no traceback, nothing written
+(contradicting options, run names too long, a run folder file that is a symbolic link)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-
-
-def run_cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "core.train_model", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
-
-
-def make_folder(root: Path, train_classes, test_classes):
-    from PIL import Image
-
-    for split, classes in (("train", train_classes), ("test", test_classes)):
-        for cls in classes:
-            (root / split / cls).mkdir(parents=True)
-            Image.new("RGB", (32, 32)).save(root / split / cls / "0.png")
-    return root
+from core.config import TrainConfig, from_dict
+from tests.helpers import FAST, cli, image_folder, one_error_line, run
 
 
 @pytest.mark.parametrize("case", ["model", "optimizer", "source", "missing_path", "no_test", "classes"])
@@ -42,11 +30,12 @@ def test_bad_input(tmp_path, case):
                     "train/ and test/ have different classes (only in train: ['b']; only in test: ['z'])"),
     }
     if case == "no_test":
-        make_folder(tmp_path / "d", ["a", "b"], [])
+        image_folder(tmp_path / "d", ["a", "b"], n=1, test_classes=[])
     if case == "classes":
-        make_folder(tmp_path / "d", ["a", "b"], ["a", "z"])
+        image_folder(tmp_path / "d", ["a", "b"], n=1, test_classes=["a", "z"])
     args = cases[case]
-    res = run_cli(*args[0], "--out-dir", str(out), "--data-root", str(tmp_path / "root"), "--epochs", "1")
+    res = cli(["-m", "core.train_model", *args[0], "--out-dir", str(out), "--data-root", str(tmp_path / "root"),
+               "--epochs", "1"])
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and args[1] in lines[0], res.stderr
@@ -56,8 +45,8 @@ def test_bad_input(tmp_path, case):
 
 def test_smoke_run_and_resume_from_another_folder(tmp_path):
     out = tmp_path / "runs"
-    res = run_cli("--model", "shufflenetg2", "--data", "fake", "--epochs", "1", "--max-batches", "2",
-                  "--batch-size", "16", "--out-dir", str(out), "--no-progress", cwd=tmp_path)
+    res = cli(["-m", "core.train_model", "--model", "shufflenetg2", "--data", "fake", "--epochs", "1", "--max-batches",
+               "2", "--batch-size", "16", "--out-dir", str(out), "--no-progress"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout.strip().splitlines()[-1])
     run_dir = Path(result["run_dir"])
@@ -65,11 +54,11 @@ def test_smoke_run_and_resume_from_another_folder(tmp_path):
                                                    "result.json"}
     assert result["epoch"] == 1 and 0 <= result["test_acc"] <= 1 and result["params"] == 887_582
     # resume of a finished run: nothing left to train, the same result comes back
-    res = run_cli("--resume", str(run_dir / "checkpoint.pt"), cwd=tmp_path)
+    res = cli(["-m", "core.train_model", "--resume", str(run_dir / "checkpoint.pt")], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().splitlines()[-1])["val_acc"] == result["val_acc"]
     # other options beside --resume would be silently ignored: they are an error instead
-    res = run_cli("--resume", str(run_dir / "checkpoint.pt"), "--epochs", "5", cwd=tmp_path)
+    res = cli(["-m", "core.train_model", "--resume", str(run_dir / "checkpoint.pt"), "--epochs", "5"], cwd=tmp_path)
     assert res.returncode == 2 and res.stderr.strip() == ("error: --epochs: not allowed with --resume, which "
                                                           "continues with the config stored in the checkpoint; "
                                                           "pass --resume alone")
@@ -191,3 +180,62 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_space(tmp_pat
         assert (a["train_loss"], a["val_loss"], a["val_acc"]) == (b["train_loss"], b["val_loss"], b["val_acc"])
     assert json.loads((run / "result.json").read_text())["test_acc"] == \
         json.loads((reference / "result.json").read_text())["test_acc"]
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--lr", "0.01", "--lr-min", "0.75"], "lr_min: 0.75 is not allowed with lr 0.01"),
+    (["--momentum", "5"], "momentum: 5.0 is not allowed; it must be in [0, 1)"),
+    (["--momentum", "1"], "momentum: 1.0 is not allowed"),
+    (["--val-fraction", "0", "--val-subset", "10"], "val_subset: 10 is not allowed with val_fraction 0"),
+])
+def test_options_that_contradict_each_other_are_one_line(tmp_path, flags, needle):
+    one_error_line(run(["-m", "core.train_model", *FAST, *flags, "--out-dir", str(tmp_path / "runs")]), needle)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_lr_min_above_lr_as_the_real_command(tmp_path):
+    one_error_line(cli(["-m", "core.train_model", *FAST, "--lr", "0.01", "--lr-min", "0.75", "--out-dir",
+                        tmp_path / "runs"]), "lr_min: 0.75 is not allowed with lr 0.01")
+    assert not (tmp_path / "runs").exists()
+    assert from_dict(TrainConfig, {"data": "fake", "lr": 0.01, "lr_min": 0.75, "scheduler": "none"}).lr_min == 0.75
+
+
+def test_run_name_longer_than_the_file_system_allows(tmp_path):
+    proc = cli(["-m", "core.train_model", *FAST, "--run-name", "x" * 300, "--out-dir", tmp_path / "runs"])
+    one_error_line(proc, "run_name: 300 bytes is too long")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory) -> Path:
+    """A finished 2-epoch run folder (trained once for the module's tests; each copies it)."""
+    out = tmp_path_factory.mktemp("two_epochs")
+    proc = run(["-m", "core.train_model", "--model", "shufflenetg2", *FAST, "--epochs", "2", "--out-dir", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    return next(out.iterdir())
+
+
+@pytest.mark.parametrize("name", ["train.log", "metrics.jsonl", "checkpoint.pt"])
+def test_a_run_folder_file_that_is_a_symlink_is_never_written_through(tmp_path, two_epoch_run, name):
+    from core.checkpoint import load_checkpoint, save_checkpoint
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(two_epoch_run, run_dir)
+    checkpoint = run_dir / "checkpoint.pt"
+    saved = load_checkpoint(checkpoint)            # back to after epoch 1, so the resume writes every file
+    saved["epoch"] = 1
+    save_checkpoint(checkpoint, saved)
+    victim = tmp_path / "someone_elses_file"       # another user's file in a shared folder
+    victim.write_bytes((run_dir / name).read_bytes())
+    (run_dir / name).unlink()
+    (run_dir / name).symlink_to(victim)
+    before = victim.read_bytes()
+    if name == "checkpoint.pt":
+        resume = run_dir / "elsewhere.pt"           # resume from a copy: the run's checkpoint.pt is the link
+        shutil.copy(victim, resume)
+    else:
+        resume = checkpoint
+    command = cli if name == "train.log" else run   # once as a real process
+    proc = command(["-m", "core.train_model", "--resume", str(resume)])
+    one_error_line(proc, f"{str(run_dir / name)!r} is a symbolic link")
+    assert victim.read_bytes() == before and (run_dir / name).is_symlink()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,17 +13,7 @@ from core import data as data_mod
 from core.data import load_source, make_splits
 from core.errors import UserError
 from core.loader import BatchLoader, cutout, random_crop, random_flip
-
-
-def write_folder(root, classes_train, classes_test, n=3, size=32):
-    rng = np.random.default_rng(0)
-    for split, classes in (("train", classes_train), ("test", classes_test)):
-        for cls in classes:
-            d = root / split / cls
-            d.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    return root
+from tests.helpers import cli, image_folder, one_error_line, run
 
 
 def test_fake_source_shapes_and_labels():
@@ -61,7 +52,7 @@ def test_subset_and_val_subset():
 
 @pytest.mark.parametrize("as_tar", [False, True])
 def test_image_folder_and_tar(tmp_path, as_tar, monkeypatch):
-    folder = write_folder(tmp_path / "ds", ["cat", "dog", "emu"], ["cat", "dog", "emu"], n=4, size=40)
+    folder = image_folder(tmp_path / "ds", ["cat", "dog", "emu"], n=4, size=40)
     src = folder
     if as_tar:
         src = tmp_path / "ds.tar.gz"
@@ -83,10 +74,10 @@ def test_image_folder_errors(tmp_path):
     with pytest.raises(UserError, match="neither one of cifar10, fake nor an existing path"):
         load_source(str(tmp_path / "missing"), str(tmp_path))
     only_train = tmp_path / "only_train"
-    write_folder(only_train, ["a"], [])
+    image_folder(only_train, ["a"], n=3, test_classes=[])
     with pytest.raises(UserError, match=r"no images under test/<class>/"):
         load_source(str(only_train), str(tmp_path))
-    mismatched = write_folder(tmp_path / "mismatch", ["a", "b"], ["a", "c"])
+    mismatched = image_folder(tmp_path / "mismatch", ["a", "b"], n=3, test_classes=["a", "c"])
     with pytest.raises(UserError, match=r"different classes \(only in train: \['b'\]; only in test: \['c'\]\)"):
         load_source(str(mismatched), str(tmp_path))
     assert not (tmp_path / "cache").exists(), "a failed load must leave no cache behind"
@@ -157,7 +148,81 @@ def test_split_prefixes_are_fair_samples(tmp_path):
     """Image folders list images class by class; the evaluation splits must not (a few
     ``max_batches`` of a class-ordered test split would see one class only)."""
 
-    folder = write_folder(tmp_path / "ds", ["a", "b", "c", "d"], ["a", "b", "c", "d"], n=20)
+    folder = image_folder(tmp_path / "ds", ["a", "b", "c", "d"], n=20)
     s = make_splits(str(folder), str(tmp_path / "root"), val_fraction=0.25)
     for part in (s.val, s.test):
         assert len(set(part.labels[:10].tolist())) > 1
+
+
+# --- images: every mode by its value range, EXIF orientation, ImageFolder's rules, classes ----------
+
+def _save(img: Image.Image, path: Path, **kw) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **kw)
+
+
+def test_every_image_mode_is_read_by_its_value_range(tmp_path):
+    folder = image_folder(tmp_path / "d", n=1)
+    a, b = folder / "train" / "a", folder / "train" / "b"
+    _save(Image.fromarray(np.full((32, 32), 32768, dtype=np.uint16)), a / "grey16.png")       # mode I;16
+    _save(Image.fromarray(np.full((32, 32), 0.5, dtype=np.float32)), a / "float.tif")          # mode F
+    _save(Image.fromarray(np.full((32, 32), 32768, dtype=np.int32)), a / "int32.tif")          # mode I
+    _save(Image.new("LA", (32, 32), (100, 0)), a / "la.png")                                  # fully transparent
+    pal = Image.new("P", (32, 32), 0)
+    pal.putpalette([0, 0, 0] * 256)
+    _save(pal, a / "pal.png", transparency=0)                                                 # P, colour 0 transparent
+    _save(Image.new("CMYK", (32, 32), (0, 255, 255, 0)), b / "cmyk.jpg", quality=100)         # red
+    exif = Image.Exif()
+    exif[0x0112] = 6                                                                         # rotate 90 degrees to show
+    sideways = Image.new("RGB", (64, 32), (0, 0, 255))
+    sideways.paste((255, 0, 0), (0, 0, 32, 32))                                              # left half red
+    _save(sideways, b / "photo.jpg", exif=exif, quality=95)
+    _save(Image.new("RGB", (32, 32), (0, 255, 0)), b / "nested" / "deeper" / "green.png")   # in a subfolder
+    train, _, classes = load_source(str(folder), str(tmp_path / "root"))
+    assert classes == ["a", "b"] and len(train) == 2 + 5 + 3     # one random image per class + the new ones
+    files = sorted(str(p.relative_to(folder / "train")) for p in (folder / "train").rglob("*") if p.is_file())
+    pixel = {name: train.images[i, :, 16, 16].tolist() for i, name in enumerate(files)}
+    assert pixel["a/grey16.png"] == [128, 128, 128], "16-bit mid grey must stay mid grey"
+    assert pixel["a/float.tif"] == [128, 128, 128], "a float image in [0, 1] must not turn black"
+    assert pixel["a/int32.tif"] == [128, 128, 128]
+    assert pixel["a/la.png"] == [255, 255, 255] and pixel["a/pal.png"] == [255, 255, 255], "transparency: white"
+    red, green, blue = pixel["b/cmyk.jpg"]
+    assert red > 200 and green < 60 and blue < 60
+    assert pixel["b/nested/deeper/green.png"] == [0, 255, 0]
+    top, bottom = train.images[files.index("b/photo.jpg"), :, 4, 16].tolist(), \
+        train.images[files.index("b/photo.jpg"), :, 28, 16].tolist()
+    assert top[0] > 200 and top[2] < 60 and bottom[2] > 200, "EXIF orientation not applied (left half must be on top)"
+
+
+def test_folder_rules_are_imagefolders(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    folder = image_folder(tmp_path / "d", n=2)
+    _save(Image.new("RGB", (8, 8)), folder / "train" / "a" / "sub" / "x.PPM")     # ImageFolder's extension, any case
+    _save(Image.new("L", (8, 8)), folder / "train" / "b" / "y.pgm")
+    _save(Image.new("RGB", (8, 8)), folder / "train" / "b" / "z.gif")             # not an ImageFolder extension
+    (folder / "train" / "b" / "linked").symlink_to(folder / "test" / "a")         # a link to a folder: followed
+    train, _, classes = load_source(str(folder), str(tmp_path / "root"))
+    ours = sorted(int(x) for x in train.labels)
+    theirs = ImageFolder(str(folder / "train"))
+    assert classes == theirs.classes and ours == sorted(t for _, t in theirs.samples)
+
+
+@pytest.mark.parametrize("mode", ["F", "I"])
+def test_an_image_without_a_certain_reading_is_one_line_naming_file_and_mode(tmp_path, mode):
+    folder = image_folder(tmp_path / "d", n=1)
+    values = np.full((32, 32), 7.5, dtype=np.float32) if mode == "F" else np.full((32, 32), -5, dtype=np.int32)
+    _save(Image.fromarray(values), folder / "train" / "a" / "odd.tif")
+    command = cli if mode == "F" else run                  # once as a real process
+    proc = command(["-m", "core.train_model", "--data", str(folder), "--data-root", str(tmp_path / "root"),
+                    "--out-dir", str(tmp_path / "runs"), "--epochs", "1", "--device", "cpu"])
+    one_error_line(proc, "cannot use image 'train/a/odd.tif'", f"mode {mode}")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_fewer_than_two_classes_is_an_error(tmp_path):
+    folder = image_folder(tmp_path / "d", classes=("only",))
+    proc = cli(["-m", "core.train_model", "--data", folder, "--data-root", tmp_path / "root", "--out-dir",
+                tmp_path / "runs", "--epochs", "1", "--device", "cpu"])
+    one_error_line(proc, "has 1 class (only)", "at least two")
+    assert not (tmp_path / "runs").exists()

@@ -1,4 +1,5 @@
-"""The training loop, checkpoints and resume, the config layers, and learning on real data."""
+"""The training loop, checkpoints and resume, the config layers and checks (every numeric field's range,
+repeated keys in every JSON and YAML reader), and learning on real data."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,18 +10,13 @@ import pytest
 import torch
 
 from core.checkpoint import load_checkpoint, save_checkpoint
-from core.config import ModelConfig, TrainConfig, from_dict, parse_config
+from core.config import ModelConfig, TrainConfig, from_dict, parse_config, read_yaml
 from core.errors import UserError
 from core.run_folder import Run
 from core.run_training import load_splits
 from core.trainer import OPTIMIZERS, Trainer, TrainingDiverged, build_optimizer, seed_everything
 from models import create_model
-
-
-def tiny_cfg(**kw) -> TrainConfig:
-    base = dict(data="fake", subset=256, val_subset=100, batch_size=32, epochs=2, max_batches=4,
-                optimizer="SGD", lr=0.05, device="cpu", progress=False)
-    return TrainConfig(**{**base, **kw})
+from tests.helpers import one_error_line, run, tiny_cfg
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adadelta", "Adagrad", "Adam", "Adamax"])
@@ -45,6 +41,55 @@ def test_config_layers(tmp_path):
         from_dict(TrainConfig, {"lr": -1})
     with pytest.raises(UserError, match="epochs: 'x' is not a valid int"):
         from_dict(TrainConfig, {"epochs": "x"})
+
+
+def _config_classes():
+    import classic_nas.retrain
+    import classic_nas.trial
+    import hpo.retrain
+    import hpo.trial
+    import oneshot_darts.retrain
+    import oneshot_darts.search_trainer
+    from core.config import ModelConfig, SearchTrialConfig
+
+    return [TrainConfig, ModelConfig, SearchTrialConfig, hpo.retrain.RetrainConfig, hpo.trial.HpoTrialConfig,
+            classic_nas.retrain.RetrainConfig, classic_nas.trial.TrialConfig, oneshot_darts.search_trainer.SearchConfig,
+            oneshot_darts.retrain.RetrainConfig]
+
+
+def test_every_numeric_field_of_every_config_has_its_range_checked():
+    import dataclasses
+    import typing
+
+    checked = 0
+    for cls in _config_classes():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if hints[f.name] in (int, float):
+                with pytest.raises(UserError, match=f"^{f.name}: "):
+                    from_dict(cls, {"data": "fake", f.name: hints[f.name](-10**9)})
+                checked += 1
+    assert checked > 60
+
+
+def test_every_json_and_yaml_reader_refuses_repeated_keys(tmp_path):
+    from core.config import loads_json
+    from experiments.reader import trials_from_export
+
+    with pytest.raises(UserError, match="'lr' appears more than once"):
+        loads_json('{"a": {"lr": 1, "lr": 2}}', "x")
+    export = tmp_path / "e.json"
+    export.write_text('[{"parameter": {"lr": 0.1, "lr": 0.2}, "value": 0.5, "trialJobId": "a"}]')
+    with pytest.raises(UserError, match="'lr' appears more than once"):
+        trials_from_export(export)
+    config = tmp_path / "c.yml"
+    config.write_text("lr: 0.1\nepochs: 2\nlr: 0.5\n")
+    with pytest.raises(UserError, match="'lr' appears more than once"):
+        read_yaml(config)
+    darts = tmp_path / "darts.json"
+    darts.write_text('{"normal/op_2_0": "sep_conv_3x3", "normal/op_2_0": "skip_connect"}')
+    one_error_line(run(["oneshot_darts/retrain.py", "--arc", str(darts), "--out-dir", str(tmp_path / "runs")]),
+                   "appears more than once")
 
 
 def run_training(cfg, run_dir, stop_after=None):

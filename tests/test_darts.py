@@ -1216,7 +1216,7 @@ def test_bench_darts_prints_order_and_partial_channel_ratios():
     assert re.search(rf"^order 1\s+[\d.]+\s+1.00x", res.stdout, re.M)
 
 
-# --- data-parallel drop path (issue 18, point 3) -----------------------------------------------
+# --- data-parallel drop path ------------------------------------------------------------------------
 
 DROP_PATH_PROBE = """\
 import json, sys, torch

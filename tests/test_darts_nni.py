@@ -3,7 +3,6 @@ data, reaches DONE with one intermediate result per epoch (what the web UI plots
 also carries the collapse counts of its derived normal cell)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import yaml
 from core.run_folder import Run
 from report.cli import main as report_main
 from tests.conftest import REPO
+from tests.helpers import decode_json
 from tests.nni_harness import nni_experiment
 from tests.test_report import check_report
 
@@ -24,13 +24,6 @@ def _trial_dir(exp) -> Path:
     dirs = [p.parent for p in exp.exp_dir.glob("environments/*/trials/*/config.yaml")]
     assert len(dirs) == 1, dirs
     return dirs[0]
-
-
-def _decode(data):
-    """The REST API gives a metric as JSON text, sometimes of JSON text."""
-    while isinstance(data, str):
-        data = json.loads(data)
-    return data
 
 
 @pytest.mark.parametrize("stage", ["search", "retrain"])
@@ -48,8 +41,8 @@ def test_nnictl_wrapper_reports_every_epoch(tmp_path, stage):
         trials = exp.trials()
         assert [t["status"] for t in trials] == ["SUCCEEDED"], exp.logs()
         metrics = exp.metrics()
-        intermediate = [_decode(m["data"]) for m in metrics if m["type"] == "PERIODICAL"]
-        final = [_decode(m["data"]) for m in metrics if m["type"] == "FINAL"]
+        intermediate = [decode_json(m["data"]) for m in metrics if m["type"] == "PERIODICAL"]
+        final = [decode_json(m["data"]) for m in metrics if m["type"] == "FINAL"]
         run = Run(_trial_dir(exp))
         epochs = run.read_metrics()
         assert [m["epoch"] for m in epochs] == [1, 2]  # the smoke config's two epochs

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e   # real torchrun process groups (minutes): not in the fast suite (pytest -m "not e2e")
+from tests.conftest import REPO
+from tests.helpers import BIN
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.e2e   # real torchrun process groups (minutes): not in the fast suite (pytest -m "not e2e")
 
 LAUNCHER = '''\
 """python -m core.train_model with the registry's network replaced by a small CNN (test only)."""
@@ -127,32 +127,6 @@ def test_a_killed_distributed_run_resumes_and_finishes(tmp_path, launcher):
     for a, b in zip(lines, whole):
         assert (a["train_loss"], a["val_loss"], a["val_acc"]) == (b["train_loss"], b["val_loss"], b["val_acc"])
     assert "resumed from" in (run / "train.log").read_text()
-
-
-def test_top_k_refused_under_torchrun_is_one_line_and_writes_nothing(tmp_path):
-    """``--top K`` under torchrun decides about each folder on rank 0 (experiments.top_k): when a folder
-    was retrained with other options, every rank stops with rank 0's check, so there is one
-    ``error:`` line (rank 0's), no rank's traceback, and nothing is written."""
-    from tests.test_report import HPO_TRIALS, _fake_experiment
-
-    exp = _fake_experiment(tmp_path / "exp0torchrun", "hpo", HPO_TRIALS)
-    out = tmp_path / "runs"
-    args = ["hpo/retrain.py", "--experiment", str(exp), "--top", "1", "--data", "fake", "--max-batches", "1",
-            "--batch-size", "16", "--eval-batch-size", "100", "--no-progress", "--device", "cpu", "--out-dir", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.run([sys.executable, *args, "--epochs", "1"], env=env, cwd=REPO, capture_output=True,
-                           text=True, timeout=240)
-    assert first.returncode == 0, first.stderr[-3000:]
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    res = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", *args, "--epochs", "2"],
-                         env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
-    assert res.returncode != 0 and res.stdout == "", res.stdout[-2000:]
-    lines = res.stderr.splitlines()
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and "with other options (epochs 1 there, 2 now)" in errors[0], res.stderr[-3000:]
-    assert not any(line.startswith("[rank") for line in lines), res.stderr[-3000:]
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
-
 
 
 def test_a_write_failing_on_rank_0_alone_is_its_one_line_and_no_other_rank_traceback(tmp_path, launcher):

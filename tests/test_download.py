@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 FOLDER = "cifar-10-batches-py"          # torchvision's CIFAR10.base_folder
 ARCHIVE = "cifar-10-python.tar.gz"      # torchvision's CIFAR10.filename
 PER_BATCH, N_TEST = 20, 30
@@ -323,3 +324,18 @@ def test_killed_download_leaves_nothing_complete_and_the_next_run_cleans_up(tmp_
     _assert_loaded(*load_here(root), archive[2])
     assert server.downloads == 2
     assert _leftovers(root) == [FOLDER]                    # the stale temporary folder is gone
+
+
+def test_a_download_keeps_an_incomplete_copy_it_did_not_make(tmp_path, load_here, archive):
+    """An incomplete cifar-10-batches-py found in the data root (maybe the user's) is moved aside to
+    ``cifar-10-batches-py.incomplete-*`` after a complete one is downloaded, never deleted."""
+    root = tmp_path / "data"
+    mine = root / "cifar-10-batches-py"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("the user's\n")
+    (mine / "data_batch_1").write_bytes(b"half")
+    rc, out, err = load_here(root)
+    assert rc == 0, err
+    kept = list(root.glob("cifar-10-batches-py.incomplete-*"))
+    assert len(kept) == 1 and (kept[0] / "notes.txt").read_text() == "the user's\n", "the incomplete copy was deleted"
+    assert f"was moved to {str(kept[0])!r}" in err

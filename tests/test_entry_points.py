@@ -3,12 +3,11 @@ folder (``cd stage && python script.py``), as NNI's own examples do, with no ``s
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from tests.conftest import REPO
+from tests.helpers import cli
 
 SCRIPTS = ["hpo/trial.py", "hpo/retrain.py", "hpo/results.py", "classic_nas/trial.py", "classic_nas/retrain.py",
            "classic_nas/export.py", "classic_nas/export_space.py", "oneshot_darts/search.py",
@@ -16,15 +15,11 @@ SCRIPTS = ["hpo/trial.py", "hpo/retrain.py", "hpo/results.py", "classic_nas/tria
            "benchmarks/bench_darts.py", "benchmarks/bench_trial.py"]
 
 
-def run(args, cwd):
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_from_root_and_from_its_folder(script):
     folder, name = script.split("/")
     for cwd, path in ((REPO, script), (REPO / folder, name)):
-        res = run([path, "--help"], cwd)
+        res = cli([path, "--help"], cwd, project_path=False)
         assert res.returncode == 0 and "usage:" in res.stdout, (cwd, res.stderr[-2000:])
 
 
@@ -35,9 +30,9 @@ def test_no_script_edits_sys_path():
 
 
 def test_darts_retrain_runs_from_inside_its_folder(tmp_path):
-    res = run(["retrain.py", "--arc", "archs/darts_v2.json", "--config", "../configs/darts_retrain_smoke.yml",
+    res = cli(["retrain.py", "--arc", "archs/darts_v2.json", "--config", "../configs/darts_retrain_smoke.yml",
                "--epochs", "1", "--max-batches", "1", "--out-dir", str(tmp_path), "--no-progress"],
-              REPO / "oneshot_darts")
+              REPO / "oneshot_darts", project_path=False)
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads(res.stdout.strip().splitlines()[-1])
     assert result["epoch"] == 1 and 0.0 <= result["test_acc"] <= 1.0
@@ -68,13 +63,13 @@ print("HEAVY:", sorted({m.split(".")[0] for m in sys.modules} & {"torch", "torch
 
 @pytest.mark.parametrize("command", sorted(LIGHT))
 def test_help_and_flag_checks_come_before_torch_and_nni(command):
-    res = run(["-c", _PROBE, command, *LIGHT[command]], REPO)
+    res = cli(["-c", _PROBE, command, *LIGHT[command]], REPO, project_path=False)
     assert "usage:" in res.stdout or "data: fake" in res.stdout, res.stdout + res.stderr[-2000:]
     assert res.stdout.strip().splitlines()[-1] == "HEAVY: []", res.stdout[-500:]
 
 
 def test_a_bad_flag_of_a_trial_is_reported_before_torch_loads():
-    res = run(["-c", _PROBE, "classic_nas/trial.py", "--data", "fake", "--lr", "-1"], REPO)
+    res = cli(["-c", _PROBE, "classic_nas/trial.py", "--data", "fake", "--lr", "-1"], REPO, project_path=False)
     assert "error: lr" in res.stderr and res.stdout.strip().splitlines()[-1] == "HEAVY: []", res.stdout + res.stderr
 
 

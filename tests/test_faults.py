@@ -16,9 +16,9 @@ import pytest
 pytestmark = pytest.mark.e2e   # kills real processes and nnictl experiments (minutes): not in the fast suite (pytest -m "not e2e")
 import torch
 
+from tests.conftest import REPO
 from tests.nni_harness import nni_experiment
 
-REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "hpo/config_smoke.yml"
 KILLED = "USER_CANCELED"     # what NNI 3.0 shows for a trial killed by a signal
 

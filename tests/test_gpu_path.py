@@ -1,9 +1,10 @@
-"""The GPU path's device logic, tested on the CPU with faked devices (issue 18): collectives with
+"""The GPU path's device logic, tested on the CPU with faked devices: collectives with
 values on two devices, RNG state per device and per rank, GPUs the installed torch cannot drive,
 memory checks, out-of-memory errors, precision per GPU, memory format and compile per device and
 model, NNI's mixed-edge dtype under autocast. What only a real GPU can check: docs/testing.md."""
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -27,24 +28,23 @@ from core.run_training import load_splits
 from core.speed import Precision
 from core.trainer import OutOfMemory, Trainer, seed_everything
 from models import create_model
+from tests import helpers
 from tests.conftest import REPO
+from tests.helpers import small_cnn
 
 GiB = 1 << 30
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda", 0)
 
 
-def tiny_cfg(**kw) -> ModelConfig:
-    base = dict(data="fake", subset=256, val_subset=64, batch_size=32, epochs=2, max_batches=3, model="mobilenet",
-                optimizer="SGD", lr=0.05, device="cpu", progress=False)
-    return ModelConfig(**{**base, **kw})
+tiny_cfg = functools.partial(helpers.tiny_cfg, ModelConfig, val_subset=64, max_batches=3, model="mobilenet")
 
 
-# --- point 1: collectives take their values on the communication device ------------------------------
+# --- collectives take their values on the communication device ------------------------------
 
 def test_all_sum_moves_every_value_to_the_communication_device(monkeypatch):
-    """The engine sums a CPU count (``seen``) with counters on the training device; under NCCL the
-    stack of both used to fail ('expected all tensors on the same device'). ``meta`` stands for the
+    """The engine sums a CPU count (``seen``) with counters on the training device; under NCCL a
+    stack of both fails ('expected all tensors on the same device') unless each value moves first. ``meta`` stands for the
     second device here."""
     reduced = []
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
@@ -87,7 +87,7 @@ def test_all_sum_sums_over_a_real_gloo_group(tmp_path):
     assert zero["told"] == one["told"] == "rank 0's path"
 
 
-# --- point 2: RNG state per current device, per rank --------------------------------------------------
+# --- RNG state per current device, per rank --------------------------------------------------
 
 class FakeCudaRng(checkpoint.CudaRng):
     """``count`` GPUs whose generator states are recorded; indexing a missing one fails as CUDA does."""
@@ -159,7 +159,7 @@ def test_checkpoint_holds_every_ranks_generators(tmp_path):
     assert len(rng["ranks"]) == 1 and torch.equal(rng["ranks"][0]["torch"], torch.get_rng_state())
 
 
-# --- point 4: GPUs this torch cannot drive ----------------------------------------------------------
+# --- GPUs this torch cannot drive ----------------------------------------------------------
 
 CU130_ARCHS = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
 
@@ -248,11 +248,11 @@ def test_which_cuda_visible_devices_hide_every_gpu(monkeypatch):
     assert devices.hidden_gpus() is None and devices.cpu_reason("auto") is None
 
 
-# --- points 5 and 6: memory ---------------------------------------------------------------------------
+# --- memory ---------------------------------------------------------------------------
 
 def test_activation_estimate_matches_the_measured_figures():
-    """Counted on the meta device; the issue measured 5.5 GiB (dpn92) and 4.8 GiB (densenet121) of
-    float32 activations at batch 128 on the CPU."""
+    """Counted on the meta device; measured on the CPU: 5.5 GiB (dpn92) and 4.8 GiB (densenet121) of
+    float32 activations at batch 128."""
     assert speed.activation_bytes(create_model("dpn92", 10), 128, 32) / GiB == pytest.approx(5.5, rel=0.05)
     assert speed.activation_bytes(create_model("densenet121", 10), 128, 32) / GiB == pytest.approx(4.8, rel=0.05)
 
@@ -455,7 +455,7 @@ def test_out_of_memory_message_on_a_gpu(monkeypatch):
     assert "--batch-size 64" in message and "--amp" in message
 
 
-# --- point 8 and issue 22: the choices of core/speed.py -----------------------------------------------
+# --- the choices of core/speed.py -----------------------------------------------
 
 @pytest.mark.parametrize("device, capability, amp, can_scale, expected", [
     (CPU, None, True, True, ("fp32", None, False)),
@@ -469,11 +469,6 @@ def test_out_of_memory_message_on_a_gpu(monkeypatch):
 def test_precision_per_device(device, capability, amp, can_scale, expected):
     p = speed.choose_precision(device, amp, capability=capability, can_scale=can_scale)
     assert (p.name, p.dtype, p.scaled) == expected and p.reason
-
-
-def small_cnn() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(8, 10))
 
 
 def test_fp16_with_gradient_scaler_trains_and_resumes_exactly(monkeypatch, tmp_path):
@@ -630,7 +625,7 @@ def test_nni_mixed_edges_stay_in_the_autocast_dtype():
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad and p.dim() == 1 and p.numel() == 8)
 
 
-# --- point 9: GPU order ------------------------------------------------------------------------------
+# --- GPU order ------------------------------------------------------------------------------
 
 def test_gpus_are_numbered_in_pci_order_as_nni_numbers_them():
     code = "import os, core; print(os.environ['CUDA_DEVICE_ORDER'])"

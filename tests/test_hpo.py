@@ -18,8 +18,10 @@ from experiments.nni_trial import NniTrial
 from core.trainer import build_optimizer
 from hpo import results, retrain, trial
 from hpo.nni_fixes import RECEIVED_TAG, FixedHyperband, FixedTpe
+from tests.conftest import REPO
+from tests.helpers import cli, one_error_line
+from tests.test_report import HPO_TRIALS, _fake_experiment
 
-REPO = Path(__file__).resolve().parents[1]
 FAKE_FLAGS = ["--data", "fake", "--epochs", "1", "--max-batches", "2", "--batch-size", "8",
               "--eval-batch-size", "16", "--threads", "1"]
 
@@ -59,7 +61,7 @@ def _config(argv, params=None) -> trial.HpoTrialConfig:
 
 # --- the search space and the trial's parameters ------------------------------------------------
 
-def test_search_space_is_exactly_the_issue_s():
+def test_search_space_is_two_lrs_four_optimizers_and_eight_models():
     space = json.loads((REPO / "hpo/search_space.json").read_text())
     assert space == {
         "lr": {"_type": "choice", "_value": [0.01, 0.001]},
@@ -120,7 +122,7 @@ def test_bad_parameter_as_a_process_exits_2_without_traceback(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_wide_space_and_the_nni_example_recipe_are_the_issue_s():
+def test_wide_space_draws_valid_trials_and_the_nni_example_recipe_resolves():
     wide = yaml.safe_load((REPO / "hpo/config_wide.yml").read_text())
     space = wide["searchSpace"]
     assert space["lr"] == {"_type": "loguniform", "_value": [0.0001, 1.0]}
@@ -716,3 +718,42 @@ def test_recipe_rank_smoke_continues_and_refuses_other_settings(tmp_path, capsys
         recipe_rank.main([*argv[:-2], "--space", str(REPO / "hpo/config_wide.yml"), "--out", str(tmp_path / "w")])
     assert "error: --space: lr is not a 'choice' parameter" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_print_config_checks_data(tmp_path):
+    proc = cli(["hpo/trial.py", "--data", tmp_path / "nowhere", "--print-config"])
+    one_error_line(proc, f"data: {str(tmp_path / 'nowhere')!r} is neither one of cifar10, fake nor an existing path")
+    assert proc.stdout == ""
+
+
+def test_results_print_each_line_once_under_torchrun(tmp_path):
+    exp = _fake_experiment(tmp_path / "exp0ranks", "hpo", HPO_TRIALS)
+    outputs = [cli(["hpo/results.py", exp], env={"WORLD_SIZE": "2", "RANK": str(r), "LOCAL_RANK": str(r)})
+               for r in (0, 1)]                    # the two processes torchrun --nproc_per_node 2 starts
+    assert outputs[0].returncode == outputs[1].returncode == 0
+    assert "best: trial aaaaa" in outputs[0].stdout and outputs[1].stdout == "" and outputs[1].stderr == ""
+
+
+def test_trial_concurrency_0_is_one_line_before_nnictl_create(tmp_path):
+    from tests.nni_harness import nni_experiment
+
+    (tmp_path / "exp").mkdir()
+    config = tmp_path / "hpo_smoke.yml"
+    smoke = yaml.safe_load((REPO / "hpo" / "config_smoke.yml").read_text())
+    smoke["searchSpaceFile"] = str((REPO / "hpo" / smoke["searchSpaceFile"]).resolve())
+    smoke["trialCodeDirectory"] = str((REPO / "hpo" / smoke["trialCodeDirectory"]).resolve())
+    config.write_text(yaml.safe_dump({**smoke, "trialConcurrency": 0}))
+    one_error_line(cli(["-m", "experiments.nni_config", config]), "trialConcurrency: 0 is not allowed")
+    with pytest.raises(pytest.fail.Exception, match="trialConcurrency: 0 is not allowed"):
+        with nni_experiment(config, tmp_path / "exp"):     # the harness checks before `nnictl create`
+            pass
+    assert not (tmp_path / "exp" / "nni-experiments").exists()
+
+
+def test_every_nnictl_config_of_the_project_passes_the_check():
+    configs = sorted(p for p in [*REPO.glob("configs/*.yml"), *REPO.glob("*/config*.yml")]
+                     if "trialCommand" in p.read_text() and "remote" not in p.name)   # remote: need a key file
+    assert len(configs) >= 8
+    proc = cli(["-m", "experiments.nni_config", *configs])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count(": ok") == len(configs)

@@ -21,16 +21,15 @@ from core.chance import FAKE_CLASSES, at_chance
 from hpo import results, retrain
 from hpo.nni_fixes import RECEIVED_TAG
 from report.cli import main as report_main
-from tests.nni_harness import nni_experiment
+from tests.conftest import REPO
+from tests.nni_harness import ENDED, nni_experiment
 from tests.test_report import check_report, tau_in
 
 pytestmark = pytest.mark.e2e   # real nnictl experiments: not in the fast suite (pytest -m "not e2e")
 
-REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 SMOKE = REPO / "hpo/config_smoke.yml"
 HYPERBAND = REPO / "hpo/config_hyperband.yml"
-ENDED = ("SUCCEEDED", "USER_CANCELED", "EARLY_STOPPED")   # NNI 3.0 shows Medianstop's stops as USER_CANCELED
 
 
 def _final(trial_job: dict) -> float | None:

@@ -35,8 +35,18 @@ def project_imports(package: str) -> dict[str, set[str]]:
     return found
 
 
+def imports_beyond(package: str, allowed: set[str]) -> dict[str, set[str]]:
+    """The modules of ``package`` that import a project package outside ``allowed``, and those packages."""
+    return {mod: names - allowed for mod, names in project_imports(package).items() if names - allowed}
+
+
+def importers(name: str, packages: tuple[str, ...]) -> set[str]:
+    """The modules of ``packages`` that import the project package ``name``."""
+    return {mod for package in packages for mod, names in project_imports(package).items() if name in names}
+
+
 def test_models_import_nothing_of_the_project():
-    wrong = {mod: names - {"models"} for mod, names in project_imports("models").items() if names - {"models"}}
+    wrong = imports_beyond("models", {"models"})
     assert not wrong, f"models/ must not import the rest of the project: {wrong}"
 
 
@@ -48,32 +58,26 @@ def test_no_stage_imports_another(stage):
 
 
 def test_the_engine_imports_models_only():
-    wrong = {mod: names - {"core", "models"} for mod, names in project_imports("core").items()
-             if names - {"core", "models"}}
+    wrong = imports_beyond("core", {"core", "models"})
     assert not wrong, f"core/ (the training engine) imports only models/: {wrong}"
 
 
 def test_the_experiment_layer_imports_the_engine_and_models_only():
-    wrong = {mod: names - {"experiments", "core", "models"} for mod, names in project_imports("experiments").items()
-             if names - {"experiments", "core", "models"}}
+    wrong = imports_beyond("experiments", {"experiments", "core", "models"})
     assert not wrong, f"experiments/ (the NNI and experiment layer) imports core/ and models/ only: {wrong}"
 
 
 def test_report_reads_stages_through_core_only_and_nothing_imports_it():
-    wrong = {mod: names - {"core", "experiments", "report"} for mod, names in project_imports("report").items()
-             if names - {"core", "experiments", "report"}}
+    wrong = imports_beyond("report", {"core", "experiments", "report"})
     assert not wrong, f"report/ reads every stage's outputs, so it imports core/ and experiments/ only: {wrong}"
-    users = {mod for package in ("core", "models", "experiments", *STAGES, "lab") for mod, names in project_imports(package).items()
-             if "report" in names}
+    users = importers("report", ("core", "models", "experiments", *STAGES, "lab"))
     assert not users, f"report/ is a tool on top; nothing of the project imports it: {users}"
 
 
 def test_the_lab_driver_runs_the_stages_through_their_commands_and_nothing_imports_it():
-    wrong = {mod: names - {"core", "experiments", "lab"} for mod, names in project_imports("lab").items()
-             if names - {"core", "experiments", "lab"}}
+    wrong = imports_beyond("lab", {"core", "experiments", "lab"})
     assert not wrong, f"lab/ runs every stage and report as a command (a subprocess), so it imports core/ and experiments/ only: {wrong}"
-    users = {mod for package in ("core", "models", "experiments", *STAGES, "report") for mod, names in project_imports(package).items()
-             if "lab" in names}
+    users = importers("lab", ("core", "models", "experiments", *STAGES, "report"))
     assert not users, f"lab/ is the driver on top; nothing of the project imports it: {users}"
 
 

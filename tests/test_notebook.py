@@ -36,9 +36,10 @@ import pytest
 from nbclient import NotebookClient
 
 from lab.plan import EXPERIMENT_STAGES, STAGES
-from tests.nni_harness import BIN, free_port, processes_under
+from tests.conftest import REPO
+from tests.helpers import BIN
+from tests.nni_harness import free_port, processes_under
 
-REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "colab.ipynb"
 
 

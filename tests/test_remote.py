@@ -26,14 +26,14 @@ import psutil
 import pytest
 import yaml
 
-from tests.nni_harness import BIN, free_port, nni_experiment
+from tests.conftest import REPO
+from tests.helpers import BIN
+from tests.nni_harness import ENDED, free_port, nni_experiment, processes_under
 
-REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "hpo/config_smoke.yml"
 REMOTE = REPO / "hpo/config_remote.yml"
 SSHD = Path("/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")
-ENDED = ("SUCCEEDED", "USER_CANCELED", "EARLY_STOPPED")
 
 
 def _keygen(path: Path) -> None:
@@ -105,19 +105,6 @@ def _user() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
 
-def _processes_under(folder: Path) -> list[psutil.Process]:
-    """Live processes whose command line, working folder or environment names ``folder``."""
-    marker, found = str(folder), []
-    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
-        with contextlib.suppress(psutil.Error):
-            if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["cwd"] or "")
-            if marker in text or marker in " ".join(proc.environ().values()):
-                found.append(proc)
-    return found
-
-
 def remote_overrides(machine: dict) -> dict:
     """hpo/config_smoke.yml made remote the way hpo/config_remote.yml is: the repository root as
     the uploaded trial code, the trial started as ``hpo/trial.py`` there, the manager reachable at
@@ -169,9 +156,9 @@ def test_hpo_smoke_through_the_remote_training_service(tmp_path):
         finally:
             # `nnictl stop` shuts the remote trial keeper down; nothing may live on under the remote HOME
             deadline = time.monotonic() + 20
-            while _processes_under(remote_home) and time.monotonic() < deadline:
+            while processes_under(str(remote_home)) and time.monotonic() < deadline:
                 time.sleep(0.5)
-            left = _processes_under(remote_home)
+            left = processes_under(str(remote_home))
             for proc in left:
                 with contextlib.suppress(psutil.Error):
                     proc.kill()

@@ -1,6 +1,8 @@
 """`python -m report`: Kendall's tau, reports of an experiment (a database written the way NNI 3.0
 writes it, with real trial run folders) and of run folders, `--top K` retrains that skip finished
-ones and resume a killed one, and bad sources failing with one line and nothing written.
+ones and resume a killed one, retrains matched to the experiment's own trials, bad sources and damaged
+run folders failing with one line and nothing written, ``-o`` replacing only a report of its own
+(never through a link), and non-finite or absurd numbers shown as invalid.
 
 The end-to-end tests (test_hpo_nni.py, test_classic_nas_e2e.py, test_darts_nni.py) build reports
 from the real experiments they run, with :func:`check_report`."""
@@ -8,9 +10,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +27,9 @@ import yaml
 from core import checkpoint as core_checkpoint
 from report.cli import main as report_main
 from report.stats import kendall
+from tests.conftest import REPO
+from tests.helpers import cli, one_error_line, report, state
 
-REPO = Path(__file__).resolve().parents[1]
 MIN_PIXELS = 200 * 150
 MIN_STD = 0.02          # pixel standard deviation (values in [0, 1]): not a blank canvas
 
@@ -683,3 +688,191 @@ def test_report_removes_only_what_a_killed_run_of_its_own_left(tmp_path, monkeyp
         os.close(living)
     assert listing() == {k: v for k, v in before.items() if "k1lled" not in k}
     assert (place / "out" / "report.md").is_file()
+
+
+# --- -o, invalid numbers, retrains matched to their trials, damaged run folders ----------------------
+
+def fake_run(folder: Path, metrics: list[str] | None = None, result: dict | None = None, **files) -> Path:
+    """A run folder as the training core writes one (metrics lines given as raw text)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text("data: fake\nepochs: 2\nmodel: mobilenet\n")
+    lines = metrics if metrics is not None else [
+        json.dumps({"epoch": e, "train_loss": 2.0 / e, "train_acc": 0.2 * e, "test_acc": 0.1 * e,
+                    "train_seconds": 1.5}) for e in (1, 2)]
+    (folder / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    if result is not None:
+        (folder / "result.json").write_text(json.dumps(result))
+    for name, text in files.items():
+        (folder / name.replace("__", ".")).write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize("case", ["project folder", "runs folder", "a run folder", "own files", "a file"])
+def test_report_never_replaces_what_it_did_not_write(tmp_path, case):
+    source = fake_run(tmp_path / "runs" / "run-1", result={"test_acc": 0.5, "epoch": 2})
+    if case == "project folder":                     # `-o .` in a project folder
+        out, cwd = Path("."), tmp_path / "project"
+        (cwd / "pkg").mkdir(parents=True)
+        (cwd / "pkg" / "main.py").write_text("print('my code')\n")
+    elif case == "runs folder":
+        out, cwd = tmp_path / "runs", tmp_path
+    elif case == "a run folder":
+        out, cwd = source, tmp_path
+    elif case == "own files":
+        out, cwd = tmp_path / "mine", tmp_path
+        out.mkdir()
+        (out / "notes.txt").write_text("mine\n")
+        (out / "report.md").write_text("my own report.md\n")
+    else:
+        out, cwd = tmp_path / "file.md", tmp_path
+        out.write_text("x\n")
+    target = (cwd / out).resolve()
+    before = state(tmp_path)
+    command = cli if case == "project folder" else lambda args, cwd: report(args[2:], cwd)   # one as a real process
+    proc = command(["-m", "report", source, "-o", out], cwd=cwd)
+    one_error_line(proc, "-o:", "it is left as it is" if case != "a file" else "is not a folder")
+    assert state(tmp_path) == before, f"{target} changed"
+
+
+def test_report_replaces_only_its_own_report_and_never_through_a_link(tmp_path):
+    source = fake_run(tmp_path / "run-1", result={"test_acc": 0.5, "epoch": 2})
+    out = tmp_path / "reports" / "r1"
+    old_umask = os.umask(0o022)
+    try:
+        first = cli(["-m", "report", source, "-o", out])
+        assert first.returncode == 0, first.stderr
+        marker = json.loads((out / ".report.json").read_text())
+        assert marker["kind"] == "python -m report" and "report.md" in marker["files"]
+        assert stat.S_IMODE(out.stat().st_mode) == 0o755, "the report folder must get the usual mode, not 0700"
+        (out / "report.md").write_text("stale\n")
+        second = report([source, "-o", out])                    # its own report: replaced
+        assert second.returncode == 0 and "stale" not in (out / "report.md").read_text()
+        (out / "notes.txt").write_text("added by the user\n")   # now it holds a file the report did not write
+        before = state(tmp_path)
+        one_error_line(report([source, "-o", out]), "holds files the report did not write (notes.txt)")
+        assert state(tmp_path) == before
+        # a link as OUT: refused, the folder it points to untouched
+        target = tmp_path / "elsewhere"
+        target.mkdir()
+        (target / "keep.txt").write_text("keep\n")
+        link = tmp_path / "link"
+        link.symlink_to(target)
+        before = state(tmp_path)
+        one_error_line(report([source, "-o", link]), "is a symbolic link")
+        assert state(tmp_path) == before
+        # an empty folder is taken
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        assert report([source, "-o", empty]).returncode == 0 and (empty / "report.md").is_file()
+    finally:
+        os.umask(old_umask)
+    assert not list(tmp_path.rglob(".*.tmp-*")) and not list(tmp_path.rglob(".*.old-*"))
+
+
+def test_report_into_an_unwritable_place_or_a_link_loop(tmp_path):
+    source = fake_run(tmp_path / "run", result={"test_acc": 0.5, "epoch": 2})
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    before = state(tmp_path)
+    one_error_line(cli(["-m", "report", source, "-o", "/proc/cifar-automl/report"]), "-o: cannot write the report")
+    one_error_line(report([source, "-o", tmp_path / "loop" / "report"]), "-o:")
+    assert state(tmp_path) == before
+
+
+def _retrain_folder(runs: Path, name: str, exp: str, trial: str, params: dict, test_acc: float, **origin) -> Path:
+    folder = runs / name
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"data": "fake", "epochs": 2, **params}))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "train_loss": 1.0, "test_acc": test_acc})
+                                                  + "\n" for e in (1, 2)))
+    (folder / "result.json").write_text(json.dumps({"test_acc": test_acc, "epoch": 2}))
+    (folder / "origin.json").write_text(json.dumps({"experiment_id": exp, "stage": "hpo_retrain", "trial_id": trial,
+                                                    "rank": 1, "params": params, **origin}))
+    return folder
+
+
+def test_report_matches_retrains_to_real_trials_and_lists_what_it_left_out(tmp_path):
+    exp = _fake_experiment(tmp_path / "exp0match", "hpo", HPO_TRIALS)
+    runs = tmp_path / "runs"
+    p = {t["id"]: t["params"] for t in HPO_TRIALS}
+    good_a = _retrain_folder(runs, "a", "exp0match", "aaaaa", p["aaaaa"], 0.6)
+    _retrain_folder(runs, "d", "exp0match", "ddddd", p["ddddd"], 0.7)
+    shutil.copytree(good_a, runs / "copy-of-a")                                        # counted once
+    _retrain_folder(runs, "nas", "exp0match", "ccccc", p["ccccc"], 0.9, stage="classic_nas_retrain")
+    _retrain_folder(runs, "ghost", "exp0match", "zzzzz", p["aaaaa"], 0.9)               # no such trial
+    _retrain_folder(runs, "other-lr", "exp0match", "ccccc", {**p["ccccc"], "lr": 0.1}, 0.9)  # not what ccccc ran
+    _retrain_folder(runs, "bad-rank", "exp0match", "ccccc", p["ccccc"], 0.2, rank="x")  # a rank that is no number
+    (runs / "dup").mkdir()
+    (runs / "dup" / "origin.json").write_text('{"experiment_id": "exp0match", "trial_id": "aaaaa", "trial_id": "x"}')
+    _retrain_folder(runs, "other-exp", "exp9other", "aaaaa", p["aaaaa"], 0.1)           # another experiment's
+    proc = cli(["-m", "report", exp, "--retrains", runs, "-o", tmp_path / "out"])
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "3 finished with a valid test accuracy" in text                             # a, d, and bad-rank (ccccc)
+    assert "Kendall's tau = " in text and "Left out of the comparison (5):" in text
+    for folder, reason in [("copy-of-a", "a second retrain of trial aaaaa (counted once"),
+                           ("nas", "its stage is 'classic_nas_retrain', not 'hpo_retrain'"),
+                           ("ghost", "trial 'zzzzz' is not a trial of this experiment"),
+                           ("other-lr", "it trained lr 0.1, but trial ccccc ran lr 1e-09"),
+                           ("dup", "the key 'trial_id' appears more than once")]:
+        assert any(f"/{folder}`: " in line and reason in line for line in text.splitlines()), (folder, reason)
+    assert "other-exp" not in text
+
+
+def test_non_finite_and_absurd_numbers_are_shown_as_invalid(tmp_path):
+    source = fake_run(tmp_path / "run", metrics=[
+        '{"epoch": 1, "train_loss": NaN, "train_acc": 0.2, "train_seconds": 1.0}',
+        '{"epoch": 2, "train_loss": 1.0, "train_acc": 1e300, "train_seconds": Infinity}'],
+        result={"test_acc": float("inf"), "epoch": 2})
+    proc = cli(["-m", "report", source, "-o", tmp_path / "out"])
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "**Final test accuracy: invalid (inf)** after 2 epochs. (See Invalid numbers.)" in text
+    assert "test accuracy: inf" not in text
+    assert "## Invalid numbers" in text
+    for needle in ("metrics.jsonl line 1: train_loss = nan is invalid (not a finite number)",
+                   "metrics.jsonl line 2: train_acc = 1e+300 is invalid (an accuracy lies in [0, 1])",
+                   "metrics.jsonl line 2: train_seconds = inf is invalid",
+                   "result.json: test_acc = inf is invalid"):
+        assert needle in text, needle
+
+
+def test_invalid_trial_results_are_left_out_of_the_ranking(tmp_path):
+    trials = [dict(t) for t in HPO_TRIALS[:4]]
+    trials[2]["final"] = 1e300                      # would be "the best trial"
+    exp = _fake_experiment(tmp_path / "exp0absurd", "hpo", trials)
+    proc = report([exp, "-o", tmp_path / "out"])
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "Trial **aaaaa**" in text and "trial ccccc: final validation accuracy 1e+300 is invalid" in text
+    assert "**invalid (1e+300)**" in text
+
+
+@pytest.mark.parametrize("case", ["random bytes", "non-number epoch", "cell input", "cell op", "epochs mixed"])
+def test_damaged_run_folders_are_one_line(tmp_path, case):
+    weights = {"normal/2_0": {"sep_conv_3x3": 0.6, "none": 0.4}, "reduce/2_0": {"max_pool_3x3": 1.0}}
+    cell = {"normal": [[["sep_conv_3x3", 0], ["sep_conv_3x3", 1]]], "reduce": [[["max_pool_3x3", 0], ["max_pool_3x3", 1]]]}
+    lines = None
+    if case == "random bytes":
+        folder = tmp_path / "run"
+        folder.mkdir()
+        (folder / "metrics.jsonl").write_bytes(os.urandom(2000) + b"\xff\xfe")
+    elif case == "non-number epoch":
+        lines = ['{"epoch": "one", "train_loss": 1.0}']
+    elif case == "epochs mixed":                   # what two processes writing one folder leave
+        lines = ['{"epoch": 1, "train_loss": 1.0}', '{"epoch": 1, "train_loss": 1.1}']
+    else:
+        bad = json.loads(json.dumps(cell))
+        if case == "cell input":
+            bad["normal"][0][1][1] = 7             # node 0 has inputs 0 and 1 only
+        else:
+            bad["reduce"][0][0][0] = "teleport_5x5"
+        lines = [json.dumps({"epoch": 1, "train_loss": 1.0, "edge_weights": weights, "arch": bad})]
+    if lines is not None:
+        folder = fake_run(tmp_path / "run", metrics=lines)
+    before = state(tmp_path)
+    proc = (cli(["-m", "report", folder]) if case == "random bytes" else report([folder]))   # once as a real process
+    one_error_line(proc, {"random bytes": "is not text", "non-number epoch": "epoch 'one' is not a whole number",
+                          "epochs mixed": "epoch 1 follows epoch 1; two runs wrote into this folder",
+                          "cell input": "node 0 of the derived normal cell takes input 7, which does not exist",
+                          "cell op": "uses the operation 'teleport_5x5', which the search does not have"}[case])
+    assert state(tmp_path) == before

@@ -1,4 +1,4 @@
-"""Results a researcher can trust and compare (issue 21, part B), on synthetic experiment databases
+"""Results a researcher can trust and compare, on synthetic experiment databases
 (written the way NNI 3.0 writes them, tests/test_report.py) and run folders: each accuracy with its
 standard error and the trials tied with the best; ``--top K --seeds``; ``trials.csv``/``trials.json``;
 parallel coordinates and parameter importance; comparisons of experiments; the study report.
@@ -14,8 +14,6 @@ import random
 import re
 import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -23,16 +21,10 @@ import pytest
 
 from report.cli import main as report_main
 from report.stats import MIN_TRIALS_FOR_IMPORTANCE, binomial_se, kendall, tied_with
-from tests.test_report import HPO_TRIALS, REPO, RETRAIN, _fake_experiment, check_report, tau_in
-
-
-def _decode(value):
-    while isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return value
-    return value
+from tests.conftest import REPO
+from tests.helpers import cli, decode_json, one_error_line, report
+from tests.helpers import run as run_command
+from tests.test_report import HPO_TRIALS, RETRAIN, _fake_experiment, check_report, tau_in
 
 
 def _strict_json(text: str):
@@ -52,22 +44,6 @@ def _cell(text: str):
         return text
 
 
-def one_error_line(code: int, stderr: str, needle: str) -> None:
-    lines = stderr.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], stderr
-    assert "Traceback" not in stderr
-
-
-def run_report(argv: list[str], capsys) -> tuple[int, str]:
-    """``python -m report`` in this process: its exit status and standard error."""
-    try:
-        report_main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
 # --- checks that also run on real experiments (tests/test_study_e2e.py) --------------------------
 
 def check_trials_csv(exp_dir: Path, out: Path, require: tuple[str, ...] = ()) -> list[dict]:
@@ -81,7 +57,8 @@ def check_trials_csv(exp_dir: Path, out: Path, require: tuple[str, ...] = ()) ->
     con = sqlite3.connect(f"file:{Path(exp_dir) / 'db' / 'nni.sqlite'}?mode=ro", uri=True)
     events = con.execute("SELECT trialJobId, event, sequenceId FROM TrialJobEvent ORDER BY timestamp").fetchall()
     metrics = con.execute("SELECT trialJobId, type, sequence, data FROM MetricData").fetchall()
-    space = _decode(con.execute("SELECT params FROM ExperimentProfile ORDER BY revision DESC LIMIT 1").fetchone()[0])
+    space = decode_json(con.execute("SELECT params FROM ExperimentProfile ORDER BY revision DESC LIMIT 1")
+                        .fetchone()[0], strict=False)
     con.close()
     status, seq = {}, {}
     for tid, event, sequence in events:
@@ -91,7 +68,7 @@ def check_trials_csv(exp_dir: Path, out: Path, require: tuple[str, ...] = ()) ->
     periodical: dict[str, list[float]] = {tid: [] for tid in status}
     final: dict[str, dict] = {}
     for tid, kind, _, data in metrics:
-        value = _decode(data)
+        value = decode_json(data, strict=False)
         if kind == "PERIODICAL":
             periodical[tid].append(value["default"] if isinstance(value, dict) else value)
         elif kind == "FINAL":
@@ -168,7 +145,7 @@ def check_study_report(hpo_exp: Path, nas_exp: Path, darts_run: Path, retrain_ru
 # --- noise: standard errors and ties -------------------------------------------------------------
 
 def test_each_accuracy_has_its_standard_error_and_the_tied_trials_are_marked(tmp_path):
-    assert binomial_se(0.9, 5000) == pytest.approx(0.0042426, abs=1e-6)      # the issue's 0.4 points at 90 %
+    assert binomial_se(0.9, 5000) == pytest.approx(0.0042426, abs=1e-6)      # 0.4 points at 90 %
     assert binomial_se(0.5, None) is None and binomial_se(None, 100) is None
     assert tied_with(0.5, 0.0158, 0.47) is True and tied_with(0.5, 0.0158, 0.46) is False
     assert tied_with(0.5, None, 0.49) is None
@@ -330,12 +307,12 @@ def test_comparison_of_two_experiments_of_one_stage(tmp_path, capsys):
                          ([b, a, f"{tmp_path}/run/../exp0cma/", "-o", tmp_path / "bad5"], "are the same experiment"),
                          ([tmp_path / "link-to-a", b, a, "-o", tmp_path / "bad6"], "are the same experiment"),
                          ([a, b, "-o", ""], "-o: the folder's name is empty")]:
-        one_error_line(*run_report(argv, capsys), needle)
+        one_error_line(report(argv), needle)
     assert not any((tmp_path / f"bad{i}").exists() for i in range(1, 7))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["exp0cma", "exp0cmb", "exp0hi", "exp0lo", "exp0wo", "exp0nas", "run", "link-to-a", "cmp", "c2", "c3"])
     for source in (a, run):     # -o "" is no folder for one source either (not the default folder)
-        one_error_line(*run_report([source, "-o", ""], capsys), "-o: the folder's name is empty")
+        one_error_line(report([source, "-o", ""]), "-o: the folder's name is empty")
         assert not (source / "report").exists()
 
 
@@ -354,7 +331,7 @@ def test_comparison_shows_what_differs_and_calls_a_seed_repeat_one(tmp_path):
     from report.stats import binomial_se
 
     mob, shu = ("mobilenet", "Adamax", 0.01), ("shufflenetg2", "Adam", 0.001)
-    # the issue's case: the same configuration scored 0.205 with one seed and 0.168 with the other
+    # the same configuration scoring 0.205 with one seed and 0.168 with the other
     a = _seeded(tmp_path, "exp0sda", 0, {mob: 0.205, shu: 0.150})
     b = _seeded(tmp_path, "exp0sdb", 1, {mob: 0.168, shu: 0.160})
     text = check_report(report_main([str(a), str(b), "-o", str(tmp_path / "c1")]), [])
@@ -452,7 +429,7 @@ def test_study_report_of_the_four_stages(tmp_path, capsys, monkeypatch):
                          ([darts, fake_darts_search(tmp_path / "darts2")], "are both of kind 'one-shot DARTS search'"),
                          ([dnni], "is an experiment of stage 'oneshot_darts', which the study does not take"),
                          ([tmp_path / "plain"], "no such file or folder")]:
-        one_error_line(*run_report(["--study", *argv, "-o", tmp_path / "bad"], capsys), needle)
+        one_error_line(report(["--study", *argv, "-o", tmp_path / "bad"]), needle)
     assert not (tmp_path / "bad").exists()
 
 
@@ -640,12 +617,12 @@ def test_top_k_retrains_with_seeds_give_mean_and_std_per_configuration(tmp_path,
     # the same command again: all four finished, skipped; other options: one line naming the field
     assert {r["action"] for r in retrain.main(argv)} == {"skipped"}
     capsys.readouterr()
-    one_error_line(*_main_code(retrain.main, [*argv[:-2], "--lr", "0.5", "--out-dir", str(runs)], capsys),
+    one_error_line(run_command(["hpo/retrain.py", *argv[:-2], "--lr", "0.5", "--out-dir", str(runs)]),
                    "(seed 3) was retrained in")
     for bad, needle in [(["--seed", "1"], "--seed: not allowed with --seeds"),
                         (["--seeds", "1", "1"], "--seeds: seed 1 is given twice")]:
-        one_error_line(*_main_code(retrain.main, [*argv, *bad], capsys), needle)
-    one_error_line(*_main_code(retrain.main, ["--experiment", str(exp), "--seeds", "1", "2"], capsys),
+        one_error_line(run_command(["hpo/retrain.py", *argv, *bad]), needle)
+    one_error_line(run_command(["hpo/retrain.py", "--experiment", str(exp), "--seeds", "1", "2"]),
                    "--seeds: only with --experiment ID --top K")
 
     text = check_report(report_main([str(exp), "--retrains", str(runs), "-o", str(tmp_path / "out")]),
@@ -669,23 +646,13 @@ def test_top_k_retrains_with_seeds_give_mean_and_std_per_configuration(tmp_path,
         assert tau_in(text) == pytest.approx(k.tau, abs=1e-3) and f"(p = {k.p:.3g}, n = 2;" in text
 
 
-def _main_code(main, argv, capsys) -> tuple[int, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
 def test_classic_nas_top_k_retrains_with_seeds(tmp_path, capsys):
     from classic_nas import retrain
 
     arc = tmp_path / "arch.json"
     arc.write_text(json.dumps({f"skip{k}": 1 for k in range(1, 7)}))
-    proc = subprocess.run([sys.executable, "classic_nas/retrain.py", "--arc", str(arc), "--seeds", "1", "2"],
-                          capture_output=True, text=True, cwd=REPO)
-    one_error_line(proc.returncode, proc.stderr, "--seeds: only with --experiment ID --top K")
+    proc = cli(["classic_nas/retrain.py", "--arc", str(arc), "--seeds", "1", "2"])
+    one_error_line(proc, "--seeds: only with --experiment ID --top K")
 
     nas = _nas_from(tmp_path / "nohpo", tmp_path, "nasexp9", winner=None)
     runs = tmp_path / "runs"
@@ -698,8 +665,8 @@ def test_classic_nas_top_k_retrains_with_seeds(tmp_path, capsys):
         assert json.loads((run / "origin.json").read_text())["seed"] == s and f"seed: {s}\n" in \
             (run / "config.yaml").read_text()
     capsys.readouterr()
-    one_error_line(*_main_code(retrain.main, ["--experiment", str(nas), "--top", "1", "--seeds", "1", "--seed", "4"],
-                               capsys), "--seed: not allowed with --seeds")
+    one_error_line(run_command(["classic_nas/retrain.py", "--experiment", str(nas), "--top", "1", "--seeds", "1",
+                                "--seed", "4"]), "--seed: not allowed with --seeds")
     text = check_report(report_main([str(nas), "--retrains", str(runs), "-o", str(tmp_path / "out")]), ["| 1, 2 |"])
     assert "2 run(s) of 1 configuration(s) (2 finished with a valid test accuracy)" in text
 

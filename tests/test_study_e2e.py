@@ -1,4 +1,4 @@
-"""The study end to end (issue 21): the session's real HPO experiment (nnictl, the shipped tuner +
+"""The study end to end: the session's real HPO experiment (nnictl, the shipped tuner +
 Medianstop) in which one trial succeeds, one is stopped by the assessor and one fails; the session's
 real classic-NAS experiment started with CIFAR_AUTOML_FROM_HPO naming it; a DARTS smoke search and a retrain of its cell; then
 ``trials.csv`` holds the failed and the early-stopped trial, and the study report of the four is
@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tests.test_study import check_study_report, check_trials_csv
 
 pytestmark = pytest.mark.e2e   # real nnictl experiments: not in the fast suite (pytest -m "not e2e")
 
-REPO = Path(__file__).resolve().parents[1]
 
 # hpo_study_exp, nas_from_hpo_exp: the session's shared experiments (tests/conftest.py): an HPO
 # experiment whose trials run in a known order (lr 0.01 learns and finishes; lr 1e-7 cannot learn and
