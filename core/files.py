@@ -6,12 +6,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 from core.errors import UserError
+
+
+def open_no_follow(path: str | os.PathLike, flags: int) -> int:
+    """``os.open(path, flags)`` for a file the project writes, never through a symbolic link: a link
+    there could point at anyone's file, so it is one line naming it, nothing written."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{str(path)!r} is a symbolic link; the project's files are never written through one "
+                            "(remove the link to continue)") from None
+        raise
 
 
 def _umask() -> int:

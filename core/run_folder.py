@@ -8,7 +8,6 @@ the folder was left out."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import os
@@ -18,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from core.files import atomic_write_text, write_error
+from core.files import atomic_write_text, open_no_follow, write_error
 from core.config import loads_json, read_json, to_dict, write_yaml
 from core.errors import UserError, first_line
 
@@ -201,13 +200,7 @@ def append_text(path: Path, text: str) -> None:
     (a link there could point at anyone's file: it is refused with one line, nothing written). A
     write that fails (no space left, an I/O error) cuts the file back to what it held before, and
     the error names ``path`` (:func:`core.files.write_error`)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UserError(f"{str(path)!r} is a symbolic link; files in a run folder are never written through "
-                            "one (remove the link to continue)") from None
-        raise
+    fd = open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         size = os.fstat(fd).st_size
         data = memoryview(text.encode())

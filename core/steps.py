@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from core.config import read_json
 from core.errors import UserError
-from core.files import atomic_write_text
+from core.files import atomic_write_text, open_no_follow
 from core.run_folder import CHECKPOINT_FILE, LOCK_FILE, METRICS_FILE, RESULT_FILE, Run
 
 #: What :func:`claim_step` finds a step's folder asks for.
@@ -64,13 +64,7 @@ def lock_folder(folder: str | os.PathLike, busy: str | None = None) -> FolderLoc
         raise UserError(f"{str(folder)!r} is a symbolic link; a folder of trainings is never worked in through one "
                         "(remove the link, or give the real folder)")
     path = folder / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UserError(f"{str(path)!r} is a symbolic link; a run folder's files are never written through one "
-                            "(remove the link)") from None
-        raise
+    fd = open_no_follow(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
