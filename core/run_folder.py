@@ -247,24 +247,20 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 # --- a protocol folder: the record of its steps and what it selected ----------------------------------
 
-def _read_object(path: Path, what: str) -> dict[str, Any] | None:
-    """The JSON object in ``path``; None when there is no such file; a file that cannot be read or
-    is not a JSON object is a :class:`UserError` naming it (the folder is damaged)."""
-    from core.config import read_json
+#: a protocol step's run folder, by kind ("search", "select") and seed: ``search-seed0/``
+SEARCH_STEP, SELECT_STEP = "search", "select"
 
-    if not path.exists() and not path.is_symlink():
-        return None
-    data = read_json(path, path.name)
-    if not isinstance(data, dict):
-        raise UserError(f"{str(path)!r} is not {what}; the protocol folder is damaged")
-    return data
+
+def step_dir_name(kind: str, seed: Any) -> str:
+    """The name of a protocol step's run folder: ``<kind>-seed<seed>``."""
+    return f"{kind}-seed{seed}"
 
 
 def read_protocol(folder: str | Path) -> dict[str, Any] | None:
     """A protocol folder's record (:data:`PROTOCOL_FILE`: ``settings``, the steps' outcomes under
     ``steps``); None when the folder holds none."""
     path = Path(folder) / PROTOCOL_FILE
-    record = _read_object(path, "a protocol record")
+    record = read_record(path)
     if record is not None and not isinstance(record.get("settings"), dict):
         raise UserError(f"{str(path)!r} is not a protocol record; the protocol folder is damaged")
     return record
@@ -277,7 +273,7 @@ def write_protocol(folder: str | Path, record: dict[str, Any]) -> None:
 
 def read_selection(folder: str | Path) -> dict[str, Any] | None:
     """What a protocol selected (:data:`SELECTION_FILE`); None before it has selected."""
-    return _read_object(Path(folder) / SELECTION_FILE, "a selection")
+    return read_record(Path(folder) / SELECTION_FILE)
 
 
 def write_selection(folder: str | Path, selection: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ these rules and nothing else:
   another process holds is :class:`FolderBusy` (or ``None`` for a caller that goes on with the
   next step);
 * **a step** (:func:`claim_step`, :func:`run_step`), in its run folder: what a killed atomic write
-  left there (``.<name>.*.tmp``) is removed; ``result.json`` there: done, skipped; a checkpoint
+  left there (``.<name>.*.tmp``) is removed; ``result.json`` there (read by :func:`core.run_folder.read_result`: a damaged one is one line): done, skipped; a checkpoint
   there but no result: half-done, resumed from the checkpoint; otherwise started (again) from
   scratch, without the metrics a start killed before its first checkpoint left;
 * **a step's record** (:func:`write_record`): written atomically (a temporary file renamed into
@@ -24,10 +24,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from core.config import read_json
 from core.errors import UserError
 from core.files import atomic_write_text, open_no_follow
-from core.run_folder import CHECKPOINT_FILE, LOCK_FILE, METRICS_FILE, RESULT_FILE, Run
+from core.run_folder import CHECKPOINT_FILE, LOCK_FILE, METRICS_FILE, Run, read_result
 
 #: What :func:`claim_step` finds a step's folder asks for.
 SKIPPED, RESUMED, STARTED = "skipped", "resumed", "started"
@@ -75,15 +74,6 @@ def lock_folder(folder: str | os.PathLike, busy: str | None = None) -> FolderLoc
             raise FolderBusy(busy) from None
         return None
     return FolderLock(fd, path)
-
-
-def read_result(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """A step's ``result.json`` when it holds a finished step's result (a JSON object), else None."""
-    path = Path(run_dir) / RESULT_FILE
-    if not path.exists() and not path.is_symlink():
-        return None
-    result = read_json(path, path.name)
-    return result if isinstance(result, dict) else None
 
 
 def claim_step(run_dir: str | os.PathLike) -> str:

@@ -62,9 +62,10 @@ from core.output import print_result
 from core.errors import ArgumentParser, Interrupted, UserError, cli_main
 from core.files import atomic_write_text, temp_files
 from core.paths import absolute_paths
-from core.run_folder import (ARCH_FILE, CHECKPOINT_FILE, LOCK_FILE, PROTOCOL_FILE, RESULT_FILE, SELECTION_FILE,
-                             read_protocol, write_protocol, write_selection)
-from core.steps import lock_folder, read_result, run_step
+from core.run_folder import (ARCH_FILE, CHECKPOINT_FILE, LOCK_FILE, PROTOCOL_FILE, RESULT_FILE, SEARCH_STEP, SELECT_STEP,
+                             SELECTION_FILE, step_dir_name,
+                             read_protocol, read_result, write_protocol, write_selection)
+from core.steps import lock_folder, run_step
 from experiments.top_k import config_differences, read_json_file
 from oneshot_darts.genotype import Genotype, parse_arch
 from oneshot_darts.network_shape import MIN_LAYERS
@@ -121,7 +122,7 @@ def _check_trained_cell(folder: Path, seed: int, genotype: Genotype) -> None:
     """A short retrain folder that is to be skipped or resumed must hold the cell the protocol now
     takes from the search (``search-seed<S>/result.json``), as it recorded it in ``arch.json`` (or its
     checkpoint): otherwise the selection would pair one cell with another cell's accuracy."""
-    select_dir, search_result = folder / f"select-seed{seed}", folder / f"search-seed{seed}" / RESULT_FILE
+    select_dir, search_result = folder / step_dir_name(SELECT_STEP, seed), folder / step_dir_name(SEARCH_STEP, seed) / RESULT_FILE
     reused = read_result(select_dir) is not None or (select_dir / CHECKPOINT_FILE).is_file()
     if not reused:
         return                                           # started from scratch with the searched cell
@@ -223,10 +224,10 @@ def run_protocol(search_cfg: Any, seeds: Sequence[int], select_epochs: int, sele
             print(f"removed {len(left)} temporary file(s) a killed protocol left: {', '.join(p.name for p in left)}",
                   flush=True)
         for s in seeds:   # the searches finished before: their short retrains checked before anything is written
-            searched = read_result(folder / f"search-seed{s}")
+            searched = read_result(folder / step_dir_name(SEARCH_STEP, s))
             if searched is not None:
                 _check_trained_cell(folder, s, parse_arch(searched.get("arch"),
-                                                          source=f"{folder / f'search-seed{s}' / RESULT_FILE}"))
+                                                          source=f"{folder / step_dir_name(SEARCH_STEP, s) / RESULT_FILE}"))
         record = {"settings": settings, "steps": (record or {}).get("steps", {})}
 
         def note(name: str, outcome: dict[str, Any]) -> None:
@@ -241,24 +242,24 @@ def run_protocol(search_cfg: Any, seeds: Sequence[int], select_epochs: int, sele
               + f", validation split {select_cfg.val_fraction:g}); folder {folder}", flush=True)
         rows = []
         for s in seeds:
-            name = f"search-seed{s}"
+            name = step_dir_name(SEARCH_STEP, s)
             result = run_step(folder / name, f"[seed {s}] search", lambda d, s=s: run_search(configs[s], run_dir=d),
                            lambda ck, s=s: run_search(configs[s], resume=ck))
             note(name, {"seed": s, "val_acc": result["val_acc"], "arch": result["arch"],
                         "arch_uniform": result.get("arch_uniform")})
         genotypes = {}
         for s in seeds:   # every reused short retrain checked before any is trained
-            searched = record["steps"][f"search-seed{s}"]
-            genotypes[s] = parse_arch(searched["arch"], source=f"{folder / f'search-seed{s}' / RESULT_FILE}")
+            searched = record["steps"][step_dir_name(SEARCH_STEP, s)]
+            genotypes[s] = parse_arch(searched["arch"], source=f"{folder / step_dir_name(SEARCH_STEP, s) / RESULT_FILE}")
             _check_trained_cell(folder, s, genotypes[s])
         for s in seeds:
-            searched, genotype = record["steps"][f"search-seed{s}"], genotypes[s]
-            name = f"select-seed{s}"
+            searched, genotype = record["steps"][step_dir_name(SEARCH_STEP, s)], genotypes[s]
+            name = step_dir_name(SELECT_STEP, s)
             result = run_step(folder / name, f"[seed {s}] short retrain",
                            lambda d, g=genotype: run_retrain(select_cfg, g, run_dir=str(d), eval_test=False),
                            lambda ck, g=genotype: run_retrain(select_cfg, g, resume=str(ck), eval_test=False))
             note(name, {"seed": s, "val_acc": result["val_acc"], "params": result.get("params_without_auxiliary")})
-            rows.append({"seed": s, "search_run": f"search-seed{s}", "search_val_acc": searched["val_acc"],
+            rows.append({"seed": s, "search_run": step_dir_name(SEARCH_STEP, s), "search_val_acc": searched["val_acc"],
                          "cell": genotype.describe(), "genotype": genotype.to_json(), "select_run": name,
                          "select_val_acc": result["val_acc"], "params": result.get("params_without_auxiliary"),
                          "arch_uniform": searched.get("arch_uniform")})
@@ -292,7 +293,7 @@ def run_protocol(search_cfg: Any, seeds: Sequence[int], select_epochs: int, sele
 def interrupted_message(folder: Path, seeds: Sequence[int]) -> str:
     """Where an interrupted protocol stopped, and that the same command continues all of it (a
     step's own ``--resume`` would continue that step alone)."""
-    steps = [f"{kind}-seed{s}" for kind in ("search", "select") for s in seeds]
+    steps = [step_dir_name(kind, s) for kind in (SEARCH_STEP, SELECT_STEP) for s in seeds]
     step = next((name for name in steps if not (folder / name / RESULT_FILE).is_file()), None)
     where = "" if step is None else f" in {step}"
     resumes = "" if step is None else (

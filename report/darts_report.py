@@ -18,7 +18,8 @@ from typing import Any
 from core.errors import UserError
 from core.words import count_of
 from report import plots
-from core.run_folder import ARCH_FILE, METRICS_FILE, PROTOCOL_FILE, SELECTION_FILE
+from core.run_folder import (ARCH_FILE, METRICS_FILE, PROTOCOL_FILE, SEARCH_STEP, SELECT_STEP, SELECTION_FILE,
+                             step_dir_name)
 from report.markdown import figure, fmt, md, table
 from report.records import CELLS, check_cells, checked, load_run, read_dict, run_result, valid
 from core.chance import classes_of
@@ -137,7 +138,7 @@ def load_protocol(folder: str | Path) -> ProtocolData:
              for k, v in record.get("steps", {}).items()}
     data = ProtocolData(folder, record["settings"], steps, selection, problems=problems)
     for s in seeds:
-        run_dir = folder / f"search-seed{s}"
+        run_dir = folder / step_dir_name(SEARCH_STEP, s)
         if (run_dir / METRICS_FILE).is_file():
             data.searches[s] = load_run(run_dir)
             problems += data.searches[s].problems
@@ -154,7 +155,7 @@ def _with_se(acc: Any, result: dict[str, Any]) -> Any:
 
 def select_result(data: ProtocolData, seed: Any) -> dict[str, Any] | None:
     """The result of a seed's short retrain (None while it runs)."""
-    return run_result(data.folder / f"select-seed{seed}")
+    return run_result(data.folder / step_dir_name(SELECT_STEP, seed))
 
 
 def _classes(data: ProtocolData, seed: Any) -> int | None:
@@ -213,13 +214,13 @@ def render_protocol(data: ProtocolData, out: Path, prefix: str = "", level: int 
     lines += [f"{h}# Selection", ""]
     sel = data.selection
     if sel is None:
-        searched = sum(f"search-seed{s}" in data.steps for s in seeds)
-        retrained = sum(f"select-seed{s}" in data.steps for s in seeds)
+        searched = sum(step_dir_name(SEARCH_STEP, s) in data.steps for s in seeds)
+        retrained = sum(step_dir_name(SELECT_STEP, s) in data.steps for s in seeds)
         lines += [f"Not finished yet: {searched} of {len(seeds)} searches and {retrained} of {len(seeds)} short "
                   "retrains are done (run the same command again to continue it).", ""]
-        rows_by_seed = {s: {"seed": s, "search_val_acc": (data.steps.get(f"search-seed{s}") or {}).get("val_acc"),
-                            "select_val_acc": (data.steps.get(f"select-seed{s}") or {}).get("val_acc"),
-                            "genotype": (data.steps.get(f"search-seed{s}") or {}).get("arch")} for s in seeds}
+        rows_by_seed = {s: {"seed": s, "search_val_acc": (data.steps.get(step_dir_name(SEARCH_STEP, s)) or {}).get("val_acc"),
+                            "select_val_acc": (data.steps.get(step_dir_name(SELECT_STEP, s)) or {}).get("val_acc"),
+                            "genotype": (data.steps.get(step_dir_name(SEARCH_STEP, s)) or {}).get("arch")} for s in seeds}
         winner = None
     else:
         rows_by_seed = {r["seed"]: r for r in sel["seeds"]}
@@ -323,7 +324,7 @@ def render_protocol(data: ProtocolData, out: Path, prefix: str = "", level: int 
                 plots.cell_graph([[(op, int(src)) for op, src in node] for node in nodes], out / name, cell)
                 lines += [figure(name, f"Seed {s}: {cell} cell"), "",
                           md(f"{cell}: {_cell_text(arch, cell)}", code=True), ""]
-        lines += [f"Its search: {md(data.folder / f'search-seed{s}', code=True)} (`python -m report` on it shows its "
+        lines += [f"Its search: {md(data.folder / step_dir_name(SEARCH_STEP, s), code=True)} (`python -m report` on it shows its "
                   "curves and edge weights).", ""]
     if data.problems:
         lines += [f"{h}# Invalid numbers", "", *(f"- {md(p)}" for p in data.problems), ""]
