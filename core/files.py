@@ -106,7 +106,9 @@ def check_input_file(path: str | os.PathLike, what: str, folder_hint: str = "") 
     if p.is_dir():
         raise UserError(f"{what} {str(p)!r} is a folder, not a file" + (f"; {folder_hint}" if folder_hint else ""))
     if not p.is_file():
-        raise UserError(f"{what} {str(p)!r} does not exist")
+        moved = p.with_suffix(".yml") if p.suffix == ".yaml" else None
+        hint = f" (the project's YAML files end in .yml: {str(moved)!r})" if moved and moved.is_file() else ""
+        raise UserError(f"{what} {str(p)!r} does not exist{hint}")
     return p
 
 

@@ -14,7 +14,7 @@ from core.config import TrainConfig, from_dict
 from tests.helpers import FAST, cli, image_folder, one_error_line, run
 
 
-@pytest.mark.parametrize("case", ["model", "optimizer", "source", "missing_path", "no_test", "classes"])
+@pytest.mark.parametrize("case", ["model", "optimizer", "source", "missing_path", "no_test", "classes", "yaml"])
 def test_bad_input(tmp_path, case):
     out = tmp_path / "runs"
     cases = {
@@ -28,9 +28,14 @@ def test_bad_input(tmp_path, case):
         "no_test": (["--data", str(tmp_path / "d")], "has no images under test/<class>/"),
         "classes": (["--data", str(tmp_path / "d")],
                     "train/ and test/ have different classes (only in train: ['b']; only in test: ['z'])"),
+        "yaml": (["--config", str(tmp_path / "recipe.yaml"), "--data", "fake"],
+                 f"config file {str(tmp_path / 'recipe.yaml')!r} does not exist (the project's YAML files end in "
+                 f".yml: {str(tmp_path / 'recipe.yml')!r})"),
     }
     if case == "no_test":
         image_folder(tmp_path / "d", ["a", "b"], n=1, test_classes=[])
+    if case == "yaml":
+        (tmp_path / "recipe.yml").write_text("epochs: 1\n")
     if case == "classes":
         image_folder(tmp_path / "d", ["a", "b"], n=1, test_classes=["a", "z"])
     args = cases[case]
