@@ -2,7 +2,7 @@
 
 The lab's stages in order (:data:`lab.plan.STAGES`): the HPO experiment, the retrain of its winner,
 the classic-NAS experiment with the HPO winner's optimizer and lr (``CIFAR_AUTOML_FROM_HPO``), the
-DARTS protocol (``oneshot_darts/search.py --seeds``), the retrain of its cell, and the study report
+DARTS protocol (``oneshot_darts/protocol.py``), the retrain of its cell, and the study report
 (``python -m report --study``). A budget (:data:`lab.plan.BUDGETS`: ``smoke``, ``quick``, ``lab``)
 sets their sizes.
 

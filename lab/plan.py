@@ -29,7 +29,7 @@ TITLES = {
     "hpo_retrain": "retrain of the HPO winner (hpo/retrain.py --top 1)",
     "classic_nas": "classic-NAS experiment with the HPO winner's optimizer and lr (nnictl, CIFAR_AUTOML_FROM_HPO)",
     "darts_protocol": "DARTS protocol: a search per seed, each cell trained briefly, the best picked "
-                      "(oneshot_darts/search.py --seeds)",
+                      "(oneshot_darts/protocol.py)",
     "darts_retrain": "retrain of the DARTS protocol's cell (oneshot_darts/retrain.py)",
     "study": "study report of every stage (python -m report --study)",
 }

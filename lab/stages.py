@@ -14,7 +14,7 @@ Every stage is its own command, run as a subprocess in the repository with the l
   the port for the next one.
 - ``hpo_retrain``: ``hpo/retrain.py --experiment DIR --top 1`` (run again, it skips a finished
   retrain and continues a killed one from its checkpoint).
-- ``darts_protocol``: ``oneshot_darts/search.py --seeds ...`` into ``runs/darts-protocol`` (run
+- ``darts_protocol``: ``oneshot_darts/protocol.py --seeds ...`` into ``runs/darts-protocol`` (run
   again, it continues from its record and checkpoints).
 - ``darts_retrain``: ``oneshot_darts/retrain.py --arc runs/darts-protocol/final_arch.json`` in
   ``runs/darts-retrain/``, or ``--resume`` from the checkpoint a cut one left (:func:`retrain_command`).
@@ -320,7 +320,7 @@ def train_stage(lab: Lab, stage: str) -> str:
             raise UserError(f"hpo_retrain: no finished retrain under {lab.runs}")
         return lab.relative(done[0])
     if stage == "darts_protocol":
-        run_command(lab, [python(), "oneshot_darts/search.py", *b.protocol_flags(), "--out-dir", lab.runs], env,
+        run_command(lab, [python(), "oneshot_darts/protocol.py", *b.protocol_flags(), "--out-dir", lab.runs], env,
                     "the DARTS protocol")
         folder = lab.runs / PROTOCOL
         if not (folder / ARCH_FILE).is_file():
