@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments import reader as experiments
+from experiments import reader
 from core.chance import FAKE_CLASSES, at_chance
 from hpo import results, retrain
 from hpo.nni_fixes import RECEIVED_TAG
@@ -34,7 +34,7 @@ HYPERBAND = REPO / "hpo/config_hyperband.yml"
 
 def _final(trial_job: dict) -> float | None:
     data = trial_job.get("finalMetricData") or []
-    return experiments._number(data[0]["data"]) if data else None
+    return reader._number(data[0]["data"]) if data else None
 
 
 def _chromium() -> str:
