@@ -30,9 +30,9 @@ def _trial_dir(exp) -> Path:
 def test_nnictl_wrapper_reports_every_epoch(tmp_path, stage):
     config = REPO / "oneshot_darts" / ("config.yml" if stage == "search" else "config_retrain.yml")
     command = yaml.safe_load(config.read_text())["trialCommand"]
-    yaml_name = f"darts_{stage}.yaml"
+    yaml_name = f"darts_{stage}.yml"
     assert yaml_name in command
-    command = command.replace(yaml_name, f"darts_{stage}_smoke.yaml") + " " + SMOKE.format(root=tmp_path / "data")
+    command = command.replace(yaml_name, f"darts_{stage}_smoke.yml") + " " + SMOKE.format(root=tmp_path / "data")
     key = "val_acc" if stage == "search" else "test_acc"
     with nni_experiment(config, tmp_path, timeout=90, overrides={"trialCommand": command},
                         env={"CIFAR_AUTOML_DATA": "fake", "OMP_NUM_THREADS": "1"}) as exp:
