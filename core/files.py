@@ -1,7 +1,8 @@
 """Atomic file writes: a reader, or a run killed half-way, sees the old file or the new one, never a
-mix, and nothing is ever written through a symbolic link; and the one rule for an output file a
-user names (:func:`check_output_file`) and for an input file (:func:`check_input_file`). Imports nothing heavy, so that commands can write their
-small files (and check their input) before torch is imported."""
+mix, and nothing is ever written through a symbolic link (:func:`open_no_follow`); and the one rule
+for an output file a user names (:func:`check_output_file`) and for an input file
+(:func:`check_input_file`). Imports nothing heavy, so that commands can write their small files (and
+check their input) before torch is imported."""
 from __future__ import annotations
 
 import argparse

@@ -28,6 +28,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 RESULT_FILE = "result.json"
 #: the architecture a search exports (a DARTS search's run folder; also the protocol folder's winner)
 ARCH_FILE = "final_arch.json"
+#: the architecture of the fixed network a run trained (classic NAS, a DARTS retrain), as it trained it
+TRAINED_ARCH_FILE = "arch.json"
 
 # A protocol folder: a sequence of trainings (searches, retrains) resumable step by step.
 #: its record of the steps done (steps, their run folders, the figures each step keeps)

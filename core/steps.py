@@ -9,9 +9,10 @@ these rules and nothing else:
   another process holds is :class:`FolderBusy` (or ``None`` for a caller that goes on with the
   next step);
 * **a step** (:func:`claim_step`, :func:`run_step`), in its run folder: what a killed atomic write
-  left there (``.<name>.*.tmp``) is removed; ``result.json`` there (read by :func:`core.run_folder.read_result`: a damaged one is one line): done, skipped; a checkpoint
-  there but no result: half-done, resumed from the checkpoint; otherwise started (again) from
-  scratch, without the metrics a start killed before its first checkpoint left;
+  left there (``.<name>.*.tmp``) is removed; a result there (:func:`core.run_folder.read_result`; a
+  damaged one is one line): done, skipped; a checkpoint there but no result: half-done, resumed from
+  the checkpoint; otherwise started (again) from scratch, without the metrics a start killed before
+  its first checkpoint left;
 * **a step's record** (:func:`write_record`): written atomically (a temporary file renamed into
   place), so that a kill leaves the old record or the new one, never half of one.
 """

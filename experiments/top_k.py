@@ -44,14 +44,13 @@ from core.files import temp_files
 from core.config import from_dict, to_dict
 from core.errors import UserError
 from core.output import print_result
-from core.run_folder import (CHECKPOINT_FILE, CONFIG_FILE, LOCK_FILE, RESULT_FILE, read_config,
+from core.run_folder import (CHECKPOINT_FILE, CONFIG_FILE, LOCK_FILE, RESULT_FILE, TRAINED_ARCH_FILE, read_config,
                              read_json_file, read_result)
 from core.steps import SKIPPED, claim_step, lock_folder, write_record
 from experiments.folder import find_experiment
 from experiments.reader import Trial, ranked, read_profile
 
 ORIGIN_FILE = "origin.json"
-ARCH_FILE = "arch.json"
 #: Config fields that say how a run ran (where, how fast, where its files go), not what it trained:
 #: a retrain is reused whatever they are now.
 HOW_IT_RAN = ("device", "progress", "data_root", "out_dir", "run_name", "threads", "channels_last", "compile")
@@ -341,7 +340,7 @@ def _ran_value(run_dir: Path, config: dict[str, Any], key: str) -> Any:
     architecture file's entry."""
     if key in config:
         return config[key]
-    arch = read_json_file(run_dir / ARCH_FILE)
+    arch = read_json_file(run_dir / TRAINED_ARCH_FILE)
     return arch.get(key) if isinstance(arch, dict) else None
 
 

@@ -62,9 +62,9 @@ from core.output import print_result
 from core.errors import ArgumentParser, Interrupted, UserError, cli_main
 from core.files import atomic_write_text, temp_files
 from core.paths import absolute_paths
-from core.run_folder import (ARCH_FILE, CHECKPOINT_FILE, LOCK_FILE, PROTOCOL_FILE, RESULT_FILE, SEARCH_STEP, SELECT_STEP,
-                             SELECTION_FILE, step_dir_name,
-                             read_protocol, read_result, write_protocol, write_selection)
+from core.run_folder import (ARCH_FILE, CHECKPOINT_FILE, LOCK_FILE, PROTOCOL_FILE, RESULT_FILE, SEARCH_STEP,
+                             SELECT_STEP, SELECTION_FILE, TRAINED_ARCH_FILE, read_protocol, read_result,
+                             step_dir_name, write_protocol, write_selection)
 from core.steps import lock_folder, run_step
 from experiments.top_k import config_differences, read_json_file
 from oneshot_darts.genotype import Genotype, parse_arch
@@ -72,8 +72,6 @@ from oneshot_darts.network_shape import MIN_LAYERS
 from oneshot_darts.retrain import RetrainConfig, run_retrain
 from oneshot_darts.search_trainer import SearchConfig, run_search
 
-#: What a short retrain records of the cell it trains (``core.run_training.train``'s ``arch``).
-TRAINED_ARCH_FILE = "arch.json"
 DEFAULT_NAME = "darts-protocol"
 #: The paper's short retrain: 100 epochs.
 PAPER_SELECT_EPOCHS = 100
@@ -122,7 +120,8 @@ def _check_trained_cell(folder: Path, seed: int, genotype: Genotype) -> None:
     """A short retrain folder that is to be skipped or resumed must hold the cell the protocol now
     takes from the search (``search-seed<S>/result.json``), as it recorded it in ``arch.json`` (or its
     checkpoint): otherwise the selection would pair one cell with another cell's accuracy."""
-    select_dir, search_result = folder / step_dir_name(SELECT_STEP, seed), folder / step_dir_name(SEARCH_STEP, seed) / RESULT_FILE
+    select_dir = folder / step_dir_name(SELECT_STEP, seed)
+    search_result = folder / step_dir_name(SEARCH_STEP, seed) / RESULT_FILE
     reused = read_result(select_dir) is not None or (select_dir / CHECKPOINT_FILE).is_file()
     if not reused:
         return                                           # started from scratch with the searched cell
@@ -224,10 +223,10 @@ def run_protocol(search_cfg: Any, seeds: Sequence[int], select_epochs: int, sele
             print(f"removed {len(left)} temporary file(s) a killed protocol left: {', '.join(p.name for p in left)}",
                   flush=True)
         for s in seeds:   # the searches finished before: their short retrains checked before anything is written
-            searched = read_result(folder / step_dir_name(SEARCH_STEP, s))
+            search_dir = folder / step_dir_name(SEARCH_STEP, s)
+            searched = read_result(search_dir)
             if searched is not None:
-                _check_trained_cell(folder, s, parse_arch(searched.get("arch"),
-                                                          source=f"{folder / step_dir_name(SEARCH_STEP, s) / RESULT_FILE}"))
+                _check_trained_cell(folder, s, parse_arch(searched.get("arch"), source=f"{search_dir / RESULT_FILE}"))
         record = {"settings": settings, "steps": (record or {}).get("steps", {})}
 
         def note(name: str, outcome: dict[str, Any]) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.run_folder import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RESULT_FILE, read_config, read_json_file,
-                             read_metric_lines, read_result)
+from core.run_folder import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RESULT_FILE, TRAINED_ARCH_FILE, read_config,
+                             read_json_file, read_metric_lines, read_result)
 from experiments.folder import is_experiment_dir
 from experiments.reader import accuracy_problem
 from experiments.top_k import ORIGIN_FILE
@@ -160,7 +160,7 @@ def load_run(run_dir: str | Path) -> RunData:
         raise UserError(f"{str(run_dir)!r}: no per-epoch metrics ({METRICS_FILE} is missing or empty): "
                         "not a run folder, or no epoch finished yet")
     origin = read_dict(run_dir / ORIGIN_FILE, problems) or read_dict(run_dir / "hpo_best.json", problems)
-    arch = read_dict(run_dir / "arch.json")
+    arch = read_dict(run_dir / TRAINED_ARCH_FILE)
     data = RunData(run_dir, read_config(run_dir) or {}, metrics, run_result(run_dir, problems), origin, arch,
                    problems=problems)
     for m in metrics:

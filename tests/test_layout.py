@@ -76,7 +76,8 @@ def test_report_reads_stages_through_core_only_and_nothing_imports_it():
 
 def test_the_lab_driver_runs_the_stages_through_their_commands_and_nothing_imports_it():
     wrong = imports_beyond("lab", {"core", "experiments", "lab"})
-    assert not wrong, f"lab/ runs every stage and report as a command (a subprocess), so it imports core/ and experiments/ only: {wrong}"
+    assert not wrong, ("lab/ runs every stage and report as a command (a subprocess), so it imports core/ and "
+                       f"experiments/ only: {wrong}")
     users = importers("lab", ("core", "models", "experiments", *STAGES, "report"))
     assert not users, f"lab/ is the driver on top; nothing of the project imports it: {users}"
 
@@ -256,7 +257,7 @@ def test_the_readme_is_a_short_guide_whose_test_command_is_the_one_ci_runs():
 #: The file names of the formats, each named by the one module that owns its format: a run folder's
 #: and a protocol folder's (core/run_folder.py), an experiment's database (experiments/folder.py).
 FORMAT_FILES = ("config.yaml", "metrics.jsonl", "result.json", "checkpoint.pt", "train.log", "final_arch.json",
-                "protocol.json", "selection.json", "nni.sqlite")
+                "arch.json", "protocol.json", "selection.json", "nni.sqlite")
 
 
 def _file_name_literals(path: Path) -> list[tuple[str, int]]:
