@@ -125,6 +125,12 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
     return data
 
 
+def write_record(path: str | os.PathLike, record: Any, indent: int = 1) -> None:
+    """Write a JSON record of a run or protocol folder (:func:`read_record` reads it back) atomically:
+    a kill leaves the old record or the new one, never half of one."""
+    atomic_write_text(Path(path), json.dumps(record, indent=indent) + "\n")
+
+
 def read_result(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """A run folder's ``result.json`` (written when the run finished): None when the run has not
     finished; a damaged one is a :class:`UserError` (:func:`read_record`)."""
@@ -196,7 +202,6 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]] | None:
     return None if lines is None else [record for _, record in lines]
 
 
-
 def append_text(path: Path, text: str) -> None:
     """Append ``text`` to a file of a run folder, whole or not at all, never through a symbolic link
     (a link there could point at anyone's file: it is refused with one line, nothing written). A
@@ -246,7 +251,6 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-
 # --- a protocol folder: the record of its steps and what it selected ----------------------------------
 
 #: a protocol step's run folder, by kind ("search", "select") and seed: ``search-seed0/``
@@ -270,7 +274,7 @@ def read_protocol(folder: str | Path) -> dict[str, Any] | None:
 
 def write_protocol(folder: str | Path, record: dict[str, Any]) -> None:
     """Write a protocol folder's record, atomically."""
-    atomic_write_text(Path(folder) / PROTOCOL_FILE, json.dumps(record, indent=1) + "\n")
+    write_record(Path(folder) / PROTOCOL_FILE, record)
 
 
 def read_selection(folder: str | Path) -> dict[str, Any] | None:
@@ -280,4 +284,4 @@ def read_selection(folder: str | Path) -> dict[str, Any] | None:
 
 def write_selection(folder: str | Path, selection: dict[str, Any]) -> None:
     """Write what a protocol selected, atomically."""
-    atomic_write_text(Path(folder) / SELECTION_FILE, json.dumps(selection, indent=1) + "\n")
+    write_record(Path(folder) / SELECTION_FILE, selection)

@@ -6,7 +6,6 @@ the config and architecture from the checkpoint, nanoGPT-style, and continues in
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,7 +20,7 @@ from core.files import atomic_write_text
 from core.config import TrainConfig, from_dict
 from core.data import Splits, make_splits
 from core.errors import Interrupted, StoppedByNni, UserError, under_nni
-from core.run_folder import RESULT_FILE, TRAINED_ARCH_FILE, Run, to_json
+from core.run_folder import RESULT_FILE, TRAINED_ARCH_FILE, Run, to_json, write_record
 from core.speed import ModelNotes
 from core.trainer import EpochCallback, LossFn, Trainer, config_id, cross_entropy, seed_everything
 from core.words import count
@@ -114,7 +113,7 @@ def train(cfg: TrainConfig, build_model: Callable[[int], nn.Module], *, name: st
     run_path = distributed.broadcast(str(run.dir) if run else None)
     log = run.log if run else (lambda message: None)
     if arch is not None and run:
-        atomic_write_text(run.dir / TRAINED_ARCH_FILE, json.dumps(arch, indent=2) + "\n")
+        write_record(run.dir / TRAINED_ARCH_FILE, arch, indent=2)
     n_params = sum(p.numel() for p in trainer.parameters())
     log((describe(trainer) if describe else f"{name}: {n_params:,} parameters, {len(splits.train):,} training "
          f"images, device {trainer.device.type}") + f"; run folder {run_path}"

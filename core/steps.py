@@ -13,20 +13,19 @@ these rules and nothing else:
   damaged one is one line): done, skipped; a checkpoint there but no result: half-done, resumed from
   the checkpoint; otherwise started (again) from scratch, without the metrics a start killed before
   its first checkpoint left;
-* **a step's record** (:func:`write_record`): written atomically (a temporary file renamed into
+* **a step's record** (:func:`core.run_folder.write_record`): written atomically (a temporary file renamed into
   place), so that a kill leaves the old record or the new one, never half of one.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 from core.errors import UserError
-from core.files import atomic_write_text, open_no_follow
+from core.files import open_no_follow
 from core.run_folder import CHECKPOINT_FILE, LOCK_FILE, METRICS_FILE, Run, read_result
 
 #: What :func:`claim_step` finds a step's folder asks for.
@@ -109,8 +108,3 @@ def run_step(run_dir: str | os.PathLike, label: str, start: Callable[[Path], dic
         return resume(run_dir / CHECKPOINT_FILE)
     log(f"{label}: starting in {run_dir}")
     return start(run_dir)
-
-
-def write_record(path: str | os.PathLike, record: Any, indent: int = 1) -> None:
-    """A step's record (JSON), written atomically."""
-    atomic_write_text(Path(path), json.dumps(record, indent=indent) + "\n")

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from core.files import atomic_write_text
 from core.errors import UserError
-from core.run_folder import CHECKPOINT_FILE, RESULT_FILE, to_json
+from core.run_folder import CHECKPOINT_FILE, RESULT_FILE, to_json, write_record
 
 def quiet_nni_imports() -> None:
     """NNI 3.0 wraps every torch.nn class at import and warns about the few newer torch versions
@@ -40,14 +40,13 @@ def record_command(run_dir: Path) -> None:
     ``CIFAR_AUTOML_TRIAL_FLAGS`` expanded in them) and that variable's value, so that a report can
     show the command as the trial ran it rather than the experiment's ``${CIFAR_AUTOML_TRIAL_FLAGS:-}``.
     A folder that cannot be written is left as it is (NNI's own files tell the rest)."""
-    import json
     import sys
 
     from core.paths import TRIAL_FLAGS_ENV
 
     record = {"argv": list(sys.argv), "trial_flags": os.environ.get(TRIAL_FLAGS_ENV, "")}
     try:
-        atomic_write_text(run_dir / COMMAND_FILE, json.dumps(record, indent=1) + "\n")
+        write_record(run_dir / COMMAND_FILE, record)
     except (OSError, UserError):
         pass
 

@@ -45,8 +45,8 @@ from core.config import from_dict, to_dict
 from core.errors import UserError
 from core.output import print_result
 from core.run_folder import (CHECKPOINT_FILE, CONFIG_FILE, LOCK_FILE, RESULT_FILE, TRAINED_ARCH_FILE, read_config,
-                             read_json_file, read_result)
-from core.steps import SKIPPED, claim_step, lock_folder, write_record
+                             read_json_file, read_result, write_record)
+from core.steps import SKIPPED, claim_step, lock_folder
 from experiments.folder import find_experiment
 from experiments.reader import Trial, ranked, read_profile
 

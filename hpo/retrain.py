@@ -31,10 +31,10 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.files import atomic_write_text
 from core.config import ModelConfig, add_config_arguments, config_from_args, field
 from core.errors import ArgumentParser, UserError, cli_main
 from core.output import print_result
+from core.run_folder import write_record
 from experiments.reader import Trial, trials_from_export
 from experiments.retrain_options import TopK, add_retrain_options, all_training_images, check_retrain_options
 from experiments.top_k import retrain_top_of
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = train(cfg, lambda n: create_model(cfg.model, num_classes=n), name=f"hpo_retrain-{cfg.model}",
                    resume=args.resume, eval_splits=("val",) if cfg.val_fraction > 0 else (), final_test=True)
     if origin is not None and distributed.is_main():  # under torchrun rank 0 writes
-        atomic_write_text(Path(result["run_dir"]) / "hpo_best.json", json.dumps(origin, indent=2) + "\n")
+        write_record(Path(result["run_dir"]) / "hpo_best.json", origin, indent=2)
     print_result(result)
     return result
 

@@ -11,8 +11,9 @@ import yaml
 
 from core.config import TrainConfig, from_dict
 from core.errors import UserError
-from core.run_folder import CHECKPOINT_FILE, LOCK_FILE, METRICS_FILE, PROTOCOL_FILE, RESULT_FILE, read_result, write_protocol
-from core.steps import FolderBusy, claim_step, lock_folder, run_step, write_record
+from core.run_folder import (CHECKPOINT_FILE, LOCK_FILE, METRICS_FILE, PROTOCOL_FILE, RESULT_FILE, read_result,
+                             write_protocol, write_record)
+from core.steps import FolderBusy, claim_step, lock_folder, run_step
 from tests.conftest import REPO
 
 #: A protocol at its smallest (it never trains in these tests: each stops before its first step).
