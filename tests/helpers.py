@@ -37,6 +37,7 @@ MAINS = {"-m core.train_model": "core.train_model", "hpo/results.py": "hpo.resul
          "hpo/trial.py": "hpo.trial", "classic_nas/retrain.py": "classic_nas.retrain",
          "-m classic_nas.export": "classic_nas.export", "-m classic_nas.export_space": "classic_nas.export_space",
          "oneshot_darts/search.py": "oneshot_darts.search", "oneshot_darts/retrain.py": "oneshot_darts.retrain",
+         "oneshot_darts/protocol.py": "oneshot_darts.protocol",
          "-m report": "report.cli"}
 
 

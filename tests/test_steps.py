@@ -15,6 +15,7 @@ from core.run_folder import (CHECKPOINT_FILE, LOCK_FILE, METRICS_FILE, PROTOCOL_
                              write_protocol, write_record)
 from core.steps import FolderBusy, claim_step, lock_folder, run_step
 from tests.conftest import REPO
+from tests.helpers import one_error_line, run
 
 #: A protocol at its smallest (it never trains in these tests: each stops before its first step).
 TINY_PROTOCOL = ["--data", "fake", "--subset", "40", "--val-subset", "16", "--batch-size", "8", "--channels", "2",
@@ -147,22 +148,12 @@ def _protocol_folder(tmp_path: Path, capsys) -> tuple[Path, list[str]]:
     return folder, args
 
 
-def _one_error_line(capsys, main, args) -> str:
-    with pytest.raises(SystemExit) as stop:
-        main(args)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert stop.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
-
-
 def test_protocol_refuses_a_symlinked_lock_or_folder_and_a_folder_another_command_holds(tmp_path, capsys):
-    from oneshot_darts.protocol import main
-
     folder, args = _protocol_folder(tmp_path, capsys)
     record = (folder / PROTOCOL_FILE).read_bytes()
     holder = lock_folder(folder)                                         # a second command while one works
     try:
-        line = _one_error_line(capsys, main, args)
+        line = one_error_line(run(["oneshot_darts/protocol.py", *args]))
     finally:
         holder.release()
     assert "another process is running this protocol" in line and f"holds {LOCK_FILE} there" in line
@@ -171,12 +162,12 @@ def test_protocol_refuses_a_symlinked_lock_or_folder_and_a_folder_another_comman
     victim.write_text("theirs")
     (folder / LOCK_FILE).unlink()
     (folder / LOCK_FILE).symlink_to(victim)
-    assert f"{str(folder / LOCK_FILE)!r} is a symbolic link" in _one_error_line(capsys, main, args)
+    one_error_line(run(["oneshot_darts/protocol.py", *args]), f"{str(folder / LOCK_FILE)!r} is a symbolic link")
     assert victim.read_text() == "theirs"
 
     (folder / LOCK_FILE).unlink()
     real = tmp_path / "real"
     folder.rename(real)
     folder.symlink_to(real, target_is_directory=True)
-    assert f"{str(folder)!r} is a symbolic link" in _one_error_line(capsys, main, args)
+    one_error_line(run(["oneshot_darts/protocol.py", *args]), f"{str(folder)!r} is a symbolic link")
     assert sorted(p.name for p in real.iterdir()) == [PROTOCOL_FILE] and (real / PROTOCOL_FILE).read_bytes() == record
